@@ -1,0 +1,3 @@
+from wqd.cli import main
+
+main()

@@ -1,0 +1,288 @@
+"""One worker's AMQP session, run on the worker's I/O thread.
+
+It connects, declares the queue, sets prefetch, consumes with manual acks and
+hands each delivery to the TaskRunner. When a task finishes, the runner posts
+``_settle`` back onto this thread (pika's add_callback_threadsafe), which acks,
+retries or dead-letters. A lost connection is reopened with backoff; tasks of
+an older connection (a lower ``generation``) are never acked on the new one,
+because the broker requeued them when the old channel closed.
+"""
+
+import functools
+import logging
+import os
+import threading
+
+import pika
+import pika.exceptions
+
+from wqd import amqp, backoff, reporting, retry
+from wqd.message import ATTEMPT_HEADER, Message, Reject
+from wqd.task_runner import Task, TaskRunner
+
+log = logging.getLogger("wqd.worker")
+
+RECONNECT_INITIAL = 0.5
+RECONNECT_MAX = 30.0
+# Safety net for the rare wait that no pika event ends (a stale task finishing
+# while its connection was being replaced); normal wake-ups are event-driven.
+IDLE_POLL = 1.0
+
+# Errors after which a fresh connection is the cure.
+RECOVERABLE = (pika.exceptions.AMQPError, OSError)
+
+
+class QueueMismatch(Exception):
+    """The queue exists with other arguments: a configuration error, not a crash."""
+
+
+class Consumer:
+    def __init__(self, pool, broker, handler, worker_name, reporter: reporting.Reporter):
+        self.pool = pool
+        self.broker = broker
+        self.worker_name = worker_name
+        self.reporter = reporter
+        self.runner = TaskRunner(handler, self._finished_threadsafe)
+        self.exit_code = 0
+        self._stop_reason = None
+        self._wake = threading.Event()
+        self._connection = None
+        self._channel = None
+        self._publish_channel = None
+        self._consumer_tag = None
+        self._generation = 0
+        self._in_flight = set()  # tasks delivered and not yet settled, any generation
+        self._pending_settles = []  # finished while no connection was open
+        self._tasks_done = 0
+
+    # -- any thread --
+
+    def request_stop(self, reason: str) -> None:
+        """Stop consuming, finish the current task, ack it, close, return from run()."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+            log.info("Stopping (%s): finishing the current task first.", reason)
+        self._wake.set()
+        self._poke()
+
+    def _poke(self) -> None:
+        connection = self._connection
+        if connection is not None:
+            try:
+                connection.add_callback_threadsafe(lambda: None)
+            except pika.exceptions.AMQPError:
+                pass  # closing; the I/O loop is about to notice anyway
+
+    def _finished_threadsafe(self, task: Task) -> None:
+        """Runner thread: hand the finished task to the I/O thread."""
+        connection = self._connection
+        try:
+            connection.add_callback_threadsafe(functools.partial(self._settle, task))
+        except (AttributeError, pika.exceptions.AMQPError):
+            # No open connection: the broker requeued this message already.
+            self._wake.set()
+            self._pending_settles.append(task)
+
+    # -- I/O thread --
+
+    def run(self) -> int:
+        """Consume until asked to stop; return the worker's exit code."""
+        self.runner.start()
+        failures = 0
+        while self._stop_reason is None:
+            try:
+                self._open()
+                failures = 0
+                self._serve()
+            except QueueMismatch as exc:
+                log.error("%s", exc)
+                self.reporter.send(reporting.FATAL, error=str(exc))
+                return 78
+            except RECOVERABLE as exc:
+                failures += 1
+                delay = backoff.exponential(failures, RECONNECT_INITIAL, RECONNECT_MAX, jitter=0.5)
+                reason = amqp.describe_error(exc, self.broker.url)
+                log.warning("Broker connection lost or refused: %s; reconnecting in %.1f s.", reason, delay)
+                self.reporter.send(reporting.DISCONNECTED, reason=reason)
+                self._discard_connection()
+                self._wake.wait(delay)
+                self._wake.clear()
+                self._drop_stale_settles()
+        self._discard_connection()
+        return self.exit_code
+
+    def _open(self) -> None:
+        self._connection = amqp.connect(self.broker, name=f"wqd worker {self.worker_name} pid {os.getpid()}")
+        self._generation += 1
+        self._channel = self._connection.channel()
+        self._declare(self._channel, self.pool.queue, amqp.queue_arguments(self.pool.queue_type))
+        if self.pool.dead_letter_queue:
+            self._declare(self._channel, self.pool.dead_letter_queue,
+                          amqp.queue_arguments(self.pool.queue_type))
+        self._channel.basic_qos(prefetch_count=self.pool.prefetch)
+        self._publish_channel = self._connection.channel()
+        self._publish_channel.confirm_delivery()
+        self.reporter.send(reporting.CONNECTED)
+
+    def _declare(self, channel, queue: str, arguments) -> None:
+        try:
+            channel.queue_declare(queue=queue, durable=True, arguments=arguments)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code == 406:
+                raise QueueMismatch(
+                    f"Configuration error in pool {self.pool.name!r}: queue {queue!r} already exists "
+                    f"with other arguments than wqd declares (durable=True, queue_type="
+                    f"{self.pool.queue_type}); the broker said: {exc.reply_text}. Change the pool's "
+                    f"queue_type or queue name to match, or delete the queue. The pool is not restarted."
+                ) from None
+            raise
+
+    def _serve(self) -> None:
+        """Dispatch broker and runner events until stopped (or the connection fails)."""
+        connection = self._connection
+        while True:
+            if self._stop_reason is not None:
+                self._cancel_consumer()
+                if not self._in_flight:
+                    break
+            elif self._consumer_tag is None and not self._in_flight:
+                self._consumer_tag = self._channel.basic_consume(
+                    self.pool.queue, on_message_callback=self._on_delivery)
+                log.info("Consuming from %r (prefetch %d).", self.pool.queue, self.pool.prefetch)
+                self.reporter.send(reporting.CONSUMING)
+            self._drop_stale_settles()
+            waiting_for_runner = self._consumer_tag is None and self._in_flight
+            connection.process_data_events(time_limit=IDLE_POLL if waiting_for_runner else None)
+            if waiting_for_runner:
+                self._forget_lost_settles()
+        connection.close()
+        self._connection = None
+
+    def _cancel_consumer(self) -> None:
+        if self._consumer_tag is None:
+            return
+        self._channel.basic_cancel(self._consumer_tag)
+        self._consumer_tag = None
+        for task in self.runner.take_pending():
+            self._channel.basic_nack(task.delivery_tag, requeue=True)
+            self._in_flight.discard(task)
+
+    def _discard_connection(self) -> None:
+        """Forget a broken connection; its unacked deliveries are the broker's again."""
+        connection, self._connection = self._connection, None
+        self._consumer_tag = None
+        self._in_flight.difference_update(self.runner.take_pending())
+        if connection is not None and connection.is_open:
+            try:
+                connection.close()
+            except RECOVERABLE:
+                pass
+
+    def _drop_stale_settles(self) -> None:
+        while self._pending_settles:
+            self._settle(self._pending_settles.pop())
+
+    def _forget_lost_settles(self) -> None:
+        """Drop old-connection tasks that are no longer running: their settle
+        callback went to a connection that closed before dispatching it."""
+        self._in_flight = {task for task in self._in_flight
+                           if task.generation == self._generation or task is self.runner.current}
+
+    def _on_delivery(self, channel, method, properties, body) -> None:
+        if self._stop_reason is not None:
+            channel.basic_nack(method.delivery_tag, requeue=True)
+            return
+        headers = properties.headers or {}
+        attempt = int(headers.get(ATTEMPT_HEADER, 1))
+        if "x-delivery-count" in headers:  # quorum queues count returns for us
+            attempt += int(headers["x-delivery-count"])
+        elif method.redelivered:
+            attempt += 1
+        message = Message(body, properties, method.redelivered, attempt,
+                          self.pool.queue, self.pool.name, self.worker_name)
+        task = Task(self._generation, method.delivery_tag, message)
+        self._in_flight.add(task)
+        self.reporter.send(reporting.TASK_STARTED, message_id=properties.message_id,
+                           redelivered=method.redelivered)
+        self.runner.submit(task)
+
+    def _settle(self, task: Task) -> None:
+        """Ack, retry or dead-letter a finished task (I/O thread)."""
+        self._in_flight.discard(task)
+        message = task.message
+        outcome = "succeeded" if task.error is None else None
+        if task.generation != self._generation or self._connection is None:
+            log.warning("Task %s finished after its connection was lost; not acking it: "
+                        "the broker has requeued it.", message.message_id or task.delivery_tag)
+        elif task.error is None:
+            self._channel.basic_ack(task.delivery_tag)
+        else:
+            outcome = self._fail(task)
+        self.reporter.send(reporting.TASK_FINISHED, outcome=outcome or "failed",
+                           duration=task.duration, redelivered=message.redelivered)
+        self._tasks_done += 1
+        self._check_recycle()
+
+    def _fail(self, task: Task) -> str:
+        """Route a failed attempt onwards, then ack the original; return the outcome."""
+        message, error = task.message, task.error
+        final = isinstance(error, Reject) or message.attempt > self.pool.max_retries
+        log.warning("Task %s failed on attempt %d: %s: %s", message.message_id or "(no id)",
+                    message.attempt, type(error).__name__, error)
+        properties = message.properties
+        try:
+            if not final:
+                delay = retry.retry_delay(self.pool, message.attempt)
+                queue, arguments, delay_ms = retry.delay_queue(self.pool, delay)
+                self._publish_channel.queue_declare(queue=queue, durable=True, arguments=arguments)
+                properties = _copy_properties(properties, retry.retry_headers(properties.headers, message.attempt))
+                properties.expiration = retry.jittered_expiration(delay_ms)
+                properties.delivery_mode = pika.DeliveryMode.Persistent
+                self._publish_channel.basic_publish("", queue, message.body, properties, mandatory=True)
+                outcome = "retried"
+            elif self.pool.dead_letter_queue:
+                headers = retry.dead_letter_headers(properties.headers, self.pool, message.attempt, error)
+                self._publish_channel.basic_publish("", self.pool.dead_letter_queue, message.body,
+                                                    _copy_properties(properties, headers), mandatory=True)
+                outcome = "dead_lettered"
+            else:
+                log.error("Task %s dropped after %d attempts (dead_letter_queue is null).",
+                          message.message_id or "(no id)", message.attempt)
+                outcome = "failed"
+        except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
+            log.error("Could not republish task %s (%s); returning it to the queue.",
+                      message.message_id or "(no id)", exc)
+            self._channel.basic_nack(task.delivery_tag, requeue=True)
+            return "failed"
+        self._channel.basic_ack(task.delivery_tag)
+        return outcome
+
+    def _check_recycle(self) -> None:
+        limit = self.pool.max_tasks_per_child
+        if limit and self._tasks_done >= limit:
+            self._recycle(f"max_tasks_per_child={limit} reached")
+        memory_limit = self.pool.max_memory_per_child
+        if memory_limit and _rss_mib() > memory_limit:
+            self._recycle(f"RSS above max_memory_per_child={memory_limit} MiB")
+
+    def _recycle(self, reason: str) -> None:
+        if self._stop_reason is None:
+            self.reporter.send(reporting.RECYCLING, reason=reason)
+            self.request_stop(f"recycling: {reason}")
+
+
+def _copy_properties(properties, headers):
+    """The same properties with new headers (the original object is left alone)."""
+    return pika.BasicProperties(
+        content_type=properties.content_type, content_encoding=properties.content_encoding,
+        headers=headers, delivery_mode=properties.delivery_mode, priority=properties.priority,
+        correlation_id=properties.correlation_id, reply_to=properties.reply_to,
+        expiration=properties.expiration, message_id=properties.message_id,
+        timestamp=properties.timestamp, type=properties.type, user_id=properties.user_id,
+        app_id=properties.app_id, cluster_id=properties.cluster_id)
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as statm:
+        resident_pages = int(statm.read().split()[1])
+    return resident_pages * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)

@@ -1,0 +1,475 @@
+"""The master process: forks workers, keeps their number, stops and reloads.
+
+Signal handlers only record the signal and wake the loop through the wakeup
+fd; the loop acts: signals, worker reports, reaping, time limits, the worker
+count, notifications. The master holds no broker connection.
+"""
+
+import errno
+import json
+import logging
+import os
+import select
+import signal
+import sys
+import time
+
+from setproctitle import setproctitle
+
+from wqd import config as config_module
+from wqd import handlers as handlers_module
+from wqd import logs, reporting, worker
+from wqd.backoff import exponential
+from wqd.http_endpoint import HTTPEndpoint
+from wqd.metrics import Metrics
+from wqd.systemd import Notifier
+
+log = logging.getLogger("wqd.master")
+
+# A worker that dies sooner than this after its start died "early"; a slot that
+# keeps dying early is restarted with a growing delay instead of at once.
+EARLY_DEATH_SECONDS = 5.0
+RESPAWN_BACKOFF_INITIAL = 1.0
+RESPAWN_BACKOFF_MAX = 60.0
+# Longest the loop sleeps when nothing happens (it wakes on signals and reports).
+LOOP_TIMEOUT = 1.0
+# After a fast stop, workers get this long to exit on SIGQUIT before SIGKILL.
+FAST_STOP_TIMEOUT = 2.0
+EXIT_CONFIG = 78
+
+HANDLED_SIGNALS = ("HUP", "INT", "QUIT", "TERM", "TTIN", "TTOU", "CHLD")
+
+
+class Pool:
+    """A pool's running state; replaced (not mutated) when its settings change."""
+
+    def __init__(self, config, handler):
+        self.config = config
+        self.handler = handler
+        self.desired = config.workers
+        self.early_deaths = {}  # slot -> consecutive early deaths
+        self.next_start = {}    # slot -> monotonic time before which it must not respawn
+        self.failed = None      # a configuration error reported by a worker: not restarted
+
+
+class WorkerProcess:
+    def __init__(self, pool: Pool, slot: int, pid: int, reader: reporting.EventReader):
+        self.pool = pool
+        self.slot = slot
+        self.pid = pid
+        self.reader = reader
+        self.started_at = time.monotonic()
+        self.state = "starting"   # starting | connected | consuming | disconnected
+        self.busy_since = None    # monotonic time the current task started
+        self.message_id = None
+        self.retire_deadline = None  # set when asked to stop; it is not replaced
+        self.recycling = False
+        self.killed_for = None    # why the master SIGKILLed it, e.g. "time_limit"
+
+    @property
+    def name(self) -> str:
+        return f"{self.pool.config.name}[{self.slot}]"
+
+
+class Master:
+    def __init__(self, config, handlers):
+        self.config = config
+        self.pools = [Pool(pool, handlers[pool.name]) for pool in config.pools]
+        self.workers = {}  # pid -> WorkerProcess
+        self.signals = []
+        self.stopping = False
+        self.stop_deadline = None
+        self.fast_stop = False
+        self.exit_code = 0
+        self.was_ready = False
+        self.notifier = Notifier()
+        self.last_watchdog = 0.0
+        self.last_status_line = ""
+        self.metrics = Metrics(self._snapshot)
+        for pool in self.pools:
+            self.metrics.add_pool(pool.config.name)
+        self.http = None
+        self.pid = os.getpid()
+
+    # -- start and main loop --
+
+    def run(self) -> int:
+        setproctitle(f"wqd: master -c {self.config.path}")
+        self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self._wakeup_w)
+        for name in HANDLED_SIGNALS:
+            signal.signal(getattr(signal, "SIG" + name), self._record_signal)
+        if self.config.metrics.listen:
+            self.http = HTTPEndpoint(self.config.metrics.listen, {
+                "/metrics": lambda: (200, "text/plain; version=0.0.4; charset=utf-8", self.metrics.exposition()),
+                "/healthz": lambda: (200, "text/plain", b"ok\n"),
+                "/readyz": self._readyz,
+                "/status": lambda: (200, "application/json", json.dumps(self.status()).encode()),
+            })
+            log.info("Serving metrics on http://%s/metrics.", self.http.address)
+        log.info("wqd master started (pid %d) with %s; pools: %s.", self.pid, self.config.path,
+                 ", ".join(f"{p.config.name}={p.desired}" for p in self.pools))
+        while True:
+            self._manage()
+            if self.stopping and not self.workers:
+                break
+            self._notify()
+            self._wait()
+        log.info("All workers are gone; master exits.")
+        if self.http:
+            self.http.close()
+        return self.exit_code
+
+    def _record_signal(self, signum, frame) -> None:
+        """NO logging, no work: just queue the signal; the loop acts on it."""
+        self.signals.append(signum)
+
+    def _wait(self) -> None:
+        """Sleep until a signal, a worker report, an HTTP client or the next deadline."""
+        readers = {self._wakeup_r: None}
+        for proc in self.workers.values():
+            readers[proc.reader.fd] = proc
+        if self.http:
+            readers[self.http.fileno()] = self.http
+        timeout = LOOP_TIMEOUT
+        starts = [when for pool in self.pools for when in pool.next_start.values()]
+        if starts:
+            timeout = max(0.0, min(timeout, min(starts) - time.monotonic()))
+        if self.signals:
+            timeout = 0
+        try:
+            ready, _, _ = select.select(list(readers), [], [], timeout)
+        except InterruptedError:
+            ready = []
+        for fd in ready:
+            target = readers[fd]
+            if target is None:
+                _drain(self._wakeup_r)
+            elif target is self.http:
+                self.http.handle_one()
+            else:
+                self._read_reports(target)
+
+    def _manage(self) -> None:
+        """One pass of the loop's duties, in order."""
+        while self.signals:
+            self._handle_signal(self.signals.pop(0))
+        self._reap()
+        now = time.monotonic()
+        for proc in list(self.workers.values()):
+            if proc.retire_deadline and now > proc.retire_deadline:
+                log.warning("Worker %s (pid %d) did not stop in time; killing it.", proc.name, proc.pid)
+                proc.retire_deadline = None
+                self._kill(proc, signal.SIGKILL)
+        if self.stopping:
+            return
+        self._enforce_time_limits(now)
+        self._keep_worker_count(now)
+        if self.pools and all(pool.failed for pool in self.pools):
+            log.error("Every pool has a configuration error; stopping.")
+            self.exit_code = EXIT_CONFIG
+            self._begin_stop(graceful=True)
+
+    # -- signals --
+
+    def _handle_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        if name == "SIGCHLD":
+            return  # reaped on every pass anyway
+        if name in ("SIGTERM", "SIGINT"):
+            self._begin_stop(graceful=not self.stopping)
+        elif name == "SIGQUIT":
+            self._begin_stop(graceful=False)
+        elif name == "SIGHUP":
+            if not self.stopping:
+                self.reload()
+        elif name in ("SIGTTIN", "SIGTTOU") and not self.stopping:
+            for pool in self.pools:
+                pool.desired = pool.desired + 1 if name == "SIGTTIN" else max(1, pool.desired - 1)
+            log.info("%s: workers per pool now %s.", name,
+                     ", ".join(f"{p.config.name}={p.desired}" for p in self.pools))
+
+    def _begin_stop(self, graceful: bool) -> None:
+        if graceful:
+            timeout = self.config.shutdown.graceful_timeout
+            log.info("Graceful stop: workers finish their current task (up to %.0f s).", timeout)
+            self.notifier.notify("STOPPING=1", "STATUS=Stopping: workers finish their current task")
+            self.stopping = True
+            self.stop_deadline = time.monotonic() + timeout
+            for proc in self.workers.values():
+                self._retire(proc, timeout)
+        elif not self.fast_stop:
+            log.info("Fast stop: workers exit now; their unacked messages return to the queue.")
+            self.notifier.notify("STOPPING=1", "STATUS=Stopping fast")
+            self.stopping = self.fast_stop = True
+            for proc in self.workers.values():
+                proc.retire_deadline = time.monotonic() + FAST_STOP_TIMEOUT
+                self._kill(proc, signal.SIGQUIT)
+
+    # -- reload --
+
+    def reload(self) -> None:
+        self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+        try:
+            new_config = config_module.load(self.config.path)
+            new_handlers = handlers_module.load_all(new_config)
+        except config_module.ConfigError as exc:
+            log.error("Reload failed; keeping the running configuration. %s", exc)
+            self.notifier.notify("READY=1", "STATUS=Reload failed; running the previous configuration")
+            return
+        logs.setup(new_config.logging.level, new_config.logging.format)
+        if new_config.metrics != self.config.metrics:
+            log.warning("metrics.listen changed; it takes effect at the next restart.")
+        broker_changed = new_config.broker != self.config.broker
+        current = {pool.config.name: pool for pool in self.pools}
+        pools = []
+        for pool_config in new_config.pools:
+            old = current.pop(pool_config.name, None)
+            if old and not broker_changed and old.config.same_settings(pool_config) and not old.failed:
+                old.config = pool_config
+                old.desired = pool_config.workers
+                pools.append(old)
+                continue
+            if old:
+                log.info("Pool %r changed; replacing its workers gracefully.", pool_config.name)
+                self._retire_pool(old)
+            else:
+                log.info("Pool %r added.", pool_config.name)
+            pools.append(Pool(pool_config, new_handlers[pool_config.name]))
+            self.metrics.add_pool(pool_config.name)
+        for old in current.values():
+            log.info("Pool %r removed; stopping its workers gracefully.", old.config.name)
+            self._retire_pool(old)
+        self.pools = pools
+        self.config = new_config
+        self.was_ready = False  # READY=1 again once every pool consumes
+        log.info("Reloaded %s; pools: %s.", self.config.path,
+                 ", ".join(f"{p.config.name}={p.desired}" for p in self.pools))
+
+    def _retire_pool(self, pool: Pool) -> None:
+        for proc in self.workers.values():
+            if proc.pool is pool:
+                self._retire(proc, self.config.shutdown.graceful_timeout)
+
+    # -- workers --
+
+    def _keep_worker_count(self, now: float) -> None:
+        for pool in self.pools:
+            if pool.failed:
+                continue
+            active = {proc.slot: proc for proc in self.workers.values()
+                      if proc.pool is pool and proc.retire_deadline is None}
+            for slot in range(1, pool.desired + 1):
+                if slot not in active and now >= pool.next_start.get(slot, 0):
+                    pool.next_start.pop(slot, None)
+                    self._spawn(pool, slot)
+            for slot, proc in active.items():
+                if slot > pool.desired:
+                    self._retire(proc, self.config.shutdown.graceful_timeout)
+
+    def _spawn(self, pool: Pool, slot: int) -> None:
+        read_fd, write_fd = os.pipe()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into the master's code
+            code = 1
+            try:
+                os.close(read_fd)
+                self._close_master_fds()
+                code = worker.run(pool.config, self.config.broker, pool.handler, slot, write_fd, self.pid)
+            except BaseException:
+                log.exception("Worker %s[%d] failed.", pool.config.name, slot)
+            finally:
+                logging.shutdown()
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        os.close(write_fd)
+        os.set_blocking(read_fd, False)
+        proc = WorkerProcess(pool, slot, pid, reporting.EventReader(read_fd))
+        self.workers[pid] = proc
+        log.info("Worker %s spawned (pid %d).", proc.name, pid)
+
+    def _close_master_fds(self) -> None:
+        """In a new child: let go of what belongs to the master."""
+        signal.set_wakeup_fd(-1)
+        os.close(self._wakeup_r)
+        os.close(self._wakeup_w)
+        if self.http:
+            self.http.close()
+        for proc in self.workers.values():
+            os.close(proc.reader.fd)
+
+    def _retire(self, proc: WorkerProcess, timeout: float) -> None:
+        """Ask a worker to finish its task and exit; it is not replaced."""
+        if proc.retire_deadline is None:
+            proc.retire_deadline = time.monotonic() + timeout
+            self._kill(proc, signal.SIGTERM)
+
+    def _kill(self, proc: WorkerProcess, signum: int) -> None:
+        try:
+            os.kill(proc.pid, signum)
+        except ProcessLookupError:
+            pass  # already dead; the reaper will see it
+
+    def _enforce_time_limits(self, now: float) -> None:
+        for proc in self.workers.values():
+            limit = proc.pool.config.time_limit
+            if limit and proc.busy_since and now - proc.busy_since > limit and not proc.killed_for:
+                log.warning("Worker %s (pid %d) exceeded time_limit=%ss on task %s; killing it.",
+                            proc.name, proc.pid, limit, proc.message_id or "(no id)")
+                proc.killed_for = "time_limit"
+                self._kill(proc, signal.SIGKILL)
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            proc = self.workers.pop(pid, None)
+            if proc is not None:
+                self._read_reports(proc)
+                os.close(proc.reader.fd)
+                self._worker_exited(proc, status)
+
+    def _worker_exited(self, proc: WorkerProcess, status: int) -> None:
+        pool, now = proc.pool, time.monotonic()
+        how = _describe_status(status)
+        if proc.busy_since is not None:
+            self.metrics.record_task(pool.config.name, "failed")
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_CONFIG and pool.failed:
+            log.error("Worker %s %s with a configuration error; pool %r is not restarted until a "
+                      "reload fixes it.", proc.name, how, pool.config.name)
+            return
+        if proc.retire_deadline is not None or pool not in self.pools:
+            log.info("Worker %s (pid %d) %s.", proc.name, proc.pid, how)
+            return
+        if proc.killed_for:
+            reason = proc.killed_for
+        elif proc.recycling and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+            reason = "recycled"
+        elif os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
+            reason = "killed"
+        else:
+            reason = "crashed"
+        self.metrics.restarts.labels(pool.config.name, reason).inc()
+        hint = " Perhaps out of memory?" if reason == "killed" else ""
+        log_level = logging.INFO if reason == "recycled" else logging.WARNING
+        log.log(log_level, "Worker %s (pid %d) %s (%s); replacing it.%s", proc.name, proc.pid, how, reason, hint)
+        if reason != "recycled" and now - proc.started_at < EARLY_DEATH_SECONDS:
+            deaths = pool.early_deaths.get(proc.slot, 0) + 1
+            pool.early_deaths[proc.slot] = deaths
+            delay = exponential(deaths - 1, RESPAWN_BACKOFF_INITIAL, RESPAWN_BACKOFF_MAX)
+            if delay:
+                log.warning("Worker %s died %d times in a row within %.0f s of starting; next start in %.0f s.",
+                            proc.name, deaths, EARLY_DEATH_SECONDS, delay)
+                pool.next_start[proc.slot] = now + delay
+        else:
+            pool.early_deaths.pop(proc.slot, None)
+
+    # -- reports from workers --
+
+    def _read_reports(self, proc: WorkerProcess) -> None:
+        events, _ = proc.reader.read()
+        name = proc.pool.config.name
+        for event, fields in events:
+            if event == reporting.TASK_STARTED:
+                proc.busy_since = time.monotonic()
+                proc.message_id = fields.get("message_id")
+                if fields.get("redelivered"):
+                    self.metrics.redelivered.labels(name).inc()
+            elif event == reporting.TASK_FINISHED:
+                proc.busy_since = proc.message_id = None
+                self.metrics.record_task(name, fields["outcome"], fields["duration"])
+            elif event in (reporting.CONNECTED, reporting.CONSUMING, reporting.DISCONNECTED):
+                proc.state = event
+            elif event == reporting.RECYCLING:
+                proc.recycling = True
+            elif event == reporting.FATAL:
+                proc.pool.failed = fields["error"]
+
+    # -- state for metrics, status and systemd --
+
+    def _pool_counts(self, pool: Pool) -> dict:
+        procs = [p for p in self.workers.values() if p.pool is pool]
+        return {
+            "name": pool.config.name,
+            "queue": pool.config.queue,
+            "desired": pool.desired,
+            "workers": len(procs),
+            "consuming": sum(p.state == reporting.CONSUMING for p in procs),
+            "busy": sum(p.busy_since is not None for p in procs),
+            "connected": sum(p.state in (reporting.CONNECTED, reporting.CONSUMING) for p in procs),
+            "failed": pool.failed,
+        }
+
+    def is_ready(self) -> bool:
+        return all(any(p.pool is pool and p.state == reporting.CONSUMING for p in self.workers.values())
+                   for pool in self.pools) and not self.stopping
+
+    def _snapshot(self):
+        return [self._pool_counts(pool) for pool in self.pools], self.is_ready()
+
+    def _readyz(self):
+        if self.is_ready():
+            return 200, "text/plain", b"ready\n"
+        return 503, "text/plain", b"not ready: a pool has no consuming worker\n"
+
+    def status(self) -> dict:
+        now = time.monotonic()
+        pools = []
+        for pool in self.pools:
+            counts = self._pool_counts(pool)
+            counts["tasks"] = self.metrics.task_counts(pool.config.name)
+            counts["worker_processes"] = [{
+                "pid": proc.pid, "name": proc.name, "state": proc.state,
+                "busy": proc.busy_since is not None,
+                "task_age": round(now - proc.busy_since, 3) if proc.busy_since else None,
+                "stopping": proc.retire_deadline is not None,
+            } for proc in sorted(self.workers.values(), key=lambda p: p.slot) if proc.pool is pool]
+            pools.append(counts)
+        return {"pid": self.pid, "ready": self.is_ready(), "stopping": self.stopping, "pools": pools}
+
+    def _notify(self) -> None:
+        ready = self.is_ready()
+        if ready and not self.was_ready:
+            self.was_ready = True
+            log.info("Ready: every pool has a consuming worker.")
+            self.notifier.notify("READY=1", "STATUS=" + self._status_line())
+        elif self.notifier.address and not self.stopping:
+            line = self._status_line()
+            if line != self.last_status_line:
+                self.last_status_line = line
+                self.notifier.notify("STATUS=" + line)
+        interval = self.notifier.watchdog_interval
+        if interval and time.monotonic() - self.last_watchdog >= interval:
+            self.last_watchdog = time.monotonic()
+            self.notifier.notify("WATCHDOG=1")
+
+    def _status_line(self) -> str:
+        parts = []
+        for pool in self.pools:
+            counts = self._pool_counts(pool)
+            done = self.metrics.task_counts(pool.config.name)["succeeded"]
+            parts.append(f"{counts['name']}: {counts['workers']}/{counts['desired']} workers, "
+                         f"{counts['connected']} connected, {done} done")
+        return "; ".join(parts)
+
+
+def _describe_status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"was killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exited with code {os.WEXITSTATUS(status)}"
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except OSError as exc:
+        if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
+            raise

@@ -1,0 +1,66 @@
+"""``wqd publish``: persistent messages, publisher confirms, mandatory routing."""
+
+import uuid
+
+import pika
+import pika.exceptions
+
+from wqd import amqp
+
+
+class PublishError(Exception):
+    def __init__(self, text: str, exit_code: int):
+        super().__init__(text)
+        self.exit_code = exit_code
+
+
+def publish_lines(broker, queue: str, pool, bodies, headers: dict, persistent: bool = True):
+    """Publish each body to ``queue``; yield it once the broker confirmed it.
+
+    The queue is declared as the pool declares it (durable; its queue_type),
+    so publishing first and starting wqd later loses nothing. Without a pool
+    (``--url``), an existing queue is used as it is, or a durable classic one
+    is created.
+    """
+    try:
+        connection = amqp.connect(broker, name="wqd publish")
+    except (pika.exceptions.AMQPError, OSError) as exc:
+        raise PublishError(amqp.describe_error(exc, broker.url), 69) from None
+    try:
+        channel = connection.channel()
+        _declare(connection, channel, queue, pool)
+        channel = connection.channel() if channel.is_closed else channel
+        channel.confirm_delivery()
+        delivery_mode = pika.DeliveryMode.Persistent if persistent else pika.DeliveryMode.Transient
+        for body in bodies:
+            properties = pika.BasicProperties(delivery_mode=delivery_mode, message_id=uuid.uuid4().hex,
+                                              headers=headers or None)
+            try:
+                channel.basic_publish("", queue, body.encode(), properties, mandatory=True)
+            except pika.exceptions.UnroutableError:
+                raise PublishError(f"message {body!r} could not be routed to queue {queue!r} "
+                                   f"(does the queue exist?)", 1) from None
+            except pika.exceptions.NackError:
+                raise PublishError(f"the broker refused message {body!r} (nack)", 1) from None
+            yield body
+    except (pika.exceptions.AMQPConnectionError, OSError) as exc:
+        raise PublishError(amqp.describe_error(exc, broker.url), 69) from None
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+def _declare(connection, channel, queue: str, pool) -> None:
+    try:
+        if pool is not None:
+            channel.queue_declare(queue, durable=True, arguments=amqp.queue_arguments(pool.queue_type))
+            return
+        try:
+            channel.queue_declare(queue, passive=True)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != 404:
+                raise
+            connection.channel().queue_declare(queue, durable=True)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        raise PublishError(f"cannot use queue {queue!r}: the broker said {exc.reply_code} {exc.reply_text}",
+                           78 if exc.reply_code == 406 else 1) from None

@@ -1,0 +1,88 @@
+"""One worker process's life, from just after the fork to its exit.
+
+Three threads: the main thread waits for signals (they are blocked in every
+thread and taken with sigtimedwait, so no Python signal handler ever runs in
+the middle of pika code); the I/O thread runs the Consumer; the handler thread
+runs tasks. TERM makes the consumer stop gracefully; QUIT exits at once.
+"""
+
+import ctypes
+import logging
+import os
+import signal
+import threading
+
+from setproctitle import setproctitle
+
+from wqd import logs
+from wqd.consumer import Consumer
+from wqd.reporting import Reporter
+
+log = logging.getLogger("wqd.worker")
+
+PR_SET_PDEATHSIG = 1
+# How often the main thread checks that the master is still its parent.
+PARENT_CHECK_INTERVAL = 1.0
+# Signals the master may have set handlers for; a worker starts from the defaults.
+MASTER_SIGNALS = (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD)
+# The I/O thread sends this to the main thread when it is done, ending the wait at once.
+IO_THREAD_DONE = signal.SIGUSR1
+WAITED_SIGNALS = {signal.SIGTERM, signal.SIGQUIT, IO_THREAD_DONE}
+
+
+def run(pool, broker, handler, slot: int, report_fd: int, master_pid: int) -> int:
+    """Run the worker; return its exit code (the caller os._exit()s with it)."""
+    name = f"{pool.name}[{slot}]"
+    setproctitle(f"wqd: worker {name}")
+    logs.set_process_name(f"worker {name}")
+    _reset_signals()
+    _die_with_parent()
+    if os.getppid() != master_pid:  # the master died before prctl took effect
+        return 0
+
+    consumer = Consumer(pool, broker, handler, name, Reporter(report_fd))
+    exit_code = []
+    main_thread = threading.main_thread().ident
+
+    def consume() -> None:
+        try:
+            exit_code.append(consumer.run())
+        finally:
+            signal.pthread_kill(main_thread, IO_THREAD_DONE)
+
+    io_thread = threading.Thread(target=consume, name="amqp", daemon=True)
+    io_thread.start()
+    while io_thread.is_alive():
+        signum = signal.sigtimedwait(WAITED_SIGNALS, PARENT_CHECK_INTERVAL)
+        signo = signum.si_signo if signum else None
+        if signo == signal.SIGQUIT:
+            log.info("Fast stop (SIGQUIT): exiting now; unacked messages return to the queue.")
+            return 0
+        if signo == signal.SIGTERM:
+            consumer.request_stop("SIGTERM")
+        elif signo is None and os.getppid() != master_pid:
+            consumer.request_stop("the master process died")
+    io_thread.join()
+    return exit_code[0] if exit_code else 1
+
+
+def _reset_signals() -> None:
+    signal.set_wakeup_fd(-1)
+    for signum in MASTER_SIGNALS:
+        signal.signal(signum, signal.SIG_DFL)
+    # Ctrl-C in a terminal reaches the whole process group; the master decides.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for signum in WAITED_SIGNALS:
+        signal.signal(signum, signal.SIG_DFL)
+    # Blocked before any thread starts, so every thread inherits the mask and
+    # only sigtimedwait in the main thread ever takes these signals.
+    signal.pthread_sigmask(signal.SIG_BLOCK, WAITED_SIGNALS)
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to send SIGTERM when the master dies (even by SIGKILL)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: the parent check in the main loop covers it

@@ -21,6 +21,13 @@ class ConfigError(Exception):
     """The configuration cannot be used; str() is the paragraph to show."""
 
 
+def _shown(value: Any) -> str:
+    """A value for an error message; URLs lose their password."""
+    if isinstance(value, str) and "://" in value:
+        return repr(redact_url(value))
+    return repr(value)
+
+
 # -- value checks: each returns the cleaned value or raises ValueError(expected) --
 
 
@@ -213,6 +220,12 @@ class _Validator:
 
     def error(self, key_path: str, text: str) -> None:
         line = self.lines.get(key_path)
+        parent = key_path
+        while line is None:  # a missing key: point at its parent
+            parent, found = re.subn(r"(\.[^.\[]*|\[\d+\])$", "", parent)
+            if not found:
+                break
+            line = self.lines.get(parent)
         where = f"{self.path}:{line}" if line else self.path
         self.errors.append(f"{where}: {key_path}: {text}")
 
@@ -240,7 +253,7 @@ class _Validator:
             try:
                 cleaned[key] = check(data[key])
             except ValueError as exc:
-                self.error(sub_path, f"{exc}, got {repr(data[key])}")
+                self.error(sub_path, f"{exc}, got {_shown(data[key])}")
         return cleaned
 
     def config(self, data: Any) -> Optional[Config]:
@@ -285,13 +298,13 @@ class _Validator:
         for index, item in enumerate(data):
             key_path = f"pools[{index}]"
             values = self.section(item, POOL_SCHEMA, key_path)
-            if not values or None in (values.get("name"), values.get("queue"), values.get("handler")):
-                continue
-            if values["name"] in seen:
-                self.error(f"{key_path}.name", f"duplicate pool name {values['name']!r} "
-                           f"(also pools[{seen[values['name']]}])")
-                continue
-            seen[values["name"]] = index
+            name = values.get("name")
+            if isinstance(name, str) and name in seen:
+                self.error(f"{key_path}.name", f"duplicate pool name {name!r} (also pools[{seen[name]}])")
+            elif isinstance(name, str):
+                seen[name] = index
+            if self.errors:
+                continue  # the config is refused anyway; keep collecting errors
             if values["dead_letter_queue"] is DERIVED:
                 values["dead_letter_queue"] = values["queue"] + ".dead"
             delay = self.section(values["retry_delay"], RETRY_DELAY_SCHEMA, f"{key_path}.retry_delay")

@@ -1,0 +1,68 @@
+# wqd: build, test and demo targets.
+#
+#   make test     the test suite (against throwaway RabbitMQ nodes; never the
+#                 broker on localhost:5672), without the soak tests
+#   make demo     the tutorial's five messages through two wqd workers
+#   make lint     ruff (installed into .venv by this target only)
+#   make soak     the long-running soak tests (-m soak)
+#   make bench    the benchmarks
+#   make clean
+#
+# Variables: PY (python used to create the venv), VENV, PYTEST_ARGS
+# (e.g. make test PYTEST_ARGS='-k durability -x').
+
+PY ?= python3
+VENV ?= .venv
+PYTEST_ARGS ?=
+
+VENV_PY := $(VENV)/bin/python
+VENV_STAMP := $(VENV)/.installed
+RABBITMQ_SERVER := /usr/lib/rabbitmq/bin/rabbitmq-server
+PROMTOOL := /usr/bin/promtool
+
+.PHONY: all venv rabbitmq promtool test demo lint soak bench clean
+
+all: test
+
+# --- environment -----------------------------------------------------------
+
+venv: $(VENV_STAMP)
+
+# Reinstalled only when the package metadata changes (the install is
+# editable, so code changes need no reinstall).
+$(VENV_STAMP): setup.cfg pyproject.toml
+	test -x $(VENV_PY) || $(PY) -m venv $(VENV)
+	$(VENV_PY) -m pip install --disable-pip-version-check -q -e '.[test]'
+	touch $@
+
+# Debian packages the tests need. Installed only if missing, and only as
+# root; their services are left stopped (the tests run their own processes).
+rabbitmq:
+	@bash scripts/ensure-debian-package.sh $(RABBITMQ_SERVER) rabbitmq-server rabbitmq-server
+
+promtool:
+	@bash scripts/ensure-debian-package.sh $(PROMTOOL) prometheus prometheus
+
+# --- checks ----------------------------------------------------------------
+
+test: venv rabbitmq promtool
+	$(VENV)/bin/pytest -q -m 'not soak' tests $(PYTEST_ARGS)
+
+soak: venv rabbitmq promtool
+	$(VENV)/bin/pytest -q -m soak tests $(PYTEST_ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff --version >/dev/null 2>&1 || $(VENV_PY) -m pip install --disable-pip-version-check -q ruff
+	$(VENV)/bin/ruff check $(wildcard daemon tests bench)
+
+# --- demo and benchmarks ---------------------------------------------------
+
+demo: venv rabbitmq
+	bash scripts/demo.sh
+
+bench: venv rabbitmq
+	$(VENV_PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) build dist .pytest_cache .ruff_cache .run
+	find . -path ./.git -prune -o \( -name __pycache__ -o -name '*.egg-info' \) -prune -exec rm -rf {} +

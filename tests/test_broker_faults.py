@@ -1,0 +1,70 @@
+"""Durability across a broker crash, heartbeats during long tasks, queue mismatch."""
+
+import pika
+
+from daemon import pool, task_body
+from waiting import wait_for
+
+
+def test_persistent_messages_survive_a_broker_sigkill_and_are_processed(broker, queue_name, make_wqd):
+    wqd = make_wqd([pool(queue_name, workers=1)]).start()
+    wqd.stop()  # the queue now exists, declared durable by wqd
+    for task_id in range(5):
+        broker.publish(queue_name, task_body(task_id, sleep=0.2).encode())
+    broker.kill()
+    broker.start()
+    assert broker.queue_stats(queue_name)["messages_ready"] == 5
+    wqd.start()
+    wait_for(lambda: sorted(set(wqd.ended_ids())) == list(range(5)), 60, message="all 5 processed")
+
+
+def test_workers_reconnect_after_a_broker_restart_mid_run(broker, queue_name, make_wqd):
+    wqd = make_wqd([pool(queue_name, workers=2)]).start()
+    for task_id in range(10):
+        broker.publish(queue_name, task_body(task_id, sleep=0.5).encode())
+    wait_for(lambda: len(wqd.ended_ids()) >= 2, 30, message="some tasks done")
+    broker.kill()
+    wait_for(lambda: wqd.http("/readyz")[0] == 503, 30, message="not ready while the broker is down")
+    assert wqd.proc.poll() is None, "the master stays up"
+    broker.start()
+    wait_for(lambda: set(wqd.ended_ids()) == set(range(10)), 90, message="every task done after the restart")
+    wait_for(lambda: wqd.http("/readyz")[0] == 200, 60, message="ready again")
+    assert wqd.metric("wqd_worker_restarts_total", pool="default", reason="crashed") == 0
+
+
+def test_a_task_longer_than_many_heartbeats_runs_once(broker, queue_name, make_wqd):
+    wqd = make_wqd([pool(queue_name, workers=1)], heartbeat=1).start()
+    broker.publish(queue_name, task_body("long", sleep=8).encode())
+    wait_for(lambda: wqd.ended_ids() == ["long"], 30, message="long task done")
+    wait_for(lambda: broker.queue_stats(queue_name)["messages_unacknowledged"] == 0, 10, message="acked")
+    assert len(wqd.records("start")) == 1
+    assert broker.queue_stats(queue_name)["messages_ready"] == 0
+    assert "connection lost" not in wqd.logs()
+
+
+def test_queue_declared_with_other_arguments_is_a_config_error(broker, queue_name, make_wqd):
+    connection = broker.connection()
+    connection.channel().queue_declare(queue_name, durable=True, arguments={"x-queue-type": "quorum"})
+    connection.close()
+    wqd = make_wqd([pool(queue_name, workers=2, queue_type="classic")]).start(wait_ready=False)
+    assert wqd.wait_exit(60) == 78
+    logs = wqd.logs()
+    assert f"queue {queue_name!r} already exists with other arguments" in logs
+    assert "x-queue-type" in logs
+    assert logs.count("spawned") == 2, "no restart loop"
+    assert "Traceback" not in logs
+
+
+def test_a_quorum_pool_declares_a_quorum_queue(broker, queue_name, make_wqd):
+    wqd = make_wqd([pool(queue_name, workers=1, queue_type="quorum")]).start()
+    broker.publish(queue_name, task_body("q").encode())
+    wait_for(lambda: wqd.ended_ids() == ["q"], 30, message="processed")
+    connection = broker.connection()
+    channel = connection.channel()
+    try:
+        channel.queue_declare(queue_name, durable=True)  # classic arguments: must be refused
+        raise AssertionError("the queue is not a quorum queue")
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        assert exc.reply_code == 406 and "quorum" in exc.reply_text
+    finally:
+        connection.close()

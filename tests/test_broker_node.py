@@ -1,0 +1,125 @@
+"""The test broker itself: isolated from the system broker, durable across a kill."""
+
+from __future__ import annotations
+
+import os
+
+from broker import _proc_stat, _tree, epmd_names, port_open
+from waiting import wait_for
+
+SYSTEM_AMQP_PORT = 5672
+
+
+def _listening_ports():
+    """Local TCP ports in LISTEN state (from /proc, without connecting)."""
+    ports = set()
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(path) as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    if fields[3] == "0A":  # TCP_LISTEN
+                        ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+        except OSError:
+            pass
+    return ports
+
+
+def _other_beams(broker):
+    """{pid: starttime} of every beam.smp on the machine that is not our node."""
+    ours = set(_tree(broker._root_pids()))
+    beams = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) not in ours:
+            st = _proc_stat(int(name))
+            if st and st[0] == "beam.smp":
+                beams[int(name)] = st[3]
+    return beams
+
+
+def test_node_is_isolated(broker):
+    assert broker.port not in (SYSTEM_AMQP_PORT, 25672)
+    assert broker.dist_port not in (SYSTEM_AMQP_PORT, 25672)
+    assert broker.nodename != "rabbit@localhost"
+    # listens on loopback only, for AMQP and for Erlang distribution
+    assert port_open(broker.port)
+    assert epmd_names()[broker.name] == broker.dist_port
+    with open("/proc/net/tcp") as f:
+        listening = [line.split()[1] for line in f if line.split()[3] == "0A"]
+    for port in (broker.port, broker.dist_port):
+        assert f"0100007F:{port:04X}" in listening, f"port {port} not bound to 127.0.0.1 only"
+        assert f"00000000:{port:04X}" not in listening
+
+
+def test_messages_survive_kill(broker, queue_name):
+    system_listening = SYSTEM_AMQP_PORT in _listening_ports()
+    system_beams = _other_beams(broker)
+    old_beam = broker.beam_pid()
+
+    broker.declare_queue(queue_name)
+    bodies = [f"task {i}".encode() for i in range(5)]
+    for body in bodies:
+        broker.publish(queue_name, body, headers={"n": body.decode()})
+    assert broker.queue_stats(queue_name) == {
+        "messages_ready": 5, "messages_unacknowledged": 0, "consumers": 0,
+    }
+
+    broker.kill()
+    assert not broker.running
+    assert not port_open(broker.port)
+    assert broker.name not in (epmd_names() or {})
+    broker.start()
+    assert broker.beam_pid() != old_beam
+
+    assert broker.queue_stats(queue_name)["messages_ready"] == 5
+    messages = broker.get_all_messages(queue_name)
+    assert [body for body, _ in messages] == bodies
+    assert [props.headers for _, props in messages] == [{"n": b.decode()} for b in bodies]
+    assert all(props.delivery_mode == 2 for _, props in messages)
+    assert broker.get_all(queue_name) == []
+
+    # the system broker (if this machine has one) was not touched
+    assert (SYSTEM_AMQP_PORT in _listening_ports()) == system_listening
+    after = _other_beams(broker)
+    assert {pid: start for pid, start in system_beams.items() if pid in after} == system_beams
+
+
+def test_queue_stats(broker, queue_name):
+    assert broker.queue_stats(queue_name) is None
+    broker.publish_many(queue_name, [b"a", b"b", b"c"])
+    with broker.connection() as conn:
+        ch = conn.channel()
+        ch.basic_qos(prefetch_count=1)
+        received = []
+        ch.basic_consume(queue_name, lambda c, m, p, b: received.append(m))
+        wait_for(lambda: conn.process_data_events(time_limit=0.05) or received,
+                 timeout=10, message="no delivery")
+        stats = wait_for(
+            lambda: (s := broker.queue_stats(queue_name))["messages_unacknowledged"] == 1 and s,
+            timeout=10, interval=0.2, message="unacked count not reported",
+        )
+        assert stats == {"messages_ready": 2, "messages_unacknowledged": 1, "consumers": 1}
+    # closing the channel requeues the unacked message
+    wait_for(lambda: broker.queue_stats(queue_name)["messages_ready"] == 3, timeout=10,
+             interval=0.2, message="unacked message not requeued")
+    assert broker.purge_queue(queue_name) == 3
+    assert broker.purge_queue(queue_name + ".nope") is None
+
+
+def test_pause_resume(broker, queue_name):
+    broker.publish(queue_name, b"x")
+    broker.pause()
+    try:
+        beam = broker.beam_pid()
+        wait_for(lambda: _proc_stat(beam)[1] == "T", timeout=5, message="beam.smp not stopped")
+        # the kernel still accepts the TCP connection, but no AMQP handshake comes
+        try:
+            broker.connection(socket_timeout=0.5, stack_timeout=1).close()
+        except Exception as exc:  # pika: AMQPConnectorStackTimeout (not an AMQPError)
+            assert "timeout" in repr(exc).lower(), exc
+        else:
+            raise AssertionError("a paused broker answered AMQP")
+    finally:
+        broker.resume()
+    assert broker.get_all(queue_name) == [b"x"]

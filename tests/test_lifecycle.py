@@ -1,0 +1,90 @@
+"""Graceful and fast stop, worker replacement, master death, process titles."""
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from daemon import pool, task_body, wait_gone
+from waiting import wait_for
+
+
+def _started_ids(wqd):
+    return {e["id"] for e in wqd.records("start")}
+
+
+def test_sigterm_finishes_in_flight_tasks_and_leaves_the_rest_queued(broker, queue_name, make_wqd):
+    wqd = make_wqd([pool(queue_name, workers=2)], graceful_timeout=30).start()
+    for task_id in range(6):
+        broker.publish(queue_name, task_body(task_id, sleep=2).encode())
+    wait_for(lambda: len(_started_ids(wqd)) == 2, 30, message="two tasks in flight")
+    in_flight = _started_ids(wqd)
+    wqd.signal(signal.SIGTERM)
+    assert wqd.wait_exit(30) == 0
+    assert set(wqd.ended_ids()) == in_flight, "each in-flight task finished exactly once"
+    assert len(wqd.records("start")) == 2, "no task was started after SIGTERM"
+    stats = broker.queue_stats(queue_name)
+    assert stats["messages_ready"] == 4 and stats["messages_unacknowledged"] == 0, stats
+    assert "Graceful stop" in wqd.logs()
+
+
+def test_second_sigterm_is_a_fast_stop_and_loses_nothing(broker, queue_name, make_wqd):
+    wqd = make_wqd([pool(queue_name, workers=1)], graceful_timeout=60).start()
+    broker.publish(queue_name, task_body(1, sleep=30).encode())
+    wait_for(lambda: len(_started_ids(wqd)) == 1, 30, message="task started")
+    started = time.monotonic()
+    wqd.signal(signal.SIGTERM)
+    wait_for(lambda: "Graceful stop" in wqd.logs(), 10, message="graceful stop logged")
+    wqd.signal(signal.SIGTERM)
+    assert wqd.wait_exit(15) == 0
+    assert time.monotonic() - started < 15
+    wait_for(lambda: broker.queue_stats(queue_name)["messages_ready"] == 1, 15,
+             message="the interrupted task is back in the queue")
+
+
+def test_graceful_timeout_kills_what_is_left(broker, queue_name, make_wqd):
+    wqd = make_wqd([pool(queue_name, workers=1)], graceful_timeout=2).start()
+    broker.publish(queue_name, task_body(1, sleep=60).encode())
+    wait_for(lambda: len(_started_ids(wqd)) == 1, 30, message="task started")
+    wqd.signal(signal.SIGTERM)
+    assert wqd.wait_exit(20) == 0
+    assert "did not stop in time" in wqd.logs()
+    wait_for(lambda: broker.queue_stats(queue_name)["messages_ready"] == 1, 15,
+             message="the killed task is back in the queue")
+
+
+def test_sigkill_of_a_busy_worker_moves_its_task_and_restores_the_pool(broker, queue_name, make_wqd):
+    wqd = make_wqd([pool(queue_name, workers=2)]).start()
+    broker.publish(queue_name, task_body("victim", sleep=3).encode())
+    wait_for(lambda: len(wqd.records("start")) == 1, 30, message="task started")
+    victim = wqd.records("start")[0]["pid"]
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: wqd.ended_ids() == ["victim"], 30, message="task completed on another worker")
+    finisher = wqd.records("end")[0]
+    assert finisher["pid"] != victim and finisher["redelivered"] is True
+    wait_for(lambda: len(wqd.worker_pids(consuming_only=True)) == 2, 30, message="pool back to 2")
+    assert victim not in wqd.worker_pids()
+    assert wqd.metric("wqd_worker_restarts_total", pool="default", reason="killed") == 1
+    assert "was killed by SIGKILL" in wqd.logs()
+
+
+def test_master_sigkill_leaves_no_orphan_consuming(broker, queue_name, make_wqd):
+    wqd = make_wqd([pool(queue_name, workers=2)]).start()
+    broker.publish(queue_name, task_body("inflight", sleep=2).encode())
+    wait_for(lambda: len(wqd.records("start")) == 1, 30, message="task started")
+    workers = wqd.all_worker_pids()
+    assert len(workers) == 2
+    os.kill(wqd.proc.pid, signal.SIGKILL)
+    for pid in workers:
+        wait_gone(pid, 15)
+    assert wqd.ended_ids() == ["inflight"], "the in-flight task finished before its worker left"
+    wait_for(lambda: broker.queue_stats(queue_name)["consumers"] == 0, 10, message="no consumers left")
+    assert broker.queue_stats(queue_name)["messages_unacknowledged"] == 0
+
+
+def test_process_titles(broker, queue_name, make_wqd):
+    wqd = make_wqd([pool(queue_name, workers=1)]).start()
+    master_title = Path(f"/proc/{wqd.proc.pid}/cmdline").read_bytes().rstrip(b"\0")
+    assert master_title == f"wqd: master -c {wqd.config_path}".encode()
+    (worker,) = wqd.worker_pids()
+    assert Path(f"/proc/{worker}/cmdline").read_bytes().rstrip(b"\0") == b"wqd: worker default[1]"

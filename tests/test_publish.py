@@ -1,0 +1,70 @@
+"""`wqd publish` and `wqd status` from the command line."""
+
+import json
+
+from daemon import pool, run_cli, wqd_env
+from waiting import wait_for
+
+TUTORIAL = ["First message.", "Second message..", "Third message...", "Fourth message....", "Fifth message....."]
+
+
+def test_publish_prints_the_tutorial_lines_and_messages_are_persistent(broker, queue_name, tmp_path):
+    result = run_cli("publish", "--url", broker.url, "--queue", queue_name, *TUTORIAL,
+                     env=wqd_env(tmp_path / "r"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [f" [x] Sent {m!r}" for m in TUTORIAL]
+    connection = broker.connection()
+    channel = connection.channel()
+    method, properties, body = channel.basic_get(queue_name, auto_ack=True)
+    assert body == b"First message." and properties.delivery_mode == 2 and properties.message_id
+    assert channel.queue_declare(queue_name, passive=True).method.message_count == 4
+    connection.close()
+
+
+def test_publish_reads_stdin_and_uses_the_config(broker, queue_name, tmp_path, make_wqd):
+    wqd = make_wqd([pool(queue_name, workers=1)])
+    result = run_cli("publish", "-c", str(wqd.config_path), "--header", "tenant=acme", "-",
+                     env=wqd_env(tmp_path / "r"), input="one\ntwo\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [" [x] Sent 'one'", " [x] Sent 'two'"]
+    connection = broker.connection()
+    _, properties, body = connection.channel().basic_get(queue_name, auto_ack=True)
+    assert body == b"one" and properties.headers == {"tenant": "acme"}
+    connection.close()
+
+
+def test_publish_and_status_exit_69_when_the_broker_is_unreachable(tmp_path, make_wqd, free_tcp_port):
+    url = f"amqp://guest:hidden@127.0.0.1:{free_tcp_port}/%2F"
+    env = wqd_env(tmp_path / "r")
+    result = run_cli("publish", "--url", url, "--queue", "q", "hello", env=env)
+    assert result.returncode == 69
+    assert f"cannot reach the broker at amqp://guest:***@127.0.0.1:{free_tcp_port}/%2F" in result.stderr
+    assert "hidden" not in result.stderr and "Traceback" not in result.stderr
+    wqd = make_wqd([pool("q")], broker_url=url)
+    result = run_cli("status", "-c", str(wqd.config_path), env=env)
+    assert result.returncode == 69 and "cannot reach the broker" in result.stderr
+
+
+def test_publish_with_wrong_credentials_says_so(broker, tmp_path):
+    url = broker.url.replace("guest:guest", "guest:wrong")
+    result = run_cli("publish", "--url", url, "--queue", "q", "x", env=wqd_env(tmp_path / "r"))
+    assert result.returncode == 69
+    assert "refused the credentials" in result.stderr and "wrong" not in result.stderr
+
+
+def test_status_against_a_running_daemon(broker, queue_name, make_wqd, tmp_path):
+    wqd = make_wqd([pool(queue_name, workers=2)]).start()
+    wait_for(lambda: len(wqd.worker_pids(consuming_only=True)) == 2, 30, message="2 consuming")
+    env = wqd_env(tmp_path / "r")
+    result = run_cli("status", "-c", str(wqd.config_path), "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    (pool_status,) = status["pools"]
+    assert status["master"]["running"] and status["master"]["ready"]
+    assert pool_status["consumers"] == 2 and pool_status["workers_live"] == 2
+    assert {w["state"] for w in pool_status["workers"]} == {"consuming"}
+    text = run_cli("status", "-c", str(wqd.config_path), env=env).stdout
+    assert "default[1]" in text and queue_name in text
+    wqd.stop()
+    result = run_cli("status", "-c", str(wqd.config_path), "--json", env=env)
+    assert json.loads(result.stdout)["master"]["running"] is False

@@ -13,6 +13,9 @@ import time
 import wqd
 
 
+_hoard = []  # memory a "grow" task keeps, to cross max_memory_per_child
+
+
 def _record(event: str, message: wqd.Message, **extra) -> None:
     entry = {"event": event, "pid": os.getpid(), "worker": message.worker, "t": time.time(),
              "body": message.text, "attempt": message.attempt, "redelivered": message.redelivered}
@@ -35,8 +38,6 @@ def task(message: wqd.Message) -> None:
         raise wqd.Reject("not a task we can ever do")
     if action == "exit":
         os._exit(3)
+    if action == "grow":
+        _hoard.append(bytearray(spec["mib"] * 1024 * 1024))
     _record("end", message, id=spec.get("id"))
-
-
-def broken_import_target(message):  # referenced by name only; never run
-    raise AssertionError

@@ -1,16 +1,42 @@
 """Broker connections: parameters from the config, and errors in plain words."""
 
+import re
 import socket
+import ssl
+from typing import Optional
 
 import pika
 import pika.exceptions
 
-from wqd.config import BrokerConfig, redact_url
+from wqd.config import BrokerConfig, TLSConfig, redact_url
 
 # Seconds to wait for TCP connect and the AMQP handshake before giving up.
 CONNECT_TIMEOUT = 10
 # A publish blocked by a broker memory or disk alarm fails after this long.
 BLOCKED_CONNECTION_TIMEOUT = 30
+
+# OpenSSL verify codes (X509_V_ERR_*) and what the operator should look at.
+_UNKNOWN_CA = "does broker.tls.ca_file name the CA that signed the broker's certificate?"
+_VERIFY_HINTS = {
+    2: _UNKNOWN_CA,
+    18: _UNKNOWN_CA,
+    19: _UNKNOWN_CA,
+    20: _UNKNOWN_CA,
+    10: "renew the broker's certificate, or check this machine's clock",
+    62: "the URL's host must be a name in the broker's certificate",
+    64: "the URL's host must be an address in the broker's certificate",
+}
+_SSL_REASON_HINTS = {
+    "WRONG_VERSION_NUMBER": "is that port a TLS listener? amqps:// needs one, usually port 5671",
+    "TLSV1_ALERT_UNKNOWN_CA": "the broker does not trust broker.tls.cert_file",
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "the broker wants a client certificate: set broker.tls.cert_file",
+}
+
+
+class TLSFileError(OSError):
+    """A file named in broker.tls cannot be loaded (missing, unreadable, not PEM,
+    key not matching the certificate). An OSError, so every caller that copes
+    with an unreachable broker copes with this too; str() names key and file."""
 
 
 def parameters(broker: BrokerConfig, url=None) -> pika.URLParameters:
@@ -22,7 +48,33 @@ def parameters(broker: BrokerConfig, url=None) -> pika.URLParameters:
     params.stack_timeout = CONNECT_TIMEOUT
     params.blocked_connection_timeout = BLOCKED_CONNECTION_TIMEOUT
     params.client_properties = {"connection_name": f"wqd {socket.gethostname()}"}
+    if params.ssl_options is not None:  # an amqps:// URL
+        # The URL's host is the name the certificate must carry (and the SNI);
+        # pika's default leaves it unset, and Python then refuses to verify.
+        params.ssl_options = pika.SSLOptions(tls_context(broker.tls), server_hostname=params.host)
     return params
+
+
+def tls_context(tls: Optional[TLSConfig]) -> ssl.SSLContext:
+    """A client context that verifies the broker's certificate and host name.
+
+    Built for every connection, so renewed certificate files are picked up at
+    the next reconnect. With ca_file, only that CA is trusted; without it, the
+    system's CAs are (OpenSSL also honours $SSL_CERT_FILE and $SSL_CERT_DIR).
+    """
+    tls = tls or TLSConfig()
+    try:
+        context = ssl.create_default_context(cafile=tls.ca_file)
+    except OSError as exc:  # ssl.SSLError is an OSError too
+        raise TLSFileError(f"cannot use broker.tls.ca_file {tls.ca_file!r}: {_ssl_text(exc)}") from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if tls.cert_file:
+        try:
+            context.load_cert_chain(tls.cert_file, tls.key_file)
+        except OSError as exc:
+            files = f"{tls.cert_file!r}" + (f" with broker.tls.key_file {tls.key_file!r}" if tls.key_file else "")
+            raise TLSFileError(f"cannot use broker.tls.cert_file {files}: {_ssl_text(exc)}") from None
+    return context
 
 
 def connect(broker: BrokerConfig, url=None, name=None) -> pika.BlockingConnection:
@@ -41,6 +93,11 @@ def describe_error(exc: BaseException, url: str) -> str:
         return f"the broker at {where} denied access to the virtual host (does it exist, may this user use it?)"
     if isinstance(exc, pika.exceptions.ConnectionClosedByBroker):
         return f"the broker at {where} closed the connection: {exc.reply_code} {exc.reply_text}"
+    if isinstance(exc, TLSFileError):
+        return f"cannot connect to the broker at {where}: {exc}"
+    root = _root_error(exc)
+    if isinstance(root, ssl.SSLError):
+        return f"TLS handshake with the broker at {where} failed: {_describe_tls(root)}"
     if isinstance(exc, pika.exceptions.AMQPConnectionError):
         inner = exc.args[0] if exc.args else None
         detail = _innermost(inner) if inner is not None else type(exc).__name__
@@ -48,6 +105,36 @@ def describe_error(exc: BaseException, url: str) -> str:
     if isinstance(exc, OSError):
         return f"cannot reach the broker at {where}: {exc.strerror or exc}"
     return f"broker error at {where}: {type(exc).__name__}: {exc}"
+
+
+def _describe_tls(exc: ssl.SSLError) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        text = f"certificate verify failed: {str(exc.verify_message).rstrip('.')}"
+        hint = _VERIFY_HINTS.get(exc.verify_code)
+    else:
+        text = _ssl_text(exc)
+        hint = _SSL_REASON_HINTS.get(exc.reason)
+    return f"{text} ({hint})" if hint else text
+
+
+def _ssl_text(exc: OSError) -> str:
+    """OpenSSL's words without the "[SSL: CODE]" prefix and "(_ssl.c:NNN)" suffix."""
+    text = str(exc.args[1] if isinstance(exc, ssl.SSLError) and len(exc.args) > 1 else exc.strerror or exc)
+    return re.sub(r"^\[[^\]]*\]\s*|\s*\(_ssl\.c:\d+\)$", "", text)
+
+
+def _root_error(exc: BaseException) -> BaseException:
+    """The error under pika's wrappers (AMQPConnectionError args, .exception chains)."""
+    value = exc
+    while True:
+        if isinstance(value, pika.exceptions.AMQPConnectionError) and value.args:
+            value = value.args[0]
+        elif isinstance(value, (tuple, list)) and value:
+            value = value[-1]
+        elif getattr(value, "exception", None) is not None:
+            value = value.exception
+        else:
+            return value
 
 
 def _innermost(value) -> str:

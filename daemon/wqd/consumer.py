@@ -32,6 +32,10 @@ IDLE_POLL = 1.0
 RECOVERABLE = (pika.exceptions.AMQPError, OSError)
 
 
+class WorkerLost(Exception):
+    """An attempt that ended with its worker, not with the handler's return or raise."""
+
+
 class QueueMismatch(Exception):
     """The queue exists with other arguments: a configuration error, not a crash."""
 
@@ -120,6 +124,7 @@ class Consumer:
             self._declare(self._channel, self.pool.dead_letter_queue,
                           amqp.queue_arguments(self.pool.queue_type))
         self._channel.basic_qos(prefetch_count=self.pool.prefetch)
+        self._channel.add_on_cancel_callback(self._on_cancelled_by_broker)
         self._publish_channel = self._connection.channel()
         self._publish_channel.confirm_delivery()
         self.reporter.send(reporting.CONNECTED)
@@ -158,13 +163,19 @@ class Consumer:
         connection.close()
         self._connection = None
 
+    def _on_cancelled_by_broker(self, method_frame) -> None:
+        """The queue was deleted, or (RabbitMQ 4.3+) a delivery-ack timeout hit:
+        start over with a fresh connection, which re-declares the queue."""
+        raise pika.exceptions.ConsumerCancelled(
+            f"the broker cancelled the consumer on {self.pool.queue!r} (queue deleted or ack timeout)")
+
     def _cancel_consumer(self) -> None:
         if self._consumer_tag is None:
             return
         self._channel.basic_cancel(self._consumer_tag)
         self._consumer_tag = None
         for task in self.runner.take_pending():
-            self._channel.basic_nack(task.delivery_tag, requeue=True)
+            self._return_unstarted(task)
             self._in_flight.discard(task)
 
     def _discard_connection(self) -> None:
@@ -189,46 +200,63 @@ class Consumer:
                            if task.generation == self._generation or task is self.runner.current}
 
     def _on_delivery(self, channel, method, properties, body) -> None:
-        if self._stop_reason is not None:
-            channel.basic_nack(method.delivery_tag, requeue=True)
-            return
-        headers = properties.headers or {}
-        attempt = int(headers.get(ATTEMPT_HEADER, 1))
-        if "x-delivery-count" in headers:  # quorum queues count returns for us
-            attempt += int(headers["x-delivery-count"])
-        elif method.redelivered:
-            attempt += 1
+        attempt = int((properties.headers or {}).get(ATTEMPT_HEADER, 1))
         message = Message(body, properties, method.redelivered, attempt,
                           self.pool.queue, self.pool.name, self.worker_name)
         task = Task(self._generation, method.delivery_tag, message)
+        if self._stop_reason is not None:
+            self._return_unstarted(task)
+            return
+        if method.redelivered:
+            # The broker redelivers what an earlier attempt left unacked: its
+            # worker died (crash, SIGKILL, time_limit) or lost its connection.
+            # That attempt failed; route it like a handler exception (retry
+            # after a delay, or dead-letter) instead of running it hot again.
+            # Both queue types are handled alike: the attempt travels in a header.
+            self.reporter.send(reporting.REDELIVERED)
+            task.error = WorkerLost(
+                "the worker running this task died or lost its broker connection "
+                "(the broker redelivered it)")
+            self._report_outcome(task, self._route_failure(task))
+            return
         self._in_flight.add(task)
-        self.reporter.send(reporting.TASK_STARTED, message_id=properties.message_id,
-                           redelivered=method.redelivered)
+        self.reporter.send(reporting.TASK_STARTED, message_id=properties.message_id)
         self.runner.submit(task)
+
+    def _return_unstarted(self, task: Task) -> None:
+        """Give a delivery that never started back as it came, not as a redelivery
+        (a redelivery would count as a failed attempt)."""
+        self._publish_channel.basic_publish("", self.pool.queue, task.message.body,
+                                            task.message.properties, mandatory=True)
+        self._channel.basic_ack(task.delivery_tag)
 
     def _settle(self, task: Task) -> None:
         """Ack, retry or dead-letter a finished task (I/O thread)."""
         self._in_flight.discard(task)
         message = task.message
-        outcome = "succeeded" if task.error is None else None
         if task.generation != self._generation or self._connection is None:
             log.warning("Task %s finished after its connection was lost; not acking it: "
                         "the broker has requeued it.", message.message_id or task.delivery_tag)
+            outcome = "failed"
         elif task.error is None:
             self._channel.basic_ack(task.delivery_tag)
+            outcome = "succeeded"
         else:
-            outcome = self._fail(task)
-        self.reporter.send(reporting.TASK_FINISHED, outcome=outcome or "failed",
-                           duration=task.duration, redelivered=message.redelivered)
+            log.warning("Task %s failed on attempt %d: %s: %s", message.message_id or "(no id)",
+                        message.attempt, type(task.error).__name__, task.error)
+            outcome = self._route_failure(task)
+        self._report_outcome(task, outcome, task.duration)
         self._tasks_done += 1
         self._check_recycle()
 
-    def _fail(self, task: Task) -> str:
-        """Route a failed attempt onwards, then ack the original; return the outcome."""
+    def _report_outcome(self, task: Task, outcome: str, duration=None) -> None:
+        self.reporter.send(reporting.TASK_FINISHED, outcome=outcome, duration=duration)
+
+    def _route_failure(self, task: Task) -> str:
+        """Send a failed attempt to a delay queue or the dead-letter queue (publisher
+        confirms), then ack the original; return the outcome."""
         message, error = task.message, task.error
         final = isinstance(error, Reject) or message.attempt > self.pool.max_retries
-        log.warning("Task %s failed on attempt %d: %s: %s", message.message_id or "(no id)",
-                    message.attempt, type(error).__name__, error)
         properties = message.properties
         try:
             if not final:
@@ -237,7 +265,7 @@ class Consumer:
                 self._publish_channel.queue_declare(queue=queue, durable=True, arguments=arguments)
                 properties = _copy_properties(properties, retry.retry_headers(properties.headers, message.attempt))
                 properties.expiration = retry.jittered_expiration(delay_ms)
-                properties.delivery_mode = pika.DeliveryMode.Persistent
+                properties.delivery_mode = pika.DeliveryMode.Persistent.value
                 self._publish_channel.basic_publish("", queue, message.body, properties, mandatory=True)
                 outcome = "retried"
             elif self.pool.dead_letter_queue:

@@ -353,7 +353,9 @@ class Master:
         elif proc.recycling and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
             reason = "recycled"
         elif os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
-            reason = "killed"
+            reason = "killed"  # by an operator, or the kernel's OOM killer
+        elif os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+            reason = "killed"  # stopped cleanly on a TERM from outside wqd
         else:
             reason = "crashed"
         self.metrics.restarts.labels(pool.config.name, reason).inc()
@@ -380,10 +382,11 @@ class Master:
             if event == reporting.TASK_STARTED:
                 proc.busy_since = time.monotonic()
                 proc.message_id = fields.get("message_id")
-                if fields.get("redelivered"):
-                    self.metrics.redelivered.labels(name).inc()
+            elif event == reporting.REDELIVERED:
+                self.metrics.redelivered.labels(name).inc()
             elif event == reporting.TASK_FINISHED:
-                proc.busy_since = proc.message_id = None
+                if fields["duration"] is not None:
+                    proc.busy_since = proc.message_id = None
                 self.metrics.record_task(name, fields["outcome"], fields["duration"])
             elif event in (reporting.CONNECTED, reporting.CONSUMING, reporting.DISCONNECTED):
                 proc.state = event

@@ -13,7 +13,8 @@ CONNECTED = "connected"        # -
 DISCONNECTED = "disconnected"  # reason
 CONSUMING = "consuming"        # -
 TASK_STARTED = "started"       # message_id
-TASK_FINISHED = "finished"     # outcome, duration, redelivered
+TASK_FINISHED = "finished"     # outcome, duration (null when the handler did not run)
+REDELIVERED = "redelivered"    # -
 RECYCLING = "recycling"        # reason
 FATAL = "fatal"                # error: a configuration problem; do not restart
 

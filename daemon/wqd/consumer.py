@@ -9,6 +9,7 @@ because the broker requeued them when the old channel closed.
 """
 
 import functools
+import hashlib
 import logging
 import os
 import threading
@@ -17,7 +18,7 @@ import pika
 import pika.exceptions
 
 from wqd import amqp, backoff, reporting, retry
-from wqd.message import ATTEMPT_HEADER, Message, Reject
+from wqd.message import ATTEMPT_HEADER, LOST_HEADER, Message, Reject
 from wqd.task_runner import Task, TaskRunner
 
 log = logging.getLogger("wqd.worker")
@@ -28,6 +29,8 @@ RECONNECT_MAX = 30.0
 # while its connection was being replaced); normal wake-ups are event-driven.
 IDLE_POLL = 1.0
 
+# How long a redelivery waits for the master's count of its lost attempts.
+LOST_QUERY_TIMEOUT = 2.0
 # Errors after which a fresh connection is the cure.
 RECOVERABLE = (pika.exceptions.AMQPError, OSError)
 
@@ -41,11 +44,13 @@ class QueueMismatch(Exception):
 
 
 class Consumer:
-    def __init__(self, pool, broker, handler, worker_name, reporter: reporting.Reporter):
+    def __init__(self, pool, broker, handler, worker_name, reporter: reporting.Reporter,
+                 lost_attempts: reporting.LostAttempts):
         self.pool = pool
         self.broker = broker
         self.worker_name = worker_name
         self.reporter = reporter
+        self.lost_attempts = lost_attempts  # message key -> attempts lost with their worker
         self.runner = TaskRunner(handler, self._finished_threadsafe)
         self.exit_code = 0
         self._stop_reason = None
@@ -200,27 +205,39 @@ class Consumer:
                            if task.generation == self._generation or task is self.runner.current}
 
     def _on_delivery(self, channel, method, properties, body) -> None:
-        attempt = int((properties.headers or {}).get(ATTEMPT_HEADER, 1))
+        headers = properties.headers or {}
+        key = properties.message_id or message_key(body)
+        # Attempts that ended with their worker (crash, SIGKILL, time_limit):
+        # quorum queues count them in x-delivery-count; for classic queues the
+        # master counts deaths per message and tells every worker.
+        # A retried copy carries in LOST_HEADER the master's count it already
+        # folded into its attempt header.
+        if "x-delivery-count" in headers:
+            lost_total = lost = int(headers["x-delivery-count"])
+        else:
+            lost_total = (self.lost_attempts.ask(key, self.reporter, LOST_QUERY_TIMEOUT) if method.redelivered
+                          else self.lost_attempts.get(key))
+            lost = max(0, lost_total - int(headers.get(LOST_HEADER, 0)))
+        attempt = int(headers.get(ATTEMPT_HEADER, 1)) + lost
         message = Message(body, properties, method.redelivered, attempt,
                           self.pool.queue, self.pool.name, self.worker_name)
-        task = Task(self._generation, method.delivery_tag, message)
+        task = Task(self._generation, method.delivery_tag, message, lost_total)
+        if method.redelivered:
+            self.reporter.send(reporting.REDELIVERED)
         if self._stop_reason is not None:
             self._return_unstarted(task)
             return
-        if method.redelivered:
-            # The broker redelivers what an earlier attempt left unacked: its
-            # worker died (crash, SIGKILL, time_limit) or lost its connection.
-            # That attempt failed; route it like a handler exception (retry
-            # after a delay, or dead-letter) instead of running it hot again.
-            # Both queue types are handled alike: the attempt travels in a header.
-            self.reporter.send(reporting.REDELIVERED)
-            task.error = WorkerLost(
-                "the worker running this task died or lost its broker connection "
-                "(the broker redelivered it)")
+        if attempt > self.pool.max_retries + 1:
+            # It killed its worker on every attempt so far: give up without
+            # running it again, so a poison message cannot take the pool down.
+            task.error = WorkerLost(f"the worker running this task died on each of its last {lost} attempts")
+            log.warning("Task %s was lost with its worker %d times; dead-lettering it.",
+                        message.message_id or key, lost)
+            message.attempt -= 1  # the last attempt that ran
             self._report_outcome(task, self._route_failure(task))
             return
         self._in_flight.add(task)
-        self.reporter.send(reporting.TASK_STARTED, message_id=properties.message_id)
+        self.reporter.send(reporting.TASK_STARTED, key=key)
         self.runner.submit(task)
 
     def _return_unstarted(self, task: Task) -> None:
@@ -256,14 +273,14 @@ class Consumer:
         """Send a failed attempt to a delay queue or the dead-letter queue (publisher
         confirms), then ack the original; return the outcome."""
         message, error = task.message, task.error
-        final = isinstance(error, Reject) or message.attempt > self.pool.max_retries
+        final = isinstance(error, (Reject, WorkerLost)) or message.attempt > self.pool.max_retries
         properties = message.properties
         try:
             if not final:
                 delay = retry.retry_delay(self.pool, message.attempt)
                 queue, arguments, delay_ms = retry.delay_queue(self.pool, delay)
                 self._publish_channel.queue_declare(queue=queue, durable=True, arguments=arguments)
-                properties = _copy_properties(properties, retry.retry_headers(properties.headers, message.attempt))
+                properties = _copy_properties(properties, retry.retry_headers(properties.headers, message.attempt, task.lost_total))
                 properties.expiration = retry.jittered_expiration(delay_ms)
                 properties.delivery_mode = pika.DeliveryMode.Persistent.value
                 self._publish_channel.basic_publish("", queue, message.body, properties, mandatory=True)
@@ -308,6 +325,11 @@ def _copy_properties(properties, headers):
         expiration=properties.expiration, message_id=properties.message_id,
         timestamp=properties.timestamp, type=properties.type, user_id=properties.user_id,
         app_id=properties.app_id, cluster_id=properties.cluster_id)
+
+
+def message_key(body: bytes) -> str:
+    """Identify a message without a message_id (for counting lost attempts)."""
+    return "sha1:" + hashlib.sha1(body).hexdigest()
 
 
 def _rss_mib() -> float:

@@ -36,6 +36,8 @@ LOOP_TIMEOUT = 1.0
 # After a fast stop, workers get this long to exit on SIGQUIT before SIGKILL.
 FAST_STOP_TIMEOUT = 2.0
 EXIT_CONFIG = 78
+# Messages whose lost attempts the master remembers (the oldest are forgotten).
+LOST_ATTEMPTS_CAP = 10_000
 
 HANDLED_SIGNALS = ("HUP", "INT", "QUIT", "TERM", "TTIN", "TTOU", "CHLD")
 
@@ -53,15 +55,16 @@ class Pool:
 
 
 class WorkerProcess:
-    def __init__(self, pool: Pool, slot: int, pid: int, reader: reporting.EventReader):
+    def __init__(self, pool: Pool, slot: int, pid: int, reader: reporting.EventReader, command_fd: int):
         self.pool = pool
         self.slot = slot
         self.pid = pid
         self.reader = reader
+        self.command_fd = command_fd  # master -> worker: lost attempts per message
         self.started_at = time.monotonic()
         self.state = "starting"   # starting | connected | consuming | disconnected
         self.busy_since = None    # monotonic time the current task started
-        self.message_id = None
+        self.message_key = None
         self.retire_deadline = None  # set when asked to stop; it is not replaced
         self.recycling = False
         self.killed_for = None    # why the master SIGKILLed it, e.g. "time_limit"
@@ -76,6 +79,10 @@ class Master:
         self.config = config
         self.pools = [Pool(pool, handlers[pool.name]) for pool in config.pools]
         self.workers = {}  # pid -> WorkerProcess
+        # Message key -> attempts that ended with their worker (classic queues
+        # have no delivery counter); oldest entries are dropped past the cap.
+        self.lost_attempts = {}
+        self.lost_queries = []  # (worker, key), answered after the next reaping
         self.signals = []
         self.stopping = False
         self.stop_deadline = None
@@ -155,6 +162,7 @@ class Master:
         while self.signals:
             self._handle_signal(self.signals.pop(0))
         self._reap()
+        self._answer_lost_queries()
         now = time.monotonic()
         for proc in list(self.workers.values()):
             if proc.retire_deadline and now > proc.retire_deadline:
@@ -269,6 +277,7 @@ class Master:
 
     def _spawn(self, pool: Pool, slot: int) -> None:
         read_fd, write_fd = os.pipe()
+        command_read, command_write = os.pipe()
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
@@ -276,8 +285,10 @@ class Master:
             code = 1
             try:
                 os.close(read_fd)
+                os.close(command_write)
                 self._close_master_fds()
-                code = worker.run(pool.config, self.config.broker, pool.handler, slot, write_fd, self.pid)
+                code = worker.run(pool.config, self.config.broker, pool.handler, slot, write_fd,
+                                  command_read, self.lost_attempts, self.pid)
             except BaseException:
                 log.exception("Worker %s[%d] failed.", pool.config.name, slot)
             finally:
@@ -286,8 +297,10 @@ class Master:
                 sys.stderr.flush()
                 os._exit(code)
         os.close(write_fd)
+        os.close(command_read)
         os.set_blocking(read_fd, False)
-        proc = WorkerProcess(pool, slot, pid, reporting.EventReader(read_fd))
+        os.set_blocking(command_write, False)
+        proc = WorkerProcess(pool, slot, pid, reporting.EventReader(read_fd), command_write)
         self.workers[pid] = proc
         log.info("Worker %s spawned (pid %d).", proc.name, pid)
 
@@ -300,6 +313,7 @@ class Master:
             self.http.close()
         for proc in self.workers.values():
             os.close(proc.reader.fd)
+            os.close(proc.command_fd)
 
     def _retire(self, proc: WorkerProcess, timeout: float) -> None:
         """Ask a worker to finish its task and exit; it is not replaced."""
@@ -318,7 +332,7 @@ class Master:
             limit = proc.pool.config.time_limit
             if limit and proc.busy_since and now - proc.busy_since > limit and not proc.killed_for:
                 log.warning("Worker %s (pid %d) exceeded time_limit=%ss on task %s; killing it.",
-                            proc.name, proc.pid, limit, proc.message_id or "(no id)")
+                            proc.name, proc.pid, limit, proc.message_key)
                 proc.killed_for = "time_limit"
                 self._kill(proc, signal.SIGKILL)
 
@@ -334,6 +348,7 @@ class Master:
             if proc is not None:
                 self._read_reports(proc)
                 os.close(proc.reader.fd)
+                os.close(proc.command_fd)
                 self._worker_exited(proc, status)
 
     def _worker_exited(self, proc: WorkerProcess, status: int) -> None:
@@ -341,6 +356,7 @@ class Master:
         how = _describe_status(status)
         if proc.busy_since is not None:
             self.metrics.record_task(pool.config.name, "failed")
+            self._count_lost_attempt(proc.message_key)
         if os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_CONFIG and pool.failed:
             log.error("Worker %s %s with a configuration error; pool %r is not restarted until a "
                       "reload fixes it.", proc.name, how, pool.config.name)
@@ -373,6 +389,22 @@ class Master:
         else:
             pool.early_deaths.pop(proc.slot, None)
 
+    def _count_lost_attempt(self, key: str) -> None:
+        """A worker died during this message: tell every worker, so the next
+        delivery knows its attempt number (and a poison message its end)."""
+        count = self.lost_attempts.pop(key, 0) + 1
+        self.lost_attempts[key] = count  # re-inserted: dicts keep insertion order
+        while len(self.lost_attempts) > LOST_ATTEMPTS_CAP:
+            del self.lost_attempts[next(iter(self.lost_attempts))]
+        for proc in self.workers.values():
+            reporting.send_lost_attempts(proc.command_fd, key, count)
+
+    def _answer_lost_queries(self) -> None:
+        for proc, key in self.lost_queries:
+            if proc.pid in self.workers:
+                reporting.send_lost_attempts(proc.command_fd, key, self.lost_attempts.get(key, 0))
+        self.lost_queries.clear()
+
     # -- reports from workers --
 
     def _read_reports(self, proc: WorkerProcess) -> None:
@@ -381,15 +413,17 @@ class Master:
         for event, fields in events:
             if event == reporting.TASK_STARTED:
                 proc.busy_since = time.monotonic()
-                proc.message_id = fields.get("message_id")
+                proc.message_key = fields.get("key")
             elif event == reporting.REDELIVERED:
                 self.metrics.redelivered.labels(name).inc()
             elif event == reporting.TASK_FINISHED:
                 if fields["duration"] is not None:
-                    proc.busy_since = proc.message_id = None
+                    proc.busy_since = proc.message_key = None
                 self.metrics.record_task(name, fields["outcome"], fields["duration"])
             elif event in (reporting.CONNECTED, reporting.CONSUMING, reporting.DISCONNECTED):
                 proc.state = event
+            elif event == reporting.LOST_QUERY:
+                self.lost_queries.append((proc, fields["key"]))
             elif event == reporting.RECYCLING:
                 proc.recycling = True
             elif event == reporting.FATAL:

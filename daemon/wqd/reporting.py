@@ -1,4 +1,5 @@
-"""Worker-to-master events over a pipe: one JSON array per line.
+"""Worker-to-master events over a pipe: one JSON array per line; and the
+master's one message the other way: attempts lost with a worker, per message.
 
 The master owns all state (metrics, readiness, status), so nothing is shared
 on disk between processes and a dead worker leaves nothing behind. A write of
@@ -7,6 +8,7 @@ less than PIPE_BUF bytes to a pipe is atomic, so threads may share the fd.
 
 import json
 import os
+import threading
 
 # Events a worker sends, each with its fields:
 CONNECTED = "connected"        # -
@@ -15,6 +17,7 @@ CONSUMING = "consuming"        # -
 TASK_STARTED = "started"       # message_id
 TASK_FINISHED = "finished"     # outcome, duration (null when the handler did not run)
 REDELIVERED = "redelivered"    # -
+LOST_QUERY = "lost?"           # key: how many attempts of this message died with a worker?
 RECYCLING = "recycling"        # reason
 FATAL = "fatal"                # error: a configuration problem; do not restart
 
@@ -63,3 +66,44 @@ class EventReader:
                 continue
             events.append((event, fields))
         return events, eof
+
+
+def send_lost_attempts(fd: int, key: str, count: int) -> None:
+    """Master side, non-blocking: a worker too wedged to read misses the update."""
+    try:
+        os.write(fd, json.dumps([key, count]).encode() + b"\n")
+    except (BlockingIOError, BrokenPipeError):
+        pass
+
+
+class LostAttempts:
+    """Worker side: the master's counts of attempts lost with a worker, per
+    message key, kept current by a thread that reads the master's pipe."""
+
+    def __init__(self, fd: int, known: dict):
+        self._counts = dict(known)
+        self._answered = set()
+        self._changed = threading.Condition()
+        threading.Thread(target=self._follow, args=(fd,), name="master-link", daemon=True).start()
+
+    def _follow(self, fd: int) -> None:
+        with os.fdopen(fd, "rb") as stream:
+            for line in stream:
+                key, count = json.loads(line)
+                with self._changed:
+                    self._counts[key] = count
+                    self._answered.add(key)
+                    self._changed.notify_all()
+
+    def get(self, key: str) -> int:
+        return self._counts.get(key, 0)
+
+    def ask(self, key: str, reporter: Reporter, timeout: float) -> int:
+        """Ask the master (which answers after reaping every dead worker), so a
+        redelivery that races the master's news of a death is still counted."""
+        with self._changed:
+            self._answered.discard(key)
+            if reporter.send(LOST_QUERY, key=key):
+                self._changed.wait_for(lambda: key in self._answered, timeout)
+            self._answered.discard(key)
+            return self._counts.get(key, 0)

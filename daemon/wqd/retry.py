@@ -12,7 +12,7 @@ import time
 import traceback
 
 from wqd.config import PoolConfig
-from wqd.message import ATTEMPT_HEADER
+from wqd.message import ATTEMPT_HEADER, LOST_HEADER
 
 JITTER = 0.1  # a retry waits between 90% and 100% of its computed delay
 
@@ -39,9 +39,10 @@ def jittered_expiration(delay_ms: int) -> str:
     return str(int(delay_ms * (1 - JITTER * random.random())))
 
 
-def retry_headers(headers: dict, attempt: int) -> dict:
+def retry_headers(headers: dict, attempt: int, lost_total: int) -> dict:
     updated = dict(headers or {})
     updated[ATTEMPT_HEADER] = attempt + 1
+    updated[LOST_HEADER] = lost_total
     return updated
 
 

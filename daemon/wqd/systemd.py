@@ -1,29 +1,37 @@
 """sd_notify: tell systemd about readiness, reloads, stops and liveness.
 
 The protocol is one datagram per notification to $NOTIFY_SOCKET (a path, or
-an abstract socket when it starts with "@"); without that variable every call
-is a no-op, so wqd runs the same outside systemd.
+an abstract socket when it starts with "@"), with newline-separated
+``KEY=VALUE`` fields; without that variable every call is a no-op, so wqd runs
+the same outside systemd. Like sd_notify(unset_environment=1), the variables
+are taken out of the environment: workers and the programs handlers start
+must not speak for the service (with NotifyAccess=main, systemd would log a
+warning for every message they sent).
 """
 
 import os
 import socket
+import time
+
+ENVIRONMENT = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 
 class Notifier:
     def __init__(self, environ=os.environ):
-        address = environ.get("NOTIFY_SOCKET")
+        address, watchdog_usec, watchdog_pid = (environ.pop(name, None) for name in ENVIRONMENT)
         if address and address.startswith("@"):
             address = "\0" + address[1:]
+        elif address and not address.startswith("/"):
+            address = None  # e.g. "vsock:": not a socket this process can use
         self.address = address
-        watchdog_usec = environ.get("WATCHDOG_USEC")
-        watchdog_pid = environ.get("WATCHDOG_PID")
+        # systemd recommends pinging at half the timeout; WATCHDOG_PID says
+        # whether the watchdog is meant for this process or for a parent of it.
         self.watchdog_interval = None
-        if watchdog_usec and (not watchdog_pid or int(watchdog_pid) == os.getpid()):
+        if _positive_int(watchdog_usec) and (not watchdog_pid or watchdog_pid == str(os.getpid())):
             self.watchdog_interval = int(watchdog_usec) / 1_000_000 / 2
         self._socket = None
         if self.address:
-            self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            self._socket.set_inheritable(False)
+            self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
 
     def notify(self, *fields: str) -> None:
         if self._socket is None:
@@ -32,3 +40,25 @@ class Notifier:
             self._socket.sendto("\n".join(fields).encode(), self.address)
         except OSError:
             pass  # systemd went away or is restarting; nothing useful to do
+
+    def reloading(self) -> None:
+        """RELOADING=1 with the time it began, which Type=notify-reload (systemd
+        253+) requires; READY=1 must follow once the reload is done."""
+        self.notify("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+
+    def extend_timeout(self, seconds: float, status: str) -> None:
+        """Keep systemd's start or stop timeout from firing for ``seconds`` more,
+        and say why. systemd applies it only once the unit's own timeout
+        (TimeoutStopSec=) has passed, and then only until ``seconds`` after the
+        last such message: repeat it while the work goes on, stop when it hangs."""
+        self.notify(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}", f"STATUS={status}")
+
+    def close(self) -> None:
+        """In a forked worker: let go of the master's socket."""
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+
+
+def _positive_int(text) -> bool:
+    return bool(text) and text.isdigit() and int(text) > 0

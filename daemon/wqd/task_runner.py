@@ -11,12 +11,13 @@ import time
 
 
 class Task:
-    __slots__ = ("generation", "delivery_tag", "message", "duration", "error")
+    __slots__ = ("generation", "delivery_tag", "message", "lost_total", "duration", "error")
 
-    def __init__(self, generation, delivery_tag, message):
+    def __init__(self, generation, delivery_tag, message, lost_total=0):
         self.generation = generation
         self.delivery_tag = delivery_tag
         self.message = message
+        self.lost_total = lost_total  # the master's count of attempts lost with a worker
         self.duration = 0.0
         self.error = None
 

@@ -14,9 +14,8 @@ import threading
 
 from setproctitle import setproctitle
 
-from wqd import logs
+from wqd import logs, reporting
 from wqd.consumer import Consumer
-from wqd.reporting import Reporter
 
 log = logging.getLogger("wqd.worker")
 
@@ -30,7 +29,8 @@ IO_THREAD_DONE = signal.SIGUSR1
 WAITED_SIGNALS = {signal.SIGTERM, signal.SIGQUIT, IO_THREAD_DONE}
 
 
-def run(pool, broker, handler, slot: int, report_fd: int, master_pid: int) -> int:
+def run(pool, broker, handler, slot: int, report_fd: int, command_fd: int, lost_attempts: dict,
+        master_pid: int) -> int:
     """Run the worker; return its exit code (the caller os._exit()s with it)."""
     name = f"{pool.name}[{slot}]"
     setproctitle(f"wqd: worker {name}")
@@ -40,7 +40,8 @@ def run(pool, broker, handler, slot: int, report_fd: int, master_pid: int) -> in
     if os.getppid() != master_pid:  # the master died before prctl took effect
         return 0
 
-    consumer = Consumer(pool, broker, handler, name, Reporter(report_fd))
+    lost = reporting.LostAttempts(command_fd, lost_attempts)
+    consumer = Consumer(pool, broker, handler, name, reporting.Reporter(report_fd), lost)
     exit_code = []
     main_thread = threading.main_thread().ident
 

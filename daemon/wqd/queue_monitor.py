@@ -1,0 +1,311 @@
+"""Queue depth as the master sees it, polled by a small child process.
+
+The master holds no broker connection for task traffic, and its loop must
+never wait on the network: a SIGSTOPped or partitioned broker accepts TCP
+connections and then answers nothing, and pika's blocking calls have no
+per-call timeout. So the monitoring connection lives in a child process of its
+own (title "wqd: queue monitor"): every POLL_INTERVAL seconds it declares each
+pool's queue and dead-letter queue passively and reports the counts over a
+pipe, one line per poll, as workers report their events. The master only ever
+reads that pipe when select() says it is readable, and serves the last counts
+as gauges. Counts that are not fresh (the broker is unreachable, the poll
+hangs) are dropped, not shown as current: an absent series means "unknown".
+"""
+
+import ctypes
+import logging
+import os
+import signal
+import sys
+import time
+
+import pika.exceptions
+from prometheus_client.core import GaugeMetricFamily
+from setproctitle import setproctitle
+
+from wqd import amqp, logs, reporting
+from wqd.backoff import exponential
+
+log = logging.getLogger("wqd.queue_monitor")
+
+POLL_INTERVAL = 5.0
+# Counts older than this are dropped: the monitor is stuck or the broker hangs.
+STALE_AFTER = 3 * POLL_INTERVAL
+# The monitor's AMQP heartbeat (at most; the broker's setting if lower), so a
+# hung broker is noticed within about two of these and the child reconnects.
+MONITOR_HEARTBEAT = 10
+RECONNECT_INITIAL = 1.0
+RECONNECT_MAX = 30.0
+# A monitor that exits is restarted after a growing delay; one that ran this
+# long before exiting starts the count again.
+RESPAWN_INITIAL = 1.0
+RESPAWN_MAX = 60.0
+STABLE_SECONDS = 60.0
+PR_SET_PDEATHSIG = 1
+
+# Events the child sends.
+POLLED = "polled"            # counts: [[pool, queue, kind, messages, consumers], ...]; kind = queue|dead_letter
+UNAVAILABLE = "unavailable"  # reason
+
+RECOVERABLE = (pika.exceptions.AMQPError, OSError)
+
+
+def _targets(pools) -> tuple:
+    """(pool, queue, kind) of every queue to poll."""
+    targets = []
+    for pool in pools:
+        targets.append((pool.name, pool.queue, "queue"))
+        if pool.dead_letter_queue:
+            targets.append((pool.name, pool.dead_letter_queue, "dead_letter"))
+    return tuple(targets)
+
+
+class QueueMonitor:
+    """Master side: starts the child, reads its reports, serves the gauges.
+
+    Also a prometheus_client collector (register it with the master's registry).
+    Every method returns at once; none touches the network.
+    """
+
+    def __init__(self, broker, pools, interval: float = POLL_INTERVAL, stale_after: float = STALE_AFTER):
+        self.interval = interval
+        self.stale_after = stale_after
+        self._broker = broker
+        self._targets = _targets(pools)
+        self.pid = None
+        self._reader = None
+        self._started_at = 0.0
+        self._counts = []
+        self._polled_at = None  # monotonic time of the last complete poll
+        self._exits = 0         # consecutive early exits, for the respawn backoff
+        self._next_start = 0.0
+        self._replacing = False  # asked to exit for a reload: not a failure
+        self._stopped = False
+
+    # -- the master's loop --
+
+    def tick(self, now: float, close_inherited) -> None:
+        """Start the child when there is none. ``close_inherited()`` runs in the
+        new child to close what it inherited from the master."""
+        if self.pid is None and not self._stopped and now >= self._next_start:
+            self._spawn(close_inherited)
+
+    def fileno(self):
+        """The pipe to select() on for reading, or None."""
+        return self._reader.fd if self._reader else None
+
+    def read(self) -> None:
+        """The pipe is readable: take the child's reports (never blocks)."""
+        if self._reader is None:
+            return
+        events, eof = self._reader.read()
+        for event, fields in events:
+            if self._replacing:
+                continue  # counts of the queues before the reload
+            if event == POLLED:
+                self._counts = fields["counts"]
+                self._polled_at = time.monotonic()
+            elif event == UNAVAILABLE:
+                self._counts, self._polled_at = [], None
+        if eof:
+            self._close_reader()
+
+    def reaped(self, pid: int, status: int) -> bool:
+        """The master reaped ``pid``; True if it was the monitor."""
+        if pid != self.pid:
+            return False
+        self.read()
+        self._close_reader()
+        self.pid = None
+        self._counts, self._polled_at = [], None
+        if self._stopped:
+            return True
+        if self._replacing:
+            self._replacing = False
+            return True
+        now = time.monotonic()
+        if now - self._started_at >= STABLE_SECONDS:
+            self._exits = 0
+        self._exits += 1
+        delay = exponential(self._exits, RESPAWN_INITIAL, RESPAWN_MAX)
+        self._next_start = now + delay
+        log.warning("Queue monitor (pid %d) %s; restarting it in %.0f s.", pid, _describe(status), delay)
+        return True
+
+    def configure(self, broker, pools) -> None:
+        """After a reload: a new broker or other queues mean a new child."""
+        targets = _targets(pools)
+        if broker == self._broker and targets == self._targets:
+            return
+        self._broker, self._targets = broker, targets
+        self._counts, self._polled_at = [], None
+        if self.pid is not None:
+            self._replacing = True  # reaped as usual, then started again at once
+            self._signal(signal.SIGTERM)
+        self._exits, self._next_start = 0, 0.0
+
+    def stop(self) -> None:
+        """The master stops: end the child, do not start another."""
+        self._stopped = True
+        self._signal(signal.SIGTERM)
+
+    def close(self) -> None:
+        """The master exits: the child must not outlive it."""
+        self._stopped = True
+        if self.pid is not None:
+            self._signal(signal.SIGKILL)
+            try:
+                os.waitpid(self.pid, 0)
+            except ChildProcessError:
+                pass
+            self.pid = None
+        self._close_reader()
+
+    def close_in_child(self) -> None:
+        """In any process the master forks: let go of the monitor's pipe."""
+        if self._reader is not None:
+            os.close(self._reader.fd)
+            self._reader = None
+
+    # -- the collector --
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        ready = GaugeMetricFamily("wqd_queue_messages_ready",
+                                  "Messages ready in the pool's queue (polled by the master's queue monitor; "
+                                  "absent when unknown).", labels=["pool", "queue"])
+        consumers = GaugeMetricFamily("wqd_queue_consumers",
+                                      "Consumers of the pool's queue, as the broker counts them (any client).",
+                                      labels=["pool", "queue"])
+        dead = GaugeMetricFamily("wqd_dead_letter_messages",
+                                 "Messages in the pool's dead-letter queue (absent when unknown).",
+                                 labels=["pool", "queue"])
+        if self._polled_at is not None and time.monotonic() - self._polled_at <= self.stale_after:
+            for pool, queue, kind, messages, consumer_count in self._counts:
+                if kind == "queue":
+                    ready.add_metric([pool, queue], messages)
+                    consumers.add_metric([pool, queue], consumer_count)
+                else:
+                    dead.add_metric([pool, queue], messages)
+        yield ready
+        yield consumers
+        yield dead
+
+    # -- helpers --
+
+    def _spawn(self, close_inherited) -> None:
+        read_fd, write_fd = os.pipe()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into the master's code
+            code = 1
+            try:
+                os.close(read_fd)
+                close_inherited()
+                code = _run(self._broker, self._targets, write_fd, self.interval)
+            except BaseException:
+                log.exception("Queue monitor failed.")
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        os.close(write_fd)
+        os.set_blocking(read_fd, False)
+        self.pid = pid
+        self._reader = reporting.EventReader(read_fd)
+        self._started_at = time.monotonic()
+        log.debug("Queue monitor started (pid %d).", pid)
+
+    def _signal(self, signum: int) -> None:
+        if self.pid is not None:
+            try:
+                os.kill(self.pid, signum)
+            except ProcessLookupError:
+                pass  # already dead; the master reaps it
+
+    def _close_reader(self) -> None:
+        if self._reader is not None:
+            os.close(self._reader.fd)
+            self._reader = None
+
+
+# -- the child process --
+
+
+def _run(broker, targets, report_fd: int, interval: float) -> int:
+    setproctitle("wqd: queue monitor")
+    logs.set_process_name("queue monitor")
+    _reset_signals()
+    reporter = reporting.Reporter(report_fd)
+    failures = 0
+    while True:
+        connection = None
+        try:
+            connection = _connect(broker)
+            failures = 0
+            while True:
+                started = time.monotonic()
+                if not reporter.send(POLLED, counts=_poll(connection, targets)):
+                    return 0  # the master is gone
+                # sleep() keeps serving heartbeats, unlike time.sleep().
+                connection.sleep(max(0.0, interval - (time.monotonic() - started)))
+        except RECOVERABLE as exc:
+            failures += 1
+            reason = amqp.describe_error(exc, broker.url)
+            # The workers report an unreachable broker loudly; once is enough here.
+            log.log(logging.INFO if failures == 1 else logging.DEBUG,
+                    "Queue monitor: %s; queue depth is unknown until it reconnects.", reason)
+            if not reporter.send(UNAVAILABLE, reason=reason):
+                return 0
+        finally:
+            if connection is not None and connection.is_open:
+                try:
+                    connection.close()
+                except RECOVERABLE:
+                    pass
+        time.sleep(exponential(failures, RECONNECT_INITIAL, RECONNECT_MAX, jitter=0.5))
+
+
+def _connect(broker):
+    params = amqp.parameters(broker)
+    params.heartbeat = min(broker.heartbeat, MONITOR_HEARTBEAT) if broker.heartbeat else MONITOR_HEARTBEAT
+    params.client_properties = {"connection_name": f"wqd queue monitor pid {os.getpid()}"}
+    return pika.BlockingConnection(params)
+
+
+def _poll(connection, targets) -> list:
+    """[pool, queue, kind, messages, consumers] of each queue that exists."""
+    counts = []
+    channel = connection.channel()
+    for pool, queue, kind in targets:
+        try:
+            declared = channel.queue_declare(queue, passive=True)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != 404:
+                raise
+            channel = connection.channel()  # a missing queue closes the channel
+            continue
+        counts.append([pool, queue, kind, declared.method.message_count, declared.method.consumer_count])
+    channel.close()
+    return counts
+
+
+def _reset_signals() -> None:
+    """Start from sane signal dispositions, not the master's recording handlers."""
+    for signum in (signal.SIGTERM, signal.SIGQUIT, signal.SIGCHLD):
+        signal.signal(signum, signal.SIG_DFL)
+    # Ctrl-C and job-control signals to the process group are the master's business.
+    for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+        signal.signal(signum, signal.SIG_IGN)
+    try:  # Linux: die with the master, even when it is SIGKILLed
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # elsewhere the closed pipe ends the child at its next report
+
+
+def _describe(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"was killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exited with code {os.WEXITSTATUS(status)}"

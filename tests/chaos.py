@@ -1,0 +1,131 @@
+"""Fault injection under load: worker SIGKILLs, broker SIGKILLs and SIGSTOPs.
+
+Shared by the chaos test in `make test` and the longer one in `make soak`.
+Every published task id must end up done at least once (or, never expected
+here, in the dead-letter queue); duplicates are counted and each must be
+explained by a fault between its first completion and its rerun: a killed
+worker may have finished its task without acking it (one duplicate per kill
+at most, prefetch 1); a broker crash or freeze may do the same to every
+worker's task, and a classic queue's broker, SIGKILLed, also forgets acks it
+had not yet written to disk, so it redelivers recently acked messages.
+"""
+
+import json
+import os
+import random
+import signal
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import pika
+
+from daemon import pool
+from waiting import wait_for
+
+BROKER_SLACK = 1.0  # seconds; see _explain_duplicates
+
+
+@dataclass
+class ChaosReport:
+    tasks: int
+    worker_kills: int
+    broker_restarts: int
+    broker_pauses: int
+    done: int
+    duplicates: int
+    dead_lettered: int
+    seconds: float
+
+    def line(self) -> str:
+        return (f"{self.tasks} tasks, {self.worker_kills} worker SIGKILLs, {self.broker_restarts} broker "
+                f"SIGKILL+restarts, {self.broker_pauses} broker SIGSTOPs: {self.done} done, 0 lost, "
+                f"{self.duplicates} duplicates, {self.dead_lettered} dead-lettered, in {self.seconds:.0f} s")
+
+
+def preload(broker, queue: str, count: int, task_seconds: float) -> None:
+    """Publish ``count`` persistent tasks; the queue must exist (wqd declared it)."""
+    connection = broker.connection()
+    channel = connection.channel()
+    properties = pika.BasicProperties(delivery_mode=2)
+    for task_id in range(count):
+        channel.basic_publish("", queue, json.dumps({"id": task_id, "sleep": task_seconds}), properties)
+    connection.close()
+    wait_for(lambda: broker.queue_stats(queue)["messages_ready"] == count, 120, interval=0.5,
+             message=f"{count} messages queued")
+
+
+def run_chaos(broker, queue, make_wqd, tasks, worker_kills, broker_restarts, broker_pauses=0,
+              pause_seconds=0.0, workers=3, task_seconds=0.01, heartbeat=60, seed=None) -> ChaosReport:
+    rng = random.Random(seed)
+    wqd = make_wqd([pool(queue, workers=workers, max_retries=20, retry_delay={"initial": 0.2, "max": 2})],
+                   heartbeat=heartbeat)
+    wqd.start()
+    wqd.stop()  # wqd declared the queue; now preload it while nothing consumes
+    preload(broker, queue, tasks, task_seconds)
+    started = time.monotonic()
+    wqd.start()
+
+    fault_log = []  # (time, kind, killed worker pid)
+    faults = ["worker"] * worker_kills + ["broker"] * broker_restarts + ["pause"] * broker_pauses
+    rng.shuffle(faults)
+    done_ids = lambda: {e["id"] for e in wqd.records("end")}  # noqa: E731
+    for index, fault in enumerate(faults):
+        # Spread the faults over the run: fault i waits for its share of progress.
+        threshold = tasks * (index + 1) / (len(faults) + 2)
+        wait_for(lambda: len(done_ids()) >= threshold, 300, interval=0.1,
+                 message=f"progress to {threshold:.0f} before fault {index}")
+        wait_for(lambda: len(wqd.worker_pids(consuming_only=True)) == workers, 120, interval=0.1,
+                 message=lambda: f"pool at full strength before fault {index}:\n{wqd.logs()}")
+        fault_log.append((time.time(), fault, None))
+        if fault == "worker":
+            victim = rng.choice(wqd.worker_pids())
+            fault_log[-1] = (time.time(), fault, victim)
+            os.kill(victim, signal.SIGKILL)
+        elif fault == "broker":
+            broker.kill()
+            broker.start()
+        else:
+            broker.pause()
+            time.sleep(pause_seconds)  # the fault itself: a broker frozen this long
+            broker.resume()
+    wait_for(lambda: len(done_ids()) == tasks, 600, interval=0.5,
+             message=lambda: f"only {len(done_ids())} of {tasks} tasks done:\n{wqd.logs()}")
+    seconds = time.monotonic() - started
+    ends = Counter(e["id"] for e in wqd.records("end"))
+    assert set(ends) == set(range(tasks)), "every published task ran"
+    dead = broker.queue_stats(queue + ".dead")
+    report = ChaosReport(tasks, worker_kills, broker_restarts, broker_pauses, len(ends),
+                         sum(ends.values()) - len(ends), dead["messages_ready"] if dead else 0, seconds)
+    assert report.dead_lettered == 0
+    by_worker_kill = _explain_duplicates(wqd.records(), fault_log)
+    assert max(by_worker_kill.values(), default=0) <= 1, "one duplicate per worker kill at most"
+    assert wqd.stop() == 0
+    return report
+
+
+def _explain_duplicates(records, fault_log) -> Counter:
+    """Assert every rerun of a completed task follows a fault that explains it
+    (a fault after its first run started: a broker crash during a task leaves
+    it unacked, one after it may forget the ack); return how many duplicates
+    each worker kill explains."""
+    started, first_run, reruns = {}, {}, []
+    for entry in records:
+        if entry["event"] == "start":
+            if entry["id"] in first_run:
+                reruns.append(entry)
+            started[entry["id"], entry["pid"]] = entry["t"]
+        elif entry["id"] not in first_run:
+            first_run[entry["id"]] = (started[entry["id"], entry["pid"]], entry["pid"])
+    by_worker_kill = Counter()
+    for rerun in reruns:
+        began, pid = first_run[rerun["id"]]
+        # A delivery can sit in a worker's socket buffer when the broker dies;
+        # its run then starts just after the crash, hence the broker's slack.
+        causes = [(kind, victim) for t, kind, victim in fault_log
+                  if began - (0 if kind == "worker" else BROKER_SLACK) <= t <= rerun["t"]
+                  and (kind != "worker" or victim == pid)]
+        assert causes, f"task {rerun['id']} reran with no fault to explain it: {rerun}; faults: {fault_log}"
+        if all(kind == "worker" for kind, _ in causes):
+            by_worker_kill[causes[-1][1]] += 1
+    return by_worker_kill

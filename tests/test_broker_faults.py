@@ -2,7 +2,7 @@
 
 import pika
 
-from daemon import pool, task_body
+from daemon import pool, run_cli, task_body, wqd_env
 from waiting import wait_for
 
 
@@ -68,3 +68,15 @@ def test_a_quorum_pool_declares_a_quorum_queue(broker, queue_name, make_wqd):
         assert exc.reply_code == 406 and "quorum" in exc.reply_text
     finally:
         connection.close()
+
+
+def test_workers_and_publish_fail_over_to_the_next_broker_url(broker, queue_name, make_wqd, free_tcp_port, tmp_path):
+    """Slot 1 starts on a dead address and moves on to the live one."""
+    dead = f"amqp://guest:guest@127.0.0.1:{free_tcp_port}/%2F"
+    wqd = make_wqd([pool(queue_name, workers=2)], broker_url=[dead, broker.url]).start()
+    wait_for(lambda: len(wqd.worker_pids(consuming_only=True)) == 2, 60, message="both workers consuming")
+    assert "127.0.0.1:%d" % free_tcp_port in wqd.logs(), "slot 1 tried the first URL"
+    result = run_cli("publish", "-c", str(wqd.config_path), task_body("via-failover"),
+                     env=wqd_env(tmp_path / "r"))
+    assert result.returncode == 0, result.stderr
+    wait_for(lambda: wqd.ended_ids() == ["via-failover"], 30, message="published and processed")

@@ -142,3 +142,23 @@ def test_cli_missing_file(tmp_path):
     result = run_cli("check", "-c", str(tmp_path / "absent.yaml"))
     assert result.returncode == 78
     assert "cannot read the configuration file: No such file or directory" in result.stderr
+
+
+def test_broker_url_may_list_cluster_nodes(monkeypatch):
+    text = GOOD.replace("  url: amqp://guest:s3cret@127.0.0.1:5672/%2F",
+                        "  url: [amqp://a:s3cret@n1:5672/%2F, amqp://a:s3cret@n2:5672/%2F]")
+    assert parse(text).broker.urls == ("amqp://a:s3cret@n1:5672/%2F", "amqp://a:s3cret@n2:5672/%2F")
+    monkeypatch.setenv("WQD_BROKER_URL", "amqp://u:p@n1/v, amqp://u:p@n2/v")
+    assert parse(GOOD).broker.urls == ("amqp://u:p@n1/v", "amqp://u:p@n2/v")
+    monkeypatch.setenv("WQD_BROKER_URL", "amqp://u:p@n1/v,http://u:s3cret@n2/v")
+    message = errors_of(GOOD)
+    assert "$WQD_BROKER_URL: expected an amqp:// or amqps:// URL or a list of them" in message
+    assert "s3cret" not in message
+
+
+def test_a_bad_url_in_a_list_is_named_without_its_password():
+    text = GOOD.replace("  url: amqp://guest:s3cret@127.0.0.1:5672/%2F",
+                        "  url: [amqp://a:s3cret@n1/, 'ftp://a:s3cret@n2/']")
+    message = errors_of(text)
+    assert "broker.url: expected an amqp:// or amqps:// URL or a list of them, got " \
+           "['amqp://a:***@n1/', 'ftp://a:***@n2/']" in message

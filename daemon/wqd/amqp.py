@@ -84,6 +84,27 @@ def connect(broker: BrokerConfig, url=None, name=None) -> pika.BlockingConnectio
     return pika.BlockingConnection(params)
 
 
+class BrokerUnavailable(Exception):
+    """No broker URL could be connected to; str() says why, per URL."""
+
+    def __init__(self, errors: list):
+        super().__init__("; ".join(describe_error(exc, url) for url, exc in errors))
+        self.errors = errors
+
+
+def connect_any(broker: BrokerConfig, name=None, first: int = 0):
+    """Connect to the first reachable URL, trying them in order from ``first``;
+    return (connection, index of its URL)."""
+    errors = []
+    for offset in range(len(broker.urls)):
+        index = (first + offset) % len(broker.urls)
+        try:
+            return connect(broker, broker.urls[index], name), index
+        except (pika.exceptions.AMQPError, OSError) as exc:
+            errors.append((broker.urls[index], exc))
+    raise BrokerUnavailable(errors)
+
+
 def describe_error(exc: BaseException, url: str) -> str:
     """One sentence on why the broker at ``url`` could not be used; no password."""
     where = redact_url(url)

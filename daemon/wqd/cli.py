@@ -11,6 +11,7 @@ import wqd
 from wqd import config as config_module
 from wqd import handlers as handlers_module
 from wqd import logs
+from wqd.amqp import BrokerUnavailable, describe_error
 from wqd.publisher import PublishError, publish_lines
 from wqd.status import gather_status, format_status
 
@@ -75,7 +76,8 @@ def cmd_check(args) -> int:
     if config is None:
         return handlers
     pools = ", ".join(f"{p.name} ({p.workers} x {p.handler} on {p.queue})" for p in config.pools)
-    print(f"{config.path}: OK; broker {config_module.redact_url(config.broker.url)}; pools: {pools}")
+    brokers = ", ".join(config_module.redact_url(url) for url in config.broker.urls)
+    print(f"{config.path}: OK; broker {brokers}; pools: {pools}")
     return EXIT_OK
 
 
@@ -100,7 +102,11 @@ def cmd_run(args) -> int:
 def cmd_publish(args) -> int:
     if args.url:
         config = None
-        broker = config_module.BrokerConfig(url=args.url)
+        try:
+            broker = config_module.BrokerConfig(urls=config_module.broker_urls(args.url.split(",")))
+        except ValueError as exc:
+            print(f"wqd publish: --url: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
     else:
         config, error = _load(args, import_handlers=False)
         if config is None:
@@ -143,9 +149,10 @@ def cmd_status(args) -> int:
         return error
     try:
         status = gather_status(config)
+    except BrokerUnavailable as exc:
+        print(f"wqd status: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
     except (pika.exceptions.AMQPError, OSError) as exc:
-        from wqd.amqp import describe_error
-
         print(f"wqd status: {describe_error(exc, config.broker.url)}", file=sys.stderr)
         return EXIT_UNAVAILABLE
     print(json.dumps(status, indent=2) if args.json else format_status(status))

@@ -25,6 +25,8 @@ def _shown(value: Any) -> str:
     """A value for an error message; URLs lose their password."""
     if isinstance(value, str) and "://" in value:
         return repr(redact_url(value))
+    if isinstance(value, list):
+        return "[" + ", ".join(_shown(item) for item in value) + "]"
     return repr(value)
 
 
@@ -89,6 +91,17 @@ def broker_url(value: Any) -> str:
     return value
 
 
+def broker_urls(value: Any) -> tuple:
+    """One URL, or a list of them (the nodes of a cluster)."""
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        raise ValueError("expected an amqp:// or amqps:// URL or a list of them")
+    try:
+        return tuple(broker_url(item) for item in values)
+    except ValueError:
+        raise ValueError("expected an amqp:// or amqps:// URL or a list of them") from None
+
+
 def listen_address(value: Any) -> Optional[str]:
     if value is None:
         return None
@@ -112,9 +125,14 @@ class TLSConfig:
 
 @dataclasses.dataclass(frozen=True)
 class BrokerConfig:
-    url: str = DEFAULT_BROKER_URL
+    urls: tuple = (DEFAULT_BROKER_URL,)  # one per cluster node; workers spread over them
     heartbeat: int = 60
     tls: Optional[TLSConfig] = None
+
+    @property
+    def url(self) -> str:
+        """The first URL: the one one-shot commands try first, and messages show."""
+        return self.urls[0]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,7 +191,7 @@ class Config:
 # Key -> (check, default). REQUIRED marks keys without a default.
 SECTION_SCHEMAS = {
     "broker": {
-        "url": (broker_url, DEFAULT_BROKER_URL),
+        "url": (broker_urls, (DEFAULT_BROKER_URL,)),
         "heartbeat": (non_negative_int, 60),
         "tls": (None, None),  # a nested section, see TLS_SCHEMA
     },
@@ -270,13 +288,14 @@ class _Validator:
         tls = None
         if broker.get("tls") is not None:
             tls = TLSConfig(**self.section(broker["tls"], TLS_SCHEMA, "broker.tls"))
-        url = os.environ.get("WQD_BROKER_URL") or broker.get("url") or DEFAULT_BROKER_URL
-        if os.environ.get("WQD_BROKER_URL"):
+        urls = broker.get("url") or (DEFAULT_BROKER_URL,)
+        environment_url = os.environ.get("WQD_BROKER_URL")
+        if environment_url:  # comma-separated for a cluster
             try:
-                broker_url(url)
+                urls = broker_urls([url.strip() for url in environment_url.split(",")])
             except ValueError as exc:
-                self.errors.append(f"$WQD_BROKER_URL: {exc}, got {redact_url(url)!r}")
-        broker_config = BrokerConfig(url=url, heartbeat=broker.get("heartbeat", 60), tls=tls)
+                self.errors.append(f"$WQD_BROKER_URL: {exc}, got {_shown(environment_url.split(','))}")
+        broker_config = BrokerConfig(urls=urls, heartbeat=broker.get("heartbeat", 60), tls=tls)
 
         metrics = MetricsConfig(**self.section(data.get("metrics"), SECTION_SCHEMAS["metrics"], "metrics"))
         logging_config = LoggingConfig(

@@ -44,7 +44,7 @@ class QueueMismatch(Exception):
 
 
 class Consumer:
-    def __init__(self, pool, broker, handler, worker_name, reporter: reporting.Reporter,
+    def __init__(self, pool, broker, handler, worker_name, slot: int, reporter: reporting.Reporter,
                  lost_attempts: reporting.LostAttempts):
         self.pool = pool
         self.broker = broker
@@ -60,6 +60,9 @@ class Consumer:
         self._publish_channel = None
         self._consumer_tag = None
         self._generation = 0
+        # Workers spread over the broker URLs (cluster nodes) by slot, and
+        # move on to the next URL when a connection fails.
+        self._url_index = (slot - 1) % len(broker.urls)
         self._in_flight = set()  # tasks delivered and not yet settled, any generation
         self._pending_settles = []  # finished while no connection was open
         self._tasks_done = 0
@@ -110,7 +113,8 @@ class Consumer:
             except RECOVERABLE as exc:
                 failures += 1
                 delay = backoff.exponential(failures, RECONNECT_INITIAL, RECONNECT_MAX, jitter=0.5)
-                reason = amqp.describe_error(exc, self.broker.url)
+                reason = amqp.describe_error(exc, self.broker.urls[self._url_index])
+                self._url_index = (self._url_index + 1) % len(self.broker.urls)
                 log.warning("Broker connection lost or refused: %s; reconnecting in %.1f s.", reason, delay)
                 self.reporter.send(reporting.DISCONNECTED, reason=reason)
                 self._discard_connection()
@@ -121,7 +125,8 @@ class Consumer:
         return self.exit_code
 
     def _open(self) -> None:
-        self._connection = amqp.connect(self.broker, name=f"wqd worker {self.worker_name} pid {os.getpid()}")
+        self._connection = amqp.connect(self.broker, self.broker.urls[self._url_index],
+                                        name=f"wqd worker {self.worker_name} pid {os.getpid()}")
         self._generation += 1
         self._channel = self._connection.channel()
         self._declare(self._channel, self.pool.queue, amqp.queue_arguments(self.pool.queue_type))

@@ -20,12 +20,12 @@ def publish_lines(broker, queue: str, pool, bodies, headers: dict, persistent: b
     The queue is declared as the pool declares it (durable; its queue_type),
     so publishing first and starting wqd later loses nothing. Without a pool
     (``--url``), an existing queue is used as it is, or a durable classic one
-    is created.
+    is created. With several broker URLs the first that answers is used.
     """
     try:
-        connection = amqp.connect(broker, name="wqd publish")
-    except (pika.exceptions.AMQPError, OSError) as exc:
-        raise PublishError(amqp.describe_error(exc, broker.url), 69) from None
+        connection, index = amqp.connect_any(broker, name="wqd publish")
+    except amqp.BrokerUnavailable as exc:
+        raise PublishError(str(exc), 69) from None
     try:
         channel = connection.channel()
         _declare(connection, channel, queue, pool)
@@ -44,7 +44,7 @@ def publish_lines(broker, queue: str, pool, bodies, headers: dict, persistent: b
                 raise PublishError(f"the broker refused message {body!r} (nack)", 1) from None
             yield body
     except (pika.exceptions.AMQPConnectionError, OSError) as exc:
-        raise PublishError(amqp.describe_error(exc, broker.url), 69) from None
+        raise PublishError(amqp.describe_error(exc, broker.urls[index]), 69) from None
     finally:
         if connection.is_open:
             connection.close()

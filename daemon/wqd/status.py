@@ -14,10 +14,10 @@ MASTER_TIMEOUT = 2.0
 
 
 def gather_status(config) -> dict:
-    """Raise pika/OS errors when the broker cannot be reached."""
+    """Raise amqp.BrokerUnavailable (or a pika error) when no broker answers."""
     master = _master_status(config)
     master_pools = {pool["name"]: pool for pool in (master or {}).get("pools", [])}
-    connection = amqp.connect(config.broker, name="wqd status")
+    connection, _ = amqp.connect_any(config.broker, name="wqd status")
     try:
         pools = []
         for pool in config.pools:
@@ -42,7 +42,7 @@ def gather_status(config) -> dict:
     finally:
         connection.close()
     return {
-        "broker": redact_url(config.broker.url),
+        "broker": ", ".join(redact_url(url) for url in config.broker.urls),
         "master": {"running": master is not None, "pid": master and master["pid"],
                    "ready": bool(master and master["ready"])},
         "pools": pools,

@@ -41,7 +41,7 @@ def run(pool, broker, handler, slot: int, report_fd: int, command_fd: int, lost_
         return 0
 
     lost = reporting.LostAttempts(command_fd, lost_attempts)
-    consumer = Consumer(pool, broker, handler, name, reporting.Reporter(report_fd), lost)
+    consumer = Consumer(pool, broker, handler, name, slot, reporting.Reporter(report_fd), lost)
     exit_code = []
     main_thread = threading.main_thread().ident
 

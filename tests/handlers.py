@@ -12,7 +12,6 @@ import time
 
 import wqd
 
-
 _hoard = []  # memory a "grow" task keeps, to cross max_memory_per_child
 
 

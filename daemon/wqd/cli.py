@@ -13,7 +13,7 @@ from wqd import handlers as handlers_module
 from wqd import logs
 from wqd.amqp import BrokerUnavailable, describe_error
 from wqd.publisher import PublishError, publish_lines
-from wqd.status import gather_status, format_status
+from wqd.status import format_status, gather_status
 
 # Exit codes (sysexits.h), so supervisors can tell a bad config from a crash.
 EXIT_OK = 0

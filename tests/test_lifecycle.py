@@ -2,6 +2,7 @@
 
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -89,3 +90,14 @@ def test_process_titles(broker, queue_name, make_wqd):
     assert master_title == f"wqd: master -c {wqd.config_path}".encode()
     (worker,) = wqd.worker_pids()
     assert Path(f"/proc/{worker}/cmdline").read_bytes().rstrip(b"\0") == b"wqd: worker default[1]"
+
+
+def test_a_busy_metrics_port_is_a_config_error(broker, queue_name, make_wqd):
+    wqd = make_wqd([pool(queue_name, workers=1)])
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", wqd.port))
+        squatter.listen()
+        wqd.start(wait_ready=False)
+        assert wqd.wait_exit(30) == 78
+    assert f"metrics.listen: cannot listen on 127.0.0.1:{wqd.port}: Address already in use" in wqd.logs()
+    assert "spawned" not in wqd.logs()

@@ -20,7 +20,7 @@ VENV_STAMP := $(VENV)/.installed
 RABBITMQ_SERVER := /usr/lib/rabbitmq/bin/rabbitmq-server
 PROMTOOL := /usr/bin/promtool
 
-.PHONY: all venv rabbitmq promtool test demo lint soak bench clean
+.PHONY: all venv rabbitmq promtool deploy-tools test demo lint soak bench clean
 
 all: test
 
@@ -43,9 +43,14 @@ rabbitmq:
 promtool:
 	@bash scripts/ensure-debian-package.sh $(PROMTOOL) prometheus prometheus
 
+# systemd-analyze, systemd-sysusers (tests/test_systemd.py) and openssl (tests/test_tls.py).
+deploy-tools:
+	@bash scripts/ensure-debian-package.sh /usr/bin/systemd-analyze systemd
+	@bash scripts/ensure-debian-package.sh /usr/bin/openssl openssl
+
 # --- checks ----------------------------------------------------------------
 
-test: venv rabbitmq promtool
+test: venv rabbitmq promtool deploy-tools
 	$(VENV)/bin/pytest -q -m 'not soak' tests $(PYTEST_ARGS)
 
 soak: venv rabbitmq promtool

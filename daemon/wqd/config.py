@@ -63,6 +63,15 @@ def non_empty_str(value: Any) -> str:
     return value
 
 
+def readable_file(value: Any) -> str:
+    """A file this process can read now: a wrong TLS path fails `wqd check`,
+    not every connection attempt of every worker later."""
+    value = non_empty_str(value)
+    if not os.path.isfile(value) or not os.access(value, os.R_OK):
+        raise ValueError("expected a readable file")
+    return value
+
+
 def one_of(*choices: str) -> Callable[[Any], str]:
     def check(value: Any) -> str:
         if value not in choices:
@@ -203,9 +212,9 @@ SECTION_SCHEMAS = {
     "shutdown": {"graceful_timeout": (positive_number, 30.0)},
 }
 TLS_SCHEMA = {
-    "ca_file": (optional(non_empty_str), None),
-    "cert_file": (optional(non_empty_str), None),
-    "key_file": (optional(non_empty_str), None),
+    "ca_file": (optional(readable_file), None),
+    "cert_file": (optional(readable_file), None),
+    "key_file": (optional(readable_file), None),
 }
 RETRY_DELAY_SCHEMA = {
     "initial": (positive_number, 1.0),
@@ -296,6 +305,10 @@ class _Validator:
             except ValueError as exc:
                 self.errors.append(f"$WQD_BROKER_URL: {exc}, got {_shown(environment_url.split(','))}")
         broker_config = BrokerConfig(urls=urls, heartbeat=broker.get("heartbeat", 60), tls=tls)
+        if tls is not None and not any(url.startswith("amqps://") for url in urls):
+            self.error("broker.tls", "is only used with amqps:// URLs, but no broker URL is amqps://")
+        if tls is not None and tls.key_file and not tls.cert_file:
+            self.error("broker.tls.key_file", "is set without broker.tls.cert_file")
 
         metrics = MetricsConfig(**self.section(data.get("metrics"), SECTION_SCHEMAS["metrics"], "metrics"))
         logging_config = LoggingConfig(

@@ -66,6 +66,7 @@ class Consumer:
         self._in_flight = set()  # tasks delivered and not yet settled, any generation
         self._pending_settles = []  # finished while no connection was open
         self._tasks_done = 0
+        self._failures = 0  # consecutive connection failures, for the reconnect backoff
 
     # -- any thread --
 
@@ -100,19 +101,17 @@ class Consumer:
     def run(self) -> int:
         """Consume until asked to stop; return the worker's exit code."""
         self.runner.start()
-        failures = 0
         while self._stop_reason is None:
             try:
                 self._open()
-                failures = 0
                 self._serve()
             except QueueMismatch as exc:
                 log.error("%s", exc)
                 self.reporter.send(reporting.FATAL, error=str(exc))
                 return 78
             except RECOVERABLE as exc:
-                failures += 1
-                delay = backoff.exponential(failures, RECONNECT_INITIAL, RECONNECT_MAX, jitter=0.5)
+                self._failures += 1
+                delay = backoff.exponential(self._failures, RECONNECT_INITIAL, RECONNECT_MAX, jitter=0.5)
                 reason = amqp.describe_error(exc, self.broker.urls[self._url_index])
                 self._url_index = (self._url_index + 1) % len(self.broker.urls)
                 log.warning("Broker connection lost or refused: %s; reconnecting in %.1f s.", reason, delay)
@@ -163,6 +162,7 @@ class Consumer:
             elif self._consumer_tag is None and not self._in_flight:
                 self._consumer_tag = self._channel.basic_consume(
                     self.pool.queue, on_message_callback=self._on_delivery)
+                self._failures = 0  # reset only once consuming works, as pika's examples do
                 log.info("Consuming from %r (prefetch %d).", self.pool.queue, self.pool.prefetch)
                 self.reporter.send(reporting.CONSUMING)
             self._drop_stale_settles()

@@ -35,6 +35,10 @@ RESPAWN_BACKOFF_MAX = 60.0
 LOOP_TIMEOUT = 1.0
 # After a fast stop, workers get this long to exit on SIGQUIT before SIGKILL.
 FAST_STOP_TIMEOUT = 2.0
+# While workers drain during a stop, the loop keeps asking systemd for this much
+# more time (EXTEND_TIMEOUT_USEC), so a graceful_timeout longer than the unit's
+# TimeoutStopSec is honoured, and a master that hangs is still killed.
+STOP_EXTEND_SECONDS = 10.0
 EXIT_CONFIG = 78
 # Messages whose lost attempts the master remembers (the oldest are forgotten).
 LOST_ATTEMPTS_CAP = 10_000
@@ -91,6 +95,7 @@ class Master:
         self.was_ready = False
         self.notifier = Notifier()
         self.last_watchdog = 0.0
+        self.last_stop_extend = 0.0
         self.last_status_line = ""
         self.metrics = Metrics(self._snapshot)
         for pool in self.pools:
@@ -142,6 +147,9 @@ class Master:
         starts = [when for pool in self.pools for when in pool.next_start.values()]
         if starts:
             timeout = max(0.0, min(timeout, min(starts) - time.monotonic()))
+        if self.notifier.watchdog_interval:  # wake for the ping: a late one can cost a SIGABRT
+            next_ping = self.last_watchdog + self.notifier.watchdog_interval
+            timeout = max(0.0, min(timeout, next_ping - time.monotonic()))
         if self.signals:
             timeout = 0
         try:
@@ -217,7 +225,7 @@ class Master:
     # -- reload --
 
     def reload(self) -> None:
-        self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+        self.notifier.reloading()
         try:
             new_config = config_module.load(self.config.path)
             new_handlers = handlers_module.load_all(new_config)
@@ -307,6 +315,7 @@ class Master:
     def _close_master_fds(self) -> None:
         """In a new child: let go of what belongs to the master."""
         signal.set_wakeup_fd(-1)
+        self.notifier.close()
         os.close(self._wakeup_r)
         os.close(self._wakeup_w)
         if self.http:
@@ -477,6 +486,8 @@ class Master:
             self.was_ready = True
             log.info("Ready: every pool has a consuming worker.")
             self.notifier.notify("READY=1", "STATUS=" + self._status_line())
+        elif self.stopping and self.workers:
+            self._extend_stop_timeout()
         elif self.notifier.address and not self.stopping:
             line = self._status_line()
             if line != self.last_status_line:
@@ -486,6 +497,18 @@ class Master:
         if interval and time.monotonic() - self.last_watchdog >= interval:
             self.last_watchdog = time.monotonic()
             self.notifier.notify("WATCHDOG=1")
+
+    def _extend_stop_timeout(self) -> None:
+        """About once a second while workers finish their tasks. The master
+        bounds the stop itself (graceful_timeout, then SIGKILL), so systemd's
+        TimeoutStopSec need not, and must not cut a long task short."""
+        now = time.monotonic()
+        if now - self.last_stop_extend < LOOP_TIMEOUT:
+            return
+        self.last_stop_extend = now
+        busy = sum(proc.busy_since is not None for proc in self.workers.values())
+        self.notifier.extend_timeout(STOP_EXTEND_SECONDS, f"Stopping: {len(self.workers)} workers left, "
+                                                          f"{busy} finishing a task")
 
     def _status_line(self) -> str:
         parts = []

@@ -1,15 +1,19 @@
 """The master's HTTP endpoint (/metrics, /healthz, /readyz, /status).
 
 It is served from the master's own select loop rather than a thread: the
-master forks, and a process that forks should not have threads.
+master forks, and a process that forks should not have threads. So a client
+must never hold that loop for long: its whole request has to arrive within
+CLIENT_TIMEOUT, however slowly it trickles in, or the connection is dropped.
 """
 
 import http.server
 import logging
+import time
 
 log = logging.getLogger("wqd.master")
 
-# A client that sends nothing for this long is dropped, so it cannot stall the master.
+# A request that has not fully arrived after this long is dropped, so a slow
+# or stuck client cannot stall the master (its reaping, respawns and signals).
 CLIENT_TIMEOUT = 2.0
 
 
@@ -48,6 +52,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     timeout = CLIENT_TIMEOUT
     protocol_version = "HTTP/1.0"
 
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()  # requests are read through the deadline instead
+        self.rfile = _DeadlineReader(self.connection, time.monotonic() + CLIENT_TIMEOUT)
+
     def do_GET(self) -> None:
         route = self.routes.get(self.path.split("?", 1)[0])
         if route is None:
@@ -62,3 +71,33 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, format, *args) -> None:
         log.debug("HTTP %s", format % args)
+
+
+class _DeadlineReader:
+    """The handler's rfile: lines of a request that must arrive whole before a
+    deadline. A socket timeout alone restarts at every byte; this one does not.
+    Raises TimeoutError, on which the handler drops the connection."""
+
+    def __init__(self, connection, deadline: float):
+        self._connection = connection
+        self._deadline = deadline
+        self._buffer = b""
+
+    def readline(self, limit: int = -1) -> bytes:
+        while b"\n" not in self._buffer and (limit < 0 or len(self._buffer) < limit):
+            remaining = self._deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(f"the request did not arrive within {CLIENT_TIMEOUT} s")
+            self._connection.settimeout(remaining)
+            chunk = self._connection.recv(4096)
+            if not chunk:
+                break
+            self._buffer += chunk
+        end = self._buffer.find(b"\n") + 1 or len(self._buffer)
+        if limit >= 0:
+            end = min(end, limit)
+        line, self._buffer = self._buffer[:end], self._buffer[end:]
+        return line
+
+    def close(self) -> None:
+        """Nothing to release: the handler closes the connection itself."""

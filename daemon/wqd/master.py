@@ -11,17 +11,17 @@ import logging
 import os
 import select
 import signal
-import sys
 import time
 
 from setproctitle import setproctitle
 
+from wqd import children, logs, reporting, worker
 from wqd import config as config_module
 from wqd import handlers as handlers_module
-from wqd import logs, reporting, worker
 from wqd.backoff import exponential
 from wqd.http_endpoint import HTTPEndpoint
 from wqd.metrics import Metrics
+from wqd.queue_monitor import QueueMonitor
 from wqd.systemd import Notifier
 
 log = logging.getLogger("wqd.master")
@@ -100,6 +100,9 @@ class Master:
         self.metrics = Metrics(self._snapshot)
         for pool in self.pools:
             self.metrics.add_pool(pool.config.name)
+        # Queue depth, polled by a child process: the master never waits on the broker.
+        self.queue_monitor = QueueMonitor(config.broker, config.pools)
+        self.metrics.registry.register(self.queue_monitor)
         self.http = None
         self.pid = os.getpid()
 
@@ -128,6 +131,7 @@ class Master:
             self._notify()
             self._wait()
         log.info("All workers are gone; master exits.")
+        self.queue_monitor.close()
         if self.http:
             self.http.close()
         return self.exit_code
@@ -143,6 +147,8 @@ class Master:
             readers[proc.reader.fd] = proc
         if self.http:
             readers[self.http.fileno()] = self.http
+        if self.queue_monitor.fileno() is not None:
+            readers[self.queue_monitor.fileno()] = self.queue_monitor
         timeout = LOOP_TIMEOUT
         starts = [when for pool in self.pools for when in pool.next_start.values()]
         if starts:
@@ -162,6 +168,8 @@ class Master:
                 _drain(self._wakeup_r)
             elif target is self.http:
                 self.http.handle_one()
+            elif target is self.queue_monitor:
+                self.queue_monitor.read()
             else:
                 self._read_reports(target)
 
@@ -181,6 +189,7 @@ class Master:
             return
         self._enforce_time_limits(now)
         self._keep_worker_count(now)
+        self.queue_monitor.tick(now, self._close_master_fds)
         if self.pools and all(pool.failed for pool in self.pools):
             log.error("Every pool has a configuration error; stopping.")
             self.exit_code = EXIT_CONFIG
@@ -212,12 +221,14 @@ class Master:
             self.notifier.notify("STOPPING=1", "STATUS=Stopping: workers finish their current task")
             self.stopping = True
             self.stop_deadline = time.monotonic() + timeout
+            self.queue_monitor.stop()
             for proc in self.workers.values():
                 self._retire(proc, timeout)
         elif not self.fast_stop:
             log.info("Fast stop: workers exit now; their unacked messages return to the queue.")
             self.notifier.notify("STOPPING=1", "STATUS=Stopping fast")
             self.stopping = self.fast_stop = True
+            self.queue_monitor.stop()
             for proc in self.workers.values():
                 proc.retire_deadline = time.monotonic() + FAST_STOP_TIMEOUT
                 self._kill(proc, signal.SIGQUIT)
@@ -258,6 +269,7 @@ class Master:
             self._retire_pool(old)
         self.pools = pools
         self.config = new_config
+        self.queue_monitor.configure(new_config.broker, new_config.pools)
         self.was_ready = False  # READY=1 again once every pool consumes
         log.info("Reloaded %s; pools: %s.", self.config.path,
                  ", ".join(f"{p.config.name}={p.desired}" for p in self.pools))
@@ -286,24 +298,15 @@ class Master:
     def _spawn(self, pool: Pool, slot: int) -> None:
         read_fd, write_fd = os.pipe()
         command_read, command_write = os.pipe()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:  # the child: never returns into the master's code
-            code = 1
-            try:
-                os.close(read_fd)
-                os.close(command_write)
-                self._close_master_fds()
-                code = worker.run(pool.config, self.config.broker, pool.handler, slot, write_fd,
-                                  command_read, self.lost_attempts, self.pid)
-            except BaseException:
-                log.exception("Worker %s[%d] failed.", pool.config.name, slot)
-            finally:
-                logging.shutdown()
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
+
+        def child_main() -> int:
+            os.close(read_fd)
+            os.close(command_write)
+            self._close_master_fds()
+            return worker.run(pool.config, self.config.broker, pool.handler, slot, write_fd,
+                              command_read, self.lost_attempts, self.pid)
+
+        pid = children.fork(child_main, f"Worker {pool.config.name}[{slot}]")
         os.close(write_fd)
         os.close(command_read)
         os.set_blocking(read_fd, False)
@@ -320,6 +323,7 @@ class Master:
         os.close(self._wakeup_w)
         if self.http:
             self.http.close()
+        self.queue_monitor.close_in_child()
         for proc in self.workers.values():
             os.close(proc.reader.fd)
             os.close(proc.command_fd)
@@ -359,6 +363,8 @@ class Master:
                 os.close(proc.reader.fd)
                 os.close(proc.command_fd)
                 self._worker_exited(proc, status)
+            else:
+                self.queue_monitor.reaped(pid, status)
 
     def _worker_exited(self, proc: WorkerProcess, status: int) -> None:
         pool, now = proc.pool, time.monotonic()

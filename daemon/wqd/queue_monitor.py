@@ -16,14 +16,13 @@ import ctypes
 import logging
 import os
 import signal
-import sys
 import time
 
 import pika.exceptions
 from prometheus_client.core import GaugeMetricFamily
 from setproctitle import setproctitle
 
-from wqd import amqp, logs, reporting
+from wqd import amqp, children, logs, reporting
 from wqd.backoff import exponential
 
 log = logging.getLogger("wqd.queue_monitor")
@@ -110,19 +109,20 @@ class QueueMonitor:
         if eof:
             self._close_reader()
 
-    def reaped(self, pid: int, status: int) -> bool:
-        """The master reaped ``pid``; True if it was the monitor."""
+    def reaped(self, pid: int, status: int) -> None:
+        """The master reaped a child that is not a worker: if it was the
+        monitor, start another one soon (at once after a reload)."""
         if pid != self.pid:
-            return False
+            return
         self.read()
         self._close_reader()
         self.pid = None
         self._counts, self._polled_at = [], None
         if self._stopped:
-            return True
+            return
         if self._replacing:
             self._replacing = False
-            return True
+            return
         now = time.monotonic()
         if now - self._started_at >= STABLE_SECONDS:
             self._exits = 0
@@ -130,7 +130,6 @@ class QueueMonitor:
         delay = exponential(self._exits, RESPAWN_INITIAL, RESPAWN_MAX)
         self._next_start = now + delay
         log.warning("Queue monitor (pid %d) %s; restarting it in %.0f s.", pid, _describe(status), delay)
-        return True
 
     def configure(self, broker, pools) -> None:
         """After a reload: a new broker or other queues mean a new child."""
@@ -197,20 +196,13 @@ class QueueMonitor:
 
     def _spawn(self, close_inherited) -> None:
         read_fd, write_fd = os.pipe()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:  # the child: never returns into the master's code
-            code = 1
-            try:
-                os.close(read_fd)
-                close_inherited()
-                code = _run(self._broker, self._targets, write_fd, self.interval)
-            except BaseException:
-                log.exception("Queue monitor failed.")
-            finally:
-                logging.shutdown()
-                os._exit(code)
+
+        def child_main() -> int:
+            os.close(read_fd)
+            close_inherited()
+            return _run(self._broker, self._targets, write_fd, self.interval)
+
+        pid = children.fork(child_main, "Queue monitor")
         os.close(write_fd)
         os.set_blocking(read_fd, False)
         self.pid = pid

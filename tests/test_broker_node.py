@@ -27,15 +27,24 @@ def _listening_ports():
 
 
 def _other_beams(broker):
-    """{pid: starttime} of every beam.smp on the machine that is not our node."""
+    """{pid: starttime} of every beam.smp on the machine that is not a test node
+    (other test sessions' nodes come and go; the system broker must not)."""
     ours = set(_tree(broker._root_pids()))
     beams = {}
     for name in os.listdir("/proc"):
         if name.isdigit() and int(name) not in ours:
             st = _proc_stat(int(name))
-            if st and st[0] == "beam.smp":
+            if st and st[0] == "beam.smp" and not _is_test_node(int(name)):
                 beams[int(name)] = st[3]
     return beams
+
+
+def _is_test_node(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"wqdtest" in f.read()
+    except OSError:
+        return True  # gone already: it was not the system broker, which stays
 
 
 def test_node_is_isolated(broker):

@@ -14,8 +14,9 @@ from broker import MISSING_RABBITMQ_MESSAGE, BrokerNode, rabbitmq_available
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "soak: long-running soak test; not part of `make test`, run with `make soak`"
+        "markers", "soak: long-running test, run by `make soak` (of these only `cluster` ones also run in `make test`)"
     )
+    config.addinivalue_line("markers", "cluster: needs a 3-node RabbitMQ cluster (tests/cluster.py)")
 
 
 # --------------------------------------------------------------------------

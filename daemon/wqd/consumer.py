@@ -31,6 +31,12 @@ IDLE_POLL = 1.0
 
 # How long a redelivery waits for the master's count of its lost attempts.
 LOST_QUERY_TIMEOUT = 2.0
+# A retry or dead letter the broker refuses (nack, e.g. while a quorum queue
+# elects a new leader) is published again after a backoff, the original held
+# unacked meanwhile; after this many refusals the original goes back to the queue.
+ROUTE_ATTEMPTS = 6
+ROUTE_RETRY_INITIAL = 0.5
+ROUTE_RETRY_MAX = 8.0
 # Errors after which a fresh connection is the cure.
 RECOVERABLE = (pika.exceptions.AMQPError, OSError)
 
@@ -239,7 +245,9 @@ class Consumer:
             log.warning("Task %s was lost with its worker %d times; dead-lettering it.",
                         message.message_id or key, lost)
             message.attempt -= 1  # the last attempt that ran
-            self._report_outcome(task, self._route_failure(task))
+            outcome = self._route_failure(task)
+            if outcome is not None:
+                self._report_outcome(task, outcome)
             return
         self._in_flight.add(task)
         self.reporter.send(reporting.TASK_STARTED, key=key)
@@ -264,9 +272,12 @@ class Consumer:
             self._channel.basic_ack(task.delivery_tag)
             outcome = "succeeded"
         else:
-            log.warning("Task %s failed on attempt %d: %s: %s", message.message_id or "(no id)",
-                        message.attempt, type(task.error).__name__, task.error)
+            if not task.route_failures:
+                log.warning("Task %s failed on attempt %d: %s: %s", message.message_id or "(no id)",
+                            message.attempt, type(task.error).__name__, task.error)
             outcome = self._route_failure(task)
+            if outcome is None:  # held until the republish is tried again
+                return
         self._report_outcome(task, outcome, task.duration)
         self._tasks_done += 1
         self._check_recycle()
@@ -300,12 +311,33 @@ class Consumer:
                           message.message_id or "(no id)", message.attempt)
                 outcome = "failed"
         except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
+            task.route_failures += 1
+            if task.route_failures < ROUTE_ATTEMPTS:
+                # Not a requeue: its redelivery would come at once, count as an
+                # attempt, and fail the same way, burning every retry in a few ms.
+                delay = backoff.exponential(task.route_failures, ROUTE_RETRY_INITIAL, ROUTE_RETRY_MAX)
+                log.warning("Could not republish task %s (%s); trying again in %.1f s.",
+                            message.message_id or "(no id)", exc, delay)
+                self._reopen_publish_channel()
+                self._in_flight.add(task)
+                self._connection.call_later(delay, functools.partial(self._settle, task))
+                return None
             log.error("Could not republish task %s (%s); returning it to the queue.",
                       message.message_id or "(no id)", exc)
             self._channel.basic_nack(task.delivery_tag, requeue=True)
             return "failed"
         self._channel.basic_ack(task.delivery_tag)
         return outcome
+
+    def _reopen_publish_channel(self) -> None:
+        """A channel that a quorum queue nacked during a leader election may go
+        on nacking every publish to it (RabbitMQ 3.10); a new channel does not."""
+        try:
+            self._publish_channel.close()
+        except RECOVERABLE:
+            pass
+        self._publish_channel = self._connection.channel()
+        self._publish_channel.confirm_delivery()
 
     def _check_recycle(self) -> None:
         limit = self.pool.max_tasks_per_child

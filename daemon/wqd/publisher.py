@@ -1,11 +1,20 @@
 """``wqd publish``: persistent messages, publisher confirms, mandatory routing."""
 
+import time
 import uuid
 
 import pika
 import pika.exceptions
 
-from wqd import amqp
+from wqd import amqp, backoff
+
+# A quorum queue nacks publishes while it has no leader (a node died, an
+# election runs, usually under a second); the same channel may then go on
+# nacking (RabbitMQ 3.10), so a nacked message is published again on a new
+# channel, after 0.2, 0.4, 0.8, 1.6, 2, 2... s, at most this many times.
+NACK_RETRIES = 8
+NACK_RETRY_INITIAL = 0.2
+NACK_RETRY_MAX = 2.0
 
 
 class PublishError(Exception):
@@ -35,13 +44,22 @@ def publish_lines(broker, queue: str, pool, bodies, headers: dict, persistent: b
         for body in bodies:
             properties = pika.BasicProperties(delivery_mode=delivery_mode, message_id=uuid.uuid4().hex,
                                               headers=headers or None)
-            try:
-                channel.basic_publish("", queue, body.encode(), properties, mandatory=True)
-            except pika.exceptions.UnroutableError:
-                raise PublishError(f"message {body!r} could not be routed to queue {queue!r} "
-                                   f"(does the queue exist?)", 1) from None
-            except pika.exceptions.NackError:
-                raise PublishError(f"the broker refused message {body!r} (nack)", 1) from None
+            nacks = 0
+            while True:
+                try:
+                    channel.basic_publish("", queue, body.encode(), properties, mandatory=True)
+                    break
+                except pika.exceptions.UnroutableError:
+                    raise PublishError(f"message {body!r} could not be routed to queue {queue!r} "
+                                       f"(does the queue exist?)", 1) from None
+                except pika.exceptions.NackError:
+                    nacks += 1
+                    if nacks > NACK_RETRIES:
+                        raise PublishError(f"the broker refused message {body!r} (nack, {nacks} times)",
+                                           69) from None
+                    time.sleep(backoff.exponential(nacks, NACK_RETRY_INITIAL, NACK_RETRY_MAX))
+                    channel = connection.channel()
+                    channel.confirm_delivery()
             yield body
     except (pika.exceptions.AMQPConnectionError, OSError) as exc:
         raise PublishError(amqp.describe_error(exc, broker.urls[index]), 69) from None

@@ -232,10 +232,11 @@ def _run(broker, targets, report_fd: int, interval: float) -> int:
     _reset_signals()
     reporter = reporting.Reporter(report_fd)
     failures = 0
+    url_index = 0
     while True:
         connection = None
         try:
-            connection = _connect(broker)
+            connection = _connect(broker, broker.urls[url_index])
             failures = 0
             while True:
                 started = time.monotonic()
@@ -245,7 +246,8 @@ def _run(broker, targets, report_fd: int, interval: float) -> int:
                 connection.sleep(max(0.0, interval - (time.monotonic() - started)))
         except RECOVERABLE as exc:
             failures += 1
-            reason = amqp.describe_error(exc, broker.url)
+            reason = amqp.describe_error(exc, broker.urls[url_index])
+            url_index = (url_index + 1) % len(broker.urls)  # next time the next node, as workers do
             # The workers report an unreachable broker loudly; once is enough here.
             log.log(logging.INFO if failures == 1 else logging.DEBUG,
                     "Queue monitor: %s; queue depth is unknown until it reconnects.", reason)
@@ -260,8 +262,8 @@ def _run(broker, targets, report_fd: int, interval: float) -> int:
         time.sleep(exponential(failures, RECONNECT_INITIAL, RECONNECT_MAX, jitter=0.5))
 
 
-def _connect(broker):
-    params = amqp.parameters(broker)
+def _connect(broker, url):
+    params = amqp.parameters(broker, url)
     params.heartbeat = min(broker.heartbeat, MONITOR_HEARTBEAT) if broker.heartbeat else MONITOR_HEARTBEAT
     params.client_properties = {"connection_name": f"wqd queue monitor pid {os.getpid()}"}
     return pika.BlockingConnection(params)

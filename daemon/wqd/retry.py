@@ -32,6 +32,12 @@ def delay_queue(pool: PoolConfig, delay: float):
         "x-dead-letter-routing-key": pool.queue,
         "x-expires": delay_ms * 2 + 60_000,
     }
+    if pool.queue_type == "quorum":
+        # Replicated like the work queue, so that a retry survives the loss of
+        # the node it waits on; at-least-once dead-lettering (which needs
+        # reject-publish) removes it only once the work queue confirmed it.
+        arguments.update({"x-queue-type": "quorum", "x-dead-letter-strategy": "at-least-once",
+                          "x-overflow": "reject-publish"})
     return name, arguments, delay_ms
 
 

@@ -11,7 +11,7 @@ import time
 
 
 class Task:
-    __slots__ = ("generation", "delivery_tag", "message", "lost_total", "duration", "error")
+    __slots__ = ("generation", "delivery_tag", "message", "lost_total", "duration", "error", "route_failures")
 
     def __init__(self, generation, delivery_tag, message, lost_total=0):
         self.generation = generation
@@ -20,6 +20,7 @@ class Task:
         self.lost_total = lost_total  # the master's count of attempts lost with a worker
         self.duration = 0.0
         self.error = None
+        self.route_failures = 0  # republishes (retry or dead letter) the broker refused
 
 
 class TaskRunner:

@@ -4,7 +4,7 @@
 #     -p 9808:9808 --stop-timeout 45 wqd
 # The default config is etc/docker/wqd.yaml; mount your own on /etc/wqd/wqd.yaml.
 # Handlers: build FROM this image and pip install the package that holds them
-# (see docs/deployment.md). Give `docker stop` more than graceful_timeout
+# (see README.md, "Deployment"). Give `docker stop` more than graceful_timeout
 # (--stop-timeout 45, compose stop_grace_period: 45s, Kubernetes
 # terminationGracePeriodSeconds: 45): its default of 10 s cuts long tasks short.
 

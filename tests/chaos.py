@@ -92,6 +92,8 @@ def run_chaos(broker, queue, make_wqd, tasks, worker_kills, broker_restarts, bro
     wait_for(lambda: len(done_ids()) == tasks, 600, interval=0.5,
              message=lambda: f"only {len(done_ids())} of {tasks} tasks done:\n{wqd.logs()}")
     seconds = time.monotonic() - started
+    last_end = max(e["t"] for e in wqd.records("end"))
+    assert fault_log[-1][0] < last_end, "every fault struck while tasks were still running"
     ends = Counter(e["id"] for e in wqd.records("end"))
     assert set(ends) == set(range(tasks)), "every published task ran"
     dead = broker.queue_stats(queue + ".dead")

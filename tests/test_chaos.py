@@ -9,18 +9,19 @@ from chaos import run_chaos
 
 def test_chaos_1000_tasks_10_worker_kills_and_a_broker_crash(broker, queue_name, make_wqd):
     report = run_chaos(broker, queue_name, make_wqd, tasks=1000, worker_kills=10, broker_restarts=1,
-                       task_seconds=0.01, seed=1)
+                       task_seconds=0.04, seed=1)
     print(report.line())
 
 
 @pytest.mark.soak
 def test_soak(broker, queue_name, make_wqd):
-    """`make soak`: by default 100,000 tasks, 100 worker kills, 5 broker restarts
-    and a broker SIGSTOP longer than two heartbeats (heartbeat 5 s, pause 12 s)."""
+    """`make soak`: by default 100,000 tasks of 5 ms, 100 worker kills, 5 broker
+    restarts and a broker SIGSTOP longer than two heartbeats (heartbeat 5 s,
+    pause 12 s). The tasks last long enough for every fault to strike mid-run."""
     report = run_chaos(
         broker, queue_name, make_wqd,
         tasks=int(os.environ.get("SOAK_TASKS", 100_000)),
         worker_kills=int(os.environ.get("SOAK_WORKER_KILLS", 100)),
         broker_restarts=int(os.environ.get("SOAK_BROKER_RESTARTS", 5)),
-        broker_pauses=1, pause_seconds=12, heartbeat=5, task_seconds=0, seed=2)
+        broker_pauses=1, pause_seconds=12, heartbeat=5, task_seconds=0.005, seed=2)
     print(report.line())

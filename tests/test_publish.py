@@ -68,3 +68,15 @@ def test_status_against_a_running_daemon(broker, queue_name, make_wqd, tmp_path)
     wqd.stop()
     result = run_cli("status", "-c", str(wqd.config_path), "--json", env=env)
     assert json.loads(result.stdout)["master"]["running"] is False
+
+
+def test_publish_under_a_broker_memory_alarm_fails_after_the_blocked_timeout(broker, queue_name, tmp_path):
+    """connection.blocked: publishing must end with a clear error, not hang."""
+    broker.ctl("set_vm_memory_high_watermark", "0.000001")
+    try:
+        result = run_cli("publish", "--url", broker.url, "--queue", queue_name, "blocked",
+                         env=wqd_env(tmp_path / "r"), timeout=90)
+    finally:
+        broker.ctl("set_vm_memory_high_watermark", "0.4")
+    assert result.returncode == 69, result.stderr
+    assert "blocked publishing for more than 30 s (a memory or disk alarm" in result.stderr

@@ -114,6 +114,16 @@ def describe_error(exc: BaseException, url: str) -> str:
         return f"the broker at {where} denied access to the virtual host (does it exist, may this user use it?)"
     if isinstance(exc, pika.exceptions.ConnectionClosedByBroker):
         return f"the broker at {where} closed the connection: {exc.reply_code} {exc.reply_text}"
+    if isinstance(exc, pika.exceptions.ConnectionBlockedTimeout):
+        return (f"the broker at {where} blocked publishing for more than {BLOCKED_CONNECTION_TIMEOUT} s "
+                f"(a memory or disk alarm: see `rabbitmq-diagnostics alarms`)")
+    if isinstance(exc, pika.exceptions.ChannelClosedByBroker):
+        if "delivery acknowledgement" in exc.reply_text:
+            return (f"the broker at {where} closed the channel because a task outlived its delivery-ack "
+                    f"timeout (consumer_timeout): {exc.reply_text}; set the pool's time_limit below it")
+        return f"the broker at {where} closed the channel: {exc.reply_code} {exc.reply_text}"
+    if isinstance(exc, pika.exceptions.ConsumerCancelled):
+        return f"{exc.args[0] if exc.args else 'the broker cancelled the consumer'} at {where}"
     if isinstance(exc, TLSFileError):
         return f"cannot connect to the broker at {where}: {exc}"
     root = _root_error(exc)

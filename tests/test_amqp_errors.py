@@ -1,0 +1,22 @@
+"""Broker errors in plain words (pure logic; the live cases are in other tests)."""
+
+import pika.exceptions
+
+from wqd.amqp import describe_error
+
+URL = "amqp://wqd:s3cret@broker:5672/%2F"
+
+
+def test_the_brokers_ack_timeout_is_named_as_such():
+    exc = pika.exceptions.ChannelClosedByBroker(
+        406, "PRECONDITION_FAILED - delivery acknowledgement on channel 1 timed out. "
+             "Timeout value used: 1800000 ms.")
+    text = describe_error(exc, URL)
+    assert "outlived its delivery-ack timeout (consumer_timeout)" in text
+    assert "set the pool's time_limit below it" in text and "s3cret" not in text
+
+
+def test_a_consumer_cancelled_by_the_broker():
+    exc = pika.exceptions.ConsumerCancelled("the broker cancelled the consumer on 'q' (queue deleted or ack timeout)")
+    assert describe_error(exc, URL) == ("the broker cancelled the consumer on 'q' (queue deleted or ack timeout) "
+                                        "at amqp://wqd:***@broker:5672/%2F")

@@ -93,7 +93,9 @@ def run_chaos(broker, queue, make_wqd, tasks, worker_kills, broker_restarts, bro
              message=lambda: f"only {len(done_ids())} of {tasks} tasks done:\n{wqd.logs()}")
     seconds = time.monotonic() - started
     last_end = max(e["t"] for e in wqd.records("end"))
-    assert fault_log[-1][0] < last_end, "every fault struck while tasks were still running"
+    assert fault_log[-1][0] < last_end, \
+        f"every fault struck while tasks were still running (last fault {fault_log[-1][0] - last_end:.1f} s " \
+        f"after the last task; faults took {fault_log[-1][0] - fault_log[0][0]:.0f} s)"
     ends = Counter(e["id"] for e in wqd.records("end"))
     assert set(ends) == set(range(tasks)), "every published task ran"
     dead = broker.queue_stats(queue + ".dead")

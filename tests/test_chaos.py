@@ -15,7 +15,7 @@ def test_chaos_1000_tasks_10_worker_kills_and_a_broker_crash(broker, queue_name,
 
 @pytest.mark.soak
 def test_soak(broker, queue_name, make_wqd):
-    """`make soak`: by default 100,000 tasks of 5 ms, 100 worker kills, 5 broker
+    """`make soak`: by default 100,000 tasks of 12 ms, 100 worker kills, 5 broker
     restarts and a broker SIGSTOP longer than two heartbeats (heartbeat 5 s,
     pause 12 s). The tasks last long enough for every fault to strike mid-run."""
     report = run_chaos(
@@ -23,5 +23,5 @@ def test_soak(broker, queue_name, make_wqd):
         tasks=int(os.environ.get("SOAK_TASKS", 100_000)),
         worker_kills=int(os.environ.get("SOAK_WORKER_KILLS", 100)),
         broker_restarts=int(os.environ.get("SOAK_BROKER_RESTARTS", 5)),
-        broker_pauses=1, pause_seconds=12, heartbeat=5, task_seconds=0.005, seed=2)
+        broker_pauses=1, pause_seconds=12, heartbeat=5, task_seconds=0.012, seed=2)
     print(report.line())

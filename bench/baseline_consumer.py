@@ -1,0 +1,31 @@
+"""The benchmark's baseline: the least a pika work-queue consumer can do.
+
+The RabbitMQ tutorial's worker.py without the work: a BlockingConnection,
+prefetch 1, manual ack in the delivery callback, start_consuming. It declares
+the queue as wqd does (durable, no arguments), so either may come first.
+
+    python bench/baseline_consumer.py AMQP_URL QUEUE
+
+SIGTERM ends it (default action: the broker requeues an unacked delivery).
+"""
+
+import sys
+
+import pika
+
+
+def main(url: str, queue: str) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    channel = connection.channel()
+    channel.queue_declare(queue=queue, durable=True)
+    channel.basic_qos(prefetch_count=1)
+
+    def on_message(channel, method, properties, body):
+        channel.basic_ack(delivery_tag=method.delivery_tag)
+
+    channel.basic_consume(queue=queue, on_message_callback=on_message)
+    channel.start_consuming()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

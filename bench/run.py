@@ -1,0 +1,783 @@
+"""`make bench`: what wqd costs compared with a bare pika consumer.
+
+Starts its own RabbitMQ node (tests/broker.py, on free loopback ports) and
+measures, in one run:
+
+- throughput: the steady-state drain rate (msg/s) of a preloaded queue of
+  persistent messages, by N = 1 and N = 2 wqd workers (handler
+  wqd.examples:noop, prefetch 1, metrics on) and by N processes of
+  bench/baseline_consumer.py. Systems alternate round by round, so a load spike
+  on this shared machine hits both; the rate is taken between 10 % and 90 %
+  consumed (start-up and the tail excluded), from the queue's ready count
+  polled every POLL_INTERVAL through a passive queue.declare; and the CPU time
+  per message of the consumers, of wqd's master and of the broker (utime +
+  stime from /proc between the same two points);
+- start-up: `wqd run` until every worker consumes (N = 1, 4, 8), next to N
+  baseline processes until the queue has N consumers;
+- respawn: SIGKILL of an idle worker until /status shows a new consuming pid;
+- redelivery: SIGKILL of a busy worker until its task starts on another worker
+  (bench/bench_handlers.py:hold records task starts with their time);
+- resources: RSS of the master and of each worker, CPU of the idle master.
+
+Prints a table, writes everything (raw rounds included) as JSON to
+bench/results/<timestamp>-<git short sha>.json and prints that path.
+
+    .venv/bin/python bench/run.py [--rounds 3] [--seconds 6] [--workers 1 2]
+                                  [--phases PHASE...] [--wqd NAME=PATH/TO/wqd]...
+
+--wqd replaces the measured wqd by one or more others (e.g. the executables
+of two checkouts' venvs), which then alternate with the baseline and each
+other: the way to measure a change to the hot path on a noisy machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pika
+import pika.exceptions
+import yaml
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from broker import BrokerNode, free_port  # noqa: E402  (tests/ is not a package)
+
+RESULTS_DIR = BENCH_DIR / "results"
+PHASES = ("throughput", "startup", "respawn", "redelivery", "resources")
+WORKER_COUNTS = (1, 2)          # throughput (default of --workers)
+STARTUP_WORKER_COUNTS = (1, 4, 8)
+POLL_INTERVAL = 0.05            # queue length polling during a drain
+STATUS_POLL_INTERVAL = 0.01     # /status polling while timing start-up and respawn
+IDLE_CPU_SECONDS = 10.0
+# wqd's master restarts a worker that dies this soon after its start with a
+# backoff (master.EARLY_DEATH_SECONDS): kill only older ones when timing respawns.
+EARLY_DEATH_SECONDS = 5.0
+# Drain sizes are calibrated from a short warm-up drain (a load spike during
+# it would make them too small: never below MIN_DRAIN_MESSAGES).
+CALIBRATION_MESSAGES = 3000
+MIN_DRAIN_MESSAGES = 15000
+# Messages the resources phase has its workers handle before measuring RSS.
+RESOURCES_MESSAGES = 2000
+MESSAGE_BODY = b"bench"
+TIMEOUT = 120.0
+# A drain during which no message leaves the queue for this long has failed
+# (e.g. workers that crash at start and are respawned with a backoff).
+STALL_TIMEOUT = 20.0
+
+TARGETS = {
+    "ratio": 0.90,           # wqd / baseline drain rate, N = 1 and N = 2
+    "startup_4": 1.0,        # seconds, `wqd run` to 4 workers consuming
+    "respawn": 0.5,          # seconds
+    "master_idle_cpu": 1.0,  # percent of one core
+}
+
+
+class BenchError(RuntimeError):
+    """A system under test failed or did not get there in time."""
+
+
+# Every process the benchmark starts (each in a session of its own), so that
+# an error or Ctrl-C leaves none of them behind.
+_started: list[subprocess.Popen] = []
+
+
+def spawn(args: list[str], log_path: Path, **kw) -> subprocess.Popen:
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True, **kw)
+    _started.append(proc)
+    return proc
+
+
+def kill_leftovers() -> None:
+    """SIGKILL the process group of every started process still running
+    (a wqd master leads the group of its workers)."""
+    for proc in _started:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+# --------------------------------------------------------------------------
+# the broker side
+
+
+def preload(node: BrokerNode, queue: str, count: int) -> None:
+    """Declare ``queue`` and put ``count`` persistent messages into it.
+
+    Published without confirms (fast), then the queue is polled until it
+    holds them all, so that no publishing overlaps the drain."""
+    properties = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
+    with node.connection() as connection:
+        channel = connection.channel()
+        channel.queue_declare(queue, durable=True)
+        channel.queue_purge(queue)
+        for _ in range(count):
+            channel.basic_publish("", queue, MESSAGE_BODY, properties)
+        deadline = time.monotonic() + TIMEOUT
+        while channel.queue_declare(queue, passive=True).method.message_count < count:
+            if time.monotonic() > deadline:
+                raise BenchError(f"queue {queue} did not fill up to {count} messages")
+            time.sleep(POLL_INTERVAL)
+
+
+def delete_queues(node: BrokerNode, *queues: str) -> None:
+    for queue in queues:
+        node.delete_queue(queue)
+
+
+class QueueWatch:
+    """A connection of its own that reads a queue's counts (passive declare)."""
+
+    def __init__(self, node: BrokerNode, queue: str):
+        self.queue = queue
+        self.connection = node.connection()
+        self.channel = self.connection.channel()
+
+    def counts(self) -> tuple[int, int]:
+        """(messages ready, consumers)."""
+        method = self.channel.queue_declare(self.queue, passive=True).method
+        return method.message_count, method.consumer_count
+
+    def close(self) -> None:
+        with contextlib.suppress(pika.exceptions.AMQPError):
+            self.connection.close()
+
+    def __enter__(self) -> QueueWatch:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------
+# the systems under test
+
+
+def rss_kib(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def cpu_ticks(pid: int) -> int:
+    """utime + stime of a process, in clock ticks."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = STATUS_POLL_INTERVAL):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise BenchError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+
+
+class Baseline:
+    """N processes of bench/baseline_consumer.py."""
+
+    name = "baseline"
+
+    def __init__(self, node: BrokerNode, workdir: Path):
+        self.node = node
+        self.workdir = workdir
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, workers: int, queue: str) -> Baseline:
+        self.procs = [spawn([sys.executable, str(BENCH_DIR / "baseline_consumer.py"), self.node.url, queue],
+                            self.workdir / "baseline.log") for _ in range(workers)]
+        return self
+
+    def check_alive(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is not None:
+                raise BenchError(f"a baseline consumer exited with {proc.returncode}; "
+                                 f"see {self.workdir / 'baseline.log'}")
+
+    def pids(self) -> dict:
+        return {"workers": [proc.pid for proc in self.procs]}
+
+    def rss(self) -> dict:
+        return {"workers": [rss_kib(proc.pid) for proc in self.procs]}
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+        for proc in self.procs:
+            proc.wait(TIMEOUT)
+        self.procs = []
+
+
+class Wqd:
+    """One `wqd run` with a temporary YAML config and metrics on a free port."""
+
+    def __init__(self, name: str, executable: str, node: BrokerNode, workdir: Path):
+        self.name = name
+        self.executable = executable
+        self.node = node
+        self.workdir = workdir
+        self.proc: subprocess.Popen | None = None
+        self.port = None
+
+    def start(self, workers: int, queue: str, handler: str = "wqd.examples:noop") -> Wqd:
+        self.port = free_port()
+        config = {
+            "broker": {"url": self.node.url},
+            "metrics": {"listen": f"127.0.0.1:{self.port}"},
+            "logging": {"level": "info"},
+            "pools": [{"name": "bench", "queue": queue, "handler": handler,
+                       "workers": workers, "prefetch": 1}],
+        }
+        config_path = self.workdir / f"{self.name}.yaml"
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BENCH_DIR), env.get("PYTHONPATH")]))
+        env["WQD_BENCH_RECORD"] = str(self.workdir / "record.txt")
+        env.pop("WQD_BROKER_URL", None)
+        env.pop("NOTIFY_SOCKET", None)
+        self.proc = spawn([self.executable, "run", "-c", str(config_path)], self.log_path, env=env)
+        return self
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"{self.name}.log"
+
+    def check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise BenchError(f"{self.name} exited with {self.proc.returncode}; see {self.log_path}")
+
+    def http(self, path: str) -> tuple[int | None, bytes]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+        except OSError:
+            return None, b""
+
+    def status(self) -> dict | None:
+        """The pool's /status entry, None while the master does not answer."""
+        self.check_alive()
+        code, body = self.http("/status")
+        return json.loads(body)["pools"][0] if code == 200 else None
+
+    def consuming_pids(self) -> set[int]:
+        status = self.status() or {"worker_processes": []}
+        return {w["pid"] for w in status["worker_processes"]
+                if w["state"] == "consuming" and not w["stopping"]}
+
+    def wait_consuming(self, workers: int, timeout: float = TIMEOUT) -> set[int]:
+        return wait_for(lambda: (pids := self.consuming_pids()) and len(pids) == workers and pids,
+                        timeout, f"{workers} consuming workers of {self.name}")
+
+    def pids(self) -> dict:
+        status = self.status() or {"worker_processes": []}
+        return {"master": [self.proc.pid], "workers": [w["pid"] for w in status["worker_processes"]]}
+
+    def rss(self) -> dict:
+        return {role: [rss_kib(pid) for pid in pids] for role, pids in self.pids().items()}
+
+    def stop(self) -> float:
+        """SIGTERM (graceful stop); return how long the exit took."""
+        started = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            raise BenchError(f"{self.name} did not stop within {TIMEOUT:g} s; see {self.log_path}") from None
+        if code != 0:
+            raise BenchError(f"{self.name} exited with {code} after SIGTERM; see {self.log_path}")
+        return time.monotonic() - started
+
+
+# --------------------------------------------------------------------------
+# measurements
+
+
+def crossing_time(samples: list[tuple[float, int]], total: int, fraction: float) -> float:
+    """When (interpolated) ``fraction`` of ``total`` messages had left the queue."""
+    target = total * fraction
+    previous = None
+    for when, ready in samples:
+        consumed = total - ready
+        if consumed >= target:
+            if previous is None or consumed == previous[1]:
+                return when
+            (t0, c0) = previous
+            return t0 + (when - t0) * (target - c0) / (consumed - c0)
+        previous = (when, consumed)
+    raise BenchError(f"the queue never got to {fraction:.0%} consumed")
+
+
+def drain(node: BrokerNode, system, workers: int, queue: str, count: int) -> dict:
+    """Preload ``count`` messages, let ``system`` consume them; return its rate,
+    and the CPU time its processes and the broker spent per message (between
+    the polls that saw 10 % and 90 % consumed)."""
+    preload(node, queue, count)
+    watch = QueueWatch(node, queue)
+    samples, cpu = [], []
+    started = progress = time.monotonic()
+    system.start(workers, queue)
+    try:
+        while True:
+            now = time.monotonic()
+            ready, _ = watch.counts()
+            if samples and ready < samples[-1][1]:
+                progress = now
+            samples.append((now, ready))
+            if len(cpu) < 2 and count - ready >= count * (0.1 if not cpu else 0.9):
+                cpu.append((count - ready, cpu_snapshot(system.pids(), node)))
+            if ready == 0:
+                break
+            system.check_alive()
+            if now - progress > STALL_TIMEOUT:
+                raise BenchError(f"{system.name} consumed nothing for {STALL_TIMEOUT:g} s "
+                                 f"({ready} of {count} messages left); see its log in {system.workdir}")
+            time.sleep(max(0.0, POLL_INTERVAL - (time.monotonic() - now)))
+        rss = system.rss()
+    finally:
+        watch.close()
+        system.stop()
+    t10, t90 = crossing_time(samples, count, 0.1), crossing_time(samples, count, 0.9)
+    (consumed0, ticks0), (consumed1, ticks1) = cpu
+    hz = os.sysconf("SC_CLK_TCK")
+    cpu_us = {role: 1e6 * (ticks1[role] - ticks0[role]) / hz / (consumed1 - consumed0) for role in ticks0}
+    return {"rate": 0.8 * count / (t90 - t10), "messages": count, "seconds_10_90": t90 - t10,
+            "seconds_total": samples[-1][0] - started, "cpu_us_per_message": cpu_us, "rss_kib": rss}
+
+
+def cpu_snapshot(pids: dict, node: BrokerNode) -> dict:
+    """CPU ticks so far of each role's processes together, the broker's too."""
+    ticks = {role: sum(cpu_ticks(pid) for pid in role_pids) for role, role_pids in pids.items()}
+    ticks["broker"] = cpu_ticks(int(node.pid_file.read_text()))
+    return ticks
+
+
+def calibrate(node: BrokerNode, workdir: Path, seconds: float, worker_counts) -> dict[int, int]:
+    """Messages per drain for each N, so that a drain lasts about ``seconds``
+    (from a short baseline drain, which also warms the broker up)."""
+    counts = {}
+    for workers in worker_counts:
+        result = drain(node, Baseline(node, workdir), workers, "bench.calibrate", CALIBRATION_MESSAGES)
+        counts[workers] = max(MIN_DRAIN_MESSAGES, round(result["rate"] * seconds / 1000) * 1000)
+    delete_queues(node, "bench.calibrate")
+    return counts
+
+
+def throughput(node: BrokerNode, systems: list, rounds: int, counts: dict[int, int]) -> dict:
+    results = {workers: {system.name: [] for system in systems} for workers in counts}
+    for round_no in range(rounds):
+        for workers in counts:
+            # Alternate the order too, so no system always follows the same one.
+            order = systems if round_no % 2 == 0 else systems[::-1]
+            for system in order:
+                queue = f"bench.drain.{system.name}.{workers}.{round_no}"
+                result = drain(node, system, workers, queue, counts[workers])
+                results[workers][system.name].append(result)
+                delete_queues(node, queue, f"{queue}.dead")
+                print(f"  round {round_no + 1}/{rounds}  N={workers}  {system.name:10s} "
+                      f"{result['rate']:7.0f} msg/s", flush=True)
+    return results
+
+
+def startup(node: BrokerNode, daemons: list, workdir: Path, rounds: int) -> dict:
+    """Seconds from `wqd run` to ready and to all workers consuming; the
+    baseline's N processes until the queue has N consumers, for comparison."""
+    results = {}
+    for workers in STARTUP_WORKER_COUNTS:
+        results[workers] = {daemon.name: [] for daemon in daemons}
+        results[workers]["baseline"] = []
+        for round_no in range(rounds):
+            for daemon in daemons:
+                results[workers][daemon.name].append(_time_wqd_start(daemon, workers))
+            results[workers]["baseline"].append(_time_baseline_start(node, workdir, workers))
+            print(f"  round {round_no + 1}/{rounds}  N={workers}  " + "  ".join(
+                f"{name} {values[-1]['consuming']:.2f} s" for name, values in results[workers].items()),
+                flush=True)
+    delete_queues(node, "bench.startup", "bench.startup.dead")
+    return results
+
+
+def _time_wqd_start(daemon: Wqd, workers: int) -> dict:
+    started = time.monotonic()
+    daemon.start(workers, "bench.startup")
+    ready = None
+
+    def all_consuming():
+        nonlocal ready
+        status = daemon.status()
+        if status is None:
+            return False
+        if ready is None and status["consuming"] >= 1:
+            ready = time.monotonic() - started
+        return status["consuming"] == workers
+
+    wait_for(all_consuming, TIMEOUT, f"{workers} workers of {daemon.name} to consume")
+    consuming = time.monotonic() - started
+    return {"ready": ready, "consuming": consuming, "stop": daemon.stop()}
+
+
+def _time_baseline_start(node: BrokerNode, workdir: Path, workers: int) -> dict:
+    node.declare_queue("bench.startup")
+    watch = QueueWatch(node, "bench.startup")
+    baseline = Baseline(node, workdir)
+    started = time.monotonic()
+    baseline.start(workers, "bench.startup")
+    try:
+        wait_for(lambda: baseline.check_alive() or watch.counts()[1] == workers, TIMEOUT,
+                 f"{workers} baseline consumers")
+        return {"consuming": time.monotonic() - started}
+    finally:
+        watch.close()
+        baseline.stop()
+
+
+def respawn(daemons: list, rounds: int) -> dict:
+    """SIGKILL an idle worker; seconds until /status shows its replacement consuming.
+
+    One worker per round, each killed once and only after EARLY_DEATH_SECONDS
+    (a worker that dies younger is restarted with a backoff)."""
+    results = {daemon.name: [] for daemon in daemons}
+    running = [daemon.start(rounds, "bench.respawn") for daemon in daemons]
+    try:
+        for daemon in running:
+            daemon.wait_consuming(rounds)
+        time.sleep(EARLY_DEATH_SECONDS)
+        for round_no in range(rounds):
+            for daemon in running:
+                workers = sorted(daemon.status()["worker_processes"], key=lambda w: w["name"])
+                victim = workers[round_no]["pid"]
+                survivors = daemon.consuming_pids() - {victim}
+                started = time.monotonic()
+                os.kill(victim, signal.SIGKILL)
+                wait_for(lambda: len(daemon.consuming_pids() - survivors - {victim}) == 1, TIMEOUT,
+                         f"a replacement worker of {daemon.name}")
+                results[daemon.name].append(time.monotonic() - started)
+            print(f"  round {round_no + 1}/{rounds}  " + "  ".join(
+                f"{name} {values[-1]:.3f} s" for name, values in results.items()), flush=True)
+    finally:
+        for daemon in running:
+            daemon.stop()
+    return results
+
+
+def redelivery(node: BrokerNode, daemons: list, workdir: Path, rounds: int) -> dict:
+    """SIGKILL a worker in the middle of a task; seconds until the task starts
+    on another worker (from the start times bench_handlers.hold records)."""
+    record = workdir / "record.txt"
+    results = {daemon.name: [] for daemon in daemons}
+    for daemon in daemons:
+        queue = f"bench.redelivery.{daemon.name}"
+        daemon.start(2, queue, handler="bench_handlers:hold")
+        try:
+            daemon.wait_consuming(2)
+            for round_no in range(rounds):
+                label = f"{daemon.name}-{round_no}"
+                node.publish(queue, f"{label} {TIMEOUT}")
+                first = wait_for(lambda: _task_starts(record, label), TIMEOUT, f"task {label} to start")[0]
+                killed = time.monotonic()
+                os.kill(first["pid"], signal.SIGKILL)
+                again = wait_for(lambda: [s for s in _task_starts(record, label) if s["pid"] != first["pid"]],
+                                 TIMEOUT, f"task {label} to start again")[0]
+                results[daemon.name].append(again["at"] - killed)
+                print(f"  round {round_no + 1}/{rounds}  {daemon.name} {results[daemon.name][-1]:.3f} s",
+                      flush=True)
+                daemon.wait_consuming(2)
+        finally:
+            daemon.stop()
+        delete_queues(node, queue, f"{queue}.dead")
+    return results
+
+
+def _task_starts(record: Path, label: str) -> list[dict]:
+    starts = []
+    with contextlib.suppress(FileNotFoundError):
+        for line in record.read_text().splitlines():
+            at, pid, line_label, redelivered = line.split()
+            if line_label == label:
+                starts.append({"at": float(at), "pid": int(pid), "redelivered": redelivered == "1"})
+    return starts
+
+
+def resources(node: BrokerNode, daemons: list, workdir: Path) -> dict:
+    """RSS after some work, then CPU over IDLE_CPU_SECONDS of idleness, of two
+    workers and their master (all daemons at once: idle ones do not disturb
+    each other)."""
+    results = {}
+    running = []
+    for daemon in daemons:
+        queue = f"bench.resources.{daemon.name}"
+        preload(node, queue, RESOURCES_MESSAGES)
+        running.append((daemon.start(2, queue), queue))
+    try:
+        for daemon, queue in running:
+            daemon.wait_consuming(2)
+            with QueueWatch(node, queue) as watch:
+                wait_for(lambda: watch.counts()[0] == 0, TIMEOUT, f"{daemon.name} to drain {queue}",
+                         interval=POLL_INTERVAL)
+        time.sleep(1.0)  # let the last acks and reports settle
+        pids = {}
+        for daemon, _queue in running:
+            pids[daemon.name] = {"master": daemon.proc.pid, "workers": sorted(daemon.consuming_pids())}
+            results[daemon.name] = {"rss_kib": daemon.rss()}
+        before = {name: _ticks(p) for name, p in pids.items()}
+        time.sleep(IDLE_CPU_SECONDS)
+        after = {name: _ticks(p) for name, p in pids.items()}
+        hz = os.sysconf("SC_CLK_TCK")
+        for name in pids:
+            results[name]["idle_cpu_percent"] = {
+                "master": 100 * (after[name]["master"] - before[name]["master"]) / hz / IDLE_CPU_SECONDS,
+                "workers": [100 * (a - b) / hz / IDLE_CPU_SECONDS
+                            for a, b in zip(after[name]["workers"], before[name]["workers"])],
+            }
+    finally:
+        for daemon, queue in running:
+            daemon.stop()
+            delete_queues(node, queue, f"{queue}.dead")
+    return results
+
+
+def _ticks(pids: dict) -> dict:
+    return {"master": cpu_ticks(pids["master"]), "workers": [cpu_ticks(pid) for pid in pids["workers"]]}
+
+
+
+# --------------------------------------------------------------------------
+# report
+
+
+def summary(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def fmt(values: list[float], spec: str = ".0f", unit: str = "") -> str:
+    s = summary(values)
+    return f"{s['median']:{spec}}{unit} [{s['min']:{spec}}-{s['max']:{spec}}]"
+
+
+def verdict(ok: bool) -> str:
+    return "ok" if ok else "MISSED"
+
+
+def report(results: dict) -> list[str]:
+    """The printed table (also stored in the JSON, as lines)."""
+    env, names = results["environment"], results["wqd_names"]
+    lines = [f"Machine: {env['nproc']} CPUs ({env['cpu_model']}), RabbitMQ {env['rabbitmq']} on "
+             f"{env['erlang']}, Python {env['python']}, pika {env['pika']}; wqd at {env['git']}; "
+             f"load average {env['loadavg_start']} at start, {env['loadavg_end']} at the end.",
+             "Measured: " + "; ".join(f"{name} = {w['path']} ({w['version']})" for name, w in results["wqd"].items())
+             + f"; baseline = bench/baseline_consumer.py. Values: median [min-max] of {results['rounds']} rounds."]
+    if "throughput" in results:
+        lines += ["", "Throughput: steady-state drain rate, msg/s (10 % to 90 % of the queue consumed; "
+                  "handler noop, prefetch 1, persistent messages)",
+                  "  N  messages  " + "".join(f"{name:>20s}" for name in ["baseline", *names])
+                  + "".join(f"{name + '/baseline':>22s}" for name in names) + "   target"]
+        for workers, by_system in results["throughput"].items():
+            rates = {name: [r["rate"] for r in runs] for name, runs in by_system.items()}
+            ratios = {name: [w / b for w, b in zip(rates[name], rates["baseline"])] for name in names}
+            ok = all(statistics.median(r) >= TARGETS["ratio"] for r in ratios.values())
+            lines.append(f"  {workers}  {by_system['baseline'][0]['messages']:8d}  "
+                         + "".join(f"{fmt(rates[name]):>20s}" for name in ["baseline", *names])
+                         + "".join(f"{fmt(ratios[name], '.2f'):>22s}" for name in names)
+                         + f"   >= {TARGETS['ratio']:.2f} {verdict(ok)}")
+        lines += ["", "CPU time per message, microseconds (10 % to 90 % consumed; "
+                  "the processes of a role together)",
+                  f"  N  {'system':12s}{'workers':>20s}{'master':>20s}{'broker':>20s}"]
+        for workers, by_system in results["throughput"].items():
+            for name in ["baseline", *names]:
+                per_role = [r["cpu_us_per_message"] for r in by_system[name]]
+                lines.append(f"  {workers}  {name:12s}" + "".join(
+                    f"{fmt([c[role] for c in per_role]) if role in per_role[0] else '-':>20s}"
+                    for role in ("workers", "master", "broker")))
+    if "startup" in results:
+        lines += ["", "Start-up, seconds: `wqd run` to the first worker consuming (ready) and to all "
+                  "(consuming); baseline: N processes started to N consumers on the queue",
+                  "  N  " + "".join(f"{name + ' ready':>22s}{name + ' consuming':>22s}" for name in names)
+                  + f"{'baseline consuming':>22s}"]
+        for workers, by_system in results["startup"].items():
+            line = f"  {workers}  "
+            for name in names:
+                line += (f"{fmt([r['ready'] for r in by_system[name]], '.2f'):>22s}"
+                         f"{fmt([r['consuming'] for r in by_system[name]], '.2f'):>22s}")
+            line += f"{fmt([r['consuming'] for r in by_system['baseline']], '.2f'):>22s}"
+            if int(workers) == 4:
+                ok = all(statistics.median(r["consuming"] for r in by_system[n]) < TARGETS["startup_4"]
+                         for n in names)
+                line += f"   target < {TARGETS['startup_4']:g} s {verdict(ok)}"
+            lines.append(line)
+    for phase, title, target in (
+            ("respawn", "Respawn after SIGKILL of an idle worker, until the replacement consumes",
+             TARGETS["respawn"]),
+            ("redelivery", "Redelivery after SIGKILL of a busy worker, until its task starts on another",
+             None)):
+        if phase in results:
+            lines += ["", f"{title}, seconds"]
+            for name, values in results[phase].items():
+                line = f"  {name:12s} {fmt(values, '.3f')}"
+                if target is not None:
+                    line += f"   target < {target:g} s {verdict(statistics.median(values) < target)}"
+                lines.append(line)
+    if "resources" in results:
+        lines += ["", f"Resources: RSS (MiB) after draining {RESOURCES_MESSAGES} messages with 2 workers; "
+                  f"CPU (% of one core) over {IDLE_CPU_SECONDS:g} s idle (resolution: one clock tick, "
+                  f"{100 / os.sysconf('SC_CLK_TCK') / IDLE_CPU_SECONDS:g} %)"]
+        for name, r in results["resources"].items():
+            workers_rss = ", ".join(f"{kib / 1024:.1f}" for kib in r["rss_kib"]["workers"])
+            workers_cpu = ", ".join(f"{p:.2f}" for p in r["idle_cpu_percent"]["workers"])
+            master_cpu = r["idle_cpu_percent"]["master"]
+            lines.append(f"  {name:12s} master {r['rss_kib']['master'][0] / 1024:.1f} MiB, workers {workers_rss} MiB; "
+                         f"idle CPU master {master_cpu:.2f} %, workers {workers_cpu} %   "
+                         f"target master < {TARGETS['master_idle_cpu']:g} % "
+                         f"{verdict(master_cpu < TARGETS['master_idle_cpu'])}")
+        if "throughput" in results:
+            baseline_rss = [kib for runs in results["throughput"].values() for r in runs["baseline"]
+                            for kib in r["rss_kib"]["workers"] if kib]
+            lines.append(f"  {'baseline':12s} consumer {fmt([k / 1024 for k in baseline_rss], '.1f')} MiB "
+                         "(at the end of its drains)")
+    return lines
+
+
+# --------------------------------------------------------------------------
+
+
+def environment(node: BrokerNode) -> dict:
+    with node.connection() as connection:
+        server = connection._impl.server_properties
+    cpu_model = "unknown"
+    with open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True).stdout.strip()
+
+    sha = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    return {
+        "nproc": os.cpu_count(), "cpu_model": cpu_model,
+        "rabbitmq": _text(server.get("version")), "erlang": _text(server.get("platform")),
+        "python": platform.python_version(), "pika": pika.__version__,
+        "kernel": platform.release(), "git_sha": sha, "git_dirty": dirty,
+        "git": sha + (" (with uncommitted changes)" if dirty else ""),
+        "loadavg_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per measurement (default 3)")
+    parser.add_argument("--seconds", type=float, default=6.0,
+                        help="about how long one throughput drain lasts (default 6)")
+    parser.add_argument("--workers", nargs="+", type=int, default=list(WORKER_COUNTS), metavar="N",
+                        help="worker counts for the throughput phase (default 1 2)")
+    parser.add_argument("--phases", nargs="+", choices=PHASES, default=list(PHASES), metavar="PHASE",
+                        help=f"what to measure (default all: {' '.join(PHASES)})")
+    parser.add_argument("--wqd", action="append", default=[], metavar="NAME=PATH",
+                        help="a wqd executable to measure, by name (repeatable; default: "
+                             "wqd=<the wqd next to this python>)")
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    executables = {}
+    for spec in args.wqd or [f"wqd={Path(sys.executable).with_name('wqd')}"]:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or name == "baseline" or name in executables:
+            parser.error(f"--wqd {spec!r}: expected a unique NAME=PATH (NAME not 'baseline')")
+        if not os.access(path, os.X_OK):
+            parser.error(f"--wqd {spec!r}: {path} is not an executable")
+        executables[name] = path
+    args.executables = executables
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    started = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="wqd-bench-"))
+    print(f"Working directory (configs, logs, the broker): {workdir}", flush=True)
+    node = BrokerNode(workdir / "rabbitmq")
+    node.start()
+    results = {"rounds": args.rounds, "wqd_names": list(args.executables), "targets": TARGETS}
+    try:
+        results["environment"] = environment(node)
+        results["wqd"] = {name: {"path": path, "version": _version(path)}
+                          for name, path in args.executables.items()}
+        daemons = [Wqd(name, path, node, workdir) for name, path in args.executables.items()]
+        if "throughput" in args.phases:
+            print("Calibrating the drain size...", flush=True)
+            counts = calibrate(node, workdir, args.seconds, args.workers)
+            print("Throughput:", flush=True)
+            results["throughput"] = throughput(node, [Baseline(node, workdir), *daemons], args.rounds, counts)
+        if "startup" in args.phases:
+            print("Start-up:", flush=True)
+            results["startup"] = startup(node, daemons, workdir, args.rounds)
+        if "respawn" in args.phases:
+            print("Respawn:", flush=True)
+            results["respawn"] = respawn(daemons, args.rounds)
+        if "redelivery" in args.phases:
+            print("Redelivery:", flush=True)
+            results["redelivery"] = redelivery(node, daemons, workdir, args.rounds)
+        if "resources" in args.phases:
+            print("Resources:", flush=True)
+            results["resources"] = resources(node, daemons, workdir)
+        results["environment"]["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except BenchError as exc:
+        print(f"bench/run.py: {exc}\nLogs are kept in {workdir}.", file=sys.stderr)
+        return 1
+    finally:
+        kill_leftovers()
+        node.stop()
+    results["seconds"] = time.monotonic() - started
+    # JSON object keys are strings; so are the N keys in the report.
+    results = json.loads(json.dumps(results))
+    results["table"] = report(results)
+    print("\n" + "\n".join(results["table"]))
+    RESULTS_DIR.mkdir(exist_ok=True)
+    path = RESULTS_DIR / f"{time.strftime('%Y%m%d-%H%M%S')}-{results['environment']['git_sha']}.json"
+    path.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"\nTook {results['seconds']:.0f} s. Results: {path}")
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def _version(executable: str) -> str:
+    result = subprocess.run([executable, "--version"], capture_output=True, text=True)
+    return (result.stdout or result.stderr).strip()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

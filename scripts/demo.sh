@@ -212,26 +212,30 @@ say "publishing: wqd publish -c $config ..."
 "$WQD" publish -c "$config" "${MESSAGES[@]}"
 started=$SECONDS
 
+# Wait until $1 "[x] Done" lines are in the log and the queue is empty.
+wait_done() {
+    local want=$1 deadline=$((SECONDS + 60)) done_count stats
+    while :; do
+        done_count=$(grep -c '\[x\] Done' "$log" || true)
+        stats=$(amqp stats "$QUEUE")
+        if [ "$done_count" -ge "$want" ] && [ "${stats%% *}" = 0 ]; then
+            return
+        fi
+        if ! kill -0 "$daemon_pid" 2>/dev/null; then
+            echo "demo: wqd exited while working" >&2
+            exit 1
+        fi
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            echo "demo: after 60 s only $done_count of $want messages are done" \
+                "(queue: $stats ready/consumers)" >&2
+            exit 1
+        fi
+        sleep 0.2
+    done
+}
+
 say "working (one second per dot, about 9 s with two workers)"
-deadline=$((SECONDS + 60))
-done_count=0
-while :; do
-    done_count=$(grep -c '\[x\] Done' "$log" || true)
-    stats=$(amqp stats "$QUEUE")
-    if [ "$done_count" -ge "${#MESSAGES[@]}" ] && [ "${stats%% *}" = 0 ]; then
-        break
-    fi
-    if ! kill -0 "$daemon_pid" 2>/dev/null; then
-        echo "demo: wqd exited while working" >&2
-        exit 1
-    fi
-    if [ "$SECONDS" -ge "$deadline" ]; then
-        echo "demo: after 60 s only $done_count of ${#MESSAGES[@]} messages are done" \
-            "(queue: $stats ready/consumers)" >&2
-        exit 1
-    fi
-    sleep 0.2
-done
+wait_done "${#MESSAGES[@]}"
 echo "all ${#MESSAGES[@]} messages done in about $((SECONDS - started)) s"
 
 say "wqd log"
@@ -272,7 +276,20 @@ for key, lines in groups.items():
         print(f"      {ln}")
 EOF
 
-# --- 4. graceful stop -------------------------------------------------------
+# --- 4. fair dispatch, made visible -----------------------------------------
+# One long task, then four short ones. With prefetch 1 the worker busy with
+# the long task gets nothing more: the other worker takes all four short ones
+# while it works. Blind round-robin would have queued two of them behind the
+# long task.
+FAIR=("Long task....." "Quick." "Quick." "Quick." "Quick.")
+say "fair dispatch: one 5 s task, then four 1 s tasks"
+round_start=$(wc -l < "$log")
+"$WQD" publish -c "$config" "${FAIR[@]}"
+wait_done $(( ${#MESSAGES[@]} + ${#FAIR[@]} ))
+tail -n +"$((round_start + 1))" "$log" | grep '\[x\] Received' | sed 's/^/    /'
+echo "  (one worker ran the long task; the other, free, took every quick one)"
+
+# --- 5. graceful stop -------------------------------------------------------
 say "stopping: SIGTERM to wqd (pid $daemon_pid)"
 kill -TERM "$daemon_pid"
 deadline=$((SECONDS + 30))

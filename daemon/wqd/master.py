@@ -42,6 +42,10 @@ STOP_EXTEND_SECONDS = 10.0
 EXIT_CONFIG = 78
 # Messages whose lost attempts the master remembers (the oldest are forgotten).
 LOST_ATTEMPTS_CAP = 10_000
+# How long a worker's "lost attempts?" answer may wait for the reaping of a
+# worker that still shows the same message busy (it is below the worker's wait).
+LOST_QUERY_HOLD = 0.5
+LOST_QUERY_RECHECK = 0.05
 
 HANDLED_SIGNALS = ("HUP", "INT", "QUIT", "TERM", "TTIN", "TTOU", "CHLD")
 
@@ -86,7 +90,7 @@ class Master:
         # Message key -> attempts that ended with their worker (classic queues
         # have no delivery counter); oldest entries are dropped past the cap.
         self.lost_attempts = {}
-        self.lost_queries = []  # (worker, key), answered after the next reaping
+        self.lost_queries = []  # (worker, key, time asked), answered after reaping
         self.signals = []
         self.stopping = False
         self.stop_deadline = None
@@ -156,6 +160,8 @@ class Master:
         if self.notifier.watchdog_interval:  # wake for the ping: a late one can cost a SIGABRT
             next_ping = self.last_watchdog + self.notifier.watchdog_interval
             timeout = max(0.0, min(timeout, next_ping - time.monotonic()))
+        if self.lost_queries:  # held answers: look again soon
+            timeout = min(timeout, LOST_QUERY_RECHECK)
         if self.signals:
             timeout = 0
         try:
@@ -415,10 +421,19 @@ class Master:
             reporting.send_lost_attempts(proc.command_fd, key, count)
 
     def _answer_lost_queries(self) -> None:
-        for proc, key in self.lost_queries:
-            if proc.pid in self.workers:
+        """Answer after reaping; and while another worker still shows the key
+        busy, wait (briefly) for it to be reaped: the kernel closes a killed
+        worker's socket, and the broker redelivers, before its parent can reap it."""
+        now, held = time.monotonic(), []
+        for proc, key, asked in self.lost_queries:
+            if proc.pid not in self.workers:
+                continue
+            dying = any(other is not proc and other.message_key == key for other in self.workers.values())
+            if dying and now - asked < LOST_QUERY_HOLD:
+                held.append((proc, key, asked))
+            else:
                 reporting.send_lost_attempts(proc.command_fd, key, self.lost_attempts.get(key, 0))
-        self.lost_queries.clear()
+        self.lost_queries = held
 
     # -- reports from workers --
 
@@ -438,7 +453,7 @@ class Master:
             elif event in (reporting.CONNECTED, reporting.CONSUMING, reporting.DISCONNECTED):
                 proc.state = event
             elif event == reporting.LOST_QUERY:
-                self.lost_queries.append((proc, fields["key"]))
+                self.lost_queries.append((proc, fields["key"], time.monotonic()))
             elif event == reporting.RECYCLING:
                 proc.recycling = True
             elif event == reporting.FATAL:

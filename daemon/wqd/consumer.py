@@ -58,7 +58,6 @@ class Consumer:
         self.reporter = reporter
         self.lost_attempts = lost_attempts  # message key -> attempts lost with their worker
         self.runner = TaskRunner(handler, self._finished_threadsafe)
-        self.exit_code = 0
         self._stop_reason = None
         self._wake = threading.Event()
         self._connection = None
@@ -127,7 +126,7 @@ class Consumer:
                 self._wake.clear()
                 self._drop_stale_settles()
         self._discard_connection()
-        return self.exit_code
+        return 0
 
     def _open(self) -> None:
         self._connection = amqp.connect(self.broker, self.broker.urls[self._url_index],

@@ -44,8 +44,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pika
@@ -57,6 +55,7 @@ REPO = BENCH_DIR.parent
 sys.path.insert(0, str(REPO / "tests"))
 
 from broker import BrokerNode, free_port  # noqa: E402  (tests/ is not a package)
+from daemon import http_get  # noqa: E402
 
 RESULTS_DIR = BENCH_DIR / "results"
 PHASES = ("throughput", "startup", "respawn", "redelivery", "resources")
@@ -274,13 +273,7 @@ class Wqd:
             raise BenchError(f"{self.name} exited with {self.proc.returncode}; see {self.log_path}")
 
     def http(self, path: str) -> tuple[int | None, bytes]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as response:
-                return response.status, response.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read()
-        except OSError:
-            return None, b""
+        return http_get(self.port, path)
 
     def status(self) -> dict | None:
         """The pool's /status entry, None while the master does not answer."""

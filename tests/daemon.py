@@ -25,6 +25,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def http_get(port: int, path: str):
+    """(status, body) of a GET on the master's endpoint; (None, b"") if nothing answers."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except OSError:
+        return None, b""
+
+
 def pool(queue: str, name: str = "default", handler: str = "handlers:task", workers: int = 2, **settings):
     return {"name": name, "queue": queue, "handler": handler, "workers": workers, **settings}
 
@@ -125,13 +136,7 @@ class Wqd:
         return f"--- stderr ---\n{err[-6000:]}\n--- stdout ---\n{out[-3000:]}"
 
     def http(self, path: str):
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as response:
-                return response.status, response.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read()
-        except OSError:
-            return None, b""
+        return http_get(self.port, path)
 
     def status(self) -> dict:
         code, body = self.http("/status")

@@ -1,33 +1,33 @@
-"""One worker's AMQP session, run on the worker's I/O thread.
+"""One worker's AMQP session and its tasks, run on the worker's consumer thread.
 
-It connects, declares the queue, sets prefetch, consumes with manual acks and
-hands each delivery to the TaskRunner. When a task finishes, the runner posts
-``_settle`` back onto this thread (pika's add_callback_threadsafe), which acks,
-retries or dead-letters. A lost connection is reopened with backoff; tasks of
-an older connection (a lower ``generation``) are never acked on the new one,
-because the broker requeued them when the old channel closed.
+It connects, declares the queue, sets prefetch, consumes with manual acks,
+and for each delivery runs the handler and then acks, retries or
+dead-letters, on this one thread: the ack leaves the moment the handler
+returns. While a handler runs, the ConnectionKeeper serves the connection.
+A lost connection is reopened with backoff; since the thread that runs the
+handler is the one that reconnects, a task is always settled (or counted
+failed, the broker having requeued it) on the connection it came from.
 """
 
+import collections
 import functools
 import hashlib
 import logging
 import os
 import threading
+import time
 
 import pika
 import pika.exceptions
 
 from wqd import amqp, backoff, reporting, retry
+from wqd.connection_keeper import ConnectionKeeper
 from wqd.message import ATTEMPT_HEADER, LOST_HEADER, Message, Reject
-from wqd.task_runner import Task, TaskRunner
 
 log = logging.getLogger("wqd.worker")
 
 RECONNECT_INITIAL = 0.5
 RECONNECT_MAX = 30.0
-# Safety net for the rare wait that no pika event ends (a stale task finishing
-# while its connection was being replaced); normal wake-ups are event-driven.
-IDLE_POLL = 1.0
 
 # How long a redelivery waits for the master's count of its lost attempts.
 LOST_QUERY_TIMEOUT = 2.0
@@ -49,27 +49,41 @@ class QueueMismatch(Exception):
     """The queue exists with other arguments: a configuration error, not a crash."""
 
 
+class Task:
+    __slots__ = ("delivery_tag", "message", "key", "lost_total", "duration", "error", "route_failures")
+
+    def __init__(self, delivery_tag, message, key, lost_total=0):
+        self.delivery_tag = delivery_tag
+        self.message = message
+        self.key = key  # message_id, or a hash of the body: identifies it across deliveries
+        self.lost_total = lost_total  # the master's count of attempts lost with a worker
+        self.duration = None  # seconds the handler ran; None when it did not run
+        self.error = None
+        self.route_failures = 0  # republishes (retry or dead letter) the broker refused
+
+
 class Consumer:
     def __init__(self, pool, broker, handler, worker_name, slot: int, reporter: reporting.Reporter,
-                 lost_attempts: reporting.LostAttempts):
+                 record, lost_attempts: reporting.LostAttempts):
         self.pool = pool
         self.broker = broker
+        self.handler = handler
         self.worker_name = worker_name
         self.reporter = reporter
+        self.record = record  # the worker's shared-memory record, read by the master
         self.lost_attempts = lost_attempts  # message key -> attempts lost with their worker
-        self.runner = TaskRunner(handler, self._finished_threadsafe)
+        self.keeper = ConnectionKeeper()
         self._stop_reason = None
         self._wake = threading.Event()
         self._connection = None
         self._channel = None
         self._publish_channel = None
         self._consumer_tag = None
-        self._generation = 0
         # Workers spread over the broker URLs (cluster nodes) by slot, and
         # move on to the next URL when a connection fails.
         self._url_index = (slot - 1) % len(broker.urls)
-        self._in_flight = set()  # tasks delivered and not yet settled, any generation
-        self._pending_settles = []  # finished while no connection was open
+        self._deliveries = collections.deque()  # received, not started (more than one at prefetch > 1)
+        self._held = set()  # failed tasks whose republish the broker refused, to be tried again
         self._tasks_done = 0
         self._failures = 0  # consecutive connection failures, for the reconnect backoff
 
@@ -81,31 +95,14 @@ class Consumer:
             self._stop_reason = reason
             log.info("Stopping (%s): finishing the current task first.", reason)
         self._wake.set()
-        self._poke()
+        self.keeper.interrupt()
 
-    def _poke(self) -> None:
-        connection = self._connection
-        if connection is not None:
-            try:
-                connection.add_callback_threadsafe(lambda: None)
-            except pika.exceptions.AMQPError:
-                pass  # closing; the I/O loop is about to notice anyway
-
-    def _finished_threadsafe(self, task: Task) -> None:
-        """Runner thread: hand the finished task to the I/O thread."""
-        connection = self._connection
-        try:
-            connection.add_callback_threadsafe(functools.partial(self._settle, task))
-        except (AttributeError, pika.exceptions.AMQPError):
-            # No open connection: the broker requeued this message already.
-            self._wake.set()
-            self._pending_settles.append(task)
-
-    # -- I/O thread --
+    # -- consumer thread; it holds the connection's lock except while a handler runs --
 
     def run(self) -> int:
         """Consume until asked to stop; return the worker's exit code."""
-        self.runner.start()
+        self.keeper.lock.acquire()
+        self.keeper.start()
         while self._stop_reason is None:
             try:
                 self._open()
@@ -124,14 +121,12 @@ class Consumer:
                 self._discard_connection()
                 self._wake.wait(delay)
                 self._wake.clear()
-                self._drop_stale_settles()
         self._discard_connection()
         return 0
 
     def _open(self) -> None:
-        self._connection = amqp.connect(self.broker, self.broker.urls[self._url_index],
-                                        name=f"wqd worker {self.worker_name} pid {os.getpid()}")
-        self._generation += 1
+        self._connection = self.keeper.connection = amqp.connect(
+            self.broker, self.broker.urls[self._url_index], name=f"wqd worker {self.worker_name} pid {os.getpid()}")
         self._channel = self._connection.channel()
         self._declare(self._channel, self.pool.queue, amqp.queue_arguments(self.pool.queue_type))
         if self.pool.dead_letter_queue:
@@ -157,26 +152,24 @@ class Consumer:
             raise
 
     def _serve(self) -> None:
-        """Dispatch broker and runner events until stopped (or the connection fails)."""
-        connection = self._connection
+        """Run deliveries and dispatch broker events until stopped (or the connection fails)."""
         while True:
             if self._stop_reason is not None:
                 self._cancel_consumer()
-                if not self._in_flight:
+                if not self._held:
                     break
-            elif self._consumer_tag is None and not self._in_flight:
+            elif self._consumer_tag is None:
                 self._consumer_tag = self._channel.basic_consume(
                     self.pool.queue, on_message_callback=self._on_delivery)
                 self._failures = 0  # reset only once consuming works, as pika's examples do
                 log.info("Consuming from %r (prefetch %d).", self.pool.queue, self.pool.prefetch)
                 self.reporter.send(reporting.CONSUMING)
-            self._drop_stale_settles()
-            waiting_for_runner = self._consumer_tag is None and self._in_flight
-            connection.process_data_events(time_limit=IDLE_POLL if waiting_for_runner else None)
-            if waiting_for_runner:
-                self._forget_lost_settles()
-        connection.close()
-        self._connection = None
+            if self._deliveries:
+                self._handle(*self._deliveries.popleft())
+            else:
+                self._connection.process_data_events(time_limit=None)  # until an event is dispatched
+        self._connection.close()
+        self._connection = self.keeper.connection = None
 
     def _on_cancelled_by_broker(self, method_frame) -> None:
         """The queue was deleted, or (RabbitMQ 4.3+) a delivery-ack timeout hit:
@@ -189,32 +182,43 @@ class Consumer:
             return
         self._channel.basic_cancel(self._consumer_tag)
         self._consumer_tag = None
-        for task in self.runner.take_pending():
-            self._return_unstarted(task)
-            self._in_flight.discard(task)
+        while self._deliveries:
+            method, properties, body = self._deliveries.popleft()
+            self._return_unstarted(method.delivery_tag, properties, body)
 
     def _discard_connection(self) -> None:
         """Forget a broken connection; its unacked deliveries are the broker's again."""
         connection, self._connection = self._connection, None
+        self.keeper.connection = None
         self._consumer_tag = None
-        self._in_flight.difference_update(self.runner.take_pending())
+        self._deliveries.clear()
+        self._held.clear()  # their republish timers went with the connection
         if connection is not None and connection.is_open:
             try:
                 connection.close()
             except RECOVERABLE:
                 pass
 
-    def _drop_stale_settles(self) -> None:
-        while self._pending_settles:
-            self._settle(self._pending_settles.pop())
-
-    def _forget_lost_settles(self) -> None:
-        """Drop old-connection tasks that are no longer running: their settle
-        callback went to a connection that closed before dispatching it."""
-        self._in_flight = {task for task in self._in_flight
-                           if task.generation == self._generation or task is self.runner.current}
-
     def _on_delivery(self, channel, method, properties, body) -> None:
+        """Runs on whichever thread serves the connection: only queue the delivery."""
+        self._deliveries.append((method, properties, body))
+
+    def _handle(self, method, properties, body) -> None:
+        task = self._task(method, properties, body)
+        if task is None:
+            return
+        self.record.task_started(task.key)
+        with self.keeper:  # the connection is the keeper's while the handler runs
+            started = time.perf_counter()
+            try:
+                self.handler(task.message)
+            except BaseException as exc:  # a handler's failure, whatever it raised, is the task's
+                task.error = exc
+            task.duration = time.perf_counter() - started
+        self._settle(task)
+
+    def _task(self, method, properties, body):
+        """The Task for a delivery; None when it is not to run (returned, or lost too often)."""
         headers = properties.headers or {}
         key = properties.message_id or message_key(body)
         # Attempts that ended with their worker (crash, SIGKILL, time_limit):
@@ -225,18 +229,17 @@ class Consumer:
         if "x-delivery-count" in headers:
             lost_total = lost = int(headers["x-delivery-count"])
         else:
-            lost_total = (self.lost_attempts.ask(key, self.reporter, LOST_QUERY_TIMEOUT) if method.redelivered
-                          else self.lost_attempts.get(key))
+            lost_total = self._lost_total(key, method.redelivered)
             lost = max(0, lost_total - int(headers.get(LOST_HEADER, 0)))
         attempt = int(headers.get(ATTEMPT_HEADER, 1)) + lost
         message = Message(body, properties, method.redelivered, attempt,
                           self.pool.queue, self.pool.name, self.worker_name)
-        task = Task(self._generation, method.delivery_tag, message, lost_total)
+        task = Task(method.delivery_tag, message, key, lost_total)
         if method.redelivered:
-            self.reporter.send(reporting.REDELIVERED)
+            self.record.redelivered()
         if self._stop_reason is not None:
-            self._return_unstarted(task)
-            return
+            self._return_unstarted(method.delivery_tag, properties, body)
+            return None
         if attempt > self.pool.max_retries + 1:
             # It killed its worker on every attempt so far: give up without
             # running it again, so a poison message cannot take the pool down.
@@ -244,45 +247,53 @@ class Consumer:
             log.warning("Task %s was lost with its worker %d times; dead-lettering it.",
                         message.message_id or key, lost)
             message.attempt -= 1  # the last attempt that ran
-            outcome = self._route_failure(task)
-            if outcome is not None:
-                self._report_outcome(task, outcome)
-            return
-        self._in_flight.add(task)
-        self.reporter.send(reporting.TASK_STARTED, key=key)
-        self.runner.submit(task)
+            self._settle(task)
+            return None
+        return task
 
-    def _return_unstarted(self, task: Task) -> None:
+    def _lost_total(self, key: str, redelivered: bool) -> int:
+        if not redelivered:
+            return self.lost_attempts.get(key)
+        with self.keeper:  # the master's answer may take a while: the keeper serves the connection
+            return self.lost_attempts.ask(key, self.reporter, LOST_QUERY_TIMEOUT)
+
+    def _return_unstarted(self, delivery_tag, properties, body) -> None:
         """Give a delivery that never started back as it came, not as a redelivery
         (a redelivery would count as a failed attempt)."""
-        self._publish_channel.basic_publish("", self.pool.queue, task.message.body,
-                                            task.message.properties, mandatory=True)
-        self._channel.basic_ack(task.delivery_tag)
+        self._publish_channel.basic_publish("", self.pool.queue, body, properties, mandatory=True)
+        self._channel.basic_ack(delivery_tag)
 
     def _settle(self, task: Task) -> None:
-        """Ack, retry or dead-letter a finished task (I/O thread)."""
-        self._in_flight.discard(task)
-        message = task.message
-        if task.generation != self._generation or self._connection is None:
+        """Ack, retry or dead-letter a finished task."""
+        try:
+            error = self.keeper.take_error()
+            if error is not None:  # the connection failed while the handler ran
+                raise error
+            outcome = self._ack_or_route(task)
+        except RECOVERABLE:
             log.warning("Task %s finished after its connection was lost; not acking it: "
-                        "the broker has requeued it.", message.message_id or task.delivery_tag)
-            outcome = "failed"
-        elif task.error is None:
-            self._channel.basic_ack(task.delivery_tag)
-            outcome = "succeeded"
-        else:
-            if not task.route_failures:
-                log.warning("Task %s failed on attempt %d: %s: %s", message.message_id or "(no id)",
-                            message.attempt, type(task.error).__name__, task.error)
-            outcome = self._route_failure(task)
-            if outcome is None:  # held until the republish is tried again
-                return
-        self._report_outcome(task, outcome, task.duration)
+                        "the broker has requeued it.", task.message.message_id or task.delivery_tag)
+            self.record.task_finished("failed", task.duration)
+            raise
+        if outcome is None:  # held until the republish is tried again
+            return
+        self.record.task_finished(outcome, task.duration)
         self._tasks_done += 1
         self._check_recycle()
 
-    def _report_outcome(self, task: Task, outcome: str, duration=None) -> None:
-        self.reporter.send(reporting.TASK_FINISHED, outcome=outcome, duration=duration)
+    def _ack_or_route(self, task: Task):
+        if task.error is None:
+            self._channel.basic_ack(task.delivery_tag)
+            return "succeeded"
+        if not task.route_failures and task.duration is not None:  # the handler ran and failed
+            log.warning("Task %s failed on attempt %d: %s: %s", task.message.message_id or "(no id)",
+                        task.message.attempt, type(task.error).__name__, task.error)
+        return self._route_failure(task)
+
+    def _settle_held(self, task: Task) -> None:
+        """A timer's callback: try a refused republish again."""
+        self._held.discard(task)
+        self._settle(task)
 
     def _route_failure(self, task: Task) -> str:
         """Send a failed attempt to a delay queue or the dead-letter queue (publisher
@@ -318,8 +329,8 @@ class Consumer:
                 log.warning("Could not republish task %s (%s); trying again in %.1f s.",
                             message.message_id or "(no id)", exc, delay)
                 self._reopen_publish_channel()
-                self._in_flight.add(task)
-                self._connection.call_later(delay, functools.partial(self._settle, task))
+                self._held.add(task)
+                self._connection.call_later(delay, functools.partial(self._settle_held, task))
                 return None
             log.error("Could not republish task %s (%s); returning it to the queue.",
                       message.message_id or "(no id)", exc)

@@ -23,6 +23,7 @@ from wqd.http_endpoint import HTTPEndpoint
 from wqd.metrics import Metrics
 from wqd.queue_monitor import QueueMonitor
 from wqd.systemd import Notifier
+from wqd.worker_record import WorkerRecord
 
 log = logging.getLogger("wqd.master")
 
@@ -63,16 +64,16 @@ class Pool:
 
 
 class WorkerProcess:
-    def __init__(self, pool: Pool, slot: int, pid: int, reader: reporting.EventReader, command_fd: int):
+    def __init__(self, pool: Pool, slot: int, pid: int, reader: reporting.EventReader, command_fd: int,
+                 record: WorkerRecord):
         self.pool = pool
         self.slot = slot
         self.pid = pid
         self.reader = reader
         self.command_fd = command_fd  # master -> worker: lost attempts per message
+        self.record = record  # shared memory: the running task, the totals
         self.started_at = time.monotonic()
         self.state = "starting"   # starting | connected | consuming | disconnected
-        self.busy_since = None    # monotonic time the current task started
-        self.message_key = None
         self.retire_deadline = None  # set when asked to stop; it is not replaced
         self.recycling = False
         self.killed_for = None    # why the master SIGKILLed it, e.g. "time_limit"
@@ -80,6 +81,15 @@ class WorkerProcess:
     @property
     def name(self) -> str:
         return f"{self.pool.config.name}[{self.slot}]"
+
+    @property
+    def busy_since(self):
+        """Monotonic time the running task started; None when idle."""
+        return self.record.read().busy_since
+
+    @property
+    def message_key(self):
+        return self.record.read().message_key
 
 
 class Master:
@@ -101,7 +111,7 @@ class Master:
         self.last_watchdog = 0.0
         self.last_stop_extend = 0.0
         self.last_status_line = ""
-        self.metrics = Metrics(self._snapshot)
+        self.metrics = Metrics(self._snapshot, self._live_records)
         for pool in self.pools:
             self.metrics.add_pool(pool.config.name)
         # Queue depth, polled by a child process: the master never waits on the broker.
@@ -304,20 +314,21 @@ class Master:
     def _spawn(self, pool: Pool, slot: int) -> None:
         read_fd, write_fd = os.pipe()
         command_read, command_write = os.pipe()
+        record = WorkerRecord()
 
         def child_main() -> int:
             os.close(read_fd)
             os.close(command_write)
             self._close_master_fds()
             return worker.run(pool.config, self.config.broker, pool.handler, slot, write_fd,
-                              command_read, self.lost_attempts, self.pid)
+                              command_read, record, self.lost_attempts, self.pid)
 
         pid = children.fork(child_main, f"Worker {pool.config.name}[{slot}]")
         os.close(write_fd)
         os.close(command_read)
         os.set_blocking(read_fd, False)
         os.set_blocking(command_write, False)
-        proc = WorkerProcess(pool, slot, pid, reporting.EventReader(read_fd), command_write)
+        proc = WorkerProcess(pool, slot, pid, reporting.EventReader(read_fd), command_write, record)
         self.workers[pid] = proc
         log.info("Worker %s spawned (pid %d).", proc.name, pid)
 
@@ -333,6 +344,7 @@ class Master:
         for proc in self.workers.values():
             os.close(proc.reader.fd)
             os.close(proc.command_fd)
+            proc.record.close()
 
     def _retire(self, proc: WorkerProcess, timeout: float) -> None:
         """Ask a worker to finish its task and exit; it is not replaced."""
@@ -349,7 +361,8 @@ class Master:
     def _enforce_time_limits(self, now: float) -> None:
         for proc in self.workers.values():
             limit = proc.pool.config.time_limit
-            if limit and proc.busy_since and now - proc.busy_since > limit and not proc.killed_for:
+            busy_since = limit and proc.busy_since
+            if busy_since and now - busy_since > limit and not proc.killed_for:
                 log.warning("Worker %s (pid %d) exceeded time_limit=%ss on task %s; killing it.",
                             proc.name, proc.pid, limit, proc.message_key)
                 proc.killed_for = "time_limit"
@@ -368,16 +381,20 @@ class Master:
                 self._read_reports(proc)
                 os.close(proc.reader.fd)
                 os.close(proc.command_fd)
-                self._worker_exited(proc, status)
+                final = proc.record.read()
+                proc.record.close()
+                self.metrics.worker_gone(proc.pool.config.name, final)
+                self._worker_exited(proc, status, final)
             else:
                 self.queue_monitor.reaped(pid, status)
 
-    def _worker_exited(self, proc: WorkerProcess, status: int) -> None:
+    def _worker_exited(self, proc: WorkerProcess, status: int, final) -> None:
+        """``final``: the last snapshot of the worker's record."""
         pool, now = proc.pool, time.monotonic()
         how = _describe_status(status)
-        if proc.busy_since is not None:
+        if final.busy_since is not None:
             self.metrics.record_task(pool.config.name, "failed")
-            self._count_lost_attempt(proc.message_key)
+            self._count_lost_attempt(final.message_key)
         if os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_CONFIG and pool.failed:
             log.error("Worker %s %s with a configuration error; pool %r is not restarted until a "
                       "reload fixes it.", proc.name, how, pool.config.name)
@@ -439,18 +456,8 @@ class Master:
 
     def _read_reports(self, proc: WorkerProcess) -> None:
         events, _ = proc.reader.read()
-        name = proc.pool.config.name
         for event, fields in events:
-            if event == reporting.TASK_STARTED:
-                proc.busy_since = time.monotonic()
-                proc.message_key = fields.get("key")
-            elif event == reporting.REDELIVERED:
-                self.metrics.redelivered.labels(name).inc()
-            elif event == reporting.TASK_FINISHED:
-                if fields["duration"] is not None:
-                    proc.busy_since = proc.message_key = None
-                self.metrics.record_task(name, fields["outcome"], fields["duration"])
-            elif event in (reporting.CONNECTED, reporting.CONSUMING, reporting.DISCONNECTED):
+            if event in (reporting.CONNECTED, reporting.CONSUMING, reporting.DISCONNECTED):
                 proc.state = event
             elif event == reporting.LOST_QUERY:
                 self.lost_queries.append((proc, fields["key"], time.monotonic()))
@@ -478,6 +485,10 @@ class Master:
         return all(any(p.pool is pool and p.state == reporting.CONSUMING for p in self.workers.values())
                    for pool in self.pools) and not self.stopping
 
+    def _live_records(self):
+        for proc in self.workers.values():
+            yield proc.pool.config.name, proc.record
+
     def _snapshot(self):
         return [self._pool_counts(pool) for pool in self.pools], self.is_ready()
 
@@ -492,12 +503,8 @@ class Master:
         for pool in self.pools:
             counts = self._pool_counts(pool)
             counts["tasks"] = self.metrics.task_counts(pool.config.name)
-            counts["worker_processes"] = [{
-                "pid": proc.pid, "name": proc.name, "state": proc.state,
-                "busy": proc.busy_since is not None,
-                "task_age": round(now - proc.busy_since, 3) if proc.busy_since else None,
-                "stopping": proc.retire_deadline is not None,
-            } for proc in sorted(self.workers.values(), key=lambda p: p.slot) if proc.pool is pool]
+            counts["worker_processes"] = [_worker_status(proc, now) for proc in
+                                          sorted(self.workers.values(), key=lambda p: p.slot) if proc.pool is pool]
             pools.append(counts)
         return {"pid": self.pid, "ready": self.is_ready(), "stopping": self.stopping, "pools": pools}
 
@@ -539,6 +546,13 @@ class Master:
             parts.append(f"{counts['name']}: {counts['workers']}/{counts['desired']} workers, "
                          f"{counts['connected']} connected, {done} done")
         return "; ".join(parts)
+
+
+def _worker_status(proc: WorkerProcess, now: float) -> dict:
+    busy_since = proc.busy_since
+    return {"pid": proc.pid, "name": proc.name, "state": proc.state, "busy": busy_since is not None,
+            "task_age": round(now - busy_since, 3) if busy_since else None,
+            "stopping": proc.retire_deadline is not None}
 
 
 def _describe_status(status: int) -> str:

@@ -1,14 +1,16 @@
-"""Prometheus metrics, owned by the master and fed by worker reports.
+"""Prometheus metrics, owned by the master and computed at scrape time.
 
-Workers send events over their pipes; the master counts them here. So there
-is no multiprocess directory to wipe or to grow, counters survive a worker's
-death, and per-worker gauges (computed at scrape time from the master's live
+Task counts come from the workers' shared-memory records (worker_record.py)
+plus the totals of workers that are gone, which the master folds in when it
+reaps them. So there is no multiprocess directory to wipe or to grow, counters
+survive a worker's death, and per-worker gauges (from the master's live
 worker table) vanish with the worker.
 """
 
 import prometheus_client
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 OUTCOMES = ("succeeded", "failed", "retried", "dead_lettered")
 RESTART_REASONS = ("crashed", "killed", "time_limit", "recycled")
@@ -18,41 +20,92 @@ prometheus_client.disable_created_metrics()
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 
 
+class TaskTotals:
+    """One pool's task counts, summed over worker records (or their snapshots)."""
+
+    def __init__(self):
+        self.outcomes = dict.fromkeys(OUTCOMES, 0)
+        self.redelivered = 0
+        self.duration_sum = 0.0
+        self.duration_buckets = [0] * (len(DURATION_BUCKETS) + 1)
+
+    def add(self, snapshot) -> None:
+        for outcome, count in snapshot.outcomes.items():
+            self.outcomes[outcome] += count
+        self.redelivered += snapshot.redelivered
+        self.duration_sum += snapshot.duration_sum
+        self.duration_buckets = [a + b for a, b in zip(self.duration_buckets, snapshot.duration_buckets)]
+
+
 class Metrics:
-    def __init__(self, snapshot):
-        """``snapshot()`` returns the master's view: a list of PoolSnapshot-like dicts."""
+    def __init__(self, snapshot, live_records):
+        """``snapshot()`` returns the master's view: a list of PoolSnapshot-like dicts;
+        ``live_records()`` yields (pool name, WorkerRecord) for every live worker."""
         self.registry = CollectorRegistry(auto_describe=True)
-        self.tasks = Counter("wqd_tasks", "Tasks finished, by outcome.", ["pool", "outcome"],
-                             registry=self.registry)
-        self.duration = Histogram("wqd_task_duration_seconds", "Handler run time per task.", ["pool"],
-                                  buckets=DURATION_BUCKETS, registry=self.registry)
         self.restarts = Counter("wqd_worker_restarts", "Worker processes replaced, by reason.",
                                 ["pool", "reason"], registry=self.registry)
-        self.redelivered = Counter("wqd_messages_redelivered", "Deliveries flagged redelivered by the broker.",
-                                   ["pool"], registry=self.registry)
         self.registry.register(_LiveCollector(snapshot))
-        self.task_totals = {}  # (pool, outcome) -> count, for status and STATUS= lines
-
-    def record_task(self, pool: str, outcome: str, duration=None) -> None:
-        self.tasks.labels(pool, outcome).inc()
-        self.task_totals[pool, outcome] = self.task_totals.get((pool, outcome), 0) + 1
-        if duration is not None:
-            self.duration.labels(pool).observe(duration)
-
-    def task_counts(self, pool: str) -> dict:
-        return {outcome: self.task_totals.get((pool, outcome), 0) for outcome in OUTCOMES}
+        self.registry.register(_TaskCollector(self))
+        self._live_records = live_records
+        self._gone = {}  # pool -> TaskTotals of workers that are gone, and the master's own counts
 
     def add_pool(self, pool: str) -> None:
         """Create every label set at zero, so rates and alerts see the series from the start."""
-        for outcome in OUTCOMES:
-            self.tasks.labels(pool, outcome)
+        self._gone.setdefault(pool, TaskTotals())
         for reason in RESTART_REASONS:
             self.restarts.labels(pool, reason)
-        self.redelivered.labels(pool)
-        self.duration.labels(pool)
+
+    def worker_gone(self, pool: str, final) -> None:
+        """Keep a reaped worker's totals (``final``: its record's last snapshot)."""
+        self._gone[pool].add(final)
+
+    def record_task(self, pool: str, outcome: str) -> None:
+        """A task the master saw end: its worker died running it."""
+        self._gone[pool].outcomes[outcome] += 1
+
+    def task_totals(self) -> dict:
+        """Pool -> TaskTotals, over the live workers and those gone."""
+        totals = {}
+        for pool, gone in self._gone.items():
+            totals[pool] = TaskTotals()
+            totals[pool].add(gone)
+        for pool, record in self._live_records():
+            totals[pool].add(record.read())
+        return totals
+
+    def task_counts(self, pool: str) -> dict:
+        return self.task_totals()[pool].outcomes
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _TaskCollector:
+    """Task counters and the duration histogram, summed at scrape time."""
+
+    def __init__(self, metrics: Metrics):
+        self._metrics = metrics
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        tasks = CounterMetricFamily("wqd_tasks", "Tasks finished, by outcome.", labels=["pool", "outcome"])
+        redelivered = CounterMetricFamily("wqd_messages_redelivered",
+                                          "Deliveries flagged redelivered by the broker.", labels=["pool"])
+        duration = HistogramMetricFamily("wqd_task_duration_seconds", "Handler run time per task.",
+                                         labels=["pool"])
+        bounds = [floatToGoString(bound) for bound in DURATION_BUCKETS] + ["+Inf"]
+        for pool, totals in self._metrics.task_totals().items():
+            for outcome, count in totals.outcomes.items():
+                tasks.add_metric([pool, outcome], count)
+            redelivered.add_metric([pool], totals.redelivered)
+            cumulative, buckets = 0, []
+            for bound, count in zip(bounds, totals.duration_buckets):
+                cumulative += count
+                buckets.append((bound, cumulative))
+            duration.add_metric([pool], buckets, totals.duration_sum)
+        yield from (tasks, duration, redelivered)
 
 
 class _LiveCollector:

@@ -1,6 +1,9 @@
 """Worker-to-master events over a pipe: one JSON array per line; and the
 master's one message the other way: attempts lost with a worker, per message.
 
+Only rare events go through the pipe; what changes with every task (the task
+running, the counts) is in the worker's shared-memory record (worker_record.py).
+
 The master owns all state (metrics, readiness, status), so nothing is shared
 on disk between processes and a dead worker leaves nothing behind. A write of
 less than PIPE_BUF bytes to a pipe is atomic, so threads may share the fd.
@@ -14,9 +17,6 @@ import threading
 CONNECTED = "connected"        # -
 DISCONNECTED = "disconnected"  # reason
 CONSUMING = "consuming"        # -
-TASK_STARTED = "started"       # message_id
-TASK_FINISHED = "finished"     # outcome, duration (null when the handler did not run)
-REDELIVERED = "redelivered"    # -
 LOST_QUERY = "lost?"           # key: how many attempts of this message died with a worker?
 RECYCLING = "recycling"        # reason
 FATAL = "fatal"                # error: a configuration problem; do not restart

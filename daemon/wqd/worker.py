@@ -1,9 +1,11 @@
 """One worker process's life, from just after the fork to its exit.
 
-Three threads: the main thread waits for signals (they are blocked in every
-thread and taken with sigtimedwait, so no Python signal handler ever runs in
-the middle of pika code); the I/O thread runs the Consumer; the handler thread
-runs tasks. TERM makes the consumer stop gracefully; QUIT exits at once.
+Threads: the main thread waits for signals (they are blocked in every thread
+and taken with sigtimedwait, so no Python signal handler ever runs in the
+middle of pika code); the consumer thread runs the Consumer: the connection
+and the handlers; the keeper thread serves the connection while a handler runs
+long; a thread reads the master's pipe. TERM makes the consumer stop
+gracefully; QUIT exits at once.
 """
 
 import ctypes
@@ -24,12 +26,12 @@ PR_SET_PDEATHSIG = 1
 PARENT_CHECK_INTERVAL = 1.0
 # Signals the master may have set handlers for; a worker starts from the defaults.
 MASTER_SIGNALS = (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD)
-# The I/O thread sends this to the main thread when it is done, ending the wait at once.
+# The consumer thread sends this to the main thread when it is done, ending the wait at once.
 IO_THREAD_DONE = signal.SIGUSR1
 WAITED_SIGNALS = {signal.SIGTERM, signal.SIGQUIT, IO_THREAD_DONE}
 
 
-def run(pool, broker, handler, slot: int, report_fd: int, command_fd: int, lost_attempts: dict,
+def run(pool, broker, handler, slot: int, report_fd: int, command_fd: int, record, lost_attempts: dict,
         master_pid: int) -> int:
     """Run the worker; return its exit code (the caller os._exit()s with it)."""
     name = f"{pool.name}[{slot}]"
@@ -41,7 +43,7 @@ def run(pool, broker, handler, slot: int, report_fd: int, command_fd: int, lost_
         return 0
 
     lost = reporting.LostAttempts(command_fd, lost_attempts)
-    consumer = Consumer(pool, broker, handler, name, slot, reporting.Reporter(report_fd), lost)
+    consumer = Consumer(pool, broker, handler, name, slot, reporting.Reporter(report_fd), record, lost)
     exit_code = []
     main_thread = threading.main_thread().ident
 
@@ -51,9 +53,9 @@ def run(pool, broker, handler, slot: int, report_fd: int, command_fd: int, lost_
         finally:
             signal.pthread_kill(main_thread, IO_THREAD_DONE)
 
-    io_thread = threading.Thread(target=consume, name="amqp", daemon=True)
-    io_thread.start()
-    while io_thread.is_alive():
+    consumer_thread = threading.Thread(target=consume, name="consumer", daemon=True)
+    consumer_thread.start()
+    while consumer_thread.is_alive():
         signum = signal.sigtimedwait(WAITED_SIGNALS, PARENT_CHECK_INTERVAL)
         signo = signum.si_signo if signum else None
         if signo == signal.SIGQUIT:
@@ -63,7 +65,7 @@ def run(pool, broker, handler, slot: int, report_fd: int, command_fd: int, lost_
             consumer.request_stop("SIGTERM")
         elif signo is None and os.getppid() != master_pid:
             consumer.request_stop("the master process died")
-    io_thread.join()
+    consumer_thread.join()
     return exit_code[0] if exit_code else 1
 
 

@@ -81,3 +81,22 @@ def test_workers_and_publish_fail_over_to_the_next_broker_url(broker, queue_name
                      env=wqd_env(tmp_path / "r"))
     assert result.returncode == 0, result.stderr
     wait_for(lambda: wqd.ended_ids() == ["via-failover"], 30, message="published and processed")
+
+
+def test_a_connection_closed_during_a_long_task_leaves_the_task_to_the_broker(broker, queue_name, make_wqd):
+    """While a handler runs, the worker's keeper thread serves the connection and
+    sees it closed; the finished task is then not acked on a dead connection (the
+    broker has requeued it): it counts failed and runs again on a new connection."""
+    wqd = make_wqd([pool(queue_name, workers=1)]).start()
+    broker.publish(queue_name, task_body("long", sleep=3).encode())
+    wait_for(lambda: len(wqd.records("start")) == 1, 30, message="the task started")
+    broker.ctl("close_all_connections", "closed by the test")
+    wait_for(lambda: wqd.ended_ids() == ["long", "long"], 60, message=lambda: f"ran again:\n{wqd.logs()}")
+    wait_for(lambda: wqd.metric("wqd_tasks_total", pool="default", outcome="succeeded") == 1, 30,
+             message="the second run succeeded")
+    stats = broker.queue_stats(queue_name)
+    assert stats["messages_ready"] == 0 and stats["messages_unacknowledged"] == 0
+    assert wqd.metric("wqd_tasks_total", pool="default", outcome="failed") == 1
+    logs = wqd.logs()
+    assert "finished after its connection was lost" in logs
+    assert "closed by the test" in logs  # the reason the keeper saw, in the reconnect warning

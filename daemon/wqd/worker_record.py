@@ -6,9 +6,12 @@ call, no wake-up of the master); the master reads it when it needs to: at a
 scrape, for a time limit, and after the worker died (its last task and its
 final totals are still there). Pipe reports are left for rare events.
 
-One writer per record; a sequence number (odd while a write is in progress)
-lets the reader retry a torn read. A writer killed mid-write leaves it odd:
-the reader then takes what is there, which is at most one task off.
+One writer per record, two copies of the fields and a generation number:
+the writer fills the copy not in use, then publishes it by bumping the
+generation (one aligned 8-byte store), so a writer stopped or killed
+mid-write leaves the last published copy intact. The reader copies the
+current one and checks that the generation has not moved meanwhile (when it
+has, the writer may be overwriting that copy, and the reader reads again).
 """
 
 import bisect
@@ -19,11 +22,13 @@ import time
 from wqd.metrics import DURATION_BUCKETS, OUTCOMES
 
 KEY_BYTES = 256  # an AMQP message_id is a shortstr: at most 255 bytes
-_SEQUENCE = struct.Struct("=Q")
+_GENERATION = struct.Struct("Q")  # native: one aligned 8-byte load or store
 # busy_since (0.0 when idle), redelivered, duration sum, key length, then the
 # outcome counts, the duration bucket counts (the last one is +Inf), the key.
-_FIELDS = struct.Struct(f"=dQdH{len(OUTCOMES)}Q{len(DURATION_BUCKETS) + 1}Q{KEY_BYTES}s")
-_READ_ATTEMPTS = 1000
+_FIELDS = struct.Struct(f"=dQdQ{len(OUTCOMES)}Q{len(DURATION_BUCKETS) + 1}Q{KEY_BYTES}s")
+# A reader retries only while the writer publishes again during its copy;
+# past this many tries (never seen: writes are microseconds, tasks far apart) it takes the copy.
+_READ_ATTEMPTS = 100_000
 
 
 class Snapshot:
@@ -40,8 +45,8 @@ class Snapshot:
 
 class WorkerRecord:
     def __init__(self):
-        self._map = mmap.mmap(-1, _SEQUENCE.size + _FIELDS.size)  # anonymous and shared across fork
-        self._sequence = 0
+        self._map = mmap.mmap(-1, _GENERATION.size + 2 * _FIELDS.size)  # anonymous: shared across a fork
+        self._generation = 0
         self._busy_since = 0.0
         self._key = b""
         self._outcomes = [0] * len(OUTCOMES)
@@ -70,26 +75,32 @@ class WorkerRecord:
         self._publish()
 
     def _publish(self) -> None:
-        self._sequence += 1
-        _SEQUENCE.pack_into(self._map, 0, self._sequence)  # odd: a write is in progress
-        _FIELDS.pack_into(self._map, _SEQUENCE.size, self._busy_since, self._redelivered, self._duration_sum,
-                          len(self._key), *self._outcomes, *self._buckets, self._key)
-        self._sequence += 1
-        _SEQUENCE.pack_into(self._map, 0, self._sequence)
+        fields = _FIELDS.pack(self._busy_since, self._redelivered, self._duration_sum, len(self._key),
+                              *self._outcomes, *self._buckets, self._key)
+        generation = self._generation + 1
+        start = _copy_offset(generation)
+        self._map[start:start + _FIELDS.size] = fields
+        _GENERATION.pack_into(self._map, 0, generation)
+        self._generation = generation
 
     # -- master side --
 
     def read(self) -> Snapshot:
         for _ in range(_READ_ATTEMPTS):
-            (before,) = _SEQUENCE.unpack_from(self._map, 0)
-            fields = _FIELDS.unpack_from(self._map, _SEQUENCE.size)
-            (after,) = _SEQUENCE.unpack_from(self._map, 0)
-            if before == after and before % 2 == 0:
+            (generation,) = _GENERATION.unpack_from(self._map, 0)
+            start = _copy_offset(generation)
+            fields = self._map[start:start + _FIELDS.size]
+            (after,) = _GENERATION.unpack_from(self._map, 0)
+            if after == generation:
                 break
-        busy_since, redelivered, duration_sum, key_length, *counts, key = fields
+        busy_since, redelivered, duration_sum, key_length, *counts, key = _FIELDS.unpack(fields)
         outcomes = dict(zip(OUTCOMES, counts[:len(OUTCOMES)]))
         return Snapshot(busy_since or None, key[:key_length].decode(errors="replace") if busy_since else None,
                         outcomes, redelivered, duration_sum, counts[len(OUTCOMES):])
 
     def close(self) -> None:
         self._map.close()
+
+
+def _copy_offset(generation: int) -> int:
+    return _GENERATION.size + (generation % 2) * _FIELDS.size

@@ -14,6 +14,7 @@ current one and checks that the generation has not moved meanwhile (when it
 has, the writer may be overwriting that copy, and the reader reads again).
 """
 
+import array
 import bisect
 import mmap
 import struct
@@ -23,9 +24,14 @@ from wqd.metrics import DURATION_BUCKETS, OUTCOMES
 
 KEY_BYTES = 256  # an AMQP message_id is a shortstr: at most 255 bytes
 _GENERATION = struct.Struct("Q")  # native: one aligned 8-byte load or store
-# busy_since (0.0 when idle), redelivered, duration sum, key length, then the
-# outcome counts, the duration bucket counts (the last one is +Inf), the key.
-_FIELDS = struct.Struct(f"=dQdQ{len(OUTCOMES)}Q{len(DURATION_BUCKETS) + 1}Q{KEY_BYTES}s")
+# A copy: unsigned 64-bit numbers, then the message key's bytes. The numbers:
+# busy since (monotonic ns; 0 when idle), key length, redelivered, duration
+# sum (ns), the outcome counts, the duration bucket counts (+Inf last).
+_BUSY_SINCE, _KEY_LENGTH, _REDELIVERED, _DURATION_SUM, _FIRST_OUTCOME = range(5)
+_FIRST_BUCKET = _FIRST_OUTCOME + len(OUTCOMES)
+_NUMBERS = _FIRST_BUCKET + len(DURATION_BUCKETS) + 1
+_NUMBERS_SIZE = 8 * _NUMBERS
+_COPY_SIZE = _NUMBERS_SIZE + KEY_BYTES
 # A reader retries only while the writer publishes again during its copy;
 # past this many tries (never seen: writes are microseconds, tasks far apart) it takes the copy.
 _READ_ATTEMPTS = 100_000
@@ -45,41 +51,39 @@ class Snapshot:
 
 class WorkerRecord:
     def __init__(self):
-        self._map = mmap.mmap(-1, _GENERATION.size + 2 * _FIELDS.size)  # anonymous: shared across a fork
+        self._map = mmap.mmap(-1, _GENERATION.size + 2 * _COPY_SIZE)  # anonymous: shared across a fork
         self._generation = 0
-        self._busy_since = 0.0
+        self._numbers = array.array("Q", bytes(_NUMBERS_SIZE))  # copied as they are: no packing
         self._key = b""
-        self._outcomes = [0] * len(OUTCOMES)
-        self._redelivered = 0
-        self._duration_sum = 0.0
-        self._buckets = [0] * (len(DURATION_BUCKETS) + 1)
 
     # -- worker side (one thread) --
 
     def task_started(self, key: str) -> None:
-        self._busy_since = time.monotonic()
         self._key = key.encode()[:KEY_BYTES]
+        self._numbers[_KEY_LENGTH] = len(self._key)
+        self._numbers[_BUSY_SINCE] = time.monotonic_ns()
         self._publish()
 
     def task_finished(self, outcome: str, duration=None) -> None:
         """``duration`` is None when the handler did not run (the outcome is wqd's)."""
-        self._busy_since = 0.0
-        self._outcomes[OUTCOMES.index(outcome)] += 1
+        numbers = self._numbers
+        numbers[_BUSY_SINCE] = 0
+        numbers[_FIRST_OUTCOME + OUTCOMES.index(outcome)] += 1
         if duration is not None:
-            self._duration_sum += duration
-            self._buckets[bisect.bisect_left(DURATION_BUCKETS, duration)] += 1
+            numbers[_DURATION_SUM] += int(duration * 1e9)
+            numbers[_FIRST_BUCKET + bisect.bisect_left(DURATION_BUCKETS, duration)] += 1
         self._publish()
 
     def redelivered(self) -> None:
-        self._redelivered += 1
+        self._numbers[_REDELIVERED] += 1
         self._publish()
 
     def _publish(self) -> None:
-        fields = _FIELDS.pack(self._busy_since, self._redelivered, self._duration_sum, len(self._key),
-                              *self._outcomes, *self._buckets, self._key)
         generation = self._generation + 1
         start = _copy_offset(generation)
-        self._map[start:start + _FIELDS.size] = fields
+        self._map[start:start + _NUMBERS_SIZE] = self._numbers
+        key_start = start + _NUMBERS_SIZE
+        self._map[key_start:key_start + len(self._key)] = self._key
         _GENERATION.pack_into(self._map, 0, generation)
         self._generation = generation
 
@@ -89,18 +93,20 @@ class WorkerRecord:
         for _ in range(_READ_ATTEMPTS):
             (generation,) = _GENERATION.unpack_from(self._map, 0)
             start = _copy_offset(generation)
-            fields = self._map[start:start + _FIELDS.size]
+            copy = self._map[start:start + _COPY_SIZE]
             (after,) = _GENERATION.unpack_from(self._map, 0)
             if after == generation:
                 break
-        busy_since, redelivered, duration_sum, key_length, *counts, key = _FIELDS.unpack(fields)
-        outcomes = dict(zip(OUTCOMES, counts[:len(OUTCOMES)]))
-        return Snapshot(busy_since or None, key[:key_length].decode(errors="replace") if busy_since else None,
-                        outcomes, redelivered, duration_sum, counts[len(OUTCOMES):])
+        numbers = memoryview(copy[:_NUMBERS_SIZE]).cast("Q").tolist()
+        busy_since = numbers[_BUSY_SINCE] / 1e9 if numbers[_BUSY_SINCE] else None
+        key = copy[_NUMBERS_SIZE:_NUMBERS_SIZE + numbers[_KEY_LENGTH]].decode(errors="replace") if busy_since else None
+        outcomes = dict(zip(OUTCOMES, numbers[_FIRST_OUTCOME:_FIRST_BUCKET]))
+        return Snapshot(busy_since, key, outcomes, numbers[_REDELIVERED], numbers[_DURATION_SUM] / 1e9,
+                        numbers[_FIRST_BUCKET:])
 
     def close(self) -> None:
         self._map.close()
 
 
 def _copy_offset(generation: int) -> int:
-    return _GENERATION.size + (generation % 2) * _FIELDS.size
+    return _GENERATION.size + (generation % 2) * _COPY_SIZE

@@ -1,12 +1,13 @@
 """A worker's shared-memory record: the task it is running and its totals.
 
-The master maps one record per worker before the fork. The worker's consumer
-thread writes it at each task's start and end (a few microseconds, no system
+The master maps one record per worker before the fork. The worker writes it
+at each task's start and end (a few microseconds, no system
 call, no wake-up of the master); the master reads it when it needs to: at a
 scrape, for a time limit, and after the worker died (its last task and its
 final totals are still there). Pipe reports are left for rare events.
 
-One writer per record, two copies of the fields and a generation number:
+One writer at a time (a worker's threads write under its connection's lock),
+two copies of the fields and a generation number:
 the writer fills the copy not in use, then publishes it by bumping the
 generation (one aligned 8-byte store), so a writer stopped or killed
 mid-write leaves the last published copy intact. The reader copies the

@@ -498,11 +498,11 @@ class Master:
         return 503, "text/plain", b"not ready: a pool has no consuming worker\n"
 
     def status(self) -> dict:
-        now = time.monotonic()
+        now, totals = time.monotonic(), self.metrics.task_totals()
         pools = []
         for pool in self.pools:
             counts = self._pool_counts(pool)
-            counts["tasks"] = self.metrics.task_counts(pool.config.name)
+            counts["tasks"] = totals[pool.config.name].outcomes
             counts["worker_processes"] = [_worker_status(proc, now) for proc in
                                           sorted(self.workers.values(), key=lambda p: p.slot) if proc.pool is pool]
             pools.append(counts)
@@ -539,10 +539,10 @@ class Master:
                                                           f"{busy} finishing a task")
 
     def _status_line(self) -> str:
-        parts = []
+        parts, totals = [], self.metrics.task_totals()
         for pool in self.pools:
             counts = self._pool_counts(pool)
-            done = self.metrics.task_counts(pool.config.name)["succeeded"]
+            done = totals[pool.config.name].outcomes["succeeded"]
             parts.append(f"{counts['name']}: {counts['workers']}/{counts['desired']} workers, "
                          f"{counts['connected']} connected, {done} done")
         return "; ".join(parts)

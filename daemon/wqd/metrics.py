@@ -73,9 +73,6 @@ class Metrics:
             totals[pool].add(record.read())
         return totals
 
-    def task_counts(self, pool: str) -> dict:
-        return self.task_totals()[pool].outcomes
-
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 

@@ -75,7 +75,6 @@ class Consumer:
         self.keeper = ConnectionKeeper()
         self._stop_reason = None
         self._wake = threading.Event()
-        self._connection = None
         self._channel = None
         self._publish_channel = None
         self._consumer_tag = None
@@ -86,6 +85,11 @@ class Consumer:
         self._held = set()  # failed tasks whose republish the broker refused, to be tried again
         self._tasks_done = 0
         self._failures = 0  # consecutive connection failures, for the reconnect backoff
+
+    @property
+    def _connection(self):
+        """The open connection, or None. The keeper holds it: it serves it too."""
+        return self.keeper.connection
 
     # -- any thread --
 
@@ -125,7 +129,7 @@ class Consumer:
         return 0
 
     def _open(self) -> None:
-        self._connection = self.keeper.connection = amqp.connect(
+        self.keeper.connection = amqp.connect(
             self.broker, self.broker.urls[self._url_index], name=f"wqd worker {self.worker_name} pid {os.getpid()}")
         self._channel = self._connection.channel()
         self._declare(self._channel, self.pool.queue, amqp.queue_arguments(self.pool.queue_type))
@@ -169,7 +173,7 @@ class Consumer:
             else:
                 self._connection.process_data_events(time_limit=None)  # until an event is dispatched
         self._connection.close()
-        self._connection = self.keeper.connection = None
+        self.keeper.connection = None
 
     def _on_cancelled_by_broker(self, method_frame) -> None:
         """The queue was deleted, or (RabbitMQ 4.3+) a delivery-ack timeout hit:
@@ -188,8 +192,7 @@ class Consumer:
 
     def _discard_connection(self) -> None:
         """Forget a broken connection; its unacked deliveries are the broker's again."""
-        connection, self._connection = self._connection, None
-        self.keeper.connection = None
+        connection, self.keeper.connection = self.keeper.connection, None
         self._consumer_tag = None
         self._deliveries.clear()
         self._held.clear()  # their republish timers went with the connection

@@ -8,6 +8,7 @@ from typing import Optional
 import pika
 import pika.exceptions
 
+from wqd import errors
 from wqd.config import BrokerConfig, TLSConfig, redact_url
 
 # Seconds to wait for TCP connect and the AMQP handshake before giving up.
@@ -84,7 +85,7 @@ def connect(broker: BrokerConfig, url=None, name=None) -> pika.BlockingConnectio
     return pika.BlockingConnection(params)
 
 
-class BrokerUnavailable(Exception):
+class BrokerUnavailable(errors.BrokerUnavailable):
     """No broker URL could be connected to; str() says why, per URL."""
 
     def __init__(self, errors: list):

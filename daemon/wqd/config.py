@@ -13,12 +13,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
+from wqd.errors import ConfigError  # noqa: F401  (raised here; callers catch it from here too)
+
 DEFAULT_CONFIG_PATH = "/etc/wqd/wqd.yaml"
 DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672/%2F"
-
-
-class ConfigError(Exception):
-    """The configuration cannot be used; str() is the paragraph to show."""
 
 
 def _shown(value: Any) -> str:

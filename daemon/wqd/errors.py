@@ -1,0 +1,16 @@
+"""wqd's typed errors. Modules raise these; only cli.py turns them into exit
+codes (its EXIT_CODES table), so every command reports a failure the same way."""
+
+
+class WqdError(Exception):
+    """A failure an operator must act on; str() is the one paragraph to show."""
+
+
+class ConfigError(WqdError):
+    """The configuration, a handler or a queue's arguments cannot be used:
+    restarting will not help (os.EX_CONFIG)."""
+
+
+class BrokerUnavailable(WqdError):
+    """No broker could be reached or it refused wqd (os.EX_UNAVAILABLE for
+    one-shot commands; `wqd run` retries instead)."""

@@ -1,8 +1,10 @@
 """Load and validate wqd's YAML configuration.
 
-Every key is declared once below with its type, default and a check. Errors
-are collected, not raised one at a time, so an operator fixes a file in one
-pass; each names the file, the line (where YAML knows it) and the key path.
+Every key is declared once, as a field of the frozen dataclass its section
+becomes: its type, default, check and one line of doc (see ``key``). The
+validator walks those declarations; nothing else lists keys or defaults.
+Errors are collected, not raised one at a time, so an operator fixes a file in
+one pass; each names the file, the line (where YAML knows it) and the key path.
 """
 
 import dataclasses
@@ -117,68 +119,131 @@ def listen_address(value: Any) -> Optional[str]:
     return value
 
 
-# -- the schema --
+# -- declaring a key --
 
-REQUIRED = object()
-DERIVED = object()  # computed from other keys after validation
+
+@dataclasses.dataclass(frozen=True)
+class Section:
+    """A key whose value is a nested mapping, checked against ``cls``'s keys.
+    Left out, it is checked as ``null``: the section's defaults, or None when
+    ``nullable``."""
+
+    cls: type
+    nullable: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class SectionList:
+    """A key whose value is a non-empty list of ``cls`` mappings, each
+    ``noun`` having a distinct ``unique`` key."""
+
+    cls: type
+    noun: str
+    unique: str
+
+
+def key(check, default: Any = dataclasses.MISSING, *, doc: str, name: Optional[str] = None,
+        env: Optional[str] = None, when_absent: Optional[Callable[[dict], Any]] = None):
+    """Declare a configuration key as a dataclass field; the validator walks these.
+
+    ``check`` returns the cleaned value or raises ValueError saying what was
+    expected (or is a Section or SectionList); without ``default`` the key is
+    required. ``name`` is the YAML key when it differs from the attribute.
+    ``env`` names an environment variable that overrides the file, split at
+    commas into a list. ``when_absent(values)`` computes the value of a key the
+    file leaves out from its section's other values (the dataclass default then
+    serves only code that builds the section itself).
+    """
+    return dataclasses.field(default=default, metadata={
+        "check": check, "doc": doc, "name": name, "env": env, "when_absent": when_absent})
+
+
+def declared_keys(cls: type):
+    """(YAML key, field) for each key a section's dataclass declares."""
+    return [(field.metadata["name"] or field.name, field)
+            for field in dataclasses.fields(cls) if "check" in field.metadata]
+
+
+# -- the configuration: every key, once --
 
 
 @dataclasses.dataclass(frozen=True)
 class TLSConfig:
-    ca_file: Optional[str] = None
-    cert_file: Optional[str] = None
-    key_file: Optional[str] = None
+    ca_file: Optional[str] = key(optional(readable_file), None,
+                                 doc="PEM file of the CA that signed the broker's certificate (default: the system's CAs)")
+    cert_file: Optional[str] = key(optional(readable_file), None,
+                                   doc="client certificate (PEM), for brokers that want one")
+    key_file: Optional[str] = key(optional(readable_file), None,
+                                  doc="the client certificate's private key, if not in cert_file")
 
 
 @dataclasses.dataclass(frozen=True)
 class BrokerConfig:
-    urls: tuple = (DEFAULT_BROKER_URL,)  # one per cluster node; workers spread over them
-    heartbeat: int = 60
-    tls: Optional[TLSConfig] = None
+    urls: tuple = key(broker_urls, (DEFAULT_BROKER_URL,), name="url", env="WQD_BROKER_URL",
+                      doc="a URL, or a list of them (one per cluster node; workers spread over them)")
+    heartbeat: int = key(non_negative_int, 60, doc="AMQP heartbeat, seconds (0 disables)")
+    tls: Optional[TLSConfig] = key(Section(TLSConfig, nullable=True), None,
+                                   doc="{ca_file, cert_file, key_file} for amqps:// URLs")
 
     @property
     def url(self) -> str:
         """The first URL: the one one-shot commands try first, and messages show."""
         return self.urls[0]
 
+    def conflicts(self) -> list:
+        """(key, problem) for keys that are valid alone but not together."""
+        found = []
+        if self.tls is not None and not any(url.startswith("amqps://") for url in self.urls):
+            found.append(("tls", "is only used with amqps:// URLs, but no broker URL is amqps://"))
+        if self.tls is not None and self.tls.key_file and not self.tls.cert_file:
+            found.append(("tls.key_file", "is set without broker.tls.cert_file"))
+        return found
+
 
 @dataclasses.dataclass(frozen=True)
 class MetricsConfig:
-    listen: Optional[str] = "127.0.0.1:9808"
+    listen: Optional[str] = key(listen_address, "127.0.0.1:9808",
+                                doc="host:port of /metrics, /healthz, /readyz and /status; null disables them")
 
 
 @dataclasses.dataclass(frozen=True)
 class LoggingConfig:
-    level: str = "info"
-    format: str = "text"
+    level: str = key(one_of("debug", "info", "warning", "error"), "info", doc="the least severe level logged")
+    format: str = key(one_of("text", "json"), "text", doc="text, or json (one object per line)")
 
 
 @dataclasses.dataclass(frozen=True)
 class ShutdownConfig:
-    graceful_timeout: float = 30.0
+    graceful_timeout: float = key(positive_number, 30.0,
+                                  doc="on SIGTERM, how long workers may finish their task before they are killed")
 
 
 @dataclasses.dataclass(frozen=True)
 class RetryDelay:
-    initial: float = 1.0
-    max: float = 300.0
-    factor: float = 2.0
+    initial: float = key(positive_number, 1.0, doc="seconds before the first retry")
+    max: float = key(positive_number, 300.0, doc="the longest delay, seconds")
+    factor: float = key(factor_number, 2.0, doc="each retry waits this many times longer than the one before")
 
 
 @dataclasses.dataclass(frozen=True)
 class PoolConfig:
-    name: str
-    queue: str
-    handler: str
-    workers: int = 1
-    prefetch: int = 1
-    queue_type: str = "classic"
-    max_retries: int = 3
-    retry_delay: RetryDelay = RetryDelay()
-    dead_letter_queue: Optional[str] = None
-    time_limit: Optional[float] = None
-    max_tasks_per_child: Optional[int] = None
-    max_memory_per_child: Optional[int] = None
+    name: str = key(non_empty_str, doc="unique; the label in metrics, logs and process titles")
+    queue: str = key(non_empty_str, doc="the work queue, declared durable")
+    handler: str = key(handler_ref, doc='"module:callable" run for each message')
+    workers: int = key(positive_int, 1, doc="worker processes")
+    prefetch: int = key(positive_int, 1, doc="unacked messages per worker; 1 = fair dispatch")
+    queue_type: str = key(one_of("classic", "quorum"), "classic", doc="classic, or quorum (for clusters)")
+    max_retries: int = key(non_negative_int, 3, doc="retries after the first failed attempt; then dead-letter")
+    retry_delay: RetryDelay = key(Section(RetryDelay), RetryDelay(), doc="the delay before each retry")
+    dead_letter_queue: Optional[str] = key(optional(non_empty_str), None,
+                                           when_absent=lambda values: values["queue"] + ".dead",
+                                           doc="where given-up messages go (default <queue>.dead); null drops them")
+    time_limit: Optional[float] = key(optional(positive_number), None,
+                                      doc="seconds a task may run before its worker is killed and replaced")
+    max_tasks_per_child: Optional[int] = key(optional(positive_int), None,
+                                             doc="recycle a worker after this many tasks")
+    max_memory_per_child: Optional[int] = key(optional(positive_int), None,
+                                              doc="MiB of RSS; recycle a worker after the task that crossed it")
 
     def same_settings(self, other: "PoolConfig") -> bool:
         """True when only the worker count differs (a scale, not a replace)."""
@@ -187,56 +252,20 @@ class PoolConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    path: str
-    broker: BrokerConfig
-    metrics: MetricsConfig
-    logging: LoggingConfig
-    shutdown: ShutdownConfig
-    pools: tuple
+    path: str  # the file it was loaded from; not a key
+    broker: BrokerConfig = key(Section(BrokerConfig), doc="the RabbitMQ broker (or cluster nodes)")
+    metrics: MetricsConfig = key(Section(MetricsConfig), doc="the master's HTTP endpoint")
+    logging: LoggingConfig = key(Section(LoggingConfig), doc="log records on stderr")
+    shutdown: ShutdownConfig = key(Section(ShutdownConfig), doc="how a stop proceeds")
+    pools: tuple = key(SectionList(PoolConfig, noun="pool", unique="name"),
+                       doc="the worker pools, each consuming one queue")
 
 
-# Key -> (check, default). REQUIRED marks keys without a default.
-SECTION_SCHEMAS = {
-    "broker": {
-        "url": (broker_urls, (DEFAULT_BROKER_URL,)),
-        "heartbeat": (non_negative_int, 60),
-        "tls": (None, None),  # a nested section, see TLS_SCHEMA
-    },
-    "metrics": {"listen": (listen_address, "127.0.0.1:9808")},
-    "logging": {
-        "level": (one_of("debug", "info", "warning", "error"), "info"),
-        "format": (one_of("text", "json"), "text"),
-    },
-    "shutdown": {"graceful_timeout": (positive_number, 30.0)},
-}
-TLS_SCHEMA = {
-    "ca_file": (optional(readable_file), None),
-    "cert_file": (optional(readable_file), None),
-    "key_file": (optional(readable_file), None),
-}
-RETRY_DELAY_SCHEMA = {
-    "initial": (positive_number, 1.0),
-    "max": (positive_number, 300.0),
-    "factor": (factor_number, 2.0),
-}
-POOL_SCHEMA = {
-    "name": (non_empty_str, REQUIRED),
-    "queue": (non_empty_str, REQUIRED),
-    "handler": (handler_ref, REQUIRED),
-    "workers": (positive_int, 1),
-    "prefetch": (positive_int, 1),
-    "queue_type": (one_of("classic", "quorum"), "classic"),
-    "max_retries": (non_negative_int, 3),
-    "retry_delay": (None, None),  # nested, see RETRY_DELAY_SCHEMA
-    "dead_letter_queue": (optional(non_empty_str), DERIVED),  # absent = "<queue>.dead"
-    "time_limit": (optional(positive_number), None),
-    "max_tasks_per_child": (optional(positive_int), None),
-    "max_memory_per_child": (optional(positive_int), None),
-}
+_INVALID = object()  # a value that failed its check; the error is already recorded
 
 
 class _Validator:
-    """Walks the loaded YAML against the schemas, collecting errors."""
+    """Walks the loaded YAML along the declared keys, collecting errors."""
 
     def __init__(self, path: str, lines: dict):
         self.path = path
@@ -254,93 +283,86 @@ class _Validator:
         where = f"{self.path}:{line}" if line else self.path
         self.errors.append(f"{where}: {key_path}: {text}")
 
-    def section(self, data: Any, schema: dict, key_path: str) -> dict:
-        """Check a mapping against a schema; return cleaned values (defaults filled)."""
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            self.error(key_path, f"expected a mapping, got {repr(data)}")
-            return {}
-        for key in data:
-            if key not in schema:
-                self.error(f"{key_path}.{key}", "unknown key")
-        cleaned = {}
-        for key, (check, default) in schema.items():
-            sub_path = f"{key_path}.{key}"
-            if key not in data:
-                if default is REQUIRED:
-                    self.error(sub_path, "required key is missing")
-                cleaned[key] = default
-                continue
-            if check is None:
-                cleaned[key] = data[key]
-                continue
-            try:
-                cleaned[key] = check(data[key])
-            except ValueError as exc:
-                self.error(sub_path, f"{exc}, got {_shown(data[key])}")
-        return cleaned
-
     def config(self, data: Any) -> Optional[Config]:
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
+        if data is not None and not isinstance(data, dict):
             self.errors.append(f"{self.path}: expected a mapping at the top level")
             return None
-        for key in data:
-            if key not in ("broker", "metrics", "logging", "shutdown", "pools"):
-                self.error(key, "unknown key")
+        config = self.section(Config, data, "", path=self.path)
+        return None if config is _INVALID else config
 
-        broker = self.section(data.get("broker"), SECTION_SCHEMAS["broker"], "broker")
-        tls = None
-        if broker.get("tls") is not None:
-            tls = TLSConfig(**self.section(broker["tls"], TLS_SCHEMA, "broker.tls"))
-        urls = broker.get("url") or (DEFAULT_BROKER_URL,)
-        environment_url = os.environ.get("WQD_BROKER_URL")
-        if environment_url:  # comma-separated for a cluster
-            try:
-                urls = broker_urls([url.strip() for url in environment_url.split(",")])
-            except ValueError as exc:
-                self.errors.append(f"$WQD_BROKER_URL: {exc}, got {_shown(environment_url.split(','))}")
-        broker_config = BrokerConfig(urls=urls, heartbeat=broker.get("heartbeat", 60), tls=tls)
-        if tls is not None and not any(url.startswith("amqps://") for url in urls):
-            self.error("broker.tls", "is only used with amqps:// URLs, but no broker URL is amqps://")
-        if tls is not None and tls.key_file and not tls.cert_file:
-            self.error("broker.tls.key_file", "is set without broker.tls.cert_file")
+    def value(self, check: Any, value: Any, key_path: str) -> Any:
+        """The cleaned value, or _INVALID (the error recorded)."""
+        if isinstance(check, Section):
+            return None if value is None and check.nullable else self.section(check.cls, value, key_path)
+        if isinstance(check, SectionList):
+            return self.section_list(check, value, key_path)
+        try:
+            return check(value)
+        except ValueError as exc:
+            self.error(key_path, f"{exc}, got {_shown(value)}")
+            return _INVALID
 
-        metrics = MetricsConfig(**self.section(data.get("metrics"), SECTION_SCHEMAS["metrics"], "metrics"))
-        logging_config = LoggingConfig(
-            **self.section(data.get("logging"), SECTION_SCHEMAS["logging"], "logging")
-        )
-        shutdown = ShutdownConfig(
-            **self.section(data.get("shutdown"), SECTION_SCHEMAS["shutdown"], "shutdown")
-        )
-        pools = self.pools(data.get("pools"))
-        if self.errors:
-            return None
-        return Config(self.path, broker_config, metrics, logging_config, shutdown, tuple(pools))
+    def section(self, cls: type, data: Any, key_path: str, **given: Any) -> Any:
+        """An instance of ``cls`` from a mapping (defaults filled), or _INVALID."""
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            self.error(key_path, f"expected a mapping, got {_shown(data)}")
+            return _INVALID
+        errors_before = len(self.errors)
+        keys = declared_keys(cls)
+        known = {name for name, _ in keys}
+        for name in data:
+            if name not in known:
+                self.error(_join(key_path, name), "unknown key")
+        values, absent = dict(given), []
+        for name, field in keys:
+            check, sub_path = field.metadata["check"], _join(key_path, name)
+            if name in data or isinstance(check, (Section, SectionList)):
+                values[field.name] = self.value(check, data.get(name), sub_path)
+            elif field.metadata["when_absent"]:
+                absent.append(field)
+            elif field.default is dataclasses.MISSING:
+                self.error(sub_path, "required key is missing")
+            if field.metadata["env"] and os.environ.get(field.metadata["env"]):
+                values[field.name] = self.environment(check, field.metadata["env"])
+        if len(self.errors) > errors_before:
+            return _INVALID
+        for field in absent:
+            values[field.name] = field.metadata["when_absent"](values)
+        instance = cls(**values)
+        for name, text in getattr(instance, "conflicts", list)():
+            self.error(_join(key_path, name), text)
+        return _INVALID if len(self.errors) > errors_before else instance
 
-    def pools(self, data: Any) -> list:
+    def section_list(self, spec: SectionList, data: Any, key_path: str) -> Any:
         if not isinstance(data, list) or not data:
-            self.error("pools", f"expected a non-empty list of pools, got {repr(data)}")
-            return []
-        pools, seen = [], {}
+            self.error(key_path, f"expected a non-empty list of {spec.noun}s, got {_shown(data)}")
+            return _INVALID
+        items, seen = [], {}
         for index, item in enumerate(data):
-            key_path = f"pools[{index}]"
-            values = self.section(item, POOL_SCHEMA, key_path)
-            name = values.get("name")
-            if isinstance(name, str) and name in seen:
-                self.error(f"{key_path}.name", f"duplicate pool name {name!r} (also pools[{seen[name]}])")
-            elif isinstance(name, str):
-                seen[name] = index
-            if self.errors:
-                continue  # the config is refused anyway; keep collecting errors
-            if values["dead_letter_queue"] is DERIVED:
-                values["dead_letter_queue"] = values["queue"] + ".dead"
-            delay = self.section(values["retry_delay"], RETRY_DELAY_SCHEMA, f"{key_path}.retry_delay")
-            values["retry_delay"] = RetryDelay(**delay) if delay else RetryDelay()
-            pools.append(PoolConfig(**values))
-        return pools
+            item_path = f"{key_path}[{index}]"
+            items.append(self.section(spec.cls, item, item_path))
+            unique = item.get(spec.unique) if isinstance(item, dict) else None
+            if isinstance(unique, str) and unique in seen:
+                self.error(f"{item_path}.{spec.unique}", f"duplicate {spec.noun} {spec.unique} {unique!r} "
+                                                         f"(also {key_path}[{seen[unique]}])")
+            elif isinstance(unique, str):
+                seen[unique] = index
+        return _INVALID if any(item is _INVALID for item in items) else tuple(items)
+
+    def environment(self, check: Callable[[Any], Any], variable: str) -> Any:
+        """A key's value from the environment (comma-separated), which wins over the file."""
+        value = [item.strip() for item in os.environ[variable].split(",")]
+        try:
+            return check(value)
+        except ValueError as exc:
+            self.errors.append(f"${variable}: {exc}, got {_shown(value)}")
+            return _INVALID
+
+
+def _join(key_path: str, name: str) -> str:
+    return f"{key_path}.{name}" if key_path else name
 
 
 def _key_lines(node: Any, key_path: str, lines: dict) -> None:

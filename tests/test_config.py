@@ -1,5 +1,9 @@
 """Configuration validation: exact error text, exit 78, no secrets, no tracebacks."""
 
+import dataclasses
+import re
+from pathlib import Path
+
 import pytest
 
 from daemon import run_cli, wqd_env
@@ -91,6 +95,91 @@ def test_env_broker_url_overrides(monkeypatch):
 def test_redact_url():
     assert config.redact_url("amqp://guest:guest@host:5672/%2F") == "amqp://guest:***@host:5672/%2F"
     assert config.redact_url("amqp://host/") == "amqp://host/"
+
+
+def _key_paths(cls, prefix=""):
+    """Every declared key path, as the README's table names them."""
+    for name, field in config.declared_keys(cls):
+        path = f"{prefix}{name}"
+        check = field.metadata["check"]
+        if isinstance(check, config.SectionList):
+            yield from _key_paths(check.cls, f"{path}[].")
+        elif isinstance(check, config.Section) and check.cls not in (config.TLSConfig, config.RetryDelay):
+            yield from _key_paths(check.cls, f"{path}.")
+        else:
+            yield path
+
+
+def test_every_key_is_declared_with_a_check_and_a_doc():
+    sections = [config.Config, config.BrokerConfig, config.TLSConfig, config.MetricsConfig, config.LoggingConfig,
+                config.ShutdownConfig, config.PoolConfig, config.RetryDelay]
+    for section in sections:
+        keys = config.declared_keys(section)
+        assert keys, section
+        for name, field in keys:
+            assert field.metadata["doc"].strip(), f"{section.__name__}.{name} has no doc"
+            assert callable(field.metadata["check"]) or isinstance(
+                field.metadata["check"], (config.Section, config.SectionList)), name
+        undeclared = {f.name for f in dataclasses.fields(section)} - {f.name for _, f in keys}
+        assert undeclared == ({"path"} if section is config.Config else set()), section
+
+
+def test_the_readme_documents_exactly_the_declared_keys():
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    table = readme.split("| key | default | meaning |\n", 1)[1].split("\n\n", 1)[0]
+    documented = re.findall(r"^\| `([\w.\[\]]+)` \|", table, re.MULTILINE)
+    assert sorted(documented) == sorted(_key_paths(config.Config))
+
+
+def test_defaults_in_the_dataclasses_are_the_ones_a_file_gets():
+    loaded = parse("pools: [{name: a, queue: q, handler: 'm:f'}]\n")
+    assert loaded.broker == config.BrokerConfig() and loaded.metrics == config.MetricsConfig()
+    assert loaded.logging == config.LoggingConfig() and loaded.shutdown == config.ShutdownConfig()
+    assert loaded.pools[0] == config.PoolConfig("a", "q", "m:f", dead_letter_queue="q.dead")
+
+
+def test_nested_sections_may_be_null_or_left_out():
+    text = "broker: {tls: null}\nmetrics: {listen: null}\n" \
+           "pools: [{name: a, queue: q, handler: 'm:f', retry_delay: null}]\n"
+    loaded = parse(text)
+    assert loaded.broker.tls is None and loaded.metrics.listen is None
+    assert loaded.pools[0].retry_delay == config.RetryDelay()
+
+
+def test_errors_from_every_section_and_pool_are_collected_together(tmp_path):
+    text = GOOD + "    retry_delay: {factor: 0.5}\n" \
+                  "  - 5\n" \
+                  "  - {name: other, queue: q2, handler: 'm:f', workers: 0}\n" \
+                  "logging: {level: loud}\n" \
+                  "shutdown: []\n"
+    assert errors_of(text).splitlines() == [
+        "wqd.yaml:11: logging.level: expected one of debug, info, warning, error, got 'loud'",
+        "wqd.yaml:12: shutdown: expected a mapping, got []",
+        "wqd.yaml:8: pools[0].retry_delay.factor: expected a number >= 1, got 0.5",
+        "wqd.yaml:9: pools[1]: expected a mapping, got 5",
+        "wqd.yaml:10: pools[2].workers: expected a positive integer, got 0",
+    ]
+
+
+def test_tls_keys_that_do_not_fit_together(tmp_path):
+    key_file = tmp_path / "client.key"
+    key_file.write_text("not checked here")
+    text = GOOD.replace("  url: amqp://guest:s3cret@127.0.0.1:5672/%2F",
+                        f"  url: amqp://guest:s3cret@127.0.0.1:5672/%2F\n  tls:\n    key_file: {key_file}")
+    assert errors_of(text).splitlines() == [
+        "wqd.yaml:3: broker.tls: is only used with amqps:// URLs, but no broker URL is amqps://",
+        "wqd.yaml:4: broker.tls.key_file: is set without broker.tls.cert_file",
+    ]
+
+
+@pytest.mark.parametrize("line, replacement, expected", [
+    ("workers: 2", "workers: 2.0", "pools[0].workers: expected a positive integer, got 2.0"),
+    ("workers: 2", "max_retries: false", "pools[0].max_retries: expected an integer >= 0, got False"),
+    ("workers: 2", "time_limit: true", "pools[0].time_limit: expected a positive number of seconds, got True"),
+    ("handler: wqd.examples:sleep_dots", "handler: nocolon", "pools[0].handler: expected \"module:callable\""),
+])
+def test_a_boolean_is_not_a_number_and_types_are_strict(line, replacement, expected):
+    assert expected in errors_of(GOOD.replace(line, replacement))
 
 
 # -- through the command line, as an operator meets it --

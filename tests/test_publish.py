@@ -2,8 +2,13 @@
 
 import json
 
+import pytest
+
 from daemon import pool, run_cli, wqd_env
 from waiting import wait_for
+from wqd import errors
+from wqd.config import BrokerConfig
+from wqd.publisher import publish_lines
 
 TUTORIAL = ["First message.", "Second message..", "Third message...", "Fourth message....", "Fifth message....."]
 
@@ -43,6 +48,26 @@ def test_publish_and_status_exit_69_when_the_broker_is_unreachable(tmp_path, mak
     wqd = make_wqd([pool("q")], broker_url=url)
     result = run_cli("status", "-c", str(wqd.config_path), env=env)
     assert result.returncode == 69 and "cannot reach the broker" in result.stderr
+
+
+def test_publish_raises_typed_errors_and_leaves_exit_codes_to_the_cli(free_tcp_port):
+    broker = BrokerConfig(urls=(f"amqp://guest:hidden@127.0.0.1:{free_tcp_port}/%2F",))
+    with pytest.raises(errors.BrokerUnavailable) as caught:
+        list(publish_lines(broker, "q", None, ["hello"], {}))
+    assert "cannot reach the broker" in str(caught.value) and "hidden" not in str(caught.value)
+
+
+def test_publish_to_a_queue_of_another_type_is_a_configuration_error(broker, queue_name, tmp_path, make_wqd):
+    """The queue exists as a classic queue; the pool says quorum: the broker refuses (406), exit 78."""
+    connection = broker.connection()
+    connection.channel().queue_declare(queue_name, durable=True)
+    connection.close()
+    wqd = make_wqd([pool(queue_name, workers=1, queue_type="quorum")])
+    result = run_cli("publish", "-c", str(wqd.config_path), "x", env=wqd_env(tmp_path / "r"))
+    assert result.returncode == 78, result.stderr
+    assert result.stderr.startswith(f"wqd: configuration error:\ncannot use queue {queue_name!r}: "
+                                    f"the broker said 406 PRECONDITION_FAILED"), result.stderr
+    assert "x-queue-type" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_publish_with_wrong_credentials_says_so(broker, tmp_path):

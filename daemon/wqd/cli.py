@@ -1,25 +1,30 @@
 """The ``wqd`` command: the only module that prints to the user and picks exit codes."""
 
 import argparse
+import errno
 import json
 import os
 import sys
 
-import pika.exceptions
-
 import wqd
 from wqd import config as config_module
+from wqd import errors, logs
 from wqd import handlers as handlers_module
-from wqd import logs
-from wqd.amqp import BrokerUnavailable, describe_error
-from wqd.publisher import PublishError, publish_lines
+from wqd.publisher import publish_lines
 from wqd.status import format_status, gather_status
 
-# Exit codes (sysexits.h), so supervisors can tell a bad config from a crash.
 EXIT_OK = 0
+# Any failure the table below does not name.
 EXIT_FAILURE = 1
-EXIT_UNAVAILABLE = 69  # a one-shot command cannot reach the broker
-EXIT_CONFIG = 78       # the configuration (or a handler import) is wrong: do not restart
+# The exit code of each failure (sysexits.h), so a supervisor can tell a bad
+# configuration (do not restart until it is fixed) from an unreachable broker
+# (try again later). The first class the error is an instance of wins.
+EXIT_CODES = (
+    (errors.ConfigError, os.EX_CONFIG),
+    (errors.BrokerUnavailable, os.EX_UNAVAILABLE),
+)
+# Why binding metrics.listen can fail that the configuration can fix.
+_LISTEN_ERRNOS = (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES)
 
 
 def main(argv=None) -> None:
@@ -28,7 +33,31 @@ def main(argv=None) -> None:
     if not args.command:
         parser.print_help()
         sys.exit(EXIT_FAILURE)
-    sys.exit(args.func(args))
+    sys.exit(run_command(args))
+
+
+def run_command(args) -> int:
+    """Run one command; a failure becomes one message on stderr and its exit code."""
+    try:
+        return args.func(args)
+    except errors.WqdError as exc:
+        print(failure_message(args.command, exc), file=sys.stderr)
+        return exit_code(exc)
+
+
+def exit_code(exc: BaseException) -> int:
+    for error_class, code in EXIT_CODES:
+        if isinstance(exc, error_class):
+            return code
+    return EXIT_FAILURE
+
+
+def failure_message(command: str, exc: errors.WqdError) -> str:
+    """A configuration error lists its problems under one heading (one per line);
+    any other failure is one line naming the command."""
+    if isinstance(exc, errors.ConfigError):
+        return f"wqd: configuration error:\n{exc}"
+    return f"wqd {command}: {exc}"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,24 +86,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(args, import_handlers: bool):
-    """Config (and handlers), or print the error and return the exit code."""
-    path = args.config or config_module.default_path()
-    try:
-        config = config_module.load(path)
-        if import_handlers:
-            if os.getcwd() not in sys.path:  # like gunicorn: handlers may live in the current directory
-                sys.path.insert(0, os.getcwd())
-            return config, handlers_module.load_all(config)
+    """The config, and its handlers when ``import_handlers``; raise ConfigError."""
+    config = config_module.load(args.config or config_module.default_path())
+    if not import_handlers:
         return config, None
-    except config_module.ConfigError as exc:
-        print(f"wqd: configuration error:\n{exc}", file=sys.stderr)
-        return None, EXIT_CONFIG
+    if os.getcwd() not in sys.path:  # like gunicorn: handlers may live in the current directory
+        sys.path.insert(0, os.getcwd())
+    return config, handlers_module.load_all(config)
 
 
 def cmd_check(args) -> int:
-    config, handlers = _load(args, import_handlers=True)
-    if config is None:
-        return handlers
+    config, _ = _load(args, import_handlers=True)
     pools = ", ".join(f"{p.name} ({p.workers} x {p.handler} on {p.queue})" for p in config.pools)
     brokers = ", ".join(config_module.redact_url(url) for url in config.broker.urls)
     print(f"{config.path}: OK; broker {brokers}; pools: {pools}")
@@ -85,17 +107,13 @@ def cmd_run(args) -> int:
     from wqd.master import Master  # imported here: only `run` needs the process machinery
 
     config, handlers = _load(args, import_handlers=True)
-    if config is None:
-        return handlers
     logs.setup(config.logging.level, config.logging.format)
     try:
-        master = Master(config, handlers)
-        return master.run()
-    except OSError as exc:
-        if exc.filename is None and config.metrics.listen and exc.errno in (98, 99, 13):
-            print(f"wqd: configuration error:\n{config.path}: metrics.listen: cannot listen on "
-                  f"{config.metrics.listen}: {exc.strerror}", file=sys.stderr)
-            return EXIT_CONFIG
+        return Master(config, handlers).run()
+    except OSError as exc:  # from binding the HTTP endpoint, the one socket the master opens itself
+        if exc.filename is None and config.metrics.listen and exc.errno in _LISTEN_ERRNOS:
+            raise errors.ConfigError(f"{config.path}: metrics.listen: cannot listen on "
+                                     f"{config.metrics.listen}: {exc.strerror}") from None
         raise
 
 
@@ -105,34 +123,25 @@ def cmd_publish(args) -> int:
         try:
             broker = config_module.BrokerConfig(urls=config_module.broker_urls(args.url.split(",")))
         except ValueError as exc:
-            print(f"wqd publish: --url: {exc}", file=sys.stderr)
-            return EXIT_FAILURE
+            raise errors.WqdError(f"--url: {exc}") from None
     else:
-        config, error = _load(args, import_handlers=False)
-        if config is None:
-            return error
+        config, _ = _load(args, import_handlers=False)
         broker = config.broker
     pool = None
     if config is not None:
         pool = next((p for p in config.pools if args.queue in (None, p.queue)), None)
     queue = args.queue or (pool.queue if pool else None)
     if not queue:
-        print("wqd publish: --queue is required with --url", file=sys.stderr)
-        return EXIT_FAILURE
+        raise errors.WqdError("--queue is required with --url")
     headers = {}
     for item in args.header:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            print(f"wqd publish: --header expects K=V, got {item!r}", file=sys.stderr)
-            return EXIT_FAILURE
+            raise errors.WqdError(f"--header expects K=V, got {item!r}")
         headers[key] = value
     messages = args.messages if args.messages and args.messages != ["-"] else _stdin_lines()
-    try:
-        for body in publish_lines(broker, queue, pool, messages, headers, persistent=not args.transient):
-            print(f" [x] Sent {body!r}", flush=True)
-    except PublishError as exc:
-        print(f"wqd publish: {exc}", file=sys.stderr)
-        return exc.exit_code
+    for body in publish_lines(broker, queue, pool, messages, headers, persistent=not args.transient):
+        print(f" [x] Sent {body!r}", flush=True)
     return EXIT_OK
 
 
@@ -144,16 +153,7 @@ def _stdin_lines():
 
 
 def cmd_status(args) -> int:
-    config, error = _load(args, import_handlers=False)
-    if config is None:
-        return error
-    try:
-        status = gather_status(config)
-    except BrokerUnavailable as exc:
-        print(f"wqd status: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    except (pika.exceptions.AMQPError, OSError) as exc:
-        print(f"wqd status: {describe_error(exc, config.broker.url)}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
+    config, _ = _load(args, import_handlers=False)
+    status = gather_status(config)
     print(json.dumps(status, indent=2) if args.json else format_status(status))
     return EXIT_OK

@@ -6,7 +6,7 @@ import uuid
 import pika
 import pika.exceptions
 
-from wqd import amqp, backoff
+from wqd import amqp, backoff, errors
 
 # A quorum queue nacks publishes while it has no leader (a node died, an
 # election runs, usually under a second); the same channel may then go on
@@ -17,12 +17,6 @@ NACK_RETRY_INITIAL = 0.2
 NACK_RETRY_MAX = 2.0
 
 
-class PublishError(Exception):
-    def __init__(self, text: str, exit_code: int):
-        super().__init__(text)
-        self.exit_code = exit_code
-
-
 def publish_lines(broker, queue: str, pool, bodies, headers: dict, persistent: bool = True):
     """Publish each body to ``queue``; yield it once the broker confirmed it.
 
@@ -30,11 +24,11 @@ def publish_lines(broker, queue: str, pool, bodies, headers: dict, persistent: b
     so publishing first and starting wqd later loses nothing. Without a pool
     (``--url``), an existing queue is used as it is, or a durable classic one
     is created. With several broker URLs the first that answers is used.
+    Raises errors.BrokerUnavailable when the broker cannot be reached or will
+    not take a message, errors.ConfigError when the queue exists with other
+    arguments than the pool's, errors.WqdError otherwise.
     """
-    try:
-        connection, index = amqp.connect_any(broker, name="wqd publish")
-    except amqp.BrokerUnavailable as exc:
-        raise PublishError(str(exc), 69) from None
+    connection, index = amqp.connect_any(broker, name="wqd publish")
     try:
         channel = connection.channel()
         _declare(connection, channel, queue, pool)
@@ -50,19 +44,19 @@ def publish_lines(broker, queue: str, pool, bodies, headers: dict, persistent: b
                     channel.basic_publish("", queue, body.encode(), properties, mandatory=True)
                     break
                 except pika.exceptions.UnroutableError:
-                    raise PublishError(f"message {body!r} could not be routed to queue {queue!r} "
-                                       f"(does the queue exist?)", 1) from None
+                    raise errors.WqdError(f"message {body!r} could not be routed to queue {queue!r} "
+                                          f"(does the queue exist?)") from None
                 except pika.exceptions.NackError:
                     nacks += 1
                     if nacks > NACK_RETRIES:
-                        raise PublishError(f"the broker refused message {body!r} (nack, {nacks} times)",
-                                           69) from None
+                        raise errors.BrokerUnavailable(
+                            f"the broker refused message {body!r} (nack, {nacks} times)") from None
                     time.sleep(backoff.exponential(nacks, NACK_RETRY_INITIAL, NACK_RETRY_MAX))
                     channel = connection.channel()
                     channel.confirm_delivery()
             yield body
     except (pika.exceptions.AMQPConnectionError, OSError) as exc:
-        raise PublishError(amqp.describe_error(exc, broker.urls[index]), 69) from None
+        raise errors.BrokerUnavailable(amqp.describe_error(exc, broker.urls[index])) from None
     finally:
         if connection.is_open:
             connection.close()
@@ -80,5 +74,6 @@ def _declare(connection, channel, queue: str, pool) -> None:
                 raise
             connection.channel().queue_declare(queue, durable=True)
     except pika.exceptions.ChannelClosedByBroker as exc:
-        raise PublishError(f"cannot use queue {queue!r}: the broker said {exc.reply_code} {exc.reply_text}",
-                           78 if exc.reply_code == 406 else 1) from None
+        # 406: the queue exists with other arguments than the pool declares.
+        error = errors.ConfigError if exc.reply_code == 406 else errors.WqdError
+        raise error(f"cannot use queue {queue!r}: the broker said {exc.reply_code} {exc.reply_text}") from None

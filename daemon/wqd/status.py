@@ -6,7 +6,7 @@ import urllib.request
 
 import pika.exceptions
 
-from wqd import amqp
+from wqd import amqp, errors
 from wqd.config import redact_url
 from wqd.http_endpoint import parse_listen
 
@@ -14,10 +14,11 @@ MASTER_TIMEOUT = 2.0
 
 
 def gather_status(config) -> dict:
-    """Raise amqp.BrokerUnavailable (or a pika error) when no broker answers."""
+    """Raise errors.BrokerUnavailable when no broker answers, or the one that
+    does fails before every queue was looked at."""
     master = _master_status(config)
     master_pools = {pool["name"]: pool for pool in (master or {}).get("pools", [])}
-    connection, _ = amqp.connect_any(config.broker, name="wqd status")
+    connection, index = amqp.connect_any(config.broker, name="wqd status")
     try:
         pools = []
         for pool in config.pools:
@@ -39,8 +40,11 @@ def gather_status(config) -> dict:
                 "tasks": live["tasks"] if live else None,
                 "workers": live["worker_processes"] if live else [],
             })
+    except (pika.exceptions.AMQPError, OSError) as exc:
+        raise errors.BrokerUnavailable(amqp.describe_error(exc, config.broker.urls[index])) from None
     finally:
-        connection.close()
+        if connection.is_open:
+            connection.close()
     return {
         "broker": ", ".join(redact_url(url) for url in config.broker.urls),
         "master": {"running": master is not None, "pid": master and master["pid"],

@@ -334,7 +334,6 @@ class Master:
 
     def _close_master_fds(self) -> None:
         """In a new child: let go of what belongs to the master."""
-        signal.set_wakeup_fd(-1)
         self.notifier.close()
         os.close(self._wakeup_r)
         os.close(self._wakeup_w)

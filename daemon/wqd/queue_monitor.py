@@ -12,7 +12,6 @@ as gauges. Counts that are not fresh (the broker is unreachable, the poll
 hangs) are dropped, not shown as current: an absent series means "unknown".
 """
 
-import ctypes
 import logging
 import os
 import signal
@@ -40,7 +39,6 @@ RECONNECT_MAX = 30.0
 RESPAWN_INITIAL = 1.0
 RESPAWN_MAX = 60.0
 STABLE_SECONDS = 60.0
-PR_SET_PDEATHSIG = 1
 
 # Events the child sends.
 POLLED = "polled"            # counts: [[pool, queue, kind, messages, consumers], ...]; kind = queue|dead_letter
@@ -229,7 +227,6 @@ class QueueMonitor:
 def _run(broker, targets, report_fd: int, interval: float) -> int:
     setproctitle("wqd: queue monitor")
     logs.set_process_name("queue monitor")
-    _reset_signals()
     reporter = reporting.Reporter(report_fd)
     failures = 0
     url_index = 0
@@ -284,19 +281,6 @@ def _poll(connection, targets) -> list:
         counts.append([pool, queue, kind, declared.method.message_count, declared.method.consumer_count])
     channel.close()
     return counts
-
-
-def _reset_signals() -> None:
-    """Start from sane signal dispositions, not the master's recording handlers."""
-    for signum in (signal.SIGTERM, signal.SIGQUIT, signal.SIGCHLD):
-        signal.signal(signum, signal.SIG_DFL)
-    # Ctrl-C and job-control signals to the process group are the master's business.
-    for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
-        signal.signal(signum, signal.SIG_IGN)
-    try:  # Linux: die with the master, even when it is SIGKILLed
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass  # elsewhere the closed pipe ends the child at its next report
 
 
 def _describe(status: int) -> str:

@@ -23,6 +23,7 @@ from setproctitle import setproctitle
 
 from wqd import amqp, children, logs, reporting
 from wqd.backoff import exponential
+from wqd.supervision import RespawnBackoff, describe_status
 
 log = logging.getLogger("wqd.queue_monitor")
 
@@ -34,10 +35,8 @@ STALE_AFTER = 3 * POLL_INTERVAL
 MONITOR_HEARTBEAT = 10
 RECONNECT_INITIAL = 1.0
 RECONNECT_MAX = 30.0
-# A monitor that exits is restarted after a growing delay; one that ran this
-# long before exiting starts the count again.
-RESPAWN_INITIAL = 1.0
-RESPAWN_MAX = 60.0
+# A monitor that exits sooner than this after its start is restarted after a
+# growing delay (1, 2, 4 ... s); one that ran this long is restarted at once.
 STABLE_SECONDS = 60.0
 
 # Events the child sends.
@@ -74,8 +73,7 @@ class QueueMonitor:
         self._started_at = 0.0
         self._counts = []
         self._polled_at = None  # monotonic time of the last complete poll
-        self._exits = 0         # consecutive early exits, for the respawn backoff
-        self._next_start = 0.0
+        self._respawn = RespawnBackoff(STABLE_SECONDS)
         self._replacing = False  # asked to exit for a reload: not a failure
         self._stopped = False
 
@@ -84,7 +82,7 @@ class QueueMonitor:
     def tick(self, now: float, close_inherited) -> None:
         """Start the child when there is none. ``close_inherited()`` runs in the
         new child to close what it inherited from the master."""
-        if self.pid is None and not self._stopped and now >= self._next_start:
+        if self.pid is None and not self._stopped and self._respawn.may_start(now):
             self._spawn(close_inherited)
 
     def fileno(self):
@@ -122,12 +120,8 @@ class QueueMonitor:
             self._replacing = False
             return
         now = time.monotonic()
-        if now - self._started_at >= STABLE_SECONDS:
-            self._exits = 0
-        self._exits += 1
-        delay = exponential(self._exits, RESPAWN_INITIAL, RESPAWN_MAX)
-        self._next_start = now + delay
-        log.warning("Queue monitor (pid %d) %s; restarting it in %.0f s.", pid, _describe(status), delay)
+        delay = self._respawn.exited(now - self._started_at, now)
+        log.warning("Queue monitor (pid %d) %s; restarting it in %.0f s.", pid, describe_status(status), delay)
 
     def configure(self, broker, pools) -> None:
         """After a reload: a new broker or other queues mean a new child."""
@@ -139,7 +133,7 @@ class QueueMonitor:
         if self.pid is not None:
             self._replacing = True  # reaped as usual, then started again at once
             self._signal(signal.SIGTERM)
-        self._exits, self._next_start = 0, 0.0
+        self._respawn.reset()
 
     def stop(self) -> None:
         """The master stops: end the child, do not start another."""
@@ -281,9 +275,3 @@ def _poll(connection, targets) -> list:
         counts.append([pool, queue, kind, declared.method.message_count, declared.method.consumer_count])
     channel.close()
     return counts
-
-
-def _describe(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        return f"was killed by {signal.Signals(os.WTERMSIG(status)).name}"
-    return f"exited with code {os.WEXITSTATUS(status)}"

@@ -9,7 +9,7 @@ import errno
 import json
 import logging
 import os
-import select
+import selectors
 import signal
 import time
 
@@ -117,13 +117,6 @@ class Master:
 
     def _wait(self) -> None:
         """Sleep until a signal, a worker report, an HTTP client or the next deadline."""
-        readers = {self._wakeup_r: None}
-        for proc in self.workers.values():
-            readers[proc.reader.fd] = proc
-        if self.http:
-            readers[self.http.fileno()] = self.http
-        if self.queue_monitor.fileno() is not None:
-            readers[self.queue_monitor.fileno()] = self.queue_monitor
         now = time.monotonic()
         timeout = LOOP_TIMEOUT
         starts = [when for when in (pool.respawn.next_start(now) for pool in self.pools) if when is not None]
@@ -136,20 +129,18 @@ class Master:
             timeout = min(timeout, LOST_QUERY_RECHECK)
         if self.signals:
             timeout = 0
-        try:
-            ready, _, _ = select.select(list(readers), [], [], timeout)
-        except InterruptedError:
-            ready = []
-        for fd in ready:
-            target = readers[fd]
-            if target is None:
-                _drain(self._wakeup_r)
-            elif target is self.http:
-                self.http.handle_one()
-            elif target is self.queue_monitor:
-                self.queue_monitor.read()
-            else:
-                self._read_reports(target)
+        # A selector made for this wait (epoll on Linux): no FD_SETSIZE ceiling
+        # on the number of workers, and nothing to keep in step as pipes come and go.
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._wakeup_r, selectors.EVENT_READ, lambda: _drain(self._wakeup_r))
+            for proc in self.workers.values():
+                selector.register(proc.reader.fd, selectors.EVENT_READ, lambda proc=proc: self._read_reports(proc))
+            if self.http:
+                selector.register(self.http.fileno(), selectors.EVENT_READ, self.http.handle_one)
+            if self.queue_monitor.fileno() is not None:
+                selector.register(self.queue_monitor.fileno(), selectors.EVENT_READ, self.queue_monitor.read)
+            for key, _ in selector.select(timeout):
+                key.data()
 
     def _manage(self) -> None:
         """One pass of the loop's duties, in order."""

@@ -9,8 +9,8 @@ import pika.exceptions
 
 import wqd
 from wqd import config as config_module
+from wqd import errors, logs
 from wqd import handlers as handlers_module
-from wqd import logs
 from wqd.amqp import BrokerUnavailable, describe_error
 from wqd.publisher import PublishError, publish_lines
 from wqd.status import format_status, gather_status
@@ -91,6 +91,9 @@ def cmd_run(args) -> int:
     try:
         master = Master(config, handlers)
         return master.run()
+    except errors.ConfigError as exc:
+        print(f"wqd: configuration error:\n{exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except OSError as exc:
         if exc.filename is None and config.metrics.listen and exc.errno in (98, 99, 13):
             print(f"wqd: configuration error:\n{config.path}: metrics.listen: cannot listen on "

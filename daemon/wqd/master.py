@@ -15,7 +15,7 @@ import time
 
 from setproctitle import setproctitle
 
-from wqd import children, logs, reporting, worker
+from wqd import children, errors, logs, reporting, worker
 from wqd import config as config_module
 from wqd import handlers as handlers_module
 from wqd.http_endpoint import HTTPEndpoint
@@ -66,7 +66,7 @@ class Master:
         self.signals = []
         self.stopping = False
         self.fast_stop = False
-        self.exit_code = 0
+        self.config_error = None  # why every pool failed: run() raises it once stopped
         self.was_ready = False
         self.notifier = Notifier()
         self.last_watchdog = 0.0
@@ -83,7 +83,8 @@ class Master:
 
     # -- start and main loop --
 
-    def run(self) -> int:
+    def run(self) -> None:
+        """Run until stopped; raises errors.ConfigError when every pool had a configuration error."""
         setproctitle(f"wqd: master -c {self.config.path}")
         self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self._wakeup_w)
@@ -109,7 +110,8 @@ class Master:
         self.queue_monitor.close()
         if self.http:
             self.http.close()
-        return self.exit_code
+        if self.config_error:
+            raise errors.ConfigError(self.config_error)
 
     def _record_signal(self, signum, frame) -> None:
         """NO logging, no work: just queue the signal; the loop acts on it."""
@@ -160,7 +162,9 @@ class Master:
         self.queue_monitor.tick(now, self._close_master_fds)
         if self.pools and all(pool.failed for pool in self.pools):
             log.error("Every pool has a configuration error; stopping.")
-            self.exit_code = os.EX_CONFIG
+            # Each error names its pool: together, one paragraph for cli.py to show.
+            self.config_error = " ".join(["Every pool has a configuration error, so wqd stopped."]
+                                         + [pool.failed for pool in self.pools])
             self._begin_stop(graceful=True)
 
     # -- signals --

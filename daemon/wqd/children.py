@@ -1,17 +1,28 @@
-"""Forking the master's children (workers, the queue monitor)."""
+"""Forking the master's children (workers, the queue monitor), and the setup
+every child does first: its own signal handling, and death with the master."""
 
+import ctypes
 import logging
 import os
+import signal
 import sys
 
 log = logging.getLogger("wqd.master")
 
+PR_SET_PDEATHSIG = 1
+# The master's commands (stop, reload, scale). A terminal's Ctrl-C, or a
+# `kill` of the whole process group, delivers them to every child too: the
+# master decides for all, so a child ignores them (and SIGTTIN/SIGTTOU, by
+# default, would also stop a child that touches the terminal).
+MASTER_COMMANDS = (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU)
+
 
 def fork(child_main, description: str) -> int:
-    """Fork; the child runs ``child_main()`` and exits with the code it returns.
+    """Fork; the child sets itself up, runs ``child_main()`` and exits with the code it returns.
 
     The child never returns into the master's code, whatever happens in it.
     """
+    parent = os.getpid()
     sys.stdout.flush()  # or the child would print the master's buffered output again
     sys.stderr.flush()
     pid = os.fork()
@@ -19,7 +30,10 @@ def fork(child_main, description: str) -> int:
         return pid
     code = 1
     try:
-        code = child_main()
+        if _set_up_child(parent):
+            code = child_main()
+        else:
+            code = 0  # the master died before prctl took effect: nothing to do
     except BaseException:
         log.exception("%s failed.", description)
     finally:
@@ -27,3 +41,26 @@ def fork(child_main, description: str) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+
+
+def _set_up_child(parent: int) -> bool:
+    """Start from default signal handling, not the master's, and die with the
+    master. Return False when the master is already gone."""
+    # First: a signal must no longer write to the master's wakeup pipe, which
+    # the child is about to close (its fd number could be reused).
+    signal.set_wakeup_fd(-1)
+    for signum in signal.valid_signals():
+        if callable(signal.getsignal(signum)):  # a Python handler: the master's
+            signal.signal(signum, signal.SIG_DFL)
+    for signum in MASTER_COMMANDS:
+        signal.signal(signum, signal.SIG_IGN)
+    _die_with_parent()
+    return os.getppid() == parent
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to send SIGTERM when the master dies (even by SIGKILL)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: the workers' parent check and the monitor's closed pipe cover it

@@ -109,12 +109,13 @@ def cmd_run(args) -> int:
     config, handlers = _load(args, import_handlers=True)
     logs.setup(config.logging.level, config.logging.format)
     try:
-        return Master(config, handlers).run()
+        Master(config, handlers).run()
     except OSError as exc:  # from binding the HTTP endpoint, the one socket the master opens itself
         if exc.filename is None and config.metrics.listen and exc.errno in _LISTEN_ERRNOS:
             raise errors.ConfigError(f"{config.path}: metrics.listen: cannot listen on "
                                      f"{config.metrics.listen}: {exc.strerror}") from None
         raise
+    return EXIT_OK
 
 
 def cmd_publish(args) -> int:

@@ -9,29 +9,33 @@ import errno
 import json
 import logging
 import os
-import select
+import selectors
 import signal
 import time
 
 from setproctitle import setproctitle
 
-from wqd import children, logs, reporting, worker
+from wqd import children, errors, logs, reporting, worker
 from wqd import config as config_module
 from wqd import handlers as handlers_module
-from wqd.backoff import exponential
 from wqd.http_endpoint import HTTPEndpoint
 from wqd.metrics import Metrics
 from wqd.queue_monitor import QueueMonitor
+from wqd.supervision import (
+    EARLY_DEATH_SECONDS,
+    KILLED,
+    RECYCLED,
+    Connection,
+    Pool,
+    WorkerProcess,
+    classify_exit,
+    describe_status,
+)
 from wqd.systemd import Notifier
 from wqd.worker_record import WorkerRecord
 
 log = logging.getLogger("wqd.master")
 
-# A worker that dies sooner than this after its start died "early"; a slot that
-# keeps dying early is restarted with a growing delay instead of at once.
-EARLY_DEATH_SECONDS = 5.0
-RESPAWN_BACKOFF_INITIAL = 1.0
-RESPAWN_BACKOFF_MAX = 60.0
 # Longest the loop sleeps when nothing happens (it wakes on signals and reports).
 LOOP_TIMEOUT = 1.0
 # After a fast stop, workers get this long to exit on SIGQUIT before SIGKILL.
@@ -40,7 +44,6 @@ FAST_STOP_TIMEOUT = 2.0
 # more time (EXTEND_TIMEOUT_USEC), so a graceful_timeout longer than the unit's
 # TimeoutStopSec is honoured, and a master that hangs is still killed.
 STOP_EXTEND_SECONDS = 10.0
-EXIT_CONFIG = 78
 # Messages whose lost attempts the master remembers (the oldest are forgotten).
 LOST_ATTEMPTS_CAP = 10_000
 # How long a worker's "lost attempts?" answer may wait for the reaping of a
@@ -49,47 +52,6 @@ LOST_QUERY_HOLD = 0.5
 LOST_QUERY_RECHECK = 0.05
 
 HANDLED_SIGNALS = ("HUP", "INT", "QUIT", "TERM", "TTIN", "TTOU", "CHLD")
-
-
-class Pool:
-    """A pool's running state; replaced (not mutated) when its settings change."""
-
-    def __init__(self, config, handler):
-        self.config = config
-        self.handler = handler
-        self.desired = config.workers
-        self.early_deaths = {}  # slot -> consecutive early deaths
-        self.next_start = {}    # slot -> monotonic time before which it must not respawn
-        self.failed = None      # a configuration error reported by a worker: not restarted
-
-
-class WorkerProcess:
-    def __init__(self, pool: Pool, slot: int, pid: int, reader: reporting.EventReader, command_fd: int,
-                 record: WorkerRecord):
-        self.pool = pool
-        self.slot = slot
-        self.pid = pid
-        self.reader = reader
-        self.command_fd = command_fd  # master -> worker: lost attempts per message
-        self.record = record  # shared memory: the running task, the totals
-        self.started_at = time.monotonic()
-        self.state = "starting"   # starting | connected | consuming | disconnected
-        self.retire_deadline = None  # set when asked to stop; it is not replaced
-        self.recycling = False
-        self.killed_for = None    # why the master SIGKILLed it, e.g. "time_limit"
-
-    @property
-    def name(self) -> str:
-        return f"{self.pool.config.name}[{self.slot}]"
-
-    @property
-    def busy_since(self):
-        """Monotonic time the running task started; None when idle."""
-        return self.record.read().busy_since
-
-    @property
-    def message_key(self):
-        return self.record.read().message_key
 
 
 class Master:
@@ -103,9 +65,8 @@ class Master:
         self.lost_queries = []  # (worker, key, time asked), answered after reaping
         self.signals = []
         self.stopping = False
-        self.stop_deadline = None
         self.fast_stop = False
-        self.exit_code = 0
+        self.config_error = None  # why every pool failed: run() raises it once stopped
         self.was_ready = False
         self.notifier = Notifier()
         self.last_watchdog = 0.0
@@ -122,7 +83,8 @@ class Master:
 
     # -- start and main loop --
 
-    def run(self) -> int:
+    def run(self) -> None:
+        """Run until stopped; raises errors.ConfigError when every pool had a configuration error."""
         setproctitle(f"wqd: master -c {self.config.path}")
         self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self._wakeup_w)
@@ -148,7 +110,8 @@ class Master:
         self.queue_monitor.close()
         if self.http:
             self.http.close()
-        return self.exit_code
+        if self.config_error:
+            raise errors.ConfigError(self.config_error)
 
     def _record_signal(self, signum, frame) -> None:
         """NO logging, no work: just queue the signal; the loop acts on it."""
@@ -156,17 +119,11 @@ class Master:
 
     def _wait(self) -> None:
         """Sleep until a signal, a worker report, an HTTP client or the next deadline."""
-        readers = {self._wakeup_r: None}
-        for proc in self.workers.values():
-            readers[proc.reader.fd] = proc
-        if self.http:
-            readers[self.http.fileno()] = self.http
-        if self.queue_monitor.fileno() is not None:
-            readers[self.queue_monitor.fileno()] = self.queue_monitor
+        now = time.monotonic()
         timeout = LOOP_TIMEOUT
-        starts = [when for pool in self.pools for when in pool.next_start.values()]
+        starts = [when for when in (pool.respawn.next_start(now) for pool in self.pools) if when is not None]
         if starts:
-            timeout = max(0.0, min(timeout, min(starts) - time.monotonic()))
+            timeout = max(0.0, min(timeout, min(starts) - now))
         if self.notifier.watchdog_interval:  # wake for the ping: a late one can cost a SIGABRT
             next_ping = self.last_watchdog + self.notifier.watchdog_interval
             timeout = max(0.0, min(timeout, next_ping - time.monotonic()))
@@ -174,20 +131,18 @@ class Master:
             timeout = min(timeout, LOST_QUERY_RECHECK)
         if self.signals:
             timeout = 0
-        try:
-            ready, _, _ = select.select(list(readers), [], [], timeout)
-        except InterruptedError:
-            ready = []
-        for fd in ready:
-            target = readers[fd]
-            if target is None:
-                _drain(self._wakeup_r)
-            elif target is self.http:
-                self.http.handle_one()
-            elif target is self.queue_monitor:
-                self.queue_monitor.read()
-            else:
-                self._read_reports(target)
+        # A selector made for this wait (epoll on Linux): no FD_SETSIZE ceiling
+        # on the number of workers, and nothing to keep in step as pipes come and go.
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._wakeup_r, selectors.EVENT_READ, lambda: _drain(self._wakeup_r))
+            for proc in self.workers.values():
+                selector.register(proc.reader.fd, selectors.EVENT_READ, lambda proc=proc: self._read_reports(proc))
+            if self.http:
+                selector.register(self.http.fileno(), selectors.EVENT_READ, self.http.handle_one)
+            if self.queue_monitor.fileno() is not None:
+                selector.register(self.queue_monitor.fileno(), selectors.EVENT_READ, self.queue_monitor.read)
+            for key, _ in selector.select(timeout):
+                key.data()
 
     def _manage(self) -> None:
         """One pass of the loop's duties, in order."""
@@ -197,9 +152,8 @@ class Master:
         self._answer_lost_queries()
         now = time.monotonic()
         for proc in list(self.workers.values()):
-            if proc.retire_deadline and now > proc.retire_deadline:
+            if proc.must_be_killed(now):
                 log.warning("Worker %s (pid %d) did not stop in time; killing it.", proc.name, proc.pid)
-                proc.retire_deadline = None
                 self._kill(proc, signal.SIGKILL)
         if self.stopping:
             return
@@ -208,7 +162,9 @@ class Master:
         self.queue_monitor.tick(now, self._close_master_fds)
         if self.pools and all(pool.failed for pool in self.pools):
             log.error("Every pool has a configuration error; stopping.")
-            self.exit_code = EXIT_CONFIG
+            # Each error names its pool: together, one paragraph for cli.py to show.
+            self.config_error = " ".join(["Every pool has a configuration error, so wqd stopped."]
+                                         + [pool.failed for pool in self.pools])
             self._begin_stop(graceful=True)
 
     # -- signals --
@@ -236,7 +192,6 @@ class Master:
             log.info("Graceful stop: workers finish their current task (up to %.0f s).", timeout)
             self.notifier.notify("STOPPING=1", "STATUS=Stopping: workers finish their current task")
             self.stopping = True
-            self.stop_deadline = time.monotonic() + timeout
             self.queue_monitor.stop()
             for proc in self.workers.values():
                 self._retire(proc, timeout)
@@ -246,7 +201,7 @@ class Master:
             self.stopping = self.fast_stop = True
             self.queue_monitor.stop()
             for proc in self.workers.values():
-                proc.retire_deadline = time.monotonic() + FAST_STOP_TIMEOUT
+                proc.retire(time.monotonic() + FAST_STOP_TIMEOUT)
                 self._kill(proc, signal.SIGQUIT)
 
     # -- reload --
@@ -302,10 +257,9 @@ class Master:
             if pool.failed:
                 continue
             active = {proc.slot: proc for proc in self.workers.values()
-                      if proc.pool is pool and proc.retire_deadline is None}
+                      if proc.pool is pool and not proc.retiring}
             for slot in range(1, pool.desired + 1):
-                if slot not in active and now >= pool.next_start.get(slot, 0):
-                    pool.next_start.pop(slot, None)
+                if slot not in active and pool.respawn.may_start(now, slot):
                     self._spawn(pool, slot)
             for slot, proc in active.items():
                 if slot > pool.desired:
@@ -328,13 +282,12 @@ class Master:
         os.close(command_read)
         os.set_blocking(read_fd, False)
         os.set_blocking(command_write, False)
-        proc = WorkerProcess(pool, slot, pid, reporting.EventReader(read_fd), command_write, record)
+        proc = WorkerProcess(pool, slot, pid, reporting.EventReader(read_fd), command_write, record, time.monotonic())
         self.workers[pid] = proc
         log.info("Worker %s spawned (pid %d).", proc.name, pid)
 
     def _close_master_fds(self) -> None:
         """In a new child: let go of what belongs to the master."""
-        signal.set_wakeup_fd(-1)
         self.notifier.close()
         os.close(self._wakeup_r)
         os.close(self._wakeup_w)
@@ -348,8 +301,8 @@ class Master:
 
     def _retire(self, proc: WorkerProcess, timeout: float) -> None:
         """Ask a worker to finish its task and exit; it is not replaced."""
-        if proc.retire_deadline is None:
-            proc.retire_deadline = time.monotonic() + timeout
+        if not proc.retiring:
+            proc.retire(time.monotonic() + timeout)
             self._kill(proc, signal.SIGTERM)
 
     def _kill(self, proc: WorkerProcess, signum: int) -> None:
@@ -362,10 +315,9 @@ class Master:
         for proc in self.workers.values():
             limit = proc.pool.config.time_limit
             busy_since = limit and proc.busy_since
-            if busy_since and now - busy_since > limit and not proc.killed_for:
+            if busy_since and now - busy_since > limit and proc.over_time_limit():
                 log.warning("Worker %s (pid %d) exceeded time_limit=%ss on task %s; killing it.",
                             proc.name, proc.pid, limit, proc.message_key)
-                proc.killed_for = "time_limit"
                 self._kill(proc, signal.SIGKILL)
 
     def _reap(self) -> None:
@@ -391,41 +343,29 @@ class Master:
     def _worker_exited(self, proc: WorkerProcess, status: int, final) -> None:
         """``final``: the last snapshot of the worker's record."""
         pool, now = proc.pool, time.monotonic()
-        how = _describe_status(status)
+        how = describe_status(status)
         if final.busy_since is not None:
             self.metrics.record_task(pool.config.name, "failed")
             self._count_lost_attempt(final.message_key)
-        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_CONFIG and pool.failed:
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == os.EX_CONFIG and pool.failed:
             log.error("Worker %s %s with a configuration error; pool %r is not restarted until a "
                       "reload fixes it.", proc.name, how, pool.config.name)
             return
-        if proc.retire_deadline is not None or pool not in self.pools:
+        reason = classify_exit(status, proc.state)
+        if reason is None:
             log.info("Worker %s (pid %d) %s.", proc.name, proc.pid, how)
             return
-        if proc.killed_for:
-            reason = proc.killed_for
-        elif proc.recycling and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
-            reason = "recycled"
-        elif os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
-            reason = "killed"  # by an operator, or the kernel's OOM killer
-        elif os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
-            reason = "killed"  # stopped cleanly on a TERM from outside wqd
-        else:
-            reason = "crashed"
         self.metrics.restarts.labels(pool.config.name, reason).inc()
-        hint = " Perhaps out of memory?" if reason == "killed" else ""
-        log_level = logging.INFO if reason == "recycled" else logging.WARNING
-        log.log(log_level, "Worker %s (pid %d) %s (%s); replacing it.%s", proc.name, proc.pid, how, reason, hint)
-        if reason != "recycled" and now - proc.started_at < EARLY_DEATH_SECONDS:
-            deaths = pool.early_deaths.get(proc.slot, 0) + 1
-            pool.early_deaths[proc.slot] = deaths
-            delay = exponential(deaths - 1, RESPAWN_BACKOFF_INITIAL, RESPAWN_BACKOFF_MAX)
-            if delay:
-                log.warning("Worker %s died %d times in a row within %.0f s of starting; next start in %.0f s.",
-                            proc.name, deaths, EARLY_DEATH_SECONDS, delay)
-                pool.next_start[proc.slot] = now + delay
-        else:
-            pool.early_deaths.pop(proc.slot, None)
+        if reason == RECYCLED:
+            log.info("Worker %s (pid %d) %s (%s); replacing it.", proc.name, proc.pid, how, reason)
+            pool.respawn.reset(proc.slot)  # a planned exit, however early, is no crash loop
+            return
+        hint = " Perhaps out of memory?" if reason == KILLED else ""
+        log.warning("Worker %s (pid %d) %s (%s); replacing it.%s", proc.name, proc.pid, how, reason, hint)
+        delay = pool.respawn.exited(now - proc.started_at, now, proc.slot)
+        if delay:
+            log.warning("Worker %s died %d times in a row within %.0f s of starting; next start in %.0f s.",
+                        proc.name, pool.respawn.early_deaths(proc.slot), EARLY_DEATH_SECONDS, delay)
 
     def _count_lost_attempt(self, key: str) -> None:
         """A worker died during this message: tell every worker, so the next
@@ -458,11 +398,11 @@ class Master:
         events, _ = proc.reader.read()
         for event, fields in events:
             if event in (reporting.CONNECTED, reporting.CONSUMING, reporting.DISCONNECTED):
-                proc.state = event
+                proc.reported(event)
             elif event == reporting.LOST_QUERY:
                 self.lost_queries.append((proc, fields["key"], time.monotonic()))
             elif event == reporting.RECYCLING:
-                proc.recycling = True
+                proc.recycling()
             elif event == reporting.FATAL:
                 proc.pool.failed = fields["error"]
 
@@ -475,14 +415,14 @@ class Master:
             "queue": pool.config.queue,
             "desired": pool.desired,
             "workers": len(procs),
-            "consuming": sum(p.state == reporting.CONSUMING for p in procs),
+            "consuming": sum(p.connection is Connection.CONSUMING for p in procs),
             "busy": sum(p.busy_since is not None for p in procs),
-            "connected": sum(p.state in (reporting.CONNECTED, reporting.CONSUMING) for p in procs),
+            "connected": sum(p.connection in (Connection.CONNECTED, Connection.CONSUMING) for p in procs),
             "failed": pool.failed,
         }
 
     def is_ready(self) -> bool:
-        return all(any(p.pool is pool and p.state == reporting.CONSUMING for p in self.workers.values())
+        return all(any(p.pool is pool and p.connection is Connection.CONSUMING for p in self.workers.values())
                    for pool in self.pools) and not self.stopping
 
     def _live_records(self):
@@ -550,15 +490,9 @@ class Master:
 
 def _worker_status(proc: WorkerProcess, now: float) -> dict:
     busy_since = proc.busy_since
-    return {"pid": proc.pid, "name": proc.name, "state": proc.state, "busy": busy_since is not None,
+    return {"pid": proc.pid, "name": proc.name, "state": proc.connection.value, "busy": busy_since is not None,
             "task_age": round(now - busy_since, 3) if busy_since else None,
-            "stopping": proc.retire_deadline is not None}
-
-
-def _describe_status(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        return f"was killed by {signal.Signals(os.WTERMSIG(status)).name}"
-    return f"exited with code {os.WEXITSTATUS(status)}"
+            "stopping": proc.retiring}
 
 
 def _drain(fd: int) -> None:

@@ -12,7 +12,6 @@ as gauges. Counts that are not fresh (the broker is unreachable, the poll
 hangs) are dropped, not shown as current: an absent series means "unknown".
 """
 
-import ctypes
 import logging
 import os
 import signal
@@ -24,6 +23,7 @@ from setproctitle import setproctitle
 
 from wqd import amqp, children, logs, reporting
 from wqd.backoff import exponential
+from wqd.supervision import RespawnBackoff, describe_status
 
 log = logging.getLogger("wqd.queue_monitor")
 
@@ -35,12 +35,9 @@ STALE_AFTER = 3 * POLL_INTERVAL
 MONITOR_HEARTBEAT = 10
 RECONNECT_INITIAL = 1.0
 RECONNECT_MAX = 30.0
-# A monitor that exits is restarted after a growing delay; one that ran this
-# long before exiting starts the count again.
-RESPAWN_INITIAL = 1.0
-RESPAWN_MAX = 60.0
+# A monitor that exits sooner than this after its start is restarted after a
+# growing delay (1, 2, 4 ... s); one that ran this long is restarted at once.
 STABLE_SECONDS = 60.0
-PR_SET_PDEATHSIG = 1
 
 # Events the child sends.
 POLLED = "polled"            # counts: [[pool, queue, kind, messages, consumers], ...]; kind = queue|dead_letter
@@ -76,8 +73,7 @@ class QueueMonitor:
         self._started_at = 0.0
         self._counts = []
         self._polled_at = None  # monotonic time of the last complete poll
-        self._exits = 0         # consecutive early exits, for the respawn backoff
-        self._next_start = 0.0
+        self._respawn = RespawnBackoff(STABLE_SECONDS)
         self._replacing = False  # asked to exit for a reload: not a failure
         self._stopped = False
 
@@ -86,7 +82,7 @@ class QueueMonitor:
     def tick(self, now: float, close_inherited) -> None:
         """Start the child when there is none. ``close_inherited()`` runs in the
         new child to close what it inherited from the master."""
-        if self.pid is None and not self._stopped and now >= self._next_start:
+        if self.pid is None and not self._stopped and self._respawn.may_start(now):
             self._spawn(close_inherited)
 
     def fileno(self):
@@ -124,12 +120,8 @@ class QueueMonitor:
             self._replacing = False
             return
         now = time.monotonic()
-        if now - self._started_at >= STABLE_SECONDS:
-            self._exits = 0
-        self._exits += 1
-        delay = exponential(self._exits, RESPAWN_INITIAL, RESPAWN_MAX)
-        self._next_start = now + delay
-        log.warning("Queue monitor (pid %d) %s; restarting it in %.0f s.", pid, _describe(status), delay)
+        delay = self._respawn.exited(now - self._started_at, now)
+        log.warning("Queue monitor (pid %d) %s; restarting it in %.0f s.", pid, describe_status(status), delay)
 
     def configure(self, broker, pools) -> None:
         """After a reload: a new broker or other queues mean a new child."""
@@ -141,7 +133,7 @@ class QueueMonitor:
         if self.pid is not None:
             self._replacing = True  # reaped as usual, then started again at once
             self._signal(signal.SIGTERM)
-        self._exits, self._next_start = 0, 0.0
+        self._respawn.reset()
 
     def stop(self) -> None:
         """The master stops: end the child, do not start another."""
@@ -229,7 +221,6 @@ class QueueMonitor:
 def _run(broker, targets, report_fd: int, interval: float) -> int:
     setproctitle("wqd: queue monitor")
     logs.set_process_name("queue monitor")
-    _reset_signals()
     reporter = reporting.Reporter(report_fd)
     failures = 0
     url_index = 0
@@ -284,22 +275,3 @@ def _poll(connection, targets) -> list:
         counts.append([pool, queue, kind, declared.method.message_count, declared.method.consumer_count])
     channel.close()
     return counts
-
-
-def _reset_signals() -> None:
-    """Start from sane signal dispositions, not the master's recording handlers."""
-    for signum in (signal.SIGTERM, signal.SIGQUIT, signal.SIGCHLD):
-        signal.signal(signum, signal.SIG_DFL)
-    # Ctrl-C and job-control signals to the process group are the master's business.
-    for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
-        signal.signal(signum, signal.SIG_IGN)
-    try:  # Linux: die with the master, even when it is SIGKILLed
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass  # elsewhere the closed pipe ends the child at its next report
-
-
-def _describe(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        return f"was killed by {signal.Signals(os.WTERMSIG(status)).name}"
-    return f"exited with code {os.WEXITSTATUS(status)}"

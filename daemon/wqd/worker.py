@@ -8,7 +8,6 @@ long; a thread reads the master's pipe. TERM makes the consumer stop
 gracefully; QUIT exits at once.
 """
 
-import ctypes
 import logging
 import os
 import signal
@@ -21,11 +20,8 @@ from wqd.consumer import Consumer
 
 log = logging.getLogger("wqd.worker")
 
-PR_SET_PDEATHSIG = 1
 # How often the main thread checks that the master is still its parent.
 PARENT_CHECK_INTERVAL = 1.0
-# Signals the master may have set handlers for; a worker starts from the defaults.
-MASTER_SIGNALS = (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD)
 # The consumer thread sends this to the main thread when it is done, ending the wait at once.
 IO_THREAD_DONE = signal.SIGUSR1
 WAITED_SIGNALS = {signal.SIGTERM, signal.SIGQUIT, IO_THREAD_DONE}
@@ -37,10 +33,10 @@ def run(pool, broker, handler, slot: int, report_fd: int, command_fd: int, recor
     name = f"{pool.name}[{slot}]"
     setproctitle(f"wqd: worker {name}")
     logs.set_process_name(f"worker {name}")
-    _reset_signals()
-    _die_with_parent()
-    if os.getppid() != master_pid:  # the master died before prctl took effect
-        return 0
+    # children.fork() reset the master's signal handlers and asked for SIGTERM
+    # when the master dies. Blocked before any thread starts, so every thread
+    # inherits the mask and only sigtimedwait in the main thread takes these.
+    signal.pthread_sigmask(signal.SIG_BLOCK, WAITED_SIGNALS)
 
     lost = reporting.LostAttempts(command_fd, lost_attempts)
     consumer = Consumer(pool, broker, handler, name, slot, reporting.Reporter(report_fd), record, lost)
@@ -67,25 +63,3 @@ def run(pool, broker, handler, slot: int, report_fd: int, command_fd: int, recor
             consumer.request_stop("the master process died")
     consumer_thread.join()
     return exit_code[0] if exit_code else 1
-
-
-def _reset_signals() -> None:
-    signal.set_wakeup_fd(-1)
-    for signum in MASTER_SIGNALS:
-        signal.signal(signum, signal.SIG_DFL)
-    # Ctrl-C in a terminal reaches the whole process group; the master decides.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    for signum in WAITED_SIGNALS:
-        signal.signal(signum, signal.SIG_DFL)
-    # Blocked before any thread starts, so every thread inherits the mask and
-    # only sigtimedwait in the main thread ever takes these signals.
-    signal.pthread_sigmask(signal.SIG_BLOCK, WAITED_SIGNALS)
-
-
-def _die_with_parent() -> None:
-    """Ask Linux to send SIGTERM when the master dies (even by SIGKILL)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass  # not Linux: the parent check in the main loop covers it

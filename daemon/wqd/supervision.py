@@ -1,0 +1,196 @@
+"""Supervision: the master's handle on each worker, its pools, and the restart policy.
+
+A worker's life as the master sees it has two sides that change independently:
+its ``State`` (what the master expects of it: run, recycle, die of its
+time_limit, retire) and its ``Connection`` (what it last reported about the
+broker). ``wqd status`` shows both, e.g. "busy, stopping". When a worker
+exits, ``classify_exit`` names the restart from its wait status and its state,
+and ``RespawnBackoff`` delays the slot's next start if it keeps dying early.
+Nothing here makes a system call: the master does the forking and killing.
+"""
+
+import enum
+import os
+import signal
+from typing import Optional
+
+from wqd.backoff import exponential
+
+# A worker that dies sooner than this after its start died "early"; a slot that
+# keeps dying early is restarted with a growing delay instead of at once.
+EARLY_DEATH_SECONDS = 5.0
+RESPAWN_BACKOFF_INITIAL = 1.0
+RESPAWN_BACKOFF_MAX = 60.0
+
+# Restart reasons (the label of wqd_worker_restarts_total).
+CRASHED = "crashed"        # exited with an error, or killed by a signal other than SIGKILL
+KILLED = "killed"          # SIGKILL from outside (an operator, the OOM killer), or a clean exit on a TERM from outside
+TIME_LIMIT = "time_limit"  # the master SIGKILLed it: its task ran longer than time_limit
+RECYCLED = "recycled"      # exited 0 after max_tasks_per_child or max_memory_per_child
+
+
+class State(enum.Enum):
+    """What the master expects of a worker; it decides what its exit means."""
+
+    RUNNING = "running"      # working (or trying to reach the broker): replaced if it exits
+    RECYCLING = "recycling"  # said it exits after its task (max_tasks/max_memory): replaced
+    TIMED_OUT = "timed_out"  # SIGKILLed by the master over its time_limit: replaced
+    RETIRING = "retiring"    # asked to stop (TERM, or QUIT in a fast stop): not replaced
+
+
+class Connection(enum.Enum):
+    """What the worker last reported about its broker connection."""
+
+    STARTING = "starting"          # forked; not connected yet
+    CONNECTED = "connected"        # connected, its queue declared; not consuming yet
+    CONSUMING = "consuming"
+    DISCONNECTED = "disconnected"  # lost or refused; the worker reconnects by itself
+
+
+class RespawnBackoff:
+    """When a slot may start again after its process exited.
+
+    An exit within ``healthy_after`` seconds of the start is an early death.
+    The first ``immediate`` early deaths in a row are restarted at once (one
+    crash is not yet a crash loop); each further one doubles the delay from
+    ``initial`` up to ``maximum``. An exit after a healthy run resets the slot.
+    A process that has no slots (the queue monitor) uses the default slot.
+    """
+
+    def __init__(self, healthy_after: float, initial: float = RESPAWN_BACKOFF_INITIAL,
+                 maximum: float = RESPAWN_BACKOFF_MAX, immediate: int = 0):
+        self.healthy_after = healthy_after
+        self.initial = initial
+        self.maximum = maximum
+        self.immediate = immediate
+        self._early_deaths = {}  # slot -> consecutive early deaths
+        self._not_before = {}    # slot -> monotonic time before which it must not start
+
+    def exited(self, ran_for: float, now: float, slot=0) -> float:
+        """Count an exit after ``ran_for`` seconds; return the delay before the next start."""
+        if ran_for >= self.healthy_after:
+            self.reset(slot)
+            return 0.0
+        deaths = self._early_deaths.get(slot, 0) + 1
+        self._early_deaths[slot] = deaths
+        delay = exponential(deaths - self.immediate, self.initial, self.maximum)
+        if delay:
+            self._not_before[slot] = now + delay
+        return delay
+
+    def reset(self, slot=0) -> None:
+        """A planned exit (recycling) or a healthy run: the slot starts afresh."""
+        self._early_deaths.pop(slot, None)
+        self._not_before.pop(slot, None)
+
+    def early_deaths(self, slot=0) -> int:
+        return self._early_deaths.get(slot, 0)
+
+    def may_start(self, now: float, slot=0) -> bool:
+        return now >= self._not_before.get(slot, 0.0)
+
+    def next_start(self, now: float) -> Optional[float]:
+        """The earliest start still ahead, for the loop's timeout; None when none is."""
+        return min((when for when in self._not_before.values() if when > now), default=None)
+
+
+def classify_exit(status: int, state: State) -> Optional[str]:
+    """The restart reason for a worker that exited with wait ``status`` in
+    ``state``; None when its exit was expected and it is not replaced."""
+    if state is State.RETIRING:
+        return None
+    if state is State.TIMED_OUT:
+        return TIME_LIMIT
+    if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+        # A worker exits 0 on its own only to recycle; otherwise a TERM from outside wqd stopped it.
+        return RECYCLED if state is State.RECYCLING else KILLED
+    if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
+        return KILLED  # by an operator, or the kernel's OOM killer
+    return CRASHED
+
+
+def describe_status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"was killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exited with code {os.WEXITSTATUS(status)}"
+
+
+class Pool:
+    """A pool's running state; replaced (not mutated) when its settings change."""
+
+    def __init__(self, config, handler):
+        self.config = config
+        self.handler = handler
+        self.desired = config.workers
+        self.respawn = RespawnBackoff(EARLY_DEATH_SECONDS, immediate=1)
+        self.failed = None  # a configuration error reported by a worker: not restarted
+
+
+class WorkerProcess:
+    """The master's handle on one worker: what it knows, never the process itself."""
+
+    def __init__(self, pool: Pool, slot: int, pid: int, reader, command_fd: int, record, started_at: float):
+        self.pool = pool
+        self.slot = slot
+        self.pid = pid
+        self.reader = reader  # worker -> master: events (reporting.EventReader)
+        self.command_fd = command_fd  # master -> worker: lost attempts per message
+        self.record = record  # shared memory: the running task, the totals (WorkerRecord)
+        self.started_at = started_at
+        self.state = State.RUNNING
+        self.connection = Connection.STARTING
+        self.kill_at = None  # RETIRING: when it gets SIGKILL; None once it got it
+
+    @property
+    def name(self) -> str:
+        return f"{self.pool.config.name}[{self.slot}]"
+
+    @property
+    def busy_since(self):
+        """Monotonic time the running task started; None when idle."""
+        return self.record.read().busy_since
+
+    @property
+    def message_key(self):
+        return self.record.read().message_key
+
+    @property
+    def retiring(self) -> bool:
+        return self.state is State.RETIRING
+
+    def reported(self, event: str) -> None:
+        """A connection event from the worker (reporting.CONNECTED, ...)."""
+        # STARTING/CONNECTED/CONSUMING/DISCONNECTED -> CONNECTED/CONSUMING/DISCONNECTED, in any State
+        self.connection = Connection(event)
+
+    def recycling(self) -> None:
+        """The worker said it exits after its task, to be replaced."""
+        if self.state is State.RUNNING:
+            # RUNNING -> RECYCLING (a worker already retiring or timed out keeps that fate)
+            self.state = State.RECYCLING
+
+    def retire(self, kill_at: float) -> None:
+        """The master asked it to stop (the caller signals it); it is not replaced."""
+        # RUNNING/RECYCLING/TIMED_OUT -> RETIRING; RETIRING -> RETIRING with a new deadline (a fast stop)
+        self.state = State.RETIRING
+        self.kill_at = kill_at
+
+    def must_be_killed(self, now: float) -> bool:
+        """True once, when a retiring worker is past its deadline."""
+        if self.kill_at is not None and now > self.kill_at:
+            self.kill_at = None  # RETIRING -> RETIRING, SIGKILLed: still not replaced
+            return True
+        return False
+
+    def over_time_limit(self) -> bool:
+        """Its task ran past time_limit; True when the master must SIGKILL it now
+        (False when it already did)."""
+        if self.state is State.TIMED_OUT:
+            return False
+        if self.state is State.RETIRING:
+            if self.kill_at is None:
+                return False
+            self.kill_at = None  # RETIRING -> RETIRING, SIGKILLed: still not replaced
+            return True
+        self.state = State.TIMED_OUT  # RUNNING/RECYCLING -> TIMED_OUT
+        return True

@@ -22,6 +22,7 @@ import pika.exceptions
 
 from wqd import amqp, backoff, reporting, retry
 from wqd.connection_keeper import ConnectionKeeper
+from wqd.errors import ConfigError
 from wqd.message import ATTEMPT_HEADER, LOST_HEADER, Message, Reject
 
 log = logging.getLogger("wqd.worker")
@@ -45,7 +46,7 @@ class WorkerLost(Exception):
     """An attempt that ended with its worker, not with the handler's return or raise."""
 
 
-class QueueMismatch(Exception):
+class QueueMismatch(ConfigError):
     """The queue exists with other arguments: a configuration error, not a crash."""
 
 
@@ -63,14 +64,14 @@ class Task:
 
 
 class Consumer:
-    def __init__(self, pool, broker, handler, worker_name, slot: int, reporter: reporting.Reporter,
-                 record, lost_attempts: reporting.LostAttempts):
-        self.pool = pool
-        self.broker = broker
-        self.handler = handler
-        self.worker_name = worker_name
+    def __init__(self, context, reporter: reporting.Reporter, lost_attempts: reporting.LostAttempts):
+        """``context``: the worker's WorkerContext (worker.py)."""
+        self.pool = context.pool
+        self.broker = context.broker
+        self.handler = context.handler
+        self.worker_name = context.name
         self.reporter = reporter
-        self.record = record  # the worker's shared-memory record, read by the master
+        self.record = context.record  # the worker's shared-memory record, read by the master
         self.lost_attempts = lost_attempts  # message key -> attempts lost with their worker
         self.keeper = ConnectionKeeper()
         self._stop_reason = None
@@ -80,7 +81,7 @@ class Consumer:
         self._consumer_tag = None
         # Workers spread over the broker URLs (cluster nodes) by slot, and
         # move on to the next URL when a connection fails.
-        self._url_index = (slot - 1) % len(broker.urls)
+        self._url_index = (context.slot - 1) % len(self.broker.urls)
         self._deliveries = collections.deque()  # received, not started (more than one at prefetch > 1)
         self._held = set()  # failed tasks whose republish the broker refused, to be tried again
         self._tasks_done = 0
@@ -103,18 +104,14 @@ class Consumer:
 
     # -- consumer thread; it holds the connection's lock except while a handler runs --
 
-    def run(self) -> int:
-        """Consume until asked to stop; return the worker's exit code."""
+    def run(self) -> None:
+        """Consume until asked to stop. Raises QueueMismatch (a ConfigError)."""
         self.keeper.lock.acquire()
         self.keeper.start()
         while self._stop_reason is None:
             try:
                 self._open()
                 self._serve()
-            except QueueMismatch as exc:
-                log.error("%s", exc)
-                self.reporter.send(reporting.FATAL, error=str(exc))
-                return 78
             except RECOVERABLE as exc:
                 self._failures += 1
                 delay = backoff.exponential(self._failures, RECONNECT_INITIAL, RECONNECT_MAX, jitter=0.5)
@@ -126,7 +123,6 @@ class Consumer:
                 self._wake.wait(delay)
                 self._wake.clear()
         self._discard_connection()
-        return 0
 
     def _open(self) -> None:
         self.keeper.connection = amqp.connect(

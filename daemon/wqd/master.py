@@ -320,8 +320,10 @@ class Master:
             os.close(read_fd)
             os.close(command_write)
             self._close_master_fds()
-            return worker.run(pool.config, self.config.broker, pool.handler, slot, write_fd,
-                              command_read, record, self.lost_attempts, self.pid)
+            return worker.run(worker.WorkerContext(
+                pool=pool.config, broker=self.config.broker, handler=pool.handler, slot=slot,
+                report_fd=write_fd, command_fd=command_read, record=record,
+                lost_attempts=self.lost_attempts, master_pid=self.pid))
 
         pid = children.fork(child_main, f"Worker {pool.config.name}[{slot}]")
         os.close(write_fd)

@@ -45,7 +45,7 @@ class WorkerContext:
     handler: Callable
     slot: int  # 1..workers within the pool; a replacement takes its predecessor's slot
     report_fd: int  # worker -> master: events (reporting.py)
-    command_fd: int  # master -> worker: attempts lost with a worker
+    command_fd: int  # master -> worker: attempts lost with a worker (lost_attempts.py)
     record: WorkerRecord  # shared memory: the running task, the totals
     lost_attempts: dict  # the master's counts of lost attempts at the fork
     master_pid: int
@@ -66,8 +66,7 @@ def run(context: WorkerContext) -> int:
         return 0
 
     reporter = reporting.Reporter(context.report_fd)
-    lost = reporting.LostAttempts(context.command_fd, context.lost_attempts)
-    consumer = Consumer(context, reporter, lost)
+    consumer = Consumer(context, reporter)
     exit_code = []
     main_thread = threading.main_thread().ident
 

@@ -4,7 +4,7 @@ import os
 import signal
 import time
 
-from wqd.metrics import DURATION_BUCKETS
+from wqd.task_stats import DURATION_BUCKETS, Outcome
 from wqd.worker_record import KEY_BYTES, WorkerRecord
 
 
@@ -20,8 +20,8 @@ def _in_child(work) -> int:
 
 def test_the_master_reads_what_the_forked_worker_wrote():
     record = WorkerRecord()
-    pid = _in_child(lambda: (record.task_started("m-1"), record.task_finished("succeeded", 0.003),
-                             record.redelivered(), record.task_finished("dead_lettered"),
+    pid = _in_child(lambda: (record.task_started("m-1"), record.task_finished(Outcome.SUCCEEDED, 0.003),
+                             record.redelivered(), record.task_finished(Outcome.DEAD_LETTERED),
                              record.task_started("m-2")))
     os.waitpid(pid, 0)
     seen = record.read()
@@ -39,7 +39,7 @@ def test_an_idle_record_has_no_task_and_a_long_key_is_cut_to_its_field():
     assert record.read().busy_since is None and record.read().message_key is None
     record.task_started("k" * (KEY_BYTES + 50))
     assert record.read().message_key == "k" * KEY_BYTES
-    record.task_finished("failed", 4000.0)
+    record.task_finished(Outcome.FAILED, 4000.0)
     assert record.read().message_key is None
     assert record.read().duration_buckets[len(DURATION_BUCKETS)] == 1  # +Inf
     record.close()
@@ -61,7 +61,7 @@ def test_reads_are_never_torn_by_a_busy_writer_nor_by_one_stopped_mid_write():
         n = 0
         while True:
             record.task_started(f"task-{n}")
-            record.task_finished("succeeded" if n % 3 else "retried", durations[n % 4])
+            record.task_finished(Outcome.SUCCEEDED if n % 3 else Outcome.RETRIED, durations[n % 4])
             n += 1
 
     pid = _in_child(write_forever)

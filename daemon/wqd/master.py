@@ -15,7 +15,7 @@ import time
 
 from setproctitle import setproctitle
 
-from wqd import children, errors, logs, reporting, worker
+from wqd import children, errors, logs, lost_attempts, reporting, worker
 from wqd import config as config_module
 from wqd import handlers as handlers_module
 from wqd.http_endpoint import HTTPEndpoint
@@ -32,6 +32,7 @@ from wqd.supervision import (
     describe_status,
 )
 from wqd.systemd import Notifier
+from wqd.task_stats import Outcome
 from wqd.worker_record import WorkerRecord
 
 log = logging.getLogger("wqd.master")
@@ -44,12 +45,6 @@ FAST_STOP_TIMEOUT = 2.0
 # more time (EXTEND_TIMEOUT_USEC), so a graceful_timeout longer than the unit's
 # TimeoutStopSec is honoured, and a master that hangs is still killed.
 STOP_EXTEND_SECONDS = 10.0
-# Messages whose lost attempts the master remembers (the oldest are forgotten).
-LOST_ATTEMPTS_CAP = 10_000
-# How long a worker's "lost attempts?" answer may wait for the reaping of a
-# worker that still shows the same message busy (it is below the worker's wait).
-LOST_QUERY_HOLD = 0.5
-LOST_QUERY_RECHECK = 0.05
 
 HANDLED_SIGNALS = ("HUP", "INT", "QUIT", "TERM", "TTIN", "TTOU", "CHLD")
 
@@ -59,10 +54,9 @@ class Master:
         self.config = config
         self.pools = [Pool(pool, handlers[pool.name]) for pool in config.pools]
         self.workers = {}  # pid -> WorkerProcess
-        # Message key -> attempts that ended with their worker (classic queues
-        # have no delivery counter); oldest entries are dropped past the cap.
-        self.lost_attempts = {}
-        self.lost_queries = []  # (worker, key, time asked), answered after reaping
+        # Attempts that ended with their worker, per message (classic queues
+        # have no delivery counter), and the workers' queries about them.
+        self.lost_attempts = lost_attempts.MasterLedger()
         self.signals = []
         self.stopping = False
         self.fast_stop = False
@@ -127,8 +121,8 @@ class Master:
         if self.notifier.watchdog_interval:  # wake for the ping: a late one can cost a SIGABRT
             next_ping = self.last_watchdog + self.notifier.watchdog_interval
             timeout = max(0.0, min(timeout, next_ping - time.monotonic()))
-        if self.lost_queries:  # held answers: look again soon
-            timeout = min(timeout, LOST_QUERY_RECHECK)
+        if self.lost_attempts.queries_waiting:  # held answers: look again soon
+            timeout = min(timeout, lost_attempts.QUERY_RECHECK)
         if self.signals:
             timeout = 0
         # A selector made for this wait (epoll on Linux): no FD_SETSIZE ceiling
@@ -274,8 +268,10 @@ class Master:
             os.close(read_fd)
             os.close(command_write)
             self._close_master_fds()
-            return worker.run(pool.config, self.config.broker, pool.handler, slot, write_fd,
-                              command_read, record, self.lost_attempts, self.pid)
+            return worker.run(worker.WorkerContext(
+                pool=pool.config, broker=self.config.broker, handler=pool.handler, slot=slot,
+                report_fd=write_fd, command_fd=command_read, record=record,
+                lost_attempts=self.lost_attempts.counts(), master_pid=self.pid))
 
         pid = children.fork(child_main, f"Worker {pool.config.name}[{slot}]")
         os.close(write_fd)
@@ -345,7 +341,7 @@ class Master:
         pool, now = proc.pool, time.monotonic()
         how = describe_status(status)
         if final.busy_since is not None:
-            self.metrics.record_task(pool.config.name, "failed")
+            self.metrics.record_task(pool.config.name, Outcome.FAILED)
             self._count_lost_attempt(final.message_key)
         if os.WIFEXITED(status) and os.WEXITSTATUS(status) == os.EX_CONFIG and pool.failed:
             log.error("Worker %s %s with a configuration error; pool %r is not restarted until a "
@@ -368,29 +364,10 @@ class Master:
                         proc.name, pool.respawn.early_deaths(proc.slot), EARLY_DEATH_SECONDS, delay)
 
     def _count_lost_attempt(self, key: str) -> None:
-        """A worker died during this message: tell every worker, so the next
-        delivery knows its attempt number (and a poison message its end)."""
-        count = self.lost_attempts.pop(key, 0) + 1
-        self.lost_attempts[key] = count  # re-inserted: dicts keep insertion order
-        while len(self.lost_attempts) > LOST_ATTEMPTS_CAP:
-            del self.lost_attempts[next(iter(self.lost_attempts))]
-        for proc in self.workers.values():
-            reporting.send_lost_attempts(proc.command_fd, key, count)
+        self.lost_attempts.count_lost(key, self.workers.values())
 
     def _answer_lost_queries(self) -> None:
-        """Answer after reaping; and while another worker still shows the key
-        busy, wait (briefly) for it to be reaped: the kernel closes a killed
-        worker's socket, and the broker redelivers, before its parent can reap it."""
-        now, held = time.monotonic(), []
-        for proc, key, asked in self.lost_queries:
-            if proc.pid not in self.workers:
-                continue
-            dying = any(other is not proc and other.message_key == key for other in self.workers.values())
-            if dying and now - asked < LOST_QUERY_HOLD:
-                held.append((proc, key, asked))
-            else:
-                reporting.send_lost_attempts(proc.command_fd, key, self.lost_attempts.get(key, 0))
-        self.lost_queries = held
+        self.lost_attempts.answer_queries(self.workers.values(), time.monotonic())
 
     # -- reports from workers --
 
@@ -399,8 +376,8 @@ class Master:
         for event, fields in events:
             if event in (reporting.CONNECTED, reporting.CONSUMING, reporting.DISCONNECTED):
                 proc.reported(event)
-            elif event == reporting.LOST_QUERY:
-                self.lost_queries.append((proc, fields["key"], time.monotonic()))
+            elif event == lost_attempts.QUERY:
+                self.lost_attempts.query(proc, fields["key"], time.monotonic())
             elif event == reporting.RECYCLING:
                 proc.recycling()
             elif event == reporting.FATAL:

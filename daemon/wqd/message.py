@@ -3,9 +3,6 @@
 import json as _json
 from typing import Any
 
-ATTEMPT_HEADER = "x-wqd-attempt"  # set on retried copies: the attempt they will be
-LOST_HEADER = "x-wqd-lost"  # worker deaths already counted in ATTEMPT_HEADER
-
 
 class Reject(Exception):
     """Raise from a handler to dead-letter the message at once, without retries."""

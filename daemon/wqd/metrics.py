@@ -12,19 +12,18 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
-OUTCOMES = ("succeeded", "failed", "retried", "dead_lettered")
+from wqd.task_stats import DURATION_BUCKETS, Outcome
+
 RESTART_REASONS = ("crashed", "killed", "time_limit", "recycled")
 # The *_created series double every counter and no dashboard of ours reads them.
 prometheus_client.disable_created_metrics()
-
-DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 
 
 class TaskTotals:
     """One pool's task counts, summed over worker records (or their snapshots)."""
 
     def __init__(self):
-        self.outcomes = dict.fromkeys(OUTCOMES, 0)
+        self.outcomes = dict.fromkeys(Outcome, 0)
         self.redelivered = 0
         self.duration_sum = 0.0
         self.duration_buckets = [0] * (len(DURATION_BUCKETS) + 1)
@@ -59,7 +58,7 @@ class Metrics:
         """Keep a reaped worker's totals (``final``: its record's last snapshot)."""
         self._gone[pool].add(final)
 
-    def record_task(self, pool: str, outcome: str) -> None:
+    def record_task(self, pool: str, outcome: Outcome) -> None:
         """A task the master saw end: its worker died running it."""
         self._gone[pool].outcomes[outcome] += 1
 
@@ -95,7 +94,7 @@ class _TaskCollector:
         bounds = [floatToGoString(bound) for bound in DURATION_BUCKETS] + ["+Inf"]
         for pool, totals in self._metrics.task_totals().items():
             for outcome, count in totals.outcomes.items():
-                tasks.add_metric([pool, outcome], count)
+                tasks.add_metric([pool, outcome.value], count)
             redelivered.add_metric([pool], totals.redelivered)
             cumulative, buckets = 0, []
             for bound, count in zip(bounds, totals.duration_buckets):

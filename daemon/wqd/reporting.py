@@ -1,5 +1,5 @@
-"""Worker-to-master events over a pipe: one JSON array per line; and the
-master's one message the other way: attempts lost with a worker, per message.
+"""Worker-to-master events over a pipe: one JSON array per line. (The other
+way, the master sends only counts of attempts lost with a worker: lost_attempts.py.)
 
 Only rare events go through the pipe; what changes with every task (the task
 running, the counts) is in the worker's shared-memory record (worker_record.py).
@@ -11,13 +11,11 @@ less than PIPE_BUF bytes to a pipe is atomic, so threads may share the fd.
 
 import json
 import os
-import threading
 
-# Events a worker sends, each with its fields:
+# Events a worker sends, each with its fields (and lost_attempts.QUERY, with key):
 CONNECTED = "connected"        # -
 DISCONNECTED = "disconnected"  # reason
 CONSUMING = "consuming"        # -
-LOST_QUERY = "lost?"           # key: how many attempts of this message died with a worker?
 RECYCLING = "recycling"        # reason
 FATAL = "fatal"                # error: a configuration problem; do not restart
 
@@ -66,44 +64,3 @@ class EventReader:
                 continue
             events.append((event, fields))
         return events, eof
-
-
-def send_lost_attempts(fd: int, key: str, count: int) -> None:
-    """Master side, non-blocking: a worker too wedged to read misses the update."""
-    try:
-        os.write(fd, json.dumps([key, count]).encode() + b"\n")
-    except (BlockingIOError, BrokenPipeError):
-        pass
-
-
-class LostAttempts:
-    """Worker side: the master's counts of attempts lost with a worker, per
-    message key, kept current by a thread that reads the master's pipe."""
-
-    def __init__(self, fd: int, known: dict):
-        self._counts = dict(known)
-        self._answered = set()
-        self._changed = threading.Condition()
-        threading.Thread(target=self._follow, args=(fd,), name="master-link", daemon=True).start()
-
-    def _follow(self, fd: int) -> None:
-        with os.fdopen(fd, "rb") as stream:
-            for line in stream:
-                key, count = json.loads(line)
-                with self._changed:
-                    self._counts[key] = count
-                    self._answered.add(key)
-                    self._changed.notify_all()
-
-    def get(self, key: str) -> int:
-        return self._counts.get(key, 0)
-
-    def ask(self, key: str, reporter: Reporter, timeout: float) -> int:
-        """Ask the master (which answers after reaping every dead worker), so a
-        redelivery that races the master's news of a death is still counted."""
-        with self._changed:
-            self._answered.discard(key)
-            if reporter.send(LOST_QUERY, key=key):
-                self._changed.wait_for(lambda: key in self._answered, timeout)
-            self._answered.discard(key)
-            return self._counts.get(key, 0)

@@ -8,15 +8,20 @@ long; a thread reads the master's pipe. TERM makes the consumer stop
 gracefully; QUIT exits at once.
 """
 
+import dataclasses
 import logging
 import os
 import signal
 import threading
+from typing import Callable
 
 from setproctitle import setproctitle
 
 from wqd import logs, reporting
+from wqd.config import BrokerConfig, PoolConfig
 from wqd.consumer import Consumer
+from wqd.errors import ConfigError
+from wqd.worker_record import WorkerRecord
 
 log = logging.getLogger("wqd.worker")
 
@@ -27,10 +32,28 @@ IO_THREAD_DONE = signal.SIGUSR1
 WAITED_SIGNALS = {signal.SIGTERM, signal.SIGQUIT, IO_THREAD_DONE}
 
 
-def run(pool, broker, handler, slot: int, report_fd: int, command_fd: int, record, lost_attempts: dict,
-        master_pid: int) -> int:
+@dataclasses.dataclass(frozen=True)
+class WorkerContext:
+    """What the master hands a worker at its fork."""
+
+    pool: PoolConfig
+    broker: BrokerConfig
+    handler: Callable
+    slot: int  # 1..workers within the pool; a replacement takes its predecessor's slot
+    report_fd: int  # worker -> master: events (reporting.py)
+    command_fd: int  # master -> worker: attempts lost with a worker (lost_attempts.py)
+    record: WorkerRecord  # shared memory: the running task, the totals
+    lost_attempts: dict  # the master's counts of lost attempts at the fork
+    master_pid: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.pool.name}[{self.slot}]"
+
+
+def run(context: WorkerContext) -> int:
     """Run the worker; return its exit code (the caller os._exit()s with it)."""
-    name = f"{pool.name}[{slot}]"
+    name = context.name
     setproctitle(f"wqd: worker {name}")
     logs.set_process_name(f"worker {name}")
     # children.fork() reset the master's signal handlers and asked for SIGTERM
@@ -38,14 +61,19 @@ def run(pool, broker, handler, slot: int, report_fd: int, command_fd: int, recor
     # inherits the mask and only sigtimedwait in the main thread takes these.
     signal.pthread_sigmask(signal.SIG_BLOCK, WAITED_SIGNALS)
 
-    lost = reporting.LostAttempts(command_fd, lost_attempts)
-    consumer = Consumer(pool, broker, handler, name, slot, reporting.Reporter(report_fd), record, lost)
+    reporter = reporting.Reporter(context.report_fd)
+    consumer = Consumer(context, reporter)
     exit_code = []
     main_thread = threading.main_thread().ident
 
     def consume() -> None:
         try:
-            exit_code.append(consumer.run())
+            consumer.run()
+            exit_code.append(0)
+        except ConfigError as exc:  # the queue exists with other arguments: do not restart
+            log.error("%s", exc)
+            reporter.send(reporting.FATAL, error=str(exc))
+            exit_code.append(os.EX_CONFIG)
         finally:
             signal.pthread_kill(main_thread, IO_THREAD_DONE)
 
@@ -59,7 +87,7 @@ def run(pool, broker, handler, slot: int, report_fd: int, command_fd: int, recor
             return 0
         if signo == signal.SIGTERM:
             consumer.request_stop("SIGTERM")
-        elif signo is None and os.getppid() != master_pid:
+        elif signo is None and os.getppid() != context.master_pid:
             consumer.request_stop("the master process died")
     consumer_thread.join()
     return exit_code[0] if exit_code else 1

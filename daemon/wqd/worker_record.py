@@ -21,7 +21,7 @@ import mmap
 import struct
 import time
 
-from wqd.metrics import DURATION_BUCKETS, OUTCOMES
+from wqd.task_stats import DURATION_BUCKETS, Outcome
 
 KEY_BYTES = 256  # an AMQP message_id is a shortstr: at most 255 bytes
 _GENERATION = struct.Struct("Q")  # native: one aligned 8-byte load or store
@@ -29,7 +29,8 @@ _GENERATION = struct.Struct("Q")  # native: one aligned 8-byte load or store
 # busy since (monotonic ns; 0 when idle), key length, redelivered, duration
 # sum (ns), the outcome counts, the duration bucket counts (+Inf last).
 _BUSY_SINCE, _KEY_LENGTH, _REDELIVERED, _DURATION_SUM, _FIRST_OUTCOME = range(5)
-_FIRST_BUCKET = _FIRST_OUTCOME + len(OUTCOMES)
+_FIRST_BUCKET = _FIRST_OUTCOME + len(Outcome)
+_OUTCOME_INDEX = {outcome: _FIRST_OUTCOME + i for i, outcome in enumerate(Outcome)}
 _NUMBERS = _FIRST_BUCKET + len(DURATION_BUCKETS) + 1
 _NUMBERS_SIZE = 8 * _NUMBERS
 _COPY_SIZE = _NUMBERS_SIZE + KEY_BYTES
@@ -44,7 +45,7 @@ class Snapshot:
     def __init__(self, busy_since, message_key, outcomes, redelivered, duration_sum, duration_buckets):
         self.busy_since = busy_since      # monotonic time the running task started, or None
         self.message_key = message_key    # that task's message key, or None
-        self.outcomes = outcomes          # outcome -> tasks finished with it
+        self.outcomes = outcomes          # Outcome -> tasks finished with it
         self.redelivered = redelivered    # deliveries the broker flagged redelivered
         self.duration_sum = duration_sum  # seconds, over the tasks whose handler ran
         self.duration_buckets = duration_buckets  # per bucket (not cumulative), +Inf last
@@ -65,11 +66,11 @@ class WorkerRecord:
         self._numbers[_BUSY_SINCE] = time.monotonic_ns()
         self._publish()
 
-    def task_finished(self, outcome: str, duration=None) -> None:
+    def task_finished(self, outcome: Outcome, duration=None) -> None:
         """``duration`` is None when the handler did not run (the outcome is wqd's)."""
         numbers = self._numbers
         numbers[_BUSY_SINCE] = 0
-        numbers[_FIRST_OUTCOME + OUTCOMES.index(outcome)] += 1
+        numbers[_OUTCOME_INDEX[outcome]] += 1
         if duration is not None:
             numbers[_DURATION_SUM] += int(duration * 1e9)
             numbers[_FIRST_BUCKET + bisect.bisect_left(DURATION_BUCKETS, duration)] += 1
@@ -101,7 +102,7 @@ class WorkerRecord:
         numbers = memoryview(copy[:_NUMBERS_SIZE]).cast("Q").tolist()
         busy_since = numbers[_BUSY_SINCE] / 1e9 if numbers[_BUSY_SINCE] else None
         key = copy[_NUMBERS_SIZE:_NUMBERS_SIZE + numbers[_KEY_LENGTH]].decode(errors="replace") if busy_since else None
-        outcomes = dict(zip(OUTCOMES, numbers[_FIRST_OUTCOME:_FIRST_BUCKET]))
+        outcomes = dict(zip(Outcome, numbers[_FIRST_OUTCOME:_FIRST_BUCKET]))
         return Snapshot(busy_since, key, outcomes, numbers[_REDELIVERED], numbers[_DURATION_SUM] / 1e9,
                         numbers[_FIRST_BUCKET:])
 

@@ -1,0 +1,200 @@
+"""Lost-attempt accounting without processes: the master's ledger (an LRU with a
+cap), its held answers, the worker's counts and the header arithmetic."""
+
+import contextlib
+import os
+
+import pytest
+
+from wqd import lost_attempts
+from wqd.lost_attempts import ATTEMPT_HEADER, LOST_HEADER, QUERY, MasterLedger, WorkerCounts
+
+
+class FakeWorker:
+    """The master's handle on a worker, as far as the ledger reads it."""
+
+    def __init__(self, message_key=None):
+        self.message_key = message_key
+        self._read_fd, self.command_fd = os.pipe()
+        os.set_blocking(self._read_fd, False)
+
+    def received(self) -> list:
+        """The (key, count) lines the master sent this worker so far."""
+        try:
+            data = os.read(self._read_fd, 65536)
+        except BlockingIOError:
+            return []
+        return [lost_attempts.decode_count(line) for line in data.splitlines()]
+
+    def close(self) -> None:
+        os.close(self._read_fd)
+        os.close(self.command_fd)
+
+
+@pytest.fixture
+def workers():
+    made = []
+
+    def make(message_key=None):
+        made.append(FakeWorker(message_key))
+        return made[-1]
+
+    yield make
+    for worker in made:
+        worker.close()
+
+
+def test_the_ledger_forgets_the_oldest_message_past_its_cap():
+    ledger = MasterLedger(cap=3)
+    for key in ("a", "b", "c", "d"):
+        ledger.count_lost(key, [])
+    assert list(ledger.counts().items()) == [("b", 1), ("c", 1), ("d", 1)]
+
+
+def test_counting_a_message_again_makes_it_the_newest():
+    ledger = MasterLedger(cap=3)
+    for key in ("a", "b", "c", "a"):
+        ledger.count_lost(key, [])
+    assert list(ledger.counts()) == ["b", "c", "a"]
+    ledger.count_lost("d", [])  # "b" is now the oldest, not "a"
+    assert ledger.counts() == {"c": 1, "a": 2, "d": 1}
+
+
+def test_the_default_cap_is_large_and_counts_are_a_copy():
+    ledger = MasterLedger()
+    assert ledger.cap == lost_attempts.LEDGER_CAP == 10_000
+    ledger.count_lost("a", [])
+    ledger.counts()["a"] = 99
+    assert ledger.counts() == {"a": 1}
+
+
+def test_every_worker_is_told_the_new_count(workers):
+    ledger, first, second = MasterLedger(), workers(), workers()
+    ledger.count_lost("m-1", [first, second])
+    ledger.count_lost("m-1", [first, second])
+    assert first.received() == second.received() == [("m-1", 1), ("m-1", 2)]
+
+
+def test_a_query_is_answered_at_once_when_no_other_worker_runs_that_message(workers):
+    ledger, asking, other = MasterLedger(), workers(), workers("m-2")
+    ledger.count_lost("m-1", [])
+    ledger.query(asking, "m-1", now=100.0)
+    assert ledger.queries_waiting
+    ledger.answer_queries([asking, other], now=100.0)
+    assert asking.received() == [("m-1", 1)]
+    assert not ledger.queries_waiting
+
+
+def test_a_query_is_held_while_another_worker_still_shows_that_message_busy(workers):
+    """The broker redelivers a killed worker's message before the master reaps it."""
+    ledger, asking, dying = MasterLedger(), workers(), workers("m-1")
+    ledger.query(asking, "m-1", now=100.0)
+    ledger.answer_queries([asking, dying], now=100.0 + lost_attempts.QUERY_HOLD / 2)
+    assert asking.received() == [] and ledger.queries_waiting
+    # The master reaps the dying worker: it counts the attempt, then answers.
+    ledger.count_lost("m-1", [asking])
+    ledger.answer_queries([asking], now=100.0 + lost_attempts.QUERY_HOLD / 2)
+    assert asking.received() == [("m-1", 1), ("m-1", 1)]
+    assert not ledger.queries_waiting
+
+
+def test_a_held_query_is_answered_with_what_is_known_once_the_hold_is_over(workers):
+    ledger, asking, stuck = MasterLedger(), workers(), workers("m-1")
+    ledger.query(asking, "m-1", now=100.0)
+    ledger.answer_queries([asking, stuck], now=100.0 + lost_attempts.QUERY_HOLD + 0.01)
+    assert asking.received() == [("m-1", 0)]
+    assert lost_attempts.QUERY_HOLD < lost_attempts.QUERY_TIMEOUT, "the worker must wait longer than the hold"
+
+
+def test_a_query_from_a_worker_that_died_meanwhile_is_dropped(workers):
+    ledger, gone, alive = MasterLedger(), workers(), workers()
+    ledger.query(gone, "m-1", now=100.0)
+    ledger.answer_queries([alive], now=100.0)
+    assert gone.received() == [] and alive.received() == []
+    assert not ledger.queries_waiting
+
+
+class FakeMaster:
+    """A worker's reporter whose master answers every query with ``count``."""
+
+    def __init__(self, count, answers=True):
+        self.count, self.answers = count, answers
+        self.command_read, self._command_write = os.pipe()
+        self.queries = []
+
+    def send(self, event, **fields) -> bool:
+        assert event == QUERY
+        self.queries.append(fields["key"])
+        if self.answers:
+            os.write(self._command_write, lost_attempts.encode_count(fields["key"], self.count))
+        return self.answers
+
+    def close(self) -> None:
+        os.close(self._command_write)  # ends the worker's reading thread
+
+
+@contextlib.contextmanager
+def _recording(entered: list):
+    entered.append(True)
+    yield
+
+
+def _worker_counts(master, known=None, entered=None):
+    return WorkerCounts(master.command_read, dict(known or {}), master, _recording([] if entered is None else entered))
+
+
+def test_a_first_delivery_is_attempt_one_and_asks_nothing():
+    master = FakeMaster(count=7)
+    counts = _worker_counts(master)
+    assert counts.attempt({}, "m-1", redelivered=False) == (1, 0, 0)
+    assert master.queries == []
+    master.close()
+
+
+def test_attempts_lost_with_a_worker_add_to_the_attempt_number():
+    master = FakeMaster(count=7)
+    counts = _worker_counts(master, known={"m-1": 2})
+    assert counts.attempt({}, "m-1", redelivered=False) == (3, 2, 2)
+    # A retried copy already counts in its attempt number the two deaths it carries in LOST_HEADER.
+    retried = {ATTEMPT_HEADER: 4, LOST_HEADER: 2}
+    assert counts.attempt(retried, "m-1", redelivered=False) == (4, 0, 2)
+    master.close()
+
+
+def test_a_redelivery_asks_the_master_while_the_connection_is_served():
+    master, entered = FakeMaster(count=3), []
+    counts = _worker_counts(master, known={"m-1": 1}, entered=entered)
+    assert counts.attempt({ATTEMPT_HEADER: 2, LOST_HEADER: 1}, "m-1", redelivered=True) == (4, 2, 3)
+    assert master.queries == ["m-1"] and entered == [True]
+    assert counts.attempt({}, "m-1", redelivered=False) == (4, 3, 3), "the answer is kept"
+    master.close()
+
+
+def test_without_a_master_a_redelivery_uses_what_the_worker_knows():
+    master = FakeMaster(count=3, answers=False)
+    counts = _worker_counts(master, known={"m-1": 1})
+    assert counts.attempt({}, "m-1", redelivered=True) == (2, 1, 1)
+    master.close()
+
+
+def test_quorum_queues_count_lost_attempts_themselves():
+    master = FakeMaster(count=9)
+    counts = _worker_counts(master)
+    headers = {"x-delivery-count": 2, ATTEMPT_HEADER: 3, LOST_HEADER: 5}
+    assert counts.attempt(headers, "m-1", redelivered=True) == (5, 2, 2)
+    assert master.queries == []
+    master.close()
+
+
+def test_a_retried_copy_records_its_next_attempt_and_the_deaths_it_counted():
+    headers = {"tenant": "acme", ATTEMPT_HEADER: 2}
+    assert lost_attempts.retry_headers(headers, 2, 1) == {"tenant": "acme", ATTEMPT_HEADER: 3, LOST_HEADER: 1}
+    assert headers == {"tenant": "acme", ATTEMPT_HEADER: 2}, "the original headers are left alone"
+    assert lost_attempts.retry_headers(None, 1, 0) == {ATTEMPT_HEADER: 2, LOST_HEADER: 0}
+
+
+def test_the_wire_format_and_the_key_of_a_message_without_id():
+    line = lost_attempts.encode_count("m-\u00e9", 4)
+    assert line.endswith(b"\n") and lost_attempts.decode_count(line) == ("m-\u00e9", 4)
+    key = lost_attempts.message_key(b"body")
+    assert key.startswith("sha1:") and key == lost_attempts.message_key(b"body") != lost_attempts.message_key(b"x")

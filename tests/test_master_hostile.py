@@ -249,3 +249,13 @@ def test_a_reloaded_pool_whose_handler_no_longer_imports_is_parked(broker, queue
     assert re.search(r"ERROR \[worker late\[1\] pid \d+\] .*cannot import handler", _stderr(wqd))
     assert wqd.workers("late") == [] and _consuming(wqd, 1)()
     broker.delete_queue(queue_name + "-late")
+
+
+def test_a_stop_during_a_reload_ends_the_loading_child_and_exits(broker, queue_name, make_wqd):
+    wqd = make_wqd([pool(queue_name, workers=1)]).start()
+    wqd.config["pools"].append(pool(queue_name + "-slow", name="slow", handler="slow_import:task", workers=1))
+    wqd.write_config()
+    loader = _hup_and_wait_for_the_loading_child(wqd)
+    assert wqd.stop(timeout=20) == 0
+    wait_gone(loader, 10)
+    assert "Reloaded" not in _stderr(wqd) and "Reload failed" not in _stderr(wqd)

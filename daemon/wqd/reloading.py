@@ -68,7 +68,8 @@ class Reload:
         self._timed_out = False
         self.cancelled = False
 
-    def fileno(self) -> int:
+    def fileno(self):
+        """The pipe to select() on for reading; None once the child closed it."""
         return self._fd
 
     def read(self) -> None:
@@ -78,11 +79,13 @@ class Reload:
                 chunk = os.read(self._fd, 65536)
             except BlockingIOError:
                 return
-            if not chunk:
+            if not chunk:  # all sent; closed now, or the loop would wake for it until the reaping
+                self.close_in_child()
                 return
             if len(self._data) + len(chunk) > MAX_RESULT_BYTES:
                 self._too_big = True
                 self.kill()
+                self.close_in_child()
                 return
             self._data += chunk
 
@@ -119,7 +122,7 @@ class Reload:
         return config, error
 
     def close_in_child(self) -> None:
-        """Also, in any process the master forks: let go of the pipe."""
+        """Let go of the pipe: in the master once read, and in any process it forks."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

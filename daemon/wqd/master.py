@@ -127,13 +127,13 @@ class Master:
         starts = [when for when in (pool.respawn.next_start(now) for pool in self.pools) if when is not None]
         if starts:
             timeout = max(0.0, min(timeout, min(starts) - now))
+        if self.reload:  # wake to kill the loading child at its deadline
+            timeout = max(0.0, min(timeout, self.reload.deadline - now))
         if self.notifier.watchdog_interval:  # wake for the ping: a late one can cost a SIGABRT
             next_ping = self.last_watchdog + self.notifier.watchdog_interval
             timeout = max(0.0, min(timeout, next_ping - time.monotonic()))
         if self.lost_queries:  # held answers: look again soon
             timeout = min(timeout, LOST_QUERY_RECHECK)
-        if self.reload:
-            timeout = max(0.0, min(timeout, self.reload.deadline - now))
         if self.signals:
             timeout = 0
         # A selector made for this wait (epoll on Linux): no FD_SETSIZE ceiling

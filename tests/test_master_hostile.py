@@ -5,12 +5,15 @@ for what it was (never "Perhaps out of memory?" when wqd or the handler ended it
 import os
 import re
 import signal
+import socket
+import time
 from pathlib import Path
 
 import pytest
 
 from daemon import http_get, pool, task_body, wait_gone
 from waiting import wait_for
+from wqd.http_endpoint import CLIENT_TIMEOUT, MAX_CLIENTS
 from wqd.reloading import MAX_ERROR_CHARS, RELOAD_TIMEOUT
 
 RELOADING = re.compile(r"Reloading \S+: loading it in a child process \(pid (\d+)\)")
@@ -259,3 +262,34 @@ def test_a_stop_during_a_reload_ends_the_loading_child_and_exits(broker, queue_n
     assert wqd.stop(timeout=20) == 0
     wait_gone(loader, 10)
     assert "Reloaded" not in _stderr(wqd) and "Reload failed" not in _stderr(wqd)
+
+
+# --------------------------------------------------------------------------
+# the HTTP endpoint, served from the master's loop
+
+
+def test_many_slow_http_clients_hold_neither_the_loop_nor_their_sockets(broker, queue_name, make_wqd):
+    wqd = make_wqd([pool(queue_name, workers=2)]).start()
+    wait_for(_consuming(wqd, 2), 30, message="2 consuming")
+    slow = [socket.create_connection(("127.0.0.1", wqd.port)) for _ in range(MAX_CLIENTS + 10)]
+    try:
+        for client in slow:  # a request head that never ends
+            client.sendall(b"GET /metrics HTTP/1.0\r\nX-Slow: ")
+        started = time.monotonic()
+        assert wqd.http("/healthz") == (200, b"ok\n")
+        assert time.monotonic() - started < 1.5, "answered while every slow request is pending"
+        victim = wqd.worker_pids()[0]
+        started = time.monotonic()
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: len(set(wqd.all_worker_pids()) - {victim}) == 2, 10, message="the killed worker replaced")
+        assert time.monotonic() - started < CLIENT_TIMEOUT, "replaced before any slow client timed out"
+        for client in slow:  # each dropped by CLIENT_TIMEOUT (or to make room for a newer client)
+            client.settimeout(CLIENT_TIMEOUT + 5)
+            try:
+                assert client.recv(100) == b""
+            except ConnectionResetError:
+                pass
+    finally:
+        for client in slow:
+            client.close()
+    assert wqd.http("/healthz") == (200, b"ok\n")

@@ -143,7 +143,8 @@ class Master:
             for proc in self.workers.values():
                 selector.register(proc.reader.fd, selectors.EVENT_READ, lambda proc=proc: self._read_reports(proc))
             if self.http:
-                selector.register(self.http.fileno(), selectors.EVENT_READ, self.http.handle_one)
+                for fd, events, callback in self.http.watched():
+                    selector.register(fd, events, callback)
             if self.queue_monitor.fileno() is not None:
                 selector.register(self.queue_monitor.fileno(), selectors.EVENT_READ, self.queue_monitor.read)
             if self.reload and self.reload.fileno() is not None:
@@ -160,6 +161,8 @@ class Master:
         now = time.monotonic()
         if self.reload:
             self.reload.check_deadline(now)
+        if self.http:
+            self.http.drop_late_clients(now)
         for proc in list(self.workers.values()):
             if proc.must_be_killed(now):
                 log.warning("Worker %s (pid %d) did not stop in time; killing it.", proc.name, proc.pid)

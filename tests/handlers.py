@@ -8,6 +8,7 @@ often. O_APPEND writes of one short line are atomic across processes.
 
 import json
 import os
+import signal
 import time
 
 import wqd
@@ -40,3 +41,18 @@ def task(message: wqd.Message) -> None:
     if action == "grow":
         _hoard.append(bytearray(spec["mib"] * 1024 * 1024))
     _record("end", message, id=spec.get("id"))
+
+
+def exit_on_first_delivery(message: wqd.Message) -> None:
+    """Ends its own worker with os._exit(0) in the middle of the task, except on a redelivery."""
+    _record("start", message, id=message.text)
+    if not message.redelivered:
+        os._exit(0)
+    _record("end", message, id=message.text)
+
+
+def stop_own_worker(message: wqd.Message) -> None:
+    """Sends its own worker SIGTERM, then returns: the worker acks the task and exits 0, unasked by wqd."""
+    _record("start", message, id=message.text)
+    os.kill(os.getpid(), signal.SIGTERM)
+    _record("end", message, id=message.text)

@@ -21,6 +21,8 @@ from wqd.supervision import (
     State,
     WorkerProcess,
     classify_exit,
+    explain_exit,
+    may_be_out_of_memory,
 )
 
 
@@ -42,24 +44,50 @@ def killed_by(signum: int) -> int:
 # classify_exit
 
 
-@pytest.mark.parametrize("status, state, reason", [
-    (exited(1), State.RUNNING, CRASHED),
-    (exited(os.EX_CONFIG), State.RUNNING, CRASHED),  # without the worker's report of a config error
-    (killed_by(signal.SIGSEGV), State.RUNNING, CRASHED),
-    (killed_by(signal.SIGABRT), State.RUNNING, CRASHED),
-    (killed_by(signal.SIGKILL), State.RUNNING, KILLED),  # an operator, or the OOM killer
-    (exited(0), State.RUNNING, KILLED),  # stopped cleanly by a TERM from outside wqd
-    (exited(0), State.RECYCLING, RECYCLED),
-    (exited(1), State.RECYCLING, CRASHED),  # crashed on its way out: not a recycle
-    (killed_by(signal.SIGKILL), State.RECYCLING, KILLED),
-    (killed_by(signal.SIGKILL), State.TIMED_OUT, TIME_LIMIT),
-    (exited(0), State.TIMED_OUT, TIME_LIMIT),  # finished just before the SIGKILL landed
-    (exited(0), State.RETIRING, None),
-    (exited(1), State.RETIRING, None),
-    (killed_by(signal.SIGKILL), State.RETIRING, None),  # past its stop deadline
+@pytest.mark.parametrize("status, state, busy, reason", [
+    (exited(1), State.RUNNING, False, CRASHED),
+    (exited(os.EX_CONFIG), State.RUNNING, False, CRASHED),  # without the worker's report of a config error
+    (killed_by(signal.SIGSEGV), State.RUNNING, True, CRASHED),
+    (killed_by(signal.SIGABRT), State.RUNNING, False, CRASHED),
+    (killed_by(signal.SIGKILL), State.RUNNING, True, KILLED),  # an operator, or the OOM killer
+    (killed_by(signal.SIGKILL), State.RUNNING, False, KILLED),
+    (exited(0), State.RUNNING, True, CRASHED),  # its handler called os._exit(0)
+    (exited(3), State.RUNNING, True, CRASHED),
+    (exited(0), State.RUNNING, False, KILLED),  # a SIGTERM wqd did not send (an operator's, its handler's own)
+    (exited(0), State.RECYCLING, False, RECYCLED),
+    (exited(0), State.RECYCLING, True, CRASHED),  # a recycling worker exits after its task, not during it
+    (exited(1), State.RECYCLING, False, CRASHED),  # crashed on its way out: not a recycle
+    (killed_by(signal.SIGKILL), State.RECYCLING, False, KILLED),
+    (killed_by(signal.SIGKILL), State.TIMED_OUT, True, TIME_LIMIT),
+    (exited(0), State.TIMED_OUT, False, TIME_LIMIT),  # finished just before the SIGKILL landed
+    (exited(0), State.RETIRING, False, None),
+    (exited(1), State.RETIRING, True, None),
+    (killed_by(signal.SIGKILL), State.RETIRING, True, None),  # past its stop deadline (a stop's graceful_timeout)
 ])
-def test_classify_exit(status, state, reason):
-    assert classify_exit(status, state) == reason
+def test_classify_exit(status, state, busy, reason):
+    assert classify_exit(status, state, busy) == reason
+
+
+UNASKED = (": wqd did not ask it to stop (a SIGTERM from elsewhere, an operator's or its handler's, "
+           "or an exit in its code)")
+
+
+@pytest.mark.parametrize("status, state, busy, words, out_of_memory", [
+    (exited(0), State.RUNNING, True, ": it exited on its own while running a task", False),
+    (exited(3), State.RUNNING, True, ": it exited on its own while running a task", False),
+    (killed_by(signal.SIGSEGV), State.RUNNING, True, ": it died while running a task", False),
+    (exited(0), State.RUNNING, False, UNASKED, False),
+    (exited(1), State.RUNNING, False, "", False),
+    (killed_by(signal.SIGKILL), State.RUNNING, True, "", True),
+    (killed_by(signal.SIGKILL), State.RUNNING, False, "", True),
+    (exited(0), State.RECYCLING, False, "", False),
+    (killed_by(signal.SIGKILL), State.TIMED_OUT, True, "", False),
+    (killed_by(signal.SIGKILL), State.RETIRING, True, "; it was stopping, so it is not replaced", False),
+    (exited(0), State.RETIRING, False, "; it was stopping, so it is not replaced", False),
+])
+def test_explain_exit(status, state, busy, words, out_of_memory):
+    assert explain_exit(status, state, busy) == words
+    assert may_be_out_of_memory(status, state, busy) is out_of_memory
 
 
 # --------------------------------------------------------------------------
@@ -88,7 +116,7 @@ def test_a_recycling_worker_that_is_retired_is_not_replaced():
     proc = worker()
     proc.recycling()
     proc.retire(kill_at=10.0)
-    assert proc.retiring and classify_exit(exited(0), proc.state) is None
+    assert proc.retiring and classify_exit(exited(0), proc.state, busy=False) is None
 
 
 def test_a_retired_worker_does_not_become_recycling():
@@ -120,7 +148,7 @@ def test_a_retiring_worker_over_its_time_limit_is_killed_but_not_replaced():
     proc.retire(kill_at=10.0)
     assert proc.over_time_limit()
     assert not proc.must_be_killed(11.0), "already SIGKILLed"
-    assert classify_exit(killed_by(signal.SIGKILL), proc.state) is None
+    assert classify_exit(killed_by(signal.SIGKILL), proc.state, busy=True) is None
 
 
 def test_a_fast_stop_moves_a_retiring_worker_s_deadline():

@@ -34,6 +34,9 @@ def fork(child_main, description: str) -> int:
             code = child_main()
         else:
             code = 0  # the master died before prctl took effect: nothing to do
+    except SystemExit as exc:  # sys.exit() in user code, a handler module's import say: exit as asked
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        log.warning("%s called sys.exit(%.200r).", description, exc.code)
     except BaseException:
         log.exception("%s failed.", description)
     finally:

@@ -1,25 +1,35 @@
 """The master's HTTP endpoint (/metrics, /healthz, /readyz, /status).
 
-It is served from the master's own loop rather than a thread: the
-master forks, and a process that forks should not have threads. So a client
-must never hold that loop for long: its whole request has to arrive within
-CLIENT_TIMEOUT, however slowly it trickles in, or the connection is dropped.
+It is served from the master's own loop rather than a thread: the master
+forks, and a process that forks should not have threads. So no client may
+ever hold that loop, not even for a moment: every socket is non-blocking, the
+loop waits on all of them with the rest, each read or write takes only what
+is ready, and a client whose request and answer are not through within
+CLIENT_TIMEOUT, however slowly it trickles, is dropped. Many slow clients at
+once cost a few sockets (at most MAX_CLIENTS: a new client takes the place of
+the oldest), never the master's time.
+http.server parses and answers a request once it has fully arrived.
 """
 
+import functools
 import http.server
 import io
 import logging
+import selectors
 import socket
 import time
 
 log = logging.getLogger("wqd.master")
 
-# A request that has not fully arrived after this long is dropped, so a slow
-# or stuck client cannot stall the master (its reaping, respawns and signals).
+# A client whose request has not arrived, and been answered, after this long
+# is dropped, so a slow or stuck client costs a socket for this long at most.
 CLIENT_TIMEOUT = 2.0
 # Reading stops past this many bytes; the parser then rejects what is too long
 # (it allows a 64 KiB request line, 100 header lines).
 HEAD_LIMIT = 128 * 1024
+# Clients served at once; a new one beyond them takes the place of the oldest.
+MAX_CLIENTS = 64
+LISTEN_BACKLOG = 64
 
 
 def parse_listen(listen: str):
@@ -30,46 +40,118 @@ def parse_listen(listen: str):
 class HTTPEndpoint:
     def __init__(self, listen: str, routes: dict):
         """``routes`` maps a path to a function returning (status, content_type, body)."""
-        handler = type("Handler", (_Handler,), {"routes": routes})
+        self._handler_class = type("Handler", (_Handler,), {"routes": routes})
         host, port = parse_listen(listen)
-        server_class = _IPv6Server if ":" in host else _Server
-        self.server = server_class((host, port), handler)
-        self.address = f"{host}:{self.server.server_address[1]}"
+        self._listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._listener.bind((host, port))
+            self._listener.listen(LISTEN_BACKLOG)
+        except OSError:
+            self._listener.close()
+            raise
+        self._listener.setblocking(False)
+        self.address = f"{host}:{self._listener.getsockname()[1]}"
+        self._clients = {}  # socket -> _Client
 
-    def fileno(self) -> int:
-        return self.server.fileno()
+    def watched(self):
+        """(fd, selector events, callback) for each socket the loop must wait on."""
+        yield self._listener.fileno(), selectors.EVENT_READ, self._accept
+        for client in self._clients.values():
+            yield client.conn.fileno(), client.events, functools.partial(self._serve, client)
 
-    def handle_one(self) -> None:
-        """Called when the listening socket is readable."""
-        self.server.handle_request()
+    def drop_late_clients(self, now: float) -> None:
+        for client in [client for client in self._clients.values() if now > client.deadline]:
+            log.debug("HTTP client %s dropped: its request did not arrive and get its answer within %s s.",
+                      client.address, CLIENT_TIMEOUT)
+            self._drop(client)
 
     def close(self) -> None:
-        self.server.server_close()
+        """In the master at its exit, and in every child it forks."""
+        for client in list(self._clients.values()):
+            self._drop(client)
+        self._listener.close()
+
+    def _accept(self) -> None:
+        for _ in range(LISTEN_BACKLOG):  # what waits now; later arrivals wake the loop again
+            try:
+                conn, address = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # out of file descriptors, say: try again at the next wake
+                log.warning("HTTP endpoint: cannot accept a connection: %s", exc)
+                return
+            if len(self._clients) >= MAX_CLIENTS:  # room for the newest: the oldest is the slowest
+                self._drop(next(iter(self._clients.values())))
+            conn.setblocking(False)
+            self._clients[conn] = _Client(conn, address, time.monotonic() + CLIENT_TIMEOUT)
+
+    def _serve(self, client: "_Client") -> None:
+        if client.conn not in self._clients:
+            return  # dropped earlier in the same wake, to make room for a newer client
+        try:
+            done = client.advance(self._handler_class)
+        except OSError as exc:  # the client went away
+            log.debug("HTTP client %s dropped: %s", client.address, exc)
+            done = True
+        except Exception:  # a bug in a route: that request fails, the master goes on
+            log.exception("HTTP request from %s failed.", client.address)
+            done = True
+        if done:
+            self._drop(client)
+
+    def _drop(self, client: "_Client") -> None:
+        del self._clients[client.conn]
+        client.conn.close()
 
 
-class _Server(http.server.HTTPServer):
-    # handle_request() is only called when a client is waiting: never wait for one.
-    timeout = 0
+class _Client:
+    """One connection: its request as it arrives, then its answer as it leaves."""
 
+    def __init__(self, conn: socket.socket, address, deadline: float):
+        self.conn = conn
+        self.address = address
+        self.deadline = deadline
+        self.head = b""
+        self.answer = None  # what is left to send, once the request is in
 
-class _IPv6Server(_Server):
-    address_family = socket.AF_INET6
+    @property
+    def events(self) -> int:
+        return selectors.EVENT_READ if self.answer is None else selectors.EVENT_WRITE
+
+    def advance(self, handler_class) -> bool:
+        """Take what is ready to read, or send what the socket takes; True when done."""
+        if self.answer is None:
+            try:
+                chunk = self.conn.recv(65536)
+            except BlockingIOError:
+                return False
+            self.head += chunk
+            complete = b"\r\n\r\n" in self.head or b"\n\n" in self.head
+            if chunk and not complete and len(self.head) <= HEAD_LIMIT:
+                return False
+            # The whole head (or the client's end of sending): parse and answer it.
+            self.answer = memoryview(handler_class(self.head, self.address, None).wfile.getvalue())
+        try:
+            sent = self.conn.send(self.answer)
+        except BlockingIOError:
+            return False
+        self.answer = self.answer[sent:]
+        return not self.answer
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
+    """Parses the request head it is given and writes its answer to a buffer."""
+
     routes: dict = {}
     protocol_version = "HTTP/1.0"
 
-    def handle(self) -> None:
-        """Read the whole request head within the deadline, then parse it as usual."""
-        try:
-            head = _read_head(self.request, time.monotonic() + CLIENT_TIMEOUT)
-        except OSError as exc:  # TimeoutError included
-            self.log_error("Request dropped: %s", exc)
-            return
-        self.rfile.close()
-        self.rfile = io.BytesIO(head)
-        super().handle()
+    def setup(self) -> None:
+        self.rfile = io.BytesIO(self.request)  # the request head, already read
+        self.wfile = io.BytesIO()
+
+    def finish(self) -> None:
+        pass  # the buffers stay readable: the answer is sent from wfile
 
     def do_GET(self) -> None:
         route = self.routes.get(self.path.split("?", 1)[0])
@@ -85,20 +167,3 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, format, *args) -> None:
         log.debug("HTTP %s", format % args)
-
-
-def _read_head(connection, deadline: float) -> bytes:
-    """The request line and headers, up to the blank line that ends them (or
-    the client's end of sending). They must arrive whole before ``deadline``:
-    a socket timeout alone restarts at every byte; this one does not."""
-    head = b""
-    while b"\r\n\r\n" not in head and b"\n\n" not in head and len(head) <= HEAD_LIMIT:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError(f"the request did not arrive within {CLIENT_TIMEOUT} s")
-        connection.settimeout(remaining)
-        chunk = connection.recv(4096)
-        if not chunk:
-            break
-        head += chunk
-    return head

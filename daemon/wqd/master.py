@@ -15,21 +15,20 @@ import time
 
 from setproctitle import setproctitle
 
-from wqd import children, errors, logs, lost_attempts, reporting, worker
-from wqd import config as config_module
-from wqd import handlers as handlers_module
+from wqd import children, errors, logs, lost_attempts, reloading, reporting, worker
 from wqd.http_endpoint import HTTPEndpoint
 from wqd.metrics import Metrics
 from wqd.queue_monitor import QueueMonitor
 from wqd.supervision import (
     EARLY_DEATH_SECONDS,
-    KILLED,
     RECYCLED,
     Connection,
     Pool,
     WorkerProcess,
     classify_exit,
     describe_status,
+    explain_exit,
+    may_be_out_of_memory,
 )
 from wqd.systemd import Notifier
 from wqd.task_stats import Outcome
@@ -73,6 +72,8 @@ class Master:
         self.queue_monitor = QueueMonitor(config.broker, config.pools)
         self.metrics.registry.register(self.queue_monitor)
         self.http = None
+        self.reload = None  # the reload in progress (reloading.Reload), if any
+        self.reload_again = False  # a SIGHUP came during it: one more reload follows it
         self.pid = os.getpid()
 
     # -- start and main loop --
@@ -101,6 +102,8 @@ class Master:
             self._notify()
             self._wait()
         log.info("All workers are gone; master exits.")
+        if self.reload:
+            self.reload.close()
         self.queue_monitor.close()
         if self.http:
             self.http.close()
@@ -118,6 +121,8 @@ class Master:
         starts = [when for when in (pool.respawn.next_start(now) for pool in self.pools) if when is not None]
         if starts:
             timeout = max(0.0, min(timeout, min(starts) - now))
+        if self.reload:  # wake to kill the loading child at its deadline
+            timeout = max(0.0, min(timeout, self.reload.deadline - now))
         if self.notifier.watchdog_interval:  # wake for the ping: a late one can cost a SIGABRT
             next_ping = self.last_watchdog + self.notifier.watchdog_interval
             timeout = max(0.0, min(timeout, next_ping - time.monotonic()))
@@ -132,9 +137,12 @@ class Master:
             for proc in self.workers.values():
                 selector.register(proc.reader.fd, selectors.EVENT_READ, lambda proc=proc: self._read_reports(proc))
             if self.http:
-                selector.register(self.http.fileno(), selectors.EVENT_READ, self.http.handle_one)
+                for fd, events, callback in self.http.watched():
+                    selector.register(fd, events, callback)
             if self.queue_monitor.fileno() is not None:
                 selector.register(self.queue_monitor.fileno(), selectors.EVENT_READ, self.queue_monitor.read)
+            if self.reload and self.reload.fileno() is not None:
+                selector.register(self.reload.fileno(), selectors.EVENT_READ, self.reload.read)
             for key, _ in selector.select(timeout):
                 key.data()
 
@@ -145,6 +153,10 @@ class Master:
         self._reap()
         self._answer_lost_queries()
         now = time.monotonic()
+        if self.reload:
+            self.reload.check_deadline(now)
+        if self.http:
+            self.http.drop_late_clients(now)
         for proc in list(self.workers.values()):
             if proc.must_be_killed(now):
                 log.warning("Worker %s (pid %d) did not stop in time; killing it.", proc.name, proc.pid)
@@ -173,7 +185,7 @@ class Master:
             self._begin_stop(graceful=False)
         elif name == "SIGHUP":
             if not self.stopping:
-                self.reload()
+                self._request_reload()
         elif name in ("SIGTTIN", "SIGTTOU") and not self.stopping:
             for pool in self.pools:
                 pool.desired = pool.desired + 1 if name == "SIGTTIN" else max(1, pool.desired - 1)
@@ -187,6 +199,8 @@ class Master:
             self.notifier.notify("STOPPING=1", "STATUS=Stopping: workers finish their current task")
             self.stopping = True
             self.queue_monitor.stop()
+            if self.reload:
+                self.reload.cancel()
             for proc in self.workers.values():
                 self._retire(proc, timeout)
         elif not self.fast_stop:
@@ -194,21 +208,45 @@ class Master:
             self.notifier.notify("STOPPING=1", "STATUS=Stopping fast")
             self.stopping = self.fast_stop = True
             self.queue_monitor.stop()
+            if self.reload:
+                self.reload.cancel()
             for proc in self.workers.values():
                 proc.retire(time.monotonic() + FAST_STOP_TIMEOUT)
                 self._kill(proc, signal.SIGQUIT)
 
     # -- reload --
 
-    def reload(self) -> None:
-        self.notifier.reloading()
-        try:
-            new_config = config_module.load(self.config.path)
-            new_handlers = handlers_module.load_all(new_config)
-        except config_module.ConfigError as exc:
-            log.error("Reload failed; keeping the running configuration. %s", exc)
-            self.notifier.notify("READY=1", "STATUS=Reload failed; running the previous configuration")
+    def _request_reload(self) -> None:
+        """Start loading the file in a child; a SIGHUP during a reload is
+        merged into one more reload after it (the file may have changed since
+        the child read it)."""
+        if self.reload is not None:
+            self.reload_again = True
+            log.info("SIGHUP during the reload in progress: one more reload follows it.")
             return
+        self.notifier.reloading()
+        self.reload = reloading.Reload(self.config.path, self._close_master_fds)
+        log.info("Reloading %s: loading it in a child process (pid %d), for up to %.0f s.",
+                 self.config.path, self.reload.pid, reloading.RELOAD_TIMEOUT)
+
+    def _reload_ended(self, status: int) -> None:
+        """The loading child was reaped: apply its result, or keep the running configuration."""
+        reload, self.reload = self.reload, None
+        if reload.cancelled:
+            return
+        new_config, error = reload.ended(status)
+        if error is not None:
+            log.error("Reload failed; keeping the running configuration. %s", reloading.bounded(error))
+            self.notifier.notify("READY=1", "STATUS=Reload failed; running the previous configuration")
+        else:
+            self._apply(new_config)
+        if self.reload_again and not self.stopping:
+            self.reload_again = False
+            self._request_reload()
+
+    def _apply(self, new_config) -> None:
+        """Switch to a configuration loaded and checked by the reload's child.
+        The master imports no handler here: the workers of new or changed pools do."""
         logs.setup(new_config.logging.level, new_config.logging.format)
         if new_config.metrics != self.config.metrics:
             log.warning("metrics.listen changed; it takes effect at the next restart.")
@@ -227,7 +265,7 @@ class Master:
                 self._retire_pool(old)
             else:
                 log.info("Pool %r added.", pool_config.name)
-            pools.append(Pool(pool_config, new_handlers[pool_config.name]))
+            pools.append(Pool(pool_config, handler=None))
             self.metrics.add_pool(pool_config.name)
         for old in current.values():
             log.info("Pool %r removed; stopping its workers gracefully.", old.config.name)
@@ -268,6 +306,10 @@ class Master:
             os.close(read_fd)
             os.close(command_write)
             self._close_master_fds()
+            # A pool from a reload: the master imported no handler for it; the worker does.
+            if pool.handler is None and not reloading.import_handler_after_fork(
+                    pool, self.config.path, slot, write_fd):
+                return os.EX_CONFIG
             return worker.run(worker.WorkerContext(
                 pool=pool.config, broker=self.config.broker, handler=pool.handler, slot=slot,
                 report_fd=write_fd, command_fd=command_read, record=record,
@@ -290,6 +332,8 @@ class Master:
         if self.http:
             self.http.close()
         self.queue_monitor.close_in_child()
+        if self.reload:
+            self.reload.close_in_child()
         for proc in self.workers.values():
             os.close(proc.reader.fd)
             os.close(proc.command_fd)
@@ -333,6 +377,8 @@ class Master:
                 proc.record.close()
                 self.metrics.worker_gone(proc.pool.config.name, final)
                 self._worker_exited(proc, status, final)
+            elif self.reload and pid == self.reload.pid:
+                self._reload_ended(status)
             else:
                 self.queue_monitor.reaped(pid, status)
 
@@ -347,17 +393,18 @@ class Master:
             log.error("Worker %s %s with a configuration error; pool %r is not restarted until a "
                       "reload fixes it.", proc.name, how, pool.config.name)
             return
-        reason = classify_exit(status, proc.state)
+        busy = final.busy_since is not None
+        reason, why = classify_exit(status, proc.state, busy), explain_exit(status, proc.state, busy)
         if reason is None:
-            log.info("Worker %s (pid %d) %s.", proc.name, proc.pid, how)
+            log.info("Worker %s (pid %d) %s%s.", proc.name, proc.pid, how, why)
             return
         self.metrics.restarts.labels(pool.config.name, reason).inc()
         if reason == RECYCLED:
             log.info("Worker %s (pid %d) %s (%s); replacing it.", proc.name, proc.pid, how, reason)
             pool.respawn.reset(proc.slot)  # a planned exit, however early, is no crash loop
             return
-        hint = " Perhaps out of memory?" if reason == KILLED else ""
-        log.warning("Worker %s (pid %d) %s (%s); replacing it.%s", proc.name, proc.pid, how, reason, hint)
+        hint = " Perhaps out of memory?" if may_be_out_of_memory(status, proc.state, busy) else ""
+        log.warning("Worker %s (pid %d) %s (%s)%s; replacing it.%s", proc.name, proc.pid, how, reason, why, hint)
         delay = pool.respawn.exited(now - proc.started_at, now, proc.slot)
         if delay:
             log.warning("Worker %s died %d times in a row within %.0f s of starting; next start in %.0f s.",

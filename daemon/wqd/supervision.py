@@ -23,8 +23,8 @@ RESPAWN_BACKOFF_INITIAL = 1.0
 RESPAWN_BACKOFF_MAX = 60.0
 
 # Restart reasons (the label of wqd_worker_restarts_total).
-CRASHED = "crashed"        # exited with an error, or killed by a signal other than SIGKILL
-KILLED = "killed"          # SIGKILL from outside (an operator, the OOM killer), or a clean exit on a TERM from outside
+CRASHED = "crashed"        # exited with an error, or during a task, or killed by a signal other than SIGKILL
+KILLED = "killed"          # ended from outside wqd: SIGKILL (an operator, the OOM killer), or a clean exit unasked
 TIME_LIMIT = "time_limit"  # the master SIGKILLed it: its task ran longer than time_limit
 RECYCLED = "recycled"      # exited 0 after max_tasks_per_child or max_memory_per_child
 
@@ -94,19 +94,49 @@ class RespawnBackoff:
         return min((when for when in self._not_before.values() if when > now), default=None)
 
 
-def classify_exit(status: int, state: State) -> Optional[str]:
+def classify_exit(status: int, state: State, busy: bool) -> Optional[str]:
     """The restart reason for a worker that exited with wait ``status`` in
-    ``state``; None when its exit was expected and it is not replaced."""
+    ``state`` (``busy``: during a task); None when its exit was expected and
+    it is not replaced."""
     if state is State.RETIRING:
         return None
     if state is State.TIMED_OUT:
         return TIME_LIMIT
+    if busy:
+        # Not SIGKILLed from outside, it ended during a task, however cleanly
+        # (a handler's os._exit(0)): a worker asked to stop finishes its task first.
+        return KILLED if _killed_by(status, signal.SIGKILL) else CRASHED
     if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
-        # A worker exits 0 on its own only to recycle; otherwise a TERM from outside wqd stopped it.
+        # Between tasks, a worker exits 0 by itself only to recycle; otherwise a
+        # SIGTERM wqd did not send stopped it (an operator's, or its handler's own).
         return RECYCLED if state is State.RECYCLING else KILLED
-    if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
+    if _killed_by(status, signal.SIGKILL):
         return KILLED  # by an operator, or the kernel's OOM killer
     return CRASHED
+
+
+def explain_exit(status: int, state: State, busy: bool) -> str:
+    """What the log line adds to describe_status() and the reason, to say what
+    the exit code alone does not; "" when there is nothing to add."""
+    reason = classify_exit(status, state, busy)
+    if reason is None:
+        return "; it was stopping, so it is not replaced"
+    if reason == CRASHED and busy:
+        return ": it exited on its own while running a task" if os.WIFEXITED(status) else \
+            ": it died while running a task"
+    if reason == KILLED and os.WIFEXITED(status):
+        return (": wqd did not ask it to stop (a SIGTERM from elsewhere, an operator's or its handler's, "
+                "or an exit in its code)")
+    return ""
+
+
+def may_be_out_of_memory(status: int, state: State, busy: bool) -> bool:
+    """A SIGKILL that wqd did not send: the kernel's OOM killer is the usual suspect."""
+    return classify_exit(status, state, busy) == KILLED and _killed_by(status, signal.SIGKILL)
+
+
+def _killed_by(status: int, signum: int) -> bool:
+    return os.WIFSIGNALED(status) and os.WTERMSIG(status) == signum
 
 
 def describe_status(status: int) -> str:
@@ -120,6 +150,8 @@ class Pool:
 
     def __init__(self, config, handler):
         self.config = config
+        # The handler the master imported at its start; None for a pool from a
+        # reload: the master imports nothing after its start, its workers do.
         self.handler = handler
         self.desired = config.workers
         self.respawn = RespawnBackoff(EARLY_DEATH_SECONDS, immediate=1)

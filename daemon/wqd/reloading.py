@@ -1,0 +1,196 @@
+"""A reload's loading, done where a stall cannot stop supervision.
+
+Parsing the YAML and importing handler modules run code whose cost the master
+cannot bound (an alias bomb, a module that sleeps or allocates at import). So
+on SIGHUP a short-lived child does both, within RELOAD_TIMEOUT seconds and
+RELOAD_MEMORY_BYTES of memory more than the master's, and sends the validated
+Config back (pickled: it is our own child); the master keeps supervising
+meanwhile, and applies the result without importing anything. The workers of
+a new or changed pool import their handler after the fork
+(``import_handler_after_fork``); a failure there parks the pool, as any
+configuration error reported by a worker does.
+"""
+
+import logging
+import os
+import pickle
+import resource
+import signal
+import time
+
+from setproctitle import setproctitle
+
+from wqd import children, errors, logs, reporting
+from wqd import config as config_module
+from wqd import handlers as handlers_module
+
+log = logging.getLogger("wqd.master")
+
+# The longest a reload may take to load and check the file and import its
+# handlers; past it the child is killed and the running configuration kept.
+RELOAD_TIMEOUT = 30.0
+# Memory the loading child may use beyond what it inherits from the master
+# (its data segment: heap and anonymous mappings, not the shared libraries).
+RELOAD_MEMORY_BYTES = 1024 * 1024 * 1024
+# An error longer than this is cut, saying so: one log line, not megabytes.
+MAX_ERROR_CHARS = 4096
+# The pickled result the master accepts from the child.
+MAX_RESULT_BYTES = 16 * 1024 * 1024
+
+
+def bounded(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """``text``, cut to about ``limit`` characters with a note saying how long it was."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]} ... (cut: the error was {len(text)} characters long)"
+
+
+class Reload:
+    """One reload in progress: the child loading the file, the pipe it answers on."""
+
+    def __init__(self, path: str, close_inherited):
+        """``close_inherited()`` runs in the child to close what it inherited from the master."""
+        self.path = path
+        read_fd, write_fd = os.pipe()
+
+        def child_main() -> int:
+            os.close(read_fd)
+            close_inherited()
+            return _load_and_send(path, write_fd)
+
+        self.pid = children.fork(child_main, "The reload's loading process")
+        os.close(write_fd)
+        os.set_blocking(read_fd, False)
+        self._fd = read_fd
+        self._data = bytearray()
+        self._too_big = False
+        self.deadline = time.monotonic() + RELOAD_TIMEOUT
+        self._timed_out = False
+        self.cancelled = False
+
+    def fileno(self):
+        """The pipe to select() on for reading; None once the child closed it."""
+        return self._fd
+
+    def read(self) -> None:
+        """Take what the child sent so far (the pipe is non-blocking)."""
+        while self._fd is not None:
+            try:
+                chunk = os.read(self._fd, 65536)
+            except BlockingIOError:
+                return
+            if not chunk:  # all sent; closed now, or the loop would wake for it until the reaping
+                self.close_in_child()
+                return
+            if len(self._data) + len(chunk) > MAX_RESULT_BYTES:
+                self._too_big = True
+                self.kill()
+                self.close_in_child()
+                return
+            self._data += chunk
+
+    def check_deadline(self, now: float) -> None:
+        """Kill the child once it has run past RELOAD_TIMEOUT (it is reaped as usual)."""
+        if now > self.deadline and not self._timed_out:
+            self._timed_out = True
+            self.kill()
+
+    def cancel(self) -> None:
+        """The master stops: the result no longer matters."""
+        self.cancelled = True
+        self.kill()
+
+    def kill(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def ended(self, status: int):
+        """The child was reaped with wait ``status``: (new Config, None) or (None, why not)."""
+        self.read()
+        self.close_in_child()
+        if self._timed_out:
+            return None, (f"loading {self.path} did not finish within {RELOAD_TIMEOUT:.0f} s "
+                          "(a handler module slow to import, or a file too costly to parse)")
+        if self._too_big:
+            return None, f"loading {self.path} sent back more than {MAX_RESULT_BYTES} bytes"
+        try:
+            config, error = pickle.loads(bytes(self._data))
+        except Exception:  # nothing, or a truncated result: the child died before it was done
+            return None, f"the process loading {self.path} {_died(status)} before it was done"
+        return config, error
+
+    def close_in_child(self) -> None:
+        """Let go of the pipe: in the master once read, and in any process it forks."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def close(self) -> None:
+        """The master exits: the child must not outlive it."""
+        self.cancel()
+        self.close_in_child()
+        try:
+            os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass
+
+
+def _died(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"was killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exited with code {os.WEXITSTATUS(status)}"
+
+
+def _load_and_send(path: str, write_fd: int) -> int:
+    """In the child: load and check the file, import its handlers, send (config, error)."""
+    setproctitle(f"wqd: reload -c {path}")
+    logs.set_process_name("reload")
+    out_of_memory = (f"loading {path} needed more than {RELOAD_MEMORY_BYTES // (1024 * 1024)} MiB "
+                     "of memory beyond the master's")
+    _limit_memory(RELOAD_MEMORY_BYTES)
+    config, error = None, None
+    try:
+        config = config_module.load(path)
+        handlers_module.load_all(config)
+    except errors.ConfigError as exc:
+        config, error = None, str(exc)
+    except MemoryError:
+        config, error = None, out_of_memory  # built before: this must not allocate much
+    except BaseException as exc:  # SystemExit from a handler module's import, say
+        config, error = None, f"loading {path} failed: {type(exc).__name__}: {exc}"
+    result = pickle.dumps((config, None if error is None else bounded(error)))
+    with os.fdopen(write_fd, "wb") as stream:
+        stream.write(result)
+    return 0
+
+
+def _limit_memory(extra: int) -> None:
+    """Cap the data segment at its current size plus ``extra`` bytes."""
+    try:
+        with open("/proc/self/status") as status:
+            data_kib = next(int(line.split()[1]) for line in status if line.startswith("VmData:"))
+    except (OSError, StopIteration, ValueError):
+        return  # no /proc: the time limit still bounds the child
+    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    limit = data_kib * 1024 + extra
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+
+
+def import_handler_after_fork(pool, config_path: str, slot: int, report_fd: int) -> bool:
+    """In a new worker of a pool the master holds no handler for (a pool from a
+    reload): import it and set ``pool.handler``. On failure, tell the master the
+    pool has a configuration error and return False (the worker exits EX_CONFIG)."""
+    logs.set_process_name(f"worker {pool.config.name}[{slot}]")  # what the module's import logs is the worker's
+    try:
+        pool.handler = handlers_module.resolve(pool.config.handler)
+        return True
+    except BaseException as exc:  # any import-time failure of user code (sys.exit too) is a configuration error
+        error = bounded(f"{config_path}: pool {pool.config.name!r}: cannot import handler "
+                        f"{pool.config.handler!r}: {type(exc).__name__}: {exc}")
+    logging.getLogger("wqd.worker").error("%s", error)
+    reporting.Reporter(report_fd).send(reporting.FATAL, error=error)
+    return False

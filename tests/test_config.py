@@ -49,7 +49,7 @@ def test_null_dead_letter_queue_is_kept():
     ("    colour: red\n", "wqd.yaml:8: pools[0].colour: unknown key"),
     ("    prefetch: true\n", "wqd.yaml:8: pools[0].prefetch: expected a positive integer, got True"),
     ("    queue_type: stream\n", "pools[0].queue_type: expected one of classic, quorum, got 'stream'"),
-    ("    time_limit: -1\n", "pools[0].time_limit: expected a positive number of seconds, got -1"),
+    ("    time_limit: -1\n", "pools[0].time_limit: expected a positive number of seconds, at most 31536000 (a year), got -1"),
     ("    retry_delay: {initial: 1, speed: 2}\n", "pools[0].retry_delay.speed: unknown key"),
 ])
 def test_pool_errors(addition, expected):
@@ -155,7 +155,7 @@ def test_errors_from_every_section_and_pool_are_collected_together(tmp_path):
     assert errors_of(text).splitlines() == [
         "wqd.yaml:11: logging.level: expected one of debug, info, warning, error, got 'loud'",
         "wqd.yaml:12: shutdown: expected a mapping, got []",
-        "wqd.yaml:8: pools[0].retry_delay.factor: expected a number >= 1, got 0.5",
+        "wqd.yaml:8: pools[0].retry_delay.factor: expected a number from 1 to 100, got 0.5",
         "wqd.yaml:9: pools[1]: expected a mapping, got 5",
         "wqd.yaml:10: pools[2].workers: expected a positive integer, got 0",
     ]
@@ -175,7 +175,7 @@ def test_tls_keys_that_do_not_fit_together(tmp_path):
 @pytest.mark.parametrize("line, replacement, expected", [
     ("workers: 2", "workers: 2.0", "pools[0].workers: expected a positive integer, got 2.0"),
     ("workers: 2", "max_retries: false", "pools[0].max_retries: expected an integer >= 0, got False"),
-    ("workers: 2", "time_limit: true", "pools[0].time_limit: expected a positive number of seconds, got True"),
+    ("workers: 2", "time_limit: true", "pools[0].time_limit: expected a positive number of seconds, at most 31536000 (a year), got True"),
     ("handler: wqd.examples:sleep_dots", "handler: nocolon", "pools[0].handler: expected \"module:callable\""),
 ])
 def test_a_boolean_is_not_a_number_and_types_are_strict(line, replacement, expected):
@@ -239,9 +239,10 @@ def test_broker_url_may_list_cluster_nodes(monkeypatch):
     assert parse(text).broker.urls == ("amqp://a:s3cret@n1:5672/%2F", "amqp://a:s3cret@n2:5672/%2F")
     monkeypatch.setenv("WQD_BROKER_URL", "amqp://u:p@n1/v, amqp://u:p@n2/v")
     assert parse(GOOD).broker.urls == ("amqp://u:p@n1/v", "amqp://u:p@n2/v")
-    monkeypatch.setenv("WQD_BROKER_URL", "amqp://u:p@n1/v,http://u:s3cret@n2/v")
+    monkeypatch.setenv("WQD_BROKER_URL", "amqp://u:p@n1/v,amqps://u:s3cret@n2:99999/v")
     message = errors_of(GOOD)
-    assert "$WQD_BROKER_URL: expected an amqp:// or amqps:// URL or a list of them" in message
+    assert "$WQD_BROKER_URL: the port must be a number from 1 to 65535 (URL 2 of 2), got " \
+           "['amqp://u:***@n1/v', 'amqps://u:***@n2:99999/v']" in message
     assert "s3cret" not in message
 
 

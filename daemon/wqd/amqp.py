@@ -164,8 +164,9 @@ def describe_error(exc: BaseException, url: str) -> str:
     if isinstance(exc, HandshakeTimeout):
         return (f"the broker at {where} accepted the TCP connection but did not complete the AMQP handshake "
                 f"within {exc} s (is that address a RabbitMQ AMQP listener, and is the broker overloaded?)")
-    if isinstance(exc, pika.exceptions.IncompatibleProtocolError) and "Transport indicated EOF" in str(exc):
-        exc = ClosedDuringHandshake(*exc.args)  # pika's words for a peer that closed at once
+    if isinstance(exc, pika.exceptions.IncompatibleProtocolError) and any(
+            words in str(exc) for words in ("Transport indicated EOF", "ConnectionResetError")):
+        exc = ClosedDuringHandshake(*exc.args)  # pika's words for a peer that closed (or reset) at once
     if isinstance(exc, pika.exceptions.IncompatibleProtocolError):
         detail = _innermost(exc.args[0] if exc.args else exc)[:200]
         return (f"the server at {where} answered with something that is not AMQP 0-9-1 ({detail}); is that "

@@ -12,7 +12,7 @@ import os
 import re
 import socket
 from typing import Any, Callable, Optional, Union
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import pika
 import yaml
@@ -158,8 +158,8 @@ def broker_url(value: Any) -> str:
     url = _encode_userinfo(value)
     try:
         parts = urlsplit(url)
-    except ValueError as exc:  # "Invalid IPv6 URL"
-        raise ValueError(f"not a valid URL ({exc})") from None
+    except ValueError:  # "Invalid IPv6 URL"; its text may quote the password
+        raise ValueError("not a valid URL") from None
     try:
         port = parts.port
     except ValueError:  # not a number, or out of range
@@ -626,12 +626,11 @@ def _split_userinfo(url: str):
     return prefix, user, (password if colon else None), rest
 
 
-_ENDS_USERINFO = re.compile(r"[/?#@\[\]:\x00-\x20\x7f\s]")
-
-
 def _percent_encode(text: str) -> str:
-    """Percent-encode the characters that would end a URL's user info early."""
-    return _ENDS_USERINFO.sub(lambda match: "".join(f"%{byte:02X}" for byte in match.group().encode()), text)
+    """Percent-encode what would end a URL's user info early or that a URL
+    parser may refuse ("/", "?", "#", "@", ":", spaces, controls, non-ASCII);
+    "%" is kept, as it already encodes."""
+    return quote(text, safe="!$&'()*+,;=%")
 
 
 def _encode_userinfo(url: str) -> str:

@@ -40,6 +40,8 @@ MAX_SECONDS = 365 * 24 * 3600
 MAX_RETRY_DELAY = 24 * 24 * 3600
 # AMQP carries the heartbeat and the prefetch count as 16-bit numbers.
 MAX_AMQP_SHORT = 65535
+# Worker processes in one pool: the master forks them all at once.
+MAX_WORKERS = 1000
 # Longer values are cut in error messages (a 1 MiB string is not an error line).
 SHOWN_LENGTH = 200
 
@@ -80,15 +82,20 @@ def non_negative_int(value: Any) -> int:
     return value
 
 
-def amqp_short(check: Callable[[Any], int]) -> Callable[[Any], int]:
-    """``check``, and at most 65535: the value travels in a 16-bit AMQP field."""
-    def check_short(value: Any) -> int:
+def at_most(maximum: int, check: Callable[[Any], int], why: str = "") -> Callable[[Any], int]:
+    """``check``, and at most ``maximum``."""
+    def check_at_most(value: Any) -> int:
         value = check(value)
-        if value > MAX_AMQP_SHORT:
-            raise ValueError(f"expected at most {MAX_AMQP_SHORT} (a 16-bit AMQP field)")
+        if value > maximum:
+            raise ValueError(f"expected at most {maximum}{why}")
         return value
 
-    return check_short
+    return check_at_most
+
+
+def amqp_short(check: Callable[[Any], int]) -> Callable[[Any], int]:
+    """``check``, and at most 65535: the value travels in a 16-bit AMQP field."""
+    return at_most(MAX_AMQP_SHORT, check, " (a 16-bit AMQP field)")
 
 
 def seconds(maximum: int, in_words: str) -> Callable[[Any], float]:
@@ -326,7 +333,7 @@ class PoolConfig:
     name: str = key(non_empty_str, doc="unique; the label in metrics, logs and process titles")
     queue: str = key(non_empty_str, doc="the work queue, declared durable")
     handler: str = key(handler_ref, doc='"module:callable" run for each message')
-    workers: int = key(positive_int, 1, doc="worker processes")
+    workers: int = key(at_most(MAX_WORKERS, positive_int), 1, doc="worker processes")
     prefetch: int = key(amqp_short(positive_int), 1, doc="unacked messages per worker; 1 = fair dispatch")
     queue_type: str = key(one_of("classic", "quorum"), "classic", doc="classic, or quorum (for clusters)")
     max_retries: int = key(non_negative_int, 3, doc="retries after the first failed attempt; then dead-letter")
@@ -610,15 +617,15 @@ def _without_secrets(text: str, data: Any) -> str:
 
 
 def _split_userinfo(url: str):
-    """(scheme prefix such as "amqp://" or "", user, password or None, the part
-    after the user info or None when there is no "@").
+    """(the text up to and with the first "scheme://" (or ""), user, password
+    or None, the part after the user info or None when there is no "@").
 
     The user info runs to the last "@", so a password may hold any character
     ("@", "/", "#", "?", ":" and "," included) and is still found whole; a raw
     "@" after the host (in a virtual host) must be written %40.
     """
-    match = re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", url)
-    prefix = match.group(0) if match else ""
+    match = re.search(r"[A-Za-z][A-Za-z0-9+.-]*://", url)
+    prefix = url[:match.end()] if match else ""
     userinfo, at, rest = url[len(prefix):].rpartition("@")
     if not at:
         return prefix, None, None, None

@@ -84,8 +84,10 @@ def test_a_password_with_any_characters_connects_and_is_never_shown(broker, queu
         env["WQD_BROKER_URL"] = f"{url},{url}"
         result = run_cli("publish", "-c", str(config), "two", env=env)
         assert result.returncode == 0, result.stderr
-        assert broker.get_all(queue_name) == [b"one", b"two"]
         del env["WQD_BROKER_URL"]
+        result = run_cli("publish", "--url", f"{url},{url}", "--queue", queue_name, "three", env=env)
+        assert result.returncode == 0, result.stderr
+        assert broker.get_all(queue_name) == [b"one", b"two", b"three"]
         wrong = url.replace("a/b@c", "A/B@C")
         result = run_cli("publish", "-c", str(_write(tmp_path, wrong, queue=queue_name)), "x", env=env)
         assert "refused the credentials" in _one_paragraph(result, EX_UNAVAILABLE, "a/b@c", "A/B@C")

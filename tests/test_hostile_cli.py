@@ -8,6 +8,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
 
@@ -257,19 +258,26 @@ BILLION_LAUGHS = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".jo
     for previous, name in zip("abcdefgh", "bcdefghi"))
 
 
+# Runs a command and prints its exit code and peak RSS (KiB). It is a fresh,
+# small process: a child forked straight from pytest would count pytest's own
+# memory in its peak (Linux keeps the high-water mark across exec).
+_MEASURE = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+_, status, usage = os.wait4(pid, 0)
+print(os.waitstatus_to_exitcode(status), usage.ru_maxrss)
+"""
+
+
 def _measured(args, env, timeout=60):
     """(returncode, stderr, seconds, peak RSS in MiB) of a wqd command."""
-    err_path = env["WQD_TEST_RECORD"] + ".stderr"
     started = time.monotonic()
-    with open(err_path, "wb") as err:
-        proc = subprocess.Popen([WQD, *args], env=env, stdout=subprocess.DEVNULL, stderr=err)
-    try:
-        _, status, usage = os.wait4(proc.pid, 0)
-    finally:
-        proc.returncode = 0  # reaped above; keeps Popen from waiting again
-    with open(err_path) as err:
-        stderr = err.read()
-    return os.waitstatus_to_exitcode(status), stderr, time.monotonic() - started, usage.ru_maxrss / 1024
+    result = subprocess.run([sys.executable, "-c", _MEASURE, WQD, *args], env=env, capture_output=True,
+                            text=True, timeout=timeout)
+    code, peak_kib = map(int, result.stdout.split())
+    return code, result.stderr, time.monotonic() - started, peak_kib / 1024
 
 
 @pytest.mark.parametrize("command", ["check", "run"])

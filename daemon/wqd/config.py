@@ -252,10 +252,10 @@ def key(check, default: Any = dataclasses.MISSING, *, doc: str, name: Optional[s
     ``check`` returns the cleaned value or raises ValueError saying what was
     expected (or is a Section or SectionList); without ``default`` the key is
     required. ``name`` is the YAML key when it differs from the attribute.
-    ``env`` names an environment variable that overrides the file, split at
-    commas into a list of URLs (see split_urls). ``when_absent(values)`` computes the value of a key the
-    file leaves out from its section's other values (the dataclass default then
-    serves only code that builds the section itself).
+    ``env`` names an environment variable that overrides the file, split into
+    a list of URLs (see split_urls). ``when_absent(values)`` computes the value
+    of a key the file leaves out from its section's other values (the dataclass
+    default then serves only code that builds the section itself).
     """
     return dataclasses.field(default=default, metadata={
         "check": check, "doc": doc, "name": name, "env": env, "when_absent": when_absent})

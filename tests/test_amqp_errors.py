@@ -20,3 +20,17 @@ def test_a_consumer_cancelled_by_the_broker():
     exc = pika.exceptions.ConsumerCancelled("the broker cancelled the consumer on 'q' (queue deleted or ack timeout)")
     assert describe_error(exc, URL) == ("the broker cancelled the consumer on 'q' (queue deleted or ack timeout) "
                                         "at amqp://wqd:***@broker:5672/%2F")
+
+
+def test_a_peer_that_is_not_a_broker_is_named_as_such():
+    from wqd.amqp import ClosedDuringHandshake, HandshakeTimeout
+
+    assert describe_error(HandshakeTimeout("10"), URL) == (
+        "the broker at amqp://wqd:***@broker:5672/%2F accepted the TCP connection but did not complete the "
+        "AMQP handshake within 10 s (is that address a RabbitMQ AMQP listener, and is the broker overloaded?)")
+    closed = "closed the connection before the AMQP handshake ended"
+    assert closed in describe_error(ClosedDuringHandshake("Transport indicated EOF"), URL)
+    eof = pika.exceptions.IncompatibleProtocolError("StreamLostError: ('Transport indicated EOF',)")
+    assert closed in describe_error(eof, URL)
+    garbage = pika.exceptions.IncompatibleProtocolError("StreamLostError: ('Stream connection lost: KeyError(1)',)")
+    assert "answered with something that is not AMQP 0-9-1" in describe_error(garbage, URL)

@@ -19,6 +19,7 @@ class Surprise(Exception):
     (errors.BrokerUnavailable("the broker refused message 'x' (nack, 9 times)"), 69),
     (amqp.BrokerUnavailable([("amqp://u:p@nowhere/", ConnectionRefusedError(111, "Connection refused"))]), 69),
     (errors.WqdError("--queue is required with --url"), 1),
+    (errors.InputError("stdin line 2 is not UTF-8 text"), 65),
     (type("QueueMismatch", (errors.ConfigError,), {})("a subclass"), 78),
 ])
 def test_each_error_class_has_its_exit_code(error, code):
@@ -26,8 +27,9 @@ def test_each_error_class_has_its_exit_code(error, code):
 
 
 def test_the_codes_are_the_sysexits_ones():
-    assert (os.EX_CONFIG, os.EX_UNAVAILABLE) == (78, 69)
-    assert dict(cli.EXIT_CODES) == {errors.ConfigError: os.EX_CONFIG, errors.BrokerUnavailable: os.EX_UNAVAILABLE}
+    assert (os.EX_CONFIG, os.EX_UNAVAILABLE, os.EX_DATAERR) == (78, 69, 65)
+    assert dict(cli.EXIT_CODES) == {errors.ConfigError: os.EX_CONFIG, errors.BrokerUnavailable: os.EX_UNAVAILABLE,
+                                    errors.InputError: os.EX_DATAERR}
 
 
 def test_config_and_broker_errors_are_the_typed_ones():

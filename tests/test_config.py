@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from daemon import run_cli, wqd_env
 from wqd import config
@@ -49,7 +50,7 @@ def test_null_dead_letter_queue_is_kept():
     ("    colour: red\n", "wqd.yaml:8: pools[0].colour: unknown key"),
     ("    prefetch: true\n", "wqd.yaml:8: pools[0].prefetch: expected a positive integer, got True"),
     ("    queue_type: stream\n", "pools[0].queue_type: expected one of classic, quorum, got 'stream'"),
-    ("    time_limit: -1\n", "pools[0].time_limit: expected a positive number of seconds, got -1"),
+    ("    time_limit: -1\n", "pools[0].time_limit: expected a positive number of seconds, at most 31536000 (a year), got -1"),
     ("    retry_delay: {initial: 1, speed: 2}\n", "pools[0].retry_delay.speed: unknown key"),
 ])
 def test_pool_errors(addition, expected):
@@ -155,7 +156,7 @@ def test_errors_from_every_section_and_pool_are_collected_together(tmp_path):
     assert errors_of(text).splitlines() == [
         "wqd.yaml:11: logging.level: expected one of debug, info, warning, error, got 'loud'",
         "wqd.yaml:12: shutdown: expected a mapping, got []",
-        "wqd.yaml:8: pools[0].retry_delay.factor: expected a number >= 1, got 0.5",
+        "wqd.yaml:8: pools[0].retry_delay.factor: expected a number from 1 to 100, got 0.5",
         "wqd.yaml:9: pools[1]: expected a mapping, got 5",
         "wqd.yaml:10: pools[2].workers: expected a positive integer, got 0",
     ]
@@ -175,7 +176,7 @@ def test_tls_keys_that_do_not_fit_together(tmp_path):
 @pytest.mark.parametrize("line, replacement, expected", [
     ("workers: 2", "workers: 2.0", "pools[0].workers: expected a positive integer, got 2.0"),
     ("workers: 2", "max_retries: false", "pools[0].max_retries: expected an integer >= 0, got False"),
-    ("workers: 2", "time_limit: true", "pools[0].time_limit: expected a positive number of seconds, got True"),
+    ("workers: 2", "time_limit: true", "pools[0].time_limit: expected a positive number of seconds, at most 31536000 (a year), got True"),
     ("handler: wqd.examples:sleep_dots", "handler: nocolon", "pools[0].handler: expected \"module:callable\""),
 ])
 def test_a_boolean_is_not_a_number_and_types_are_strict(line, replacement, expected):
@@ -239,9 +240,10 @@ def test_broker_url_may_list_cluster_nodes(monkeypatch):
     assert parse(text).broker.urls == ("amqp://a:s3cret@n1:5672/%2F", "amqp://a:s3cret@n2:5672/%2F")
     monkeypatch.setenv("WQD_BROKER_URL", "amqp://u:p@n1/v, amqp://u:p@n2/v")
     assert parse(GOOD).broker.urls == ("amqp://u:p@n1/v", "amqp://u:p@n2/v")
-    monkeypatch.setenv("WQD_BROKER_URL", "amqp://u:p@n1/v,http://u:s3cret@n2/v")
+    monkeypatch.setenv("WQD_BROKER_URL", "amqp://u:p@n1/v,amqps://u:s3cret@n2:99999/v")
     message = errors_of(GOOD)
-    assert "$WQD_BROKER_URL: expected an amqp:// or amqps:// URL or a list of them" in message
+    assert "$WQD_BROKER_URL: the port must be a number from 1 to 65535 (URL 2 of 2), got " \
+           "['amqp://u:***@n1/v', 'amqps://u:***@n2:99999/v']" in message
     assert "s3cret" not in message
 
 
@@ -251,3 +253,135 @@ def test_a_bad_url_in_a_list_is_named_without_its_password():
     message = errors_of(text)
     assert "broker.url: expected an amqp:// or amqps:// URL or a list of them, got " \
            "['amqp://a:***@n1/', 'ftp://a:***@n2/']" in message
+
+
+# -- hostile values, as classes --
+
+def _leaf_keys(cls, prefix=()):
+    """(YAML path, check) of every key that holds a single value."""
+    for name, field in config.declared_keys(cls):
+        check = field.metadata["check"]
+        if isinstance(check, config.SectionList):
+            yield from _leaf_keys(check.cls, prefix + (name, 0))
+        elif isinstance(check, config.Section):
+            yield from _leaf_keys(check.cls, prefix + (name,))
+        else:
+            yield prefix + (name,), check
+
+
+def _accepts(check, value) -> bool:
+    try:
+        check(value)
+        return True
+    except ValueError:
+        return False
+
+
+NUMBER_KEYS = [path for path, check in _leaf_keys(config.Config) if _accepts(check, 1)]
+
+
+def test_the_number_keys_are_the_expected_ones():
+    names = {".".join(str(part) for part in path) for path in NUMBER_KEYS}
+    assert names == {"broker.heartbeat", "shutdown.graceful_timeout", "pools.0.workers", "pools.0.prefetch",
+                     "pools.0.max_retries", "pools.0.retry_delay.initial", "pools.0.retry_delay.max",
+                     "pools.0.retry_delay.factor", "pools.0.time_limit", "pools.0.max_tasks_per_child",
+                     "pools.0.max_memory_per_child"}
+
+
+# Counts that are only ever compared: any size is usable.
+UNBOUNDED_COUNTS = ("max_retries", "max_tasks_per_child", "max_memory_per_child")
+
+
+@pytest.mark.parametrize("path, value", [
+    (path, value) for path in NUMBER_KEYS for value in (".nan", ".inf", "-.inf", "1" + "0" * 400, "1e400")
+    if not (path[-1] in UNBOUNDED_COUNTS and value.isdigit())
+], ids=lambda item: ".".join(map(str, item)) if isinstance(item, tuple) else item[:8])
+def test_every_number_key_refuses_what_is_not_a_finite_usable_number(path, value):
+    document = {"pools": [{"name": "a", "queue": "q", "handler": "m:f"}]}
+    target = document
+    for part in path[:-1]:
+        target = target[part] if isinstance(part, int) else target.setdefault(part, {})
+    target[path[-1]] = value
+    text = yaml.safe_dump(document).replace(f"'{value}'", value)
+    message = errors_of(text)
+    assert ".".join(str(part) for part in path).replace(".0.", "[0].") + ": expected" in message, message
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("pools: [{name: a, queue: q, handler: 'm:f', workers: 1001}]", "pools[0].workers: expected at most 1000, got 1001"),
+    ("pools: [{name: a, queue: q, handler: 'm:f', prefetch: 65536}]",
+     "pools[0].prefetch: expected at most 65535 (a 16-bit AMQP field), got 65536"),
+    ("pools: [{name: a, queue: q, handler: 'm:f', retry_delay: {max: 2073601}}]",
+     "pools[0].retry_delay.max: expected a positive number of seconds, at most 2073600 (24 days), got 2073601"),
+    ("pools: [{name: a, queue: q, handler: 'm:f', retry_delay: {factor: 101}}]",
+     "pools[0].retry_delay.factor: expected a number from 1 to 100, got 101"),
+])
+def test_numbers_within_what_amqp_rabbitmq_and_the_clock_take(text, expected):
+    assert expected in errors_of(text)
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("amqp://guest:guest@host:5672/%2F", "amqp://guest:***@host:5672/%2F"),
+    ("amqp://host/", "amqp://host/"),
+    ("amqp://user@host/", "amqp://user@host/"),
+    ("amqp://u:pa/ss@host/v", "amqp://u:***@host/v"),
+    ("amqp://u:p@ss@host/v", "amqp://u:***@host/v"),
+    ("amqp://u:p#ss?x@host:5672/v?heartbeat=5", "amqp://u:***@host:5672/v?heartbeat=5"),
+    ("amqp://u:p:ss,amqp://x@host/", "amqp://u:***@host/"),
+    ("amqp://u:secret", "amqp://u:***"),  # no "@": not a port, so maybe a password
+    ("amqp://u:secret/vhost", "amqp://u:***"),
+    ("amqp://[::1]:5672/%2F", "amqp://[::1]:5672/%2F"),
+    ("guest:secret@host", "guest:***@host"),
+])
+def test_redact_url_whatever_the_password_holds(url, shown):
+    assert config.redact_url(url) == shown
+
+
+@pytest.mark.parametrize("text, urls", [
+    ("amqp://u:p@a/v, amqp://u:p@b/v", ["amqp://u:p@a/v", "amqp://u:p@b/v"]),
+    ("amqp://u:p,q@a/v,AMQPS://u:r,s@b/v", ["amqp://u:p,q@a/v", "AMQPS://u:r,s@b/v"]),
+    ("amqp://u:p,http://x@a/v", ["amqp://u:p,http://x@a/v"]),
+])
+def test_url_lists_split_only_where_a_new_url_starts(text, urls):
+    assert config.split_urls(text) == urls
+
+
+def test_a_password_with_reserved_characters_is_encoded_for_pika(monkeypatch):
+    import pika
+
+    loaded = parse(GOOD.replace("amqp://guest:s3cret@127.0.0.1:5672/%2F",
+                                "'amqp://guest:a/b@c#d?e:f,g h@127.0.0.1:5672/%2F'"))
+    assert loaded.broker.url == "amqp://guest:a%2Fb%40c%23d%3Fe%3Af,g%20h@127.0.0.1:5672/%2F"
+    parameters = pika.URLParameters(loaded.broker.url)
+    assert (parameters.credentials.password, parameters.host, parameters.port) == ("a/b@c#d?e:f,g h", "127.0.0.1", 5672)
+    monkeypatch.setenv("WQD_BROKER_URL", "amqp://u:x,y@n1/v,amqp://u:z,w@n2/v")
+    assert parse(GOOD).broker.urls == ("amqp://u:x,y@n1/v", "amqp://u:z,w@n2/v")
+
+
+def test_a_key_or_a_value_holding_a_url_is_shown_without_its_password():
+    message = errors_of(GOOD + "    'amqp://u:k3y-secret@h': 1\n    colour: [{a: 'amqp://u:v4l-secret@h'}]\n")
+    assert "pools[0].amqp://u:***@h: unknown key" in message
+    assert "k3y-secret" not in message and "v4l-secret" not in message
+
+
+def test_a_long_value_is_cut_in_an_error():
+    message = errors_of(GOOD.replace("workers: 2", "workers: '" + "x" * 100_000 + "'"))
+    assert len(message) < 400 and message.endswith("...")
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("a: &a [*a]\n", "wqd.yaml:1: alias *a refers to a collection that contains it"),
+    ("a: " + "[" * 40 + "]" * 40 + "\n", "wqd.yaml:1: the document nests deeper than 32 levels"),
+    ("a: &a [" + ", ".join(["x" * 100] * 100) + "]\nb: &b [" + ", ".join(["*a"] * 100) + "]\n",
+     "wqd.yaml:2: the document, its aliases expanded, is larger than wqd accepts"),
+    ("pools: [{name: a, queue: q, handler: 'm:f'}]\nwhen: 2026-13-45\n", "wqd.yaml: invalid YAML: month must be in 1..12"),
+])
+def test_yaml_beyond_the_limits_is_refused(text, problem):
+    assert errors_of(text).startswith(problem)
+
+
+def test_anchors_and_merge_keys_within_the_limits_still_work():
+    text = "x-defaults: &defaults {queue: q, handler: 'm:f', workers: 3}\n"
+    assert "x-defaults: unknown key" in errors_of(text + "pools: [{<<: *defaults, name: a}]\n")
+    loaded = parse("pools:\n  - &p {name: a, queue: q, handler: 'm:f', workers: 3}\n  - {<<: *p, name: b}\n")
+    assert [pool.workers for pool in loaded.pools] == [3, 3]

@@ -53,7 +53,7 @@ def test_publish_and_status_exit_69_when_the_broker_is_unreachable(tmp_path, mak
 def test_publish_raises_typed_errors_and_leaves_exit_codes_to_the_cli(free_tcp_port):
     broker = BrokerConfig(urls=(f"amqp://guest:hidden@127.0.0.1:{free_tcp_port}/%2F",))
     with pytest.raises(errors.BrokerUnavailable) as caught:
-        list(publish_lines(broker, "q", None, ["hello"], {}))
+        list(publish_lines(broker, "q", None, [b"hello"], {}))
     assert "cannot reach the broker" in str(caught.value) and "hidden" not in str(caught.value)
 
 

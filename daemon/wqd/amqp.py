@@ -7,6 +7,7 @@ from typing import Optional
 
 import pika
 import pika.exceptions
+from pika.adapters.utils import connection_workflow
 
 from wqd import errors
 from wqd.config import BrokerConfig, TLSConfig, redact_url
@@ -78,11 +79,44 @@ def tls_context(tls: Optional[TLSConfig]) -> ssl.SSLContext:
     return context
 
 
+class HandshakeTimeout(pika.exceptions.AMQPConnectionError):
+    """The address took the TCP connection but no AMQP handshake completed in time."""
+
+
+class ClosedDuringHandshake(pika.exceptions.AMQPConnectionError):
+    """The address took the TCP connection, then closed it before the AMQP handshake ended."""
+
+
+def open_connection(params: pika.URLParameters) -> pika.BlockingConnection:
+    """pika.BlockingConnection(params), every failure of which is an AMQPError
+    or an OSError: pika lets some of its connection-workflow errors (a peer
+    that accepts TCP and stays silent) out as they are, past any caller's
+    ``except AMQPError``, so they become AMQPConnectionErrors here."""
+    try:
+        return pika.BlockingConnection(params)
+    except connection_workflow.AMQPConnectorStackTimeout:
+        raise HandshakeTimeout(f"{params.stack_timeout:g}") from None
+    except pika.exceptions.StreamLostError as exc:
+        raise ClosedDuringHandshake(*exc.args) from None
+    except connection_workflow.AMQPConnectorException as exc:
+        raise pika.exceptions.AMQPConnectionError(exc) from None
+
+
 def connect(broker: BrokerConfig, url=None, name=None) -> pika.BlockingConnection:
     params = parameters(broker, url)
     if name:
         params.client_properties = {"connection_name": name}
-    return pika.BlockingConnection(params)
+    return open_connection(params)
+
+
+def server_version(connection: pika.BlockingConnection):
+    """(product, version as a tuple of ints) the broker announced, e.g.
+    ("RabbitMQ", (3, 10, 8)); ("", ()) when it did not say."""
+    properties = getattr(connection._impl, "server_properties", None) or {}  # pika keeps them on its impl only
+    product, version = (value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value or "")
+                        for value in (properties.get("product"), properties.get("version")))
+    numbers = re.match(r"(\d+)(?:\.(\d+))?(?:\.(\d+))?", version)
+    return product, tuple(int(part) for part in numbers.groups() if part is not None) if numbers else ()
 
 
 class BrokerUnavailable(errors.BrokerUnavailable):
@@ -127,6 +161,19 @@ def describe_error(exc: BaseException, url: str) -> str:
         return f"{exc.args[0] if exc.args else 'the broker cancelled the consumer'} at {where}"
     if isinstance(exc, TLSFileError):
         return f"cannot connect to the broker at {where}: {exc}"
+    if isinstance(exc, HandshakeTimeout):
+        return (f"the broker at {where} accepted the TCP connection but did not complete the AMQP handshake "
+                f"within {exc} s (is that address a RabbitMQ AMQP listener, and is the broker overloaded?)")
+    if isinstance(exc, pika.exceptions.IncompatibleProtocolError) and any(
+            words in str(exc) for words in ("Transport indicated EOF", "ConnectionResetError")):
+        exc = ClosedDuringHandshake(*exc.args)  # pika's words for a peer that closed (or reset) at once
+    if isinstance(exc, pika.exceptions.IncompatibleProtocolError):
+        detail = _innermost(exc.args[0] if exc.args else exc)[:200]
+        return (f"the server at {where} answered with something that is not AMQP 0-9-1 ({detail}); is that "
+                f"address a RabbitMQ AMQP listener? (a TLS one needs amqps://)")
+    if isinstance(exc, ClosedDuringHandshake):
+        return (f"the server at {where} closed the connection before the AMQP handshake ended; is that "
+                f"address a RabbitMQ AMQP listener? (a TLS one needs amqps://)")
     root = _root_error(exc)
     if isinstance(root, ssl.SSLError):
         return f"TLS handshake with the broker at {where} failed: {_describe_tls(root)}"

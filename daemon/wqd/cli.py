@@ -4,13 +4,14 @@ import argparse
 import errno
 import json
 import os
+import socket
 import sys
 
 import wqd
 from wqd import config as config_module
 from wqd import errors, logs
 from wqd import handlers as handlers_module
-from wqd.publisher import publish_lines
+from wqd.publisher import publish_lines, utf8_body
 from wqd.status import format_status, gather_status
 
 EXIT_OK = 0
@@ -22,6 +23,7 @@ EXIT_FAILURE = 1
 EXIT_CODES = (
     (errors.ConfigError, os.EX_CONFIG),
     (errors.BrokerUnavailable, os.EX_UNAVAILABLE),
+    (errors.InputError, os.EX_DATAERR),
 )
 # Why binding metrics.listen can fail that the configuration can fix.
 _LISTEN_ERRNOS = (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES)
@@ -74,7 +76,9 @@ def _parser() -> argparse.ArgumentParser:
 
     add("run", cmd_run, "run the daemon in the foreground")
     add("check", cmd_check, "validate the config and import the handlers")
-    publish = add("publish", cmd_publish, "publish persistent messages with publisher confirms")
+    publish = add("publish", cmd_publish, "publish persistent messages with publisher confirms; a message "
+                  "that is not UTF-8 or larger than the broker takes stops the run with exit 65 (those "
+                  "before it were sent, it and those after it are not)")
     publish.add_argument("--url", help="broker URL (instead of the config's broker.url)")
     publish.add_argument("--queue", help="target queue (default: the config's first pool)")
     publish.add_argument("--transient", action="store_true", help="publish non-persistent messages")
@@ -110,10 +114,12 @@ def cmd_run(args) -> int:
     logs.setup(config.logging.level, config.logging.format)
     try:
         Master(config, handlers).run()
-    except OSError as exc:  # from binding the HTTP endpoint, the one socket the master opens itself
-        if exc.filename is None and config.metrics.listen and exc.errno in _LISTEN_ERRNOS:
+    except (OSError, OverflowError) as exc:  # from binding the HTTP endpoint, the one socket the master opens itself
+        cannot_listen = isinstance(exc, (socket.gaierror, OverflowError)) or (
+            exc.filename is None and exc.errno in _LISTEN_ERRNOS)
+        if config.metrics.listen and cannot_listen:
             raise errors.ConfigError(f"{config.path}: metrics.listen: cannot listen on "
-                                     f"{config.metrics.listen}: {exc.strerror}") from None
+                                     f"{config.metrics.listen}: {getattr(exc, 'strerror', None) or exc}") from None
         raise
     return EXIT_OK
 
@@ -122,7 +128,7 @@ def cmd_publish(args) -> int:
     if args.url:
         config = None
         try:
-            broker = config_module.BrokerConfig(urls=config_module.broker_urls(args.url.split(",")))
+            broker = config_module.BrokerConfig(urls=config_module.broker_urls(config_module.split_urls(args.url)))
         except ValueError as exc:
             raise errors.WqdError(f"--url: {exc}") from None
     else:
@@ -135,22 +141,21 @@ def cmd_publish(args) -> int:
     if not queue:
         raise errors.WqdError("--queue is required with --url")
     headers = {}
-    for item in args.header:
+    for number, item in enumerate(args.header, 1):
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise errors.WqdError(f"--header expects K=V, got {item!r}")
+        utf8_body(os.fsencode(item), f"--header {number}", "nothing was sent")
         headers[key] = value
-    messages = args.messages if args.messages and args.messages != ["-"] else _stdin_lines()
+    if args.messages and args.messages != ["-"]:
+        # Arguments the OS gave as bytes that are not UTF-8 came in as surrogates.
+        messages = [utf8_body(os.fsencode(text), f"message argument {number}", "nothing was sent")
+                    for number, text in enumerate(args.messages, 1)]
+    else:
+        messages = sys.stdin.buffer if sys.stdin else []
     for body in publish_lines(broker, queue, pool, messages, headers, persistent=not args.transient):
-        print(f" [x] Sent {body!r}", flush=True)
+        print(f" [x] Sent {body.decode()!r}", flush=True)
     return EXIT_OK
-
-
-def _stdin_lines():
-    for line in sys.stdin:
-        line = line.rstrip("\n")
-        if line:
-            yield line
 
 
 def cmd_status(args) -> int:

@@ -10,27 +10,64 @@ one pass; each names the file, the line (where YAML knows it) and the key path.
 import dataclasses
 import os
 import re
+import socket
 from typing import Any, Callable, Optional, Union
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit
 
+import pika
 import yaml
 
 from wqd.errors import ConfigError  # noqa: F401  (raised here; callers catch it from here too)
+from wqd.http_endpoint import parse_listen
 
 DEFAULT_CONFIG_PATH = "/etc/wqd/wqd.yaml"
 DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672/%2F"
 
+# Limits on the file, so that loading it (at check, start and reload) takes
+# bounded time and memory whatever it holds: its size, the size of the
+# document once YAML aliases are expanded (a "billion laughs" file is a few
+# hundred bytes), and how deeply it nests. A real configuration is far below.
+MAX_CONFIG_BYTES = 1024 * 1024
+MAX_YAML_NODES = 10_000
+MAX_YAML_CHARACTERS = 2 * MAX_CONFIG_BYTES
+MAX_YAML_DEPTH = 32
+
+# The longest duration a key takes: a year is past any real timeout, and
+# well within what sleep(), select() and the monotonic clock accept.
+MAX_SECONDS = 365 * 24 * 3600
+# The longest retry delay: a delay queue expires (x-expires) after twice the
+# delay plus a minute, and RabbitMQ refuses expiries above 2^32-1 ms (49 days).
+MAX_RETRY_DELAY = 24 * 24 * 3600
+# AMQP carries the heartbeat and the prefetch count as 16-bit numbers.
+MAX_AMQP_SHORT = 65535
+# Worker processes in one pool: the master forks them all at once.
+MAX_WORKERS = 1000
+# Longer values are cut in error messages (a 1 MiB string is not an error line).
+SHOWN_LENGTH = 200
+
 
 def _shown(value: Any) -> str:
-    """A value for an error message; URLs lose their password."""
-    if isinstance(value, str) and "://" in value:
-        return repr(redact_url(value))
-    if isinstance(value, list):
-        return "[" + ", ".join(_shown(item) for item in value) + "]"
-    return repr(value)
+    """A value for an error message: URLs lose their password, long ones are cut."""
+    text = repr(_redacted(value))
+    return text if len(text) <= SHOWN_LENGTH else text[:SHOWN_LENGTH] + "..."
+
+
+def _redacted(value: Any) -> Any:
+    """``value`` with every string that may hold a password redacted, at any depth."""
+    if isinstance(value, str):
+        return redact_url(value)
+    if isinstance(value, (list, tuple)):
+        return [_redacted(item) for item in value]
+    if isinstance(value, dict):
+        return {_redacted(k): _redacted(v) for k, v in value.items()}
+    return value
 
 
 # -- value checks: each returns the cleaned value or raises ValueError(expected) --
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def positive_int(value: Any) -> int:
@@ -45,15 +82,39 @@ def non_negative_int(value: Any) -> int:
     return value
 
 
-def positive_number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ValueError("expected a positive number of seconds")
-    return float(value)
+def at_most(maximum: int, check: Callable[[Any], int], why: str = "") -> Callable[[Any], int]:
+    """``check``, and at most ``maximum``."""
+    def check_at_most(value: Any) -> int:
+        value = check(value)
+        if value > maximum:
+            raise ValueError(f"expected at most {maximum}{why}")
+        return value
+
+    return check_at_most
+
+
+def amqp_short(check: Callable[[Any], int]) -> Callable[[Any], int]:
+    """``check``, and at most 65535: the value travels in a 16-bit AMQP field."""
+    return at_most(MAX_AMQP_SHORT, check, " (a 16-bit AMQP field)")
+
+
+def seconds(maximum: int, in_words: str) -> Callable[[Any], float]:
+    """A positive, finite duration up to ``maximum``. The comparison also
+    refuses .nan and .inf, and happens before float(), which cannot hold 10**400."""
+    def check_seconds(value: Any) -> float:
+        if not _is_number(value) or not 0 < value <= maximum:
+            raise ValueError(f"expected a positive number of seconds, at most {maximum} ({in_words})")
+        return float(value)
+
+    return check_seconds
+
+
+positive_number = seconds(MAX_SECONDS, "a year")
 
 
 def factor_number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 1:
-        raise ValueError("expected a number >= 1")
+    if not _is_number(value) or not 1 <= value <= 100:
+        raise ValueError("expected a number from 1 to 100")
     return float(value)
 
 
@@ -67,7 +128,7 @@ def readable_file(value: Any) -> str:
     """A file this process can read now: a wrong TLS path fails `wqd check`,
     not every connection attempt of every worker later."""
     value = non_empty_str(value)
-    if not os.path.isfile(value) or not os.access(value, os.R_OK):
+    if "\0" in value or not os.path.isfile(value) or not os.access(value, os.R_OK):
         raise ValueError("expected a readable file")
     return value
 
@@ -94,28 +155,70 @@ def handler_ref(value: Any) -> str:
     return value
 
 
+_EXPECTED_URL = "expected an amqp:// or amqps:// URL"
+
+
 def broker_url(value: Any) -> str:
-    if not isinstance(value, str) or urlsplit(value).scheme not in ("amqp", "amqps"):
-        raise ValueError("expected an amqp:// or amqps:// URL")
-    return value
+    """The URL as pika will read it (see ``_encode_userinfo``), once pika accepts it."""
+    if not isinstance(value, str) or not re.match(r"amqps?://", value, re.IGNORECASE):
+        raise ValueError(_EXPECTED_URL)
+    url = _encode_userinfo(value)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # "Invalid IPv6 URL"; its text may quote the password
+        raise ValueError("not a valid URL") from None
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or out of range
+        port = -1
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError("the port must be a number from 1 to 65535")
+    try:
+        pika.URLParameters(url)
+    except Exception as exc:  # pika refuses a bad query parameter with any of several errors
+        text = str(exc)
+        for password in (_split_userinfo(value)[2], _split_userinfo(url)[2]):
+            text = text.replace(password, "***") if password else text
+        raise ValueError(f"not a URL pika can use: {redact_url(text)[:SHOWN_LENGTH]}") from None
+    return url
 
 
 def broker_urls(value: Any) -> tuple:
     """One URL, or a list of them (the nodes of a cluster)."""
     values = value if isinstance(value, list) else [value]
     if not values:
-        raise ValueError("expected an amqp:// or amqps:// URL or a list of them")
-    try:
-        return tuple(broker_url(item) for item in values)
-    except ValueError:
-        raise ValueError("expected an amqp:// or amqps:// URL or a list of them") from None
+        raise ValueError(_EXPECTED_URL + " or a list of them")
+    urls = []
+    for index, item in enumerate(values):
+        try:
+            urls.append(broker_url(item))
+        except ValueError as exc:
+            if str(exc) == _EXPECTED_URL:
+                raise ValueError(_EXPECTED_URL + " or a list of them") from None
+            raise ValueError(f"{exc} (URL {index + 1} of {len(values)})" if len(values) > 1 else str(exc)) from None
+    return tuple(urls)
+
+
+def split_urls(text: str) -> list:
+    """A comma-separated list of URLs, split only at a comma that starts a new
+    amqp:// or amqps:// URL: a password may hold commas."""
+    return [item.strip() for item in re.split(r",(?=\s*amqps?://)", text, flags=re.IGNORECASE)]
 
 
 def listen_address(value: Any) -> Optional[str]:
+    """host:port that can be bound: the port in range and the host resolving
+    now, so `wqd check` fails rather than `wqd run` later."""
     if value is None:
         return None
     if not isinstance(value, str) or not re.fullmatch(r"\[?[\w.:-]*\]?:\d{1,5}", value):
         raise ValueError('expected "host:port" or null')
+    host, port = parse_listen(value)
+    if port > 65535:
+        raise ValueError("expected a port from 0 to 65535")
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as exc:
+        raise ValueError(f"cannot resolve host {host!r} ({getattr(exc, 'strerror', None) or exc})") from None
     return value
 
 
@@ -149,10 +252,10 @@ def key(check, default: Any = dataclasses.MISSING, *, doc: str, name: Optional[s
     ``check`` returns the cleaned value or raises ValueError saying what was
     expected (or is a Section or SectionList); without ``default`` the key is
     required. ``name`` is the YAML key when it differs from the attribute.
-    ``env`` names an environment variable that overrides the file, split at
-    commas into a list. ``when_absent(values)`` computes the value of a key the
-    file leaves out from its section's other values (the dataclass default then
-    serves only code that builds the section itself).
+    ``env`` names an environment variable that overrides the file, split into
+    a list of URLs (see split_urls). ``when_absent(values)`` computes the value
+    of a key the file leaves out from its section's other values (the dataclass
+    default then serves only code that builds the section itself).
     """
     return dataclasses.field(default=default, metadata={
         "check": check, "doc": doc, "name": name, "env": env, "when_absent": when_absent})
@@ -181,7 +284,7 @@ class TLSConfig:
 class BrokerConfig:
     urls: tuple = key(broker_urls, (DEFAULT_BROKER_URL,), name="url", env="WQD_BROKER_URL",
                       doc="a URL, or a list of them (one per cluster node; workers spread over them)")
-    heartbeat: int = key(non_negative_int, 60, doc="AMQP heartbeat, seconds (0 disables)")
+    heartbeat: int = key(amqp_short(non_negative_int), 60, doc="AMQP heartbeat, seconds (0 disables)")
     tls: Optional[TLSConfig] = key(Section(TLSConfig, nullable=True), None,
                                    doc="{ca_file, cert_file, key_file} for amqps:// URLs")
 
@@ -220,8 +323,8 @@ class ShutdownConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RetryDelay:
-    initial: float = key(positive_number, 1.0, doc="seconds before the first retry")
-    max: float = key(positive_number, 300.0, doc="the longest delay, seconds")
+    initial: float = key(seconds(MAX_RETRY_DELAY, "24 days"), 1.0, doc="seconds before the first retry")
+    max: float = key(seconds(MAX_RETRY_DELAY, "24 days"), 300.0, doc="the longest delay, seconds")
     factor: float = key(factor_number, 2.0, doc="each retry waits this many times longer than the one before")
 
 
@@ -230,8 +333,8 @@ class PoolConfig:
     name: str = key(non_empty_str, doc="unique; the label in metrics, logs and process titles")
     queue: str = key(non_empty_str, doc="the work queue, declared durable")
     handler: str = key(handler_ref, doc='"module:callable" run for each message')
-    workers: int = key(positive_int, 1, doc="worker processes")
-    prefetch: int = key(positive_int, 1, doc="unacked messages per worker; 1 = fair dispatch")
+    workers: int = key(at_most(MAX_WORKERS, positive_int), 1, doc="worker processes")
+    prefetch: int = key(amqp_short(positive_int), 1, doc="unacked messages per worker; 1 = fair dispatch")
     queue_type: str = key(one_of("classic", "quorum"), "classic", doc="classic, or quorum (for clusters)")
     max_retries: int = key(non_negative_int, 3, doc="retries after the first failed attempt; then dead-letter")
     retry_delay: RetryDelay = key(Section(RetryDelay), RetryDelay(), doc="the delay before each retry")
@@ -281,7 +384,10 @@ class _Validator:
                 break
             line = self.lines.get(parent)
         where = f"{self.path}:{line}" if line else self.path
-        self.errors.append(f"{where}: {key_path}: {text}")
+        shown_path = redact_url(key_path)  # a key is text from the file too
+        if len(shown_path) > SHOWN_LENGTH:
+            shown_path = shown_path[:SHOWN_LENGTH] + "..."
+        self.errors.append(f"{where}: {shown_path}: {text}")
 
     def config(self, data: Any) -> Optional[Config]:
         if data is not None and not isinstance(data, dict):
@@ -345,15 +451,15 @@ class _Validator:
             items.append(self.section(spec.cls, item, item_path))
             unique = item.get(spec.unique) if isinstance(item, dict) else None
             if isinstance(unique, str) and unique in seen:
-                self.error(f"{item_path}.{spec.unique}", f"duplicate {spec.noun} {spec.unique} {unique!r} "
+                self.error(f"{item_path}.{spec.unique}", f"duplicate {spec.noun} {spec.unique} {_shown(unique)} "
                                                          f"(also {key_path}[{seen[unique]}])")
             elif isinstance(unique, str):
                 seen[unique] = index
         return _INVALID if any(item is _INVALID for item in items) else tuple(items)
 
     def environment(self, check: Callable[[Any], Any], variable: str) -> Any:
-        """A key's value from the environment (comma-separated), which wins over the file."""
-        value = [item.strip() for item in os.environ[variable].split(",")]
+        """A key's value from the environment (URLs separated by commas), which wins over the file."""
+        value = split_urls(os.environ[variable])
         try:
             return check(value)
         except ValueError as exc:
@@ -381,28 +487,30 @@ def _key_lines(node: Any, key_path: str, lines: dict) -> None:
 
 def parse(text: str, path: str) -> Config:
     """Validate YAML text; raise ConfigError listing every problem."""
-    try:
-        data = yaml.safe_load(text)
-        lines: dict = {}
-        _key_lines(yaml.compose(text, Loader=yaml.SafeLoader), "", lines)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else path
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
+    data, lines = _read_yaml(text, path)
     validator = _Validator(path, lines)
     config = validator.config(data)
     if validator.errors:
-        raise ConfigError("\n".join(validator.errors))
+        raise ConfigError(_without_secrets("\n".join(validator.errors), data))
     return config
 
 
 def load(path: str) -> Config:
+    """Read and validate the file: at most MAX_CONFIG_BYTES of UTF-8 text."""
     try:
-        with open(path, encoding="utf-8") as stream:
-            text = stream.read()
+        with open(path, "rb") as stream:
+            raw = stream.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the configuration file: {exc.strerror}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: the configuration file is larger than {MAX_CONFIG_BYTES} bytes "
+                          f"({MAX_CONFIG_BYTES // 1024 // 1024} MiB), the most wqd reads")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{path}:{line}: the configuration file is not UTF-8 text "
+                          f"(byte 0x{raw[exc.start]:02x} at offset {exc.start})") from None
     return parse(text, path)
 
 
@@ -410,13 +518,155 @@ def default_path() -> str:
     return os.environ.get("WQD_CONFIG") or DEFAULT_CONFIG_PATH
 
 
+# -- reading YAML within limits --
+
+# libyaml when PyYAML was built with it: several times faster on a large file.
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _read_yaml(text: str, path: str):
+    """(data, {key path: line}) of a YAML document; ConfigError if it is not
+    YAML or exceeds the limits. The limits are checked on the event stream
+    before anything is built, so a billion laughs costs its few hundred bytes."""
+    try:
+        _check_limits(text, path)
+        loader = _Loader(text)
+        try:
+            node = loader.get_single_node()
+            data = None if node is None else loader.construct_document(node)
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else path
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}: invalid YAML: {redact_url(problem)[:SHOWN_LENGTH]}") from None
+    except (ValueError, OverflowError) as exc:  # a scalar YAML resolves but Python cannot hold: 2026-13-45
+        raise ConfigError(f"{path}: invalid YAML: {redact_url(str(exc))[:SHOWN_LENGTH]}") from None
+    lines: dict = {}
+    _key_lines(node, "", lines)
+    return data, lines
+
+
+def _check_limits(text: str, path: str) -> None:
+    """Walk the YAML events once, keeping for each anchor the size of what an
+    alias of it expands to; raise ConfigError past MAX_YAML_DEPTH levels,
+    MAX_YAML_NODES nodes or MAX_YAML_CHARACTERS characters of scalars."""
+    anchors = {}  # anchor -> (nodes, characters) it expands to
+    open_collections = [[None, 0, 0]]  # [anchor, nodes, characters] of the document, then each open collection
+
+    def refuse(event, problem):
+        raise ConfigError(f"{path}:{event.start_mark.line + 1}: {problem}")
+
+    for event in yaml.parse(text, Loader=_Loader):
+        anchor = getattr(event, "anchor", None)
+        if isinstance(event, yaml.CollectionStartEvent):
+            if len(open_collections) > MAX_YAML_DEPTH:
+                refuse(event, f"the document nests deeper than {MAX_YAML_DEPTH} levels")
+            open_collections.append([anchor, 1, 0])
+            continue
+        if isinstance(event, yaml.ScalarEvent):
+            size = (1, len(event.value))
+        elif isinstance(event, yaml.AliasEvent):
+            if any(anchor == entry[0] for entry in open_collections):
+                refuse(event, f"alias *{anchor} refers to a collection that contains it")
+            if anchor not in anchors:
+                continue  # undefined: the composer names it
+            size, anchor = anchors[anchor], None
+        elif isinstance(event, yaml.CollectionEndEvent):
+            anchor, *size = open_collections.pop()
+        else:
+            continue
+        if anchor:
+            anchors[anchor] = tuple(size)
+        receiver = open_collections[-1]
+        receiver[1] += size[0]
+        receiver[2] += size[1]
+        if receiver[1] > MAX_YAML_NODES or receiver[2] > MAX_YAML_CHARACTERS:
+            refuse(event, f"the document, its aliases expanded, is larger than wqd accepts "
+                          f"({MAX_YAML_NODES} nodes, {MAX_YAML_CHARACTERS} characters)")
+
+
+def _without_secrets(text: str, data: Any) -> str:
+    """``text`` with every password of a URL found anywhere in ``data`` (or in
+    $WQD_BROKER_URL) replaced by ***: whatever an error quotes, a password
+    stays hidden. Passwords under 4 characters are left to redact_url (each
+    would otherwise mask unrelated words)."""
+    found = set()
+
+    def collect(value):
+        if isinstance(value, str):
+            password = _split_userinfo(value)[2]
+            if password and len(password) >= 4:
+                found.update({password, _percent_encode(password)})
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                collect(item)
+        elif isinstance(value, dict):
+            for key_and_value in value.items():
+                collect(key_and_value)
+
+    collect(data)
+    collect(split_urls(os.environ.get("WQD_BROKER_URL", "")))
+    for secret in sorted(found, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+# -- URLs and their passwords --
+
+
+def _split_userinfo(url: str):
+    """(the text up to and with the first "scheme://" (or ""), user, password
+    or None, the part after the user info or None when there is no "@").
+
+    The user info runs to the last "@", so a password may hold any character
+    ("@", "/", "#", "?", ":" and "," included) and is still found whole; a raw
+    "@" after the host (in a virtual host) must be written %40.
+    """
+    match = re.search(r"[A-Za-z][A-Za-z0-9+.-]*://", url)
+    prefix = url[:match.end()] if match else ""
+    userinfo, at, rest = url[len(prefix):].rpartition("@")
+    if not at:
+        return prefix, None, None, None
+    user, colon, password = userinfo.partition(":")
+    return prefix, user, (password if colon else None), rest
+
+
+def _percent_encode(text: str) -> str:
+    """Percent-encode what would end a URL's user info early or that a URL
+    parser may refuse ("/", "?", "#", "@", ":", spaces, controls, non-ASCII);
+    "%" is kept, as it already encodes."""
+    return quote(text, safe="!$&'()*+,;=%")
+
+
+def _encode_userinfo(url: str) -> str:
+    """The URL with its user and password percent-encoded where a raw character
+    would make a URL parser (pika's) end them early: amqp://u:a/b@h becomes
+    amqp://u:a%2Fb@h, the same password. A "%" is kept: it already encodes."""
+    prefix, user, password, rest = _split_userinfo(url)
+    if rest is None:
+        return url
+    userinfo = _percent_encode(user) + ("" if password is None else ":" + _percent_encode(password))
+    return f"{prefix}{userinfo}@{rest}"
+
+
 def redact_url(url: Union[str, None]) -> str:
-    """Hide the password of a broker URL: amqp://guest:***@host."""
+    """Hide the password of a broker URL: amqp://guest:***@host, whatever
+    characters the password holds. Without an "@", what follows the host's
+    ":" is shown only if it is a port number (it may be a password whose "@"
+    was forgotten)."""
     if not url:
         return str(url)
-    parts = urlsplit(url)
-    if parts.password is None:
+    prefix, user, password, rest = _split_userinfo(url)
+    if rest is not None:
+        return url if password is None else f"{prefix}{user}:***@{rest}"
+    if not prefix:
         return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = netloc[0].split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
+    after_scheme = url[len(prefix):]
+    authority = re.match(r"(\[[^\]]*\])?[^/?#]*", after_scheme).group(0)
+    host_end = authority.find("]") + 1 if authority.startswith("[") else 0
+    host, colon, port = authority[host_end:].partition(":")
+    if not colon or port.isdigit():
+        return url
+    return f"{prefix}{authority[:host_end]}{host}:***"

@@ -14,3 +14,8 @@ class ConfigError(WqdError):
 class BrokerUnavailable(WqdError):
     """No broker could be reached or it refused wqd (os.EX_UNAVAILABLE for
     one-shot commands; `wqd run` retries instead)."""
+
+
+class InputError(WqdError):
+    """Input a command was given cannot be used as it is: a line that is not
+    UTF-8, a message larger than the broker takes (os.EX_DATAERR)."""

@@ -1,8 +1,9 @@
 """Resolve "module:callable" handler references in the master, before any fork."""
 
+import inspect
 import pkgutil
 import traceback
-from typing import Callable
+from typing import Callable, Optional
 
 from wqd.config import ConfigError
 
@@ -11,12 +12,40 @@ from wqd.config import ConfigError
 _MACHINERY = ("importlib", pkgutil.__file__, __file__)
 
 
+class UnsupportedHandler(TypeError):
+    """A callable wqd would call without ever running its body (see kind_problem)."""
+
+
 def resolve(reference: str) -> Callable:
-    """Import ``module:attr.path``; raise ImportError/AttributeError as they come."""
+    """Import ``module:attr.path``; raise ImportError/AttributeError as they come,
+    TypeError for something that is not a plain callable."""
     target = pkgutil.resolve_name(reference)
     if not callable(target):
         raise TypeError(f"{reference} is a {type(target).__name__}, not a callable")
+    problem = kind_problem(target)
+    if problem:
+        raise UnsupportedHandler(f"{reference!r} is {problem}; wqd runs a handler as a plain function and "
+                                 f"acks when it returns, so its body would never run. Write a plain "
+                                 f"`def` (call a coroutine with asyncio.run() inside it)")
     return target
+
+
+def kind_problem(target: Callable) -> Optional[str]:
+    """What makes ``target`` unusable as a handler, or None: calling a coroutine
+    function or a generator function only creates an object, it runs nothing.
+    The same holds for an object whose __call__ is one of these. (A plain
+    function that returns a coroutine can only be caught when it returns.)"""
+    candidates = [target]  # a function, method or functools.partial of one
+    if callable(target) and not inspect.isroutine(target) and not inspect.isclass(target):
+        candidates.append(type(target).__call__)
+    for candidate in candidates:
+        if inspect.iscoroutinefunction(candidate):
+            return "an async def function (a coroutine function)"
+        if inspect.isasyncgenfunction(candidate):
+            return "an async generator function"
+        if inspect.isgeneratorfunction(candidate):
+            return "a generator function"
+    return None
 
 
 def load_all(config) -> dict:
@@ -25,6 +54,8 @@ def load_all(config) -> dict:
     for index, pool in enumerate(config.pools):
         try:
             handlers[pool.name] = resolve(pool.handler)
+        except UnsupportedHandler as exc:
+            errors.append(f"{config.path}: pools[{index}].handler: {exc}")
         except Exception as exc:  # any import-time failure of user code is a config error
             module_name = pool.handler.partition(":")[0]
             errors.append(f"{config.path}: pools[{index}].handler: cannot import {pool.handler!r} "

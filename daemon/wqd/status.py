@@ -2,6 +2,7 @@
 view of its workers when a master answers on metrics.listen."""
 
 import json
+import urllib.error
 import urllib.request
 
 import pika.exceptions
@@ -11,12 +12,14 @@ from wqd.config import redact_url
 from wqd.http_endpoint import parse_listen
 
 MASTER_TIMEOUT = 2.0
+# A master's /status is a few KiB per pool; more is not read.
+MAX_STATUS_BYTES = 16 * 1024 * 1024
 
 
 def gather_status(config) -> dict:
     """Raise errors.BrokerUnavailable when no broker answers, or the one that
     does fails before every queue was looked at."""
-    master = _master_status(config)
+    master, master_problem = _master_status(config)
     master_pools = {pool["name"]: pool for pool in (master or {}).get("pools", [])}
     connection, index = amqp.connect_any(config.broker, name="wqd status")
     try:
@@ -47,8 +50,10 @@ def gather_status(config) -> dict:
             connection.close()
     return {
         "broker": ", ".join(redact_url(url) for url in config.broker.urls),
-        "master": {"running": master is not None, "pid": master and master["pid"],
-                   "ready": bool(master and master["ready"])},
+        # running: True (it answered), False (nothing listens), None (unknown: see "problem").
+        "master": {"running": True if master else (False if master_problem == _NOTHING_LISTENS else None),
+                   "pid": master and master["pid"], "ready": bool(master and master["ready"]),
+                   "problem": master_problem},
         "pools": pools,
     }
 
@@ -65,24 +70,53 @@ def _queue_counts(connection, queue: str):
     return {"messages": result.method.message_count, "consumers": result.method.consumer_count}
 
 
+_NOTHING_LISTENS = "nothing listens on metrics.listen"
+
+
 def _master_status(config):
+    """(the master's /status, None) or (None, why there is none). Only a refused
+    connection means no master runs: one that is busy, or stopped for a
+    moment, still holds its socket and does not answer in time."""
     if not config.metrics.listen:
-        return None
+        return None, "metrics.listen is null, so a running master cannot be asked"
     host, port = parse_listen(config.metrics.listen)
-    host = f"[{host}]" if ":" in host else host
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
-        with urllib.request.urlopen(f"http://{host}:{port}/status", timeout=MASTER_TIMEOUT) as response:
-            return json.load(response)
-    except (OSError, ValueError):
-        return None
+        with urllib.request.urlopen(f"http://{address}/status", timeout=MASTER_TIMEOUT) as response:
+            status = json.loads(response.read(MAX_STATUS_BYTES))
+        if not isinstance(status, dict) or not isinstance(status.get("pools"), list) or "pid" not in status:
+            raise ValueError("not the status of a wqd master")
+        return status, None
+    except urllib.error.HTTPError as exc:
+        return None, f"something on {address} answered /status with HTTP {exc.code}: not a wqd master?"
+    except (ConnectionRefusedError, urllib.error.URLError) as exc:
+        reason = getattr(exc, "reason", exc)
+        if isinstance(reason, ConnectionRefusedError):
+            return None, _NOTHING_LISTENS
+        if isinstance(reason, TimeoutError):
+            return None, _not_answering(address)
+        return None, f"cannot ask {address}: {getattr(reason, 'strerror', None) or reason}"
+    except TimeoutError:
+        return None, _not_answering(address)
+    except OSError as exc:
+        return None, f"cannot ask {address}: {exc.strerror or exc}"
+    except ValueError:
+        return None, f"something on {address} answered /status with what is not a wqd master's status"
+
+
+def _not_answering(address: str) -> str:
+    return (f"a process listens on {address} but did not answer /status within {MASTER_TIMEOUT:g} s "
+            f"(the master busy, stopped or overloaded?)")
 
 
 def format_status(status: dict) -> str:
     master = status["master"]
     if master["running"]:
         head = f"wqd master pid {master['pid']}, {'ready' if master['ready'] else 'NOT READY'}"
+    elif master["running"] is False:
+        head = "wqd is not running (nothing listens on metrics.listen); broker view only"
     else:
-        head = "wqd is not running (no master answered on metrics.listen); broker view only"
+        head = f"wqd master: unknown, {master['problem']}; broker view only"
     lines = [head, f"broker {status['broker']}", ""]
     lines.append(f"{'POOL':<14}{'QUEUE':<24}{'READY':>7}{'BUSY':>6}{'CONSUMERS':>11}"
                  f"{'WORKERS':>9}{'DONE':>8}{'FAILED':>8}{'DEAD':>6}")

@@ -11,7 +11,7 @@ def test_persistent_messages_survive_a_broker_sigkill_and_are_processed(broker, 
     wqd.stop()  # the queue now exists, declared durable by wqd
     for task_id in range(5):
         broker.publish(queue_name, task_body(task_id, sleep=0.2).encode())
-    broker.ctl("eval", "mnesia:sync_log().")  # the queue's definition, too (see test_broker_node)
+    broker.sync_definitions()  # the queue's definition, too (see test_broker_node)
     broker.kill()
     broker.start()
     assert broker.queue_stats(queue_name)["messages_ready"] == 5

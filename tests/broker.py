@@ -52,8 +52,9 @@ process lives and vanish with it, even when the tests are killed, and the
 cached DIR stays unchanged. Nothing but the variables given here reaches
 the node (``env -i``): DIR's /etc/rabbitmq is not read, and the host's could
 not be. ``WQD_TEST_RABBITMQ_METADATA=khepri`` makes new nodes move their
-definitions to Khepri (RabbitMQ 4.0's experimental metadata store, the default
-from 4.2) right after their first start.
+definitions to Khepri right after their first start (RabbitMQ 4.0's metadata
+store when its feature flag is enabled; the only one from 4.3, which removed
+Mnesia).
 
 Command line (used by scripts/demo.sh)::
 
@@ -308,7 +309,7 @@ class BrokerNode:
     def env(self) -> dict[str, str]:
         """Environment for rabbitmq-server and rabbitmqctl addressing this node."""
         if RABBITMQ_ROOT is not None:  # the chroot's programs, none of the host's variables
-            env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+            env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
         else:
             env = {
                 k: v for k, v in os.environ.items()
@@ -316,7 +317,7 @@ class BrokerNode:
             }
         env.update(
             HOME=str(self.home),
-            LANG=os.environ.get("LANG", "C.UTF-8"),
+            LANG=env.get("LANG") or os.environ.get("LANG", "C.UTF-8"),
             RABBITMQ_NODENAME=self.nodename,
             RABBITMQ_NODE_IP_ADDRESS="127.0.0.1",
             RABBITMQ_NODE_PORT=str(self.port),

@@ -3,6 +3,14 @@
 #   make test     the test suite (against throwaway RabbitMQ nodes; never the
 #                 broker on localhost:5672), without the soak tests (the
 #                 3-node cluster test runs in both)
+#   make test-rabbitmq4
+#                 the same suite against the RabbitMQ the host's Debian does not
+#                 package: 4.0 from Debian trixie on a Debian 12 host, 3.10 from
+#                 bookworm on a Debian 13 one. Its nodes run in a chroot of a
+#                 root filesystem built once (as root, by debootstrap: about a
+#                 minute, 370 MB) into .cache/rabbitmq-<suite> and reused
+#                 (scripts/rabbitmq-rootfs.sh; delete it to rebuild);
+#                 WQD_TEST_RABBITMQ_METADATA=khepri runs the nodes on Khepri
 #   make demo     the tutorial's five messages through two wqd workers
 #   make lint     ruff (installed into .venv by this target only)
 #   make soak     the long-running soak tests (-m soak)
@@ -20,8 +28,11 @@ VENV_PY := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.installed
 RABBITMQ_SERVER := /usr/lib/rabbitmq/bin/rabbitmq-server
 PROMTOOL := /usr/bin/promtool
+# The Debian suite whose RabbitMQ differs from the host's (12.x -> trixie, 13.x -> bookworm).
+OTHER_RABBITMQ_SUITE := $(if $(filter 13.%,$(shell cat /etc/debian_version 2>/dev/null)),bookworm,trixie)
+OTHER_RABBITMQ_ROOT := .cache/rabbitmq-$(OTHER_RABBITMQ_SUITE)
 
-.PHONY: all venv rabbitmq promtool deploy-tools test demo lint soak bench clean
+.PHONY: all venv rabbitmq promtool deploy-tools test test-rabbitmq4 demo lint soak bench clean
 
 all: test
 
@@ -53,6 +64,11 @@ deploy-tools:
 
 test: venv rabbitmq promtool deploy-tools
 	$(VENV)/bin/pytest -q -m 'not soak or cluster' tests $(PYTEST_ARGS)
+
+test-rabbitmq4: venv promtool deploy-tools
+	bash scripts/rabbitmq-rootfs.sh $(OTHER_RABBITMQ_SUITE) $(OTHER_RABBITMQ_ROOT) >/dev/null
+	WQD_TEST_RABBITMQ_ROOT=$(abspath $(OTHER_RABBITMQ_ROOT)) \
+		$(VENV)/bin/pytest -q -m 'not soak or cluster' tests $(PYTEST_ARGS)
 
 soak: venv rabbitmq promtool
 	$(VENV)/bin/pytest -q -m soak tests $(PYTEST_ARGS)

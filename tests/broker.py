@@ -42,6 +42,20 @@ used as HOME for the node and for rabbitmqctl)::
 
     HOME=<base> /usr/lib/rabbitmq/bin/rabbitmqctl -n <nodename> list_queues
 
+Another RabbitMQ version: with ``WQD_TEST_RABBITMQ_ROOT=DIR`` in the
+environment, nodes and rabbitmqctl run the RabbitMQ of the Debian root file
+system DIR (made by scripts/rabbitmq-rootfs.sh; ``make test-rabbitmq4``), in a
+chroot, each process in a mount namespace of its own (``unshare --mount``)
+where /proc, /dev and the node's directories are bind-mounted into DIR at the
+same paths as on the host, on a private /tmp: the mounts exist only while that
+process lives and vanish with it, even when the tests are killed, and the
+cached DIR stays unchanged. Nothing but the variables given here reaches
+the node (``env -i``): DIR's /etc/rabbitmq is not read, and the host's could
+not be. ``WQD_TEST_RABBITMQ_METADATA=khepri`` makes new nodes move their
+definitions to Khepri right after their first start (RabbitMQ 4.0's metadata
+store when its feature flag is enabled; the only one from 4.3, which removed
+Mnesia).
+
 Command line (used by scripts/demo.sh)::
 
     python tests/broker.py serve DIR [--conf LINE]...  # prints the URL, runs until TERM/INT
@@ -56,6 +70,7 @@ import itertools
 import json
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -68,6 +83,9 @@ from pathlib import Path
 RABBITMQ_BIN_DIR = Path(os.environ.get("WQD_RABBITMQ_BIN_DIR", "/usr/lib/rabbitmq/bin"))
 RABBITMQ_SERVER = RABBITMQ_BIN_DIR / "rabbitmq-server"
 RABBITMQCTL = RABBITMQ_BIN_DIR / "rabbitmqctl"
+# A Debian root file system whose RabbitMQ the nodes run instead (see above).
+RABBITMQ_ROOT = Path(os.environ["WQD_TEST_RABBITMQ_ROOT"]) if os.environ.get("WQD_TEST_RABBITMQ_ROOT") else None
+METADATA_STORE = os.environ.get("WQD_TEST_RABBITMQ_METADATA", "")
 
 MISSING_RABBITMQ_MESSAGE = (
     f"{RABBITMQ_SERVER} not found: the tests need Debian's RabbitMQ server. "
@@ -75,6 +93,12 @@ MISSING_RABBITMQ_MESSAGE = (
     "apt-get update && DEBIAN_FRONTEND=noninteractive "
     "apt-get install -y --no-install-recommends rabbitmq-server"
 )
+if RABBITMQ_ROOT is not None:
+    MISSING_RABBITMQ_MESSAGE = (
+        f"{RABBITMQ_ROOT}{RABBITMQ_SERVER} not found (WQD_TEST_RABBITMQ_ROOT={RABBITMQ_ROOT}): "
+        "build that root file system with scripts/rabbitmq-rootfs.sh SUITE DIR "
+        "(as root; `make test-rabbitmq4` does it)"
+    )
 
 # Ports the system broker and the rabbitmqctl CLI use: never hand them to a node.
 # 35672-35682 is the range rabbitmqctl's own Erlang node listens on.
@@ -101,7 +125,22 @@ class BrokerError(RuntimeError):
 
 
 def rabbitmq_available() -> bool:
-    return os.access(RABBITMQ_SERVER, os.X_OK) and os.access(RABBITMQCTL, os.X_OK)
+    root = str(RABBITMQ_ROOT or "")
+    return os.access(root + str(RABBITMQ_SERVER), os.X_OK) and os.access(root + str(RABBITMQCTL), os.X_OK)
+
+
+def in_root(argv: list[str], env: dict[str, str], shared_dirs: Iterable[Path]) -> list[str]:
+    """The command that runs ``argv`` with exactly ``env`` in RABBITMQ_ROOT's
+    chroot, in a mount namespace of its own where /proc, /dev and each of
+    ``shared_dirs`` are bind-mounted at their own paths, over a private /tmp."""
+    mounts = ["/proc", "/dev", *(str(d) for d in shared_dirs)]
+    script = f'set -e; r={shlex.quote(str(RABBITMQ_ROOT))}; mount -t tmpfs tmpfs "$r/tmp"'
+    for path in mounts:
+        quoted = shlex.quote(path)
+        script += f'; mkdir -p "$r"{quoted}; mount --bind {quoted} "$r"{quoted}'
+    script += '; exec chroot "$r" env -i "$@"'
+    variables = [f"{key}={value}" for key, value in env.items()]
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *variables, *argv]
 
 
 # --------------------------------------------------------------------------
@@ -228,6 +267,9 @@ class BrokerNode:
         self.console_log = self.base_dir / "console.log"
         self.conf_file = self.base_dir / "rabbitmq.conf"
         self.pid_file = self.base_dir / f"{self.name}.pid"
+        # Host directories the node reads or writes (its files, TLS keys...):
+        # bind-mounted into RABBITMQ_ROOT when the node runs there.
+        self.shared_dirs = [self.base_dir]
         self._proc: subprocess.Popen | None = None
         self._paused = False
         self.last_start_seconds: float | None = None
@@ -266,13 +308,16 @@ class BrokerNode:
 
     def env(self) -> dict[str, str]:
         """Environment for rabbitmq-server and rabbitmqctl addressing this node."""
-        env = {
-            k: v for k, v in os.environ.items()
-            if not k.startswith("RABBITMQ_") and k not in ("ERL_FLAGS", "ERL_AFLAGS", "ERL_ZFLAGS")
-        }
+        if RABBITMQ_ROOT is not None:  # the chroot's programs, none of the host's variables
+            env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+        else:
+            env = {
+                k: v for k, v in os.environ.items()
+                if not k.startswith("RABBITMQ_") and k not in ("ERL_FLAGS", "ERL_AFLAGS", "ERL_ZFLAGS")
+            }
         env.update(
             HOME=str(self.home),
-            LANG=os.environ.get("LANG", "C.UTF-8"),
+            LANG=env.get("LANG") or os.environ.get("LANG", "C.UTF-8"),
             RABBITMQ_NODENAME=self.nodename,
             RABBITMQ_NODE_IP_ADDRESS="127.0.0.1",
             RABBITMQ_NODE_PORT=str(self.port),
@@ -288,6 +333,13 @@ class BrokerNode:
             RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}",
         )
         return env
+
+    def command(self, *argv: str) -> list[str]:
+        """The command line that runs a RabbitMQ program for this node (with
+        ``env()``): directly, or in RABBITMQ_ROOT."""
+        if RABBITMQ_ROOT is None:
+            return list(argv)
+        return in_root(list(argv), self.env(), self.shared_dirs)
 
     # ---- state
 
@@ -352,13 +404,14 @@ class BrokerNode:
             if port_open(port):
                 raise BrokerError(f"port {port} of {self.nodename} is already in use")
         self._write_files()
+        fresh = not any(self.mnesia_base.iterdir())
         began = time.monotonic()
         deadline = began + timeout
         with open(self.console_log, "ab") as log:
             log.write(f"\n=== start {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
             log.flush()
             self._proc = subprocess.Popen(
-                [str(RABBITMQ_SERVER)],
+                self.command(str(RABBITMQ_SERVER)),
                 env=self.env(),
                 cwd=str(self.base_dir),
                 stdin=subprocess.DEVNULL,
@@ -371,6 +424,8 @@ class BrokerNode:
         try:
             self._wait_amqp(deadline)
             self._wait_ctl(deadline)
+            if fresh and METADATA_STORE == "khepri":
+                self.ctl("enable_feature_flag", "--experimental", "khepri_db")
         except BaseException:
             self.kill()
             raise
@@ -529,7 +584,7 @@ class BrokerNode:
         cmd = [str(RABBITMQCTL), "-n", self.nodename, *args]
         try:
             res = subprocess.run(
-                cmd, env=self.env(), stdin=subprocess.DEVNULL, capture_output=True,
+                self.command(*cmd), env=self.env(), stdin=subprocess.DEVNULL, capture_output=True,
                 text=True, timeout=timeout,
             )
         except subprocess.TimeoutExpired as exc:
@@ -540,6 +595,20 @@ class BrokerNode:
                 f"{res.stderr.strip()}\n{res.stdout.strip()}"
             )
         return res.stdout
+
+    def metadata_store(self) -> str:
+        """Where the node keeps its definitions (queues, bindings...):
+        "khepri" (RabbitMQ 4.x, optional in 4.0) or "mnesia"."""
+        answer = self.ctl("eval", "try rabbit_khepri:is_enabled() catch error:undef -> false end.")
+        return "khepri" if answer.strip() == "true" else "mnesia"
+
+    def sync_definitions(self) -> None:
+        """Make the definitions the node has acknowledged survive a kill now.
+        Mnesia writes its log to disk a moment after a declare-ok: a queue
+        declared and killed within the same second can vanish. Khepri answers
+        only once the change is in its Raft log on disk, so it needs nothing."""
+        if self.metadata_store() == "mnesia":
+            self.ctl("eval", "mnesia:sync_log().")
 
     def list_queues(self, *columns: str) -> list[dict]:
         """``rabbitmqctl list_queues`` as a list of dicts (default vhost)."""

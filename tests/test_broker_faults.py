@@ -11,7 +11,7 @@ def test_persistent_messages_survive_a_broker_sigkill_and_are_processed(broker, 
     wqd.stop()  # the queue now exists, declared durable by wqd
     for task_id in range(5):
         broker.publish(queue_name, task_body(task_id, sleep=0.2).encode())
-    broker.ctl("eval", "mnesia:sync_log().")  # the queue's definition, too (see test_broker_node)
+    broker.sync_definitions()  # the queue's definition, too (see test_broker_node)
     broker.kill()
     broker.start()
     assert broker.queue_stats(queue_name)["messages_ready"] == 5
@@ -88,7 +88,9 @@ def test_a_connection_closed_during_a_long_task_leaves_the_task_to_the_broker(br
     sees it closed; the finished task is then not acked on a dead connection (the
     broker has requeued it): it counts failed and runs again on a new connection."""
     wqd = make_wqd([pool(queue_name, workers=1)]).start()
-    broker.publish(queue_name, task_body("long", sleep=3).encode())
+    # Long enough for rabbitmqctl to close the connection before the task ends:
+    # a call takes 0.3 s on an idle machine, 1.5-5 s on a loaded one (more on 4.0).
+    broker.publish(queue_name, task_body("long", sleep=10).encode())
     wait_for(lambda: len(wqd.records("start")) == 1, 30, message="the task started")
     broker.ctl("close_all_connections", "closed by the test")
     wait_for(lambda: wqd.ended_ids() == ["long", "long"], 60, message=lambda: f"ran again:\n{wqd.logs()}")

@@ -40,9 +40,10 @@ def _other_beams(broker):
 
 
 def _is_test_node(pid: int) -> bool:
+    # (the node name is in the environment, not on beam.smp's command line)
     try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"wqdtest" in f.read()
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return b"\0RABBITMQ_NODENAME=wqdtest-" in b"\0" + f.read()
     except OSError:
         return True  # gone already: it was not the system broker, which stays
 
@@ -74,11 +75,11 @@ def test_messages_survive_kill(broker, queue_name):
         "messages_ready": 5, "messages_unacknowledged": 0, "consumers": 0,
     }
 
-    # RabbitMQ 3.10 keeps queue definitions in Mnesia, whose log reaches the
-    # disk a moment after the declare: a queue declared and killed within the
-    # same second can vanish. The messages (confirmed) are on disk already; make
-    # the definition so too, since this test is about the node's data surviving.
-    broker.ctl("eval", "mnesia:sync_log().")
+    # Mnesia (RabbitMQ's metadata store up to 4.0) writes the queue's definition
+    # to disk a moment after the declare: a queue declared and killed within
+    # the same second can vanish. The messages (confirmed) are on disk already;
+    # make the definition so too, since this test is about the node's data surviving.
+    broker.sync_definitions()
     broker.kill()
     assert not broker.running
     assert not port_open(broker.port)

@@ -68,6 +68,7 @@ class TLSBrokerNode(BrokerNode):
     def __init__(self, base_dir: Path, pki: Path):
         super().__init__(base_dir)
         self.tls_port = free_port(exclude={self.port, self.dist_port})
+        self.shared_dirs.append(pki)  # read by a node in a chroot (WQD_TEST_RABBITMQ_ROOT)
         self.extra_conf = "\n".join([  # written into rabbitmq.conf by start()
             f"listeners.ssl.default = 127.0.0.1:{self.tls_port}",
             f"ssl_options.cacertfile = {pki / 'ca.pem'}",

@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # wqd in a container: `docker build -t wqd .`, then
 #   docker run -d --name wqd -e WQD_BROKER_URL=amqp://user:pass@rabbitmq:5672/%2F \
 #     -p 9808:9808 --stop-timeout 45 wqd
@@ -7,6 +6,9 @@
 # (see README.md, "Deployment"). Give `docker stop` more than graceful_timeout
 # (--stop-timeout 45, compose stop_grace_period: 45s, Kubernetes
 # terminationGracePeriodSeconds: 45): its default of 10 s cuts long tasks short.
+# BuildKit builds it (RUN --mount): the default since Docker 23, DOCKER_BUILDKIT=1
+# before. No `# syntax=` line: the built-in frontend is enough, and that line
+# would pull docker/dockerfile from Docker Hub first, failing offline builds.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 

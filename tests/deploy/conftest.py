@@ -15,22 +15,19 @@ line (`make test-deploy`), so `make test` never needs root or Docker.
 
 import os
 import shutil
-import time
 from pathlib import Path
 
 import builds
 import pytest
+import summary
 from dockerd import Dockerd
 from nspawn import Machine
+from summary import timed
 
 DEPLOY_DIR = Path(__file__).resolve().parent
-REPO = DEPLOY_DIR.parent.parent
+REPO = builds.REPO
 NOT_ROOT = ("make test-deploy needs root: it boots a container with systemd-nspawn, runs its own "
             "Docker engine and installs Debian packages. Run it as root (sudo make test-deploy).")
-
-# What took how long, and the image size: printed at the end of the run.
-_report = []
-
 
 def pytest_ignore_collect(collection_path, config):
     named = [Path(config.invocation_params.dir, str(arg).split("::")[0]).resolve() for arg in config.args]
@@ -40,25 +37,10 @@ def pytest_ignore_collect(collection_path, config):
 
 
 def pytest_terminal_summary(terminalreporter):
-    if _report:
+    if summary.lines:
         terminalreporter.section("deployment")
-        for line in _report:
+        for line in summary.lines:
             terminalreporter.write_line(line)
-
-
-def report(line: str) -> None:
-    _report.append(line)
-
-
-class timed:
-    def __init__(self, what: str):
-        self.what = what
-
-    def __enter__(self):
-        self.started = time.monotonic()
-
-    def __exit__(self, *exc):
-        report(f"{self.what}: {time.monotonic() - self.started:.1f} s")
 
 
 @pytest.fixture(scope="session", autouse=True)

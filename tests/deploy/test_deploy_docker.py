@@ -10,7 +10,6 @@ uses instead of an index (PIP_NO_INDEX, PIP_FIND_LINKS).
 """
 
 import json
-import socket
 import subprocess
 import uuid
 from pathlib import Path
@@ -26,8 +25,6 @@ from waiting import wait_for
 ROOTFS_IMAGE = "wqd-deploy-python:bookworm"
 OFFLINE_IMAGE = "wqd-deploy-python-offline:bookworm"
 IMAGE = "wqd-deploy:test"
-# The image's HEALTHCHECK asks 127.0.0.1:9808; with --network host that is the host's port.
-METRICS_PORT = 9808
 TASKS = Path(__file__).resolve().parent / "deploy_tasks.py"
 IMAGE_USER = "10001"
 
@@ -73,14 +70,14 @@ def image(dockerd, base_image) -> str:
 
 
 @pytest.fixture
-def container(dockerd, image, broker, queue_name, tmp_path):
-    run = Container(dockerd, image, broker, queue_name, tmp_path)
+def container(dockerd, image, broker, queue_name, tmp_path, free_tcp_port):
+    run = Container(dockerd, image, broker, queue_name, tmp_path, free_tcp_port)
     yield run
     dockerd.docker("rm", "--force", run.name, check=False)
 
 
 class Container:
-    def __init__(self, dockerd, image, broker, queue, workdir: Path):
+    def __init__(self, dockerd, image, broker, queue, workdir: Path, port: int):
         self.dockerd = dockerd
         self.image = image
         self.broker = broker
@@ -89,7 +86,8 @@ class Container:
         self.config_path = workdir / "wqd.yaml"
         self.config_path.write_text(yaml.safe_dump({
             "broker": {"url": "amqp://guest:guest@rabbitmq:5672/%2F"},  # $WQD_BROKER_URL overrides it
-            "metrics": {"listen": f"127.0.0.1:{METRICS_PORT}"},
+            # On the host's network: loopback only, a free port (the HEALTHCHECK follows it).
+            "metrics": {"listen": f"127.0.0.1:{port}"},
             "logging": {"format": "json"},
             "shutdown": {"graceful_timeout": 30},
             "pools": [{"name": "default", "queue": queue, "handler": "deploy_tasks:task", "workers": 2}],
@@ -97,8 +95,6 @@ class Container:
         self.config_path.chmod(0o644)
 
     def run(self) -> "Container":
-        with socket.socket() as probe:
-            assert probe.connect_ex(("127.0.0.1", METRICS_PORT)) != 0, f"port {METRICS_PORT} is taken on this host"
         self.dockerd.docker(
             "run", "--detach", "--name", self.name, "--network", "host",
             "--env", f"WQD_BROKER_URL={self.broker.url}",

@@ -81,7 +81,7 @@ def machine(rootfs, wheelhouse, wqd_wheel, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def dockerd(tmp_path_factory):
+def dockerd():
     # A short path: the engine's sockets live below it (108 bytes at most).
     run_dir = Path(f"/run/wqd-deploy-{os.getpid()}")
     engine = Dockerd(builds.CACHE / "docker", run_dir)

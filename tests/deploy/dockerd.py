@@ -53,9 +53,8 @@ class Dockerd:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:] if self.log_path.exists() else ""
 
-    def docker(self, *args: str, check: bool = True, timeout: float = 600, input=None):
-        result = subprocess.run([DOCKER, *args], env=self.env, capture_output=True, text=True, timeout=timeout,
-                                input=input)
+    def docker(self, *args: str, check: bool = True, timeout: float = 600):
+        result = subprocess.run([DOCKER, *args], env=self.env, capture_output=True, text=True, timeout=timeout)
         if check and result.returncode != 0:
             raise AssertionError(f"docker {' '.join(args)} failed ({result.returncode}):\n"
                                  f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}")

@@ -18,6 +18,7 @@ import pytest
 import yaml
 from builds import REPO
 from deploy_tasks import records
+from dockerd import DOCKER
 from summary import report, timed
 
 from waiting import wait_for
@@ -40,7 +41,7 @@ def base_image(dockerd, rootfs, wheelhouse, tmp_path_factory) -> str:
         with timed(f"base image {ROOTFS_IMAGE} (docker import of the root filesystem; cached)"):
             tar = subprocess.Popen(["tar", "--numeric-owner", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
             imported = subprocess.run(
-                ["/usr/bin/docker", "import", "--change", "ENV LANG=C.UTF-8",
+                [DOCKER, "import", "--change", "ENV LANG=C.UTF-8",
                  "--change", "ENV PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin",
                  "--change", 'CMD ["python3"]', "-", ROOTFS_IMAGE + "-raw"],
                 stdin=tar.stdout, env=dockerd.env, capture_output=True, text=True, timeout=600)
@@ -63,7 +64,7 @@ def image(dockerd, base_image) -> str:
         dockerd.docker("build", "--network", "none", "--build-arg", f"PYTHON_IMAGE={base_image}",
                        "--tag", IMAGE, str(REPO))
     size = dockerd.inspect(IMAGE)["Size"]
-    base = dockerd.inspect(ROOTFS_IMAGE)["Size"]
+    base = dockerd.inspect(base_image)["Size"]
     report(f"image {IMAGE}: {size / 1e6:.1f} MB ({(size - base) / 1e6:.1f} MB over its base, "
            f"a debootstrapped bookworm with systemd; python:3.11-slim is smaller)")
     return IMAGE

@@ -71,8 +71,8 @@ class Service:
         self.restarts_before = int(self.show("NRestarts"))
         self.write_config()
 
-    def write_config(self, text: str = None) -> None:
-        self.machine.write("/etc/wqd/wqd.yaml", text or yaml.safe_dump(self.config), mode="0640", group="wqd")
+    def write_config(self) -> None:
+        self.machine.write("/etc/wqd/wqd.yaml", yaml.safe_dump(self.config), mode="0640", group="wqd")
 
     def show(self, name: str) -> str:
         return self.machine.show("wqd", name)[name]
@@ -101,9 +101,12 @@ class Service:
                  message=lambda: f"task {task_id} did not start:\n{self.logs()}")
 
     def wait_drained(self, timeout: float = 60) -> None:
-        wait_for(lambda: self.broker.queue_stats(self.queue) == {
-                     "messages_ready": 0, "messages_unacknowledged": 0,
-                     "consumers": self.broker.queue_stats(self.queue)["consumers"]}, timeout,
+        """Every message acked: none ready, none delivered and unacked."""
+        def drained():
+            stats = self.broker.queue_stats(self.queue)
+            return stats["messages_ready"] == stats["messages_unacknowledged"] == 0
+
+        wait_for(drained, timeout,
                  message=lambda: f"{self.queue} not drained: {self.broker.queue_stats(self.queue)}\n{self.logs()}")
 
     def sh(self, script: str):

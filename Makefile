@@ -14,6 +14,9 @@
 #   make demo     the tutorial's five messages through two wqd workers
 #   make lint     ruff (installed into .venv by this target only)
 #   make soak     the long-running soak tests (-m soak)
+#   make test-deploy  as root: the unit under systemd as PID 1 (systemd-nspawn)
+#                 and the image under a Docker engine (tests/deploy; caches
+#                 under .cache/deploy)
 #   make bench    the benchmarks
 #   make clean
 #
@@ -32,7 +35,7 @@ PROMTOOL := /usr/bin/promtool
 OTHER_RABBITMQ_SUITE := $(if $(filter 13.%,$(shell cat /etc/debian_version 2>/dev/null)),bookworm,trixie)
 OTHER_RABBITMQ_ROOT := .cache/rabbitmq-$(OTHER_RABBITMQ_SUITE)
 
-.PHONY: all venv rabbitmq promtool deploy-tools test test-rabbitmq4 demo lint soak bench clean
+.PHONY: all venv rabbitmq promtool deploy-tools test test-rabbitmq4 test-deploy demo lint soak bench clean
 
 all: test
 
@@ -69,6 +72,16 @@ test-rabbitmq4: venv promtool deploy-tools
 	bash scripts/rabbitmq-rootfs.sh $(OTHER_RABBITMQ_SUITE) $(OTHER_RABBITMQ_ROOT) >/dev/null
 	WQD_TEST_RABBITMQ_ROOT=$(abspath $(OTHER_RABBITMQ_ROOT)) \
 		$(VENV)/bin/pytest -q -m 'not soak or cluster' tests $(PYTEST_ARGS)
+
+# Root only: debootstrap, systemd-nspawn and a Docker engine of its own
+# (Debian's packages, installed if missing).
+test-deploy:
+	@if [ "$$(id -u)" != 0 ]; then echo "make test-deploy needs root: it boots a container with systemd-nspawn, runs its own Docker engine and installs Debian packages (sudo make test-deploy)." >&2; exit 1; fi
+	@$(MAKE) --no-print-directory venv rabbitmq
+	@bash scripts/ensure-debian-package.sh /usr/sbin/debootstrap debootstrap
+	@bash scripts/ensure-debian-package.sh /usr/bin/systemd-nspawn systemd-container
+	@bash scripts/ensure-debian-package.sh /usr/sbin/dockerd docker.io docker
+	$(VENV)/bin/pytest -q tests/deploy $(PYTEST_ARGS)
 
 soak: venv rabbitmq promtool
 	$(VENV)/bin/pytest -q -m soak tests $(PYTEST_ARGS)

@@ -217,7 +217,7 @@ def test_unit_exposure_is_2_or_less_and_keeps_what_wqd_needs():
     assert float(match.group(1)) <= MAX_EXPOSURE, result.stdout
     settings = _unit_settings()
     assert settings["Type"] == ["notify"] and settings["NotifyAccess"] == ["main"]
-    assert settings["KillMode"] == ["mixed"] and settings["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    assert settings["KillMode"] == ["mixed"] and settings["ExecReload"] == ["/bin/sh -c 'kill -HUP $$MAINPID'"]
     assert settings["Restart"] == ["on-failure"] and settings["RestartPreventExitStatus"] == ["78"]
     assert float(settings["TimeoutStopSec"][0]) > 30, "above the default shutdown.graceful_timeout"
     assert set(settings["RestrictAddressFamilies"][0].split()) == {"AF_INET", "AF_INET6", "AF_UNIX"}

@@ -4,7 +4,8 @@
 #                 broker on localhost:5672), without the soak tests (the
 #                 3-node cluster test runs in both)
 #   make demo     the tutorial's five messages through two wqd workers
-#   make lint     ruff (installed into .venv by this target only)
+#   make lint     ruff, version RUFF_VERSION (installed into .venv by this target only;
+#                 its configuration, and pytest's, is in pyproject.toml)
 #   make soak     the long-running soak tests (-m soak)
 #   make bench    the benchmarks
 #   make clean
@@ -20,6 +21,8 @@ VENV_PY := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.installed
 RABBITMQ_SERVER := /usr/lib/rabbitmq/bin/rabbitmq-server
 PROMTOOL := /usr/bin/promtool
+# Pinned: a new ruff release can add checks and fail CI with no change of ours.
+RUFF_VERSION := 0.6.9
 
 .PHONY: all venv rabbitmq promtool deploy-tools test demo lint soak bench clean
 
@@ -52,13 +55,14 @@ deploy-tools:
 # --- checks ----------------------------------------------------------------
 
 test: venv rabbitmq promtool deploy-tools
-	$(VENV)/bin/pytest -q -m 'not soak or cluster' tests $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -rs -m 'not soak or cluster' tests $(PYTEST_ARGS)
 
 soak: venv rabbitmq promtool
-	$(VENV)/bin/pytest -q -m soak tests $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -rs -m soak tests $(PYTEST_ARGS)
 
 lint: venv
-	$(VENV)/bin/ruff --version >/dev/null 2>&1 || $(VENV_PY) -m pip install --disable-pip-version-check -q ruff
+	test "$$($(VENV)/bin/ruff --version 2>/dev/null)" = "ruff $(RUFF_VERSION)" || \
+		$(VENV_PY) -m pip install --disable-pip-version-check -q ruff==$(RUFF_VERSION)
 	$(VENV)/bin/ruff check $(wildcard daemon tests bench)
 
 # --- demo and benchmarks ---------------------------------------------------
@@ -67,7 +71,7 @@ demo: venv rabbitmq
 	bash scripts/demo.sh
 
 bench: venv rabbitmq
-	$(VENV_PY) bench/run.py
+	$(VENV_PY) -m bench.run
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .ruff_cache .run

@@ -1,6 +1,6 @@
 """`make bench`: what wqd costs compared with a bare pika consumer.
 
-Starts its own RabbitMQ node (tests/broker.py, on free loopback ports) and
+Starts its own RabbitMQ node (tests/support/broker.py, on free loopback ports) and
 measures, in one run:
 
 - throughput: the steady-state drain rate (msg/s) of a preloaded queue of
@@ -22,7 +22,7 @@ measures, in one run:
 Prints a table, writes everything (raw rounds included) as JSON to
 bench/results/<timestamp>-<git short sha>.json and prints that path.
 
-    .venv/bin/python bench/run.py [--rounds 3] [--seconds 6] [--workers 1 2]
+    .venv/bin/python -m bench.run [--rounds 3] [--seconds 6] [--workers 1 2]
                                   [--phases PHASE...] [--wqd NAME=PATH/TO/wqd]...
 
 --wqd replaces the measured wqd by one or more others (e.g. the executables
@@ -50,12 +50,12 @@ import pika
 import pika.exceptions
 import yaml
 
+from tests.support.broker import BrokerNode, free_port
+from tests.support.daemon import http_get
+from tests.support.procfs import proc_stat, rss_kib
+
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
-sys.path.insert(0, str(REPO / "tests"))
-
-from broker import BrokerNode, free_port  # noqa: E402  (tests/ is not a package)
-from daemon import http_get  # noqa: E402
 
 RESULTS_DIR = BENCH_DIR / "results"
 PHASES = ("throughput", "startup", "respawn", "redelivery", "resources")
@@ -169,22 +169,12 @@ class QueueWatch:
 # the systems under test
 
 
-def rss_kib(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
 def cpu_ticks(pid: int) -> int:
     """utime + stime of a process, in clock ticks."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
+    stat = proc_stat(pid)
+    if stat is None:
+        raise BenchError(f"process {pid} is gone")
+    return stat.cpu_ticks
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = STATUS_POLL_INTERVAL):
@@ -691,7 +681,7 @@ def _text(value) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="rounds per measurement (default 3)")
     parser.add_argument("--seconds", type=float, default=6.0,
                         help="about how long one throughput drain lasts (default 6)")
@@ -749,7 +739,7 @@ def main(argv=None) -> int:
             results["resources"] = resources(node, daemons, workdir)
         results["environment"]["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     except BenchError as exc:
-        print(f"bench/run.py: {exc}\nLogs are kept in {workdir}.", file=sys.stderr)
+        print(f"bench.run: {exc}\nLogs are kept in {workdir}.", file=sys.stderr)
         return 1
     finally:
         kill_leftovers()

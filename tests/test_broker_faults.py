@@ -2,8 +2,8 @@
 
 import pika
 
-from daemon import pool, run_cli, task_body, wqd_env
-from waiting import wait_for
+from tests.support.daemon import pool, run_cli, task_body, wqd_env
+from tests.support.waiting import wait_for
 
 
 def test_persistent_messages_survive_a_broker_sigkill_and_are_processed(broker, queue_name, make_wqd):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 
-from broker import _proc_stat, _tree, epmd_names, port_open
-from waiting import wait_for
+from tests.support.broker import _tree, epmd_names, port_open
+from tests.support.procfs import proc_stat
+from tests.support.waiting import wait_for
 
 SYSTEM_AMQP_PORT = 5672
 
@@ -33,7 +34,7 @@ def _other_beams(broker):
     beams = {}
     for name in os.listdir("/proc"):
         if name.isdigit() and int(name) not in ours:
-            st = _proc_stat(int(name))
+            st = proc_stat(int(name))
             if st and st[0] == "beam.smp" and not _is_test_node(int(name)):
                 beams[int(name)] = st[3]
     return beams
@@ -126,7 +127,7 @@ def test_pause_resume(broker, queue_name):
     broker.pause()
     try:
         beam = broker.beam_pid()
-        wait_for(lambda: _proc_stat(beam)[1] == "T", timeout=5, message="beam.smp not stopped")
+        wait_for(lambda: proc_stat(beam)[1] == "T", timeout=5, message="beam.smp not stopped")
         # the kernel still accepts the TCP connection, but no AMQP handshake comes
         try:
             broker.connection(socket_timeout=0.5, stack_timeout=1).close()

@@ -20,10 +20,10 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from broker import MISSING_RABBITMQ_MESSAGE, rabbitmq_available
-from cluster import Cluster
-from daemon import Wqd, pool, run_cli, task_body
-from waiting import wait_for
+from tests.support.broker import MISSING_RABBITMQ_MESSAGE, rabbitmq_available
+from tests.support.cluster import Cluster
+from tests.support.daemon import Wqd, pool, run_cli, task_body
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.soak]
 

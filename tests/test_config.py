@@ -2,7 +2,7 @@
 
 import pytest
 
-from daemon import run_cli, wqd_env
+from tests.support.daemon import run_cli, wqd_env
 from wqd import config
 
 GOOD = """\

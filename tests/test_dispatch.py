@@ -2,8 +2,8 @@
 
 from collections import Counter
 
-from daemon import pool, task_body
-from waiting import wait_for
+from tests.support.daemon import pool, task_body
+from tests.support.waiting import wait_for
 
 
 def test_round_robin_over_idle_workers(broker, queue_name, make_wqd):

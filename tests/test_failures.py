@@ -4,8 +4,8 @@ import json
 import os
 import signal
 
-from daemon import pool, task_body
-from waiting import wait_for
+from tests.support.daemon import pool, task_body
+from tests.support.waiting import wait_for
 
 FAST_RETRY = {"initial": 0.5, "max": 5, "factor": 2}
 

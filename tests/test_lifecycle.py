@@ -6,8 +6,8 @@ import socket
 import time
 from pathlib import Path
 
-from daemon import pool, task_body, wait_gone
-from waiting import wait_for
+from tests.support.daemon import pool, task_body, wait_gone
+from tests.support.waiting import wait_for
 
 
 def _started_ids(wqd):

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from daemon import free_port, pool, task_body, wait_gone
-from waiting import wait_for
+from tests.support.daemon import free_port, pool, task_body, wait_gone
+from tests.support.waiting import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 PROMTOOL = "/usr/bin/promtool"

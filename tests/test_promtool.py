@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from daemon import pool
+from tests.support.daemon import pool
 
 REPO = Path(__file__).resolve().parent.parent
 ALERTS = REPO / "etc/prometheus/alerts.yml"

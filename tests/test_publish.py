@@ -2,8 +2,8 @@
 
 import json
 
-from daemon import pool, run_cli, wqd_env
-from waiting import wait_for
+from tests.support.daemon import pool, run_cli, wqd_env
+from tests.support.waiting import wait_for
 
 TUTORIAL = ["First message.", "Second message..", "Third message...", "Fourth message....", "Fifth message....."]
 

@@ -2,8 +2,8 @@
 
 import signal
 
-from daemon import pool, task_body
-from waiting import wait_for
+from tests.support.daemon import pool, task_body
+from tests.support.waiting import wait_for
 
 
 def _consuming(wqd, count):

@@ -7,8 +7,8 @@ import re
 import signal
 import uuid
 
-from daemon import pool, run_cli, task_body, wqd_env
-from waiting import wait_for
+from tests.support.daemon import pool, run_cli, task_body, wqd_env
+from tests.support.waiting import wait_for
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 

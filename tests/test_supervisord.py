@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon import WQD, pool, task_body
-from waiting import wait_for
+from tests.support.daemon import WQD, pool, task_body
+from tests.support.waiting import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 PROGRAM_CONF = REPO / "etc" / "supervisor" / "wqd.conf"

@@ -16,8 +16,8 @@ import time
 import uuid
 from pathlib import Path
 
-from daemon import WQD, pool, task_body
-from waiting import wait_for
+from tests.support.daemon import WQD, pool, task_body
+from tests.support.waiting import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "systemd" / "wqd.service"

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import pika
 
-from daemon import pool
-from waiting import wait_for
+from tests.support.daemon import pool
+from tests.support.waiting import wait_for
 
 BROKER_SLACK = 1.0  # seconds; see _explain_duplicates
 

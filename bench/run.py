@@ -48,10 +48,10 @@ from pathlib import Path
 
 import pika
 import pika.exceptions
-import yaml
 
-from tests.support.broker import BrokerNode, free_port
-from tests.support.daemon import http_get
+from tests.support import daemon as support_daemon
+from tests.support import waiting
+from tests.support.broker import BrokerNode
 from tests.support.procfs import proc_stat, rss_kib
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -178,14 +178,11 @@ def cpu_ticks(pid: int) -> int:
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = STATUS_POLL_INTERVAL):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
+    """The tests' wait loop, failing with a BenchError."""
+    try:
+        return waiting.wait_for(predicate, timeout, interval=interval, message=f"waiting for {what}")
+    except AssertionError as exc:
+        raise BenchError(str(exc)) from None
 
 
 class Baseline:
@@ -225,45 +222,43 @@ class Baseline:
 
 
 class Wqd:
-    """One `wqd run` with a temporary YAML config and metrics on a free port."""
+    """One `wqd run` at a time (the tests' runner, tests/support/daemon.py) of
+    one wqd executable, with a one-pool config and metrics on a free port."""
 
     def __init__(self, name: str, executable: str, node: BrokerNode, workdir: Path):
         self.name = name
         self.executable = executable
         self.node = node
         self.workdir = workdir
-        self.proc: subprocess.Popen | None = None
-        self.port = None
+        self.runner: support_daemon.Wqd | None = None
+        self.runs = 0
 
     def start(self, workers: int, queue: str, handler: str = "wqd.examples:noop") -> Wqd:
-        self.port = free_port()
-        config = {
-            "broker": {"url": self.node.url},
-            "metrics": {"listen": f"127.0.0.1:{self.port}"},
-            "logging": {"level": "info"},
-            "pools": [{"name": "bench", "queue": queue, "handler": handler,
-                       "workers": workers, "prefetch": 1}],
-        }
-        config_path = self.workdir / f"{self.name}.yaml"
-        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BENCH_DIR), env.get("PYTHONPATH")]))
-        env["WQD_BENCH_RECORD"] = str(self.workdir / "record.txt")
-        env.pop("WQD_BROKER_URL", None)
-        env.pop("NOTIFY_SOCKET", None)
-        self.proc = spawn([self.executable, "run", "-c", str(config_path)], self.log_path, env=env)
+        self.runs += 1
+        pythonpath = os.pathsep.join(filter(None, [str(BENCH_DIR), os.environ.get("PYTHONPATH")]))
+        self.runner = support_daemon.Wqd(
+            self.workdir / f"{self.name}-{self.runs}", self.node.url,
+            [support_daemon.pool(queue, name="bench", handler=handler, workers=workers, prefetch=1)],
+            executable=self.executable,
+            extra_env={"PYTHONPATH": pythonpath, "WQD_BENCH_RECORD": str(self.workdir / "record.txt")})
+        self.runner.start(wait_ready=False)
+        _started.append(self.runner.proc)
         return self
 
     @property
+    def proc(self) -> subprocess.Popen:
+        return self.runner.proc
+
+    @property
     def log_path(self) -> Path:
-        return self.workdir / f"{self.name}.log"
+        return self.runner.stderr_path
 
     def check_alive(self) -> None:
         if self.proc.poll() is not None:
             raise BenchError(f"{self.name} exited with {self.proc.returncode}; see {self.log_path}")
 
     def http(self, path: str) -> tuple[int | None, bytes]:
-        return http_get(self.port, path)
+        return self.runner.http(path)
 
     def status(self) -> dict | None:
         """The pool's /status entry, None while the master does not answer."""

@@ -112,12 +112,12 @@ def test_queue_stats(broker, queue_name):
                  timeout=10, message="no delivery")
         stats = wait_for(
             lambda: (s := broker.queue_stats(queue_name))["messages_unacknowledged"] == 1 and s,
-            timeout=10, interval=0.2, message="unacked count not reported",
+            timeout=10, interval=0.5, message="unacked count not reported",
         )
         assert stats == {"messages_ready": 2, "messages_unacknowledged": 1, "consumers": 1}
     # closing the channel requeues the unacked message
     wait_for(lambda: broker.queue_stats(queue_name)["messages_ready"] == 3, timeout=10,
-             interval=0.2, message="unacked message not requeued")
+             interval=0.5, message="unacked message not requeued")
     assert broker.purge_queue(queue_name) == 3
     assert broker.purge_queue(queue_name + ".nope") is None
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.daemon import WQD, pool, task_body
+from tests.support.queues import wait_queue
 from tests.support.waiting import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -124,15 +125,13 @@ def test_start_consumes_and_stop_lets_the_task_finish_and_ack(broker, queue_name
     started = supervisord.ctl("start", "wqd")
     assert started.returncode == 0 and "wqd: started" in started.stdout, (started, supervisord.logs())
     supervisord.master_pid = int(supervisord.ctl("pid", "wqd").stdout)
-    wait_for(lambda: broker.queue_stats(queue_name)["consumers"] == 2, 30,
-             message=lambda: f"2 consumers on {queue_name}:\n{supervisord.logs()}")
+    wait_queue(broker, queue_name, 30, lambda: f"2 consumers:\n{supervisord.logs()}", consumers=2)
 
     # A reload reaches the master alone (supervisorctl signal is not a group signal).
     wqd.config["pools"][0]["workers"] = 3
     wqd.write_config()
     assert supervisord.ctl("signal", "HUP", "wqd").returncode == 0
-    wait_for(lambda: broker.queue_stats(queue_name)["consumers"] == 3, 30,
-             message=lambda: f"3 consumers after HUP:\n{supervisord.logs()}")
+    wait_queue(broker, queue_name, 30, lambda: f"3 consumers after HUP:\n{supervisord.logs()}", consumers=3)
 
     broker.publish(queue_name, task_body("long", sleep=3).encode())
     wait_for(lambda: wqd.records("start"), 30, message="task started")

@@ -50,10 +50,13 @@ def run_cli(*args, env=None, input=None, timeout=60) -> subprocess.CompletedProc
 
 
 class Wqd:
-    """One `wqd run` process with its config, record file and logs in ``workdir``."""
+    """One `wqd run` process with its config, record file and logs in ``workdir``
+    (the tests' runner, and bench/run.py's with another ``executable``)."""
 
     def __init__(self, workdir: Path, broker_url: str, pools: list, graceful_timeout: float = 30,
-                 heartbeat: int = 60, metrics: bool = True, extra_env=None, logging_level: str = "info"):
+                 heartbeat: int = 60, metrics: bool = True, extra_env=None, logging_level: str = "info",
+                 executable: str = WQD):
+        self.executable = executable
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.record = workdir / "record.jsonl"
@@ -80,7 +83,7 @@ class Wqd:
 
     def start(self, wait_ready: bool = True, timeout: float = 60) -> "Wqd":
         self.proc = subprocess.Popen(
-            [WQD, "run", "-c", str(self.config_path)], env=self.env, cwd=self.workdir,
+            [self.executable, "run", "-c", str(self.config_path)], env=self.env, cwd=self.workdir,
             stdout=open(self.stdout_path, "ab"), stderr=open(self.stderr_path, "ab"),
             start_new_session=True)
         if wait_ready:
@@ -152,6 +155,10 @@ class Wqd:
         """Workers of the master, from /proc (works when the master is gone too):
         they stay in the master's process group (the master leads it)."""
         return procfs.group_members(self.proc.pid, b"wqd: worker")
+
+    def queue_monitor_pids(self) -> list:
+        """The master's queue monitor process, from /proc (like all_worker_pids)."""
+        return procfs.group_members(self.proc.pid, b"wqd: queue monitor")
 
     def metrics(self) -> dict:
         """{(name, frozenset(labels.items())): value} of every sample."""

@@ -69,3 +69,13 @@ def group_members(pgrp: int, cmdline_prefix: bytes = b"") -> list[int]:
     return [pid for pid in all_pids()
             if (stat := proc_stat(pid)) is not None and stat.pgrp == pgrp
             and cmdline(pid).startswith(cmdline_prefix)]
+
+
+def age(pid: int) -> float | None:
+    """Seconds since the process started, None if it is gone."""
+    stat = proc_stat(pid)
+    if stat is None:
+        return None
+    with open("/proc/uptime") as uptime:
+        now = float(uptime.read().split()[0])
+    return now - stat.starttime / os.sysconf("SC_CLK_TCK")

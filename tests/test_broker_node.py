@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
-
 from tests.support.broker import _tree, epmd_names, port_open
-from tests.support.procfs import proc_stat
+from tests.support.procfs import all_pids, cmdline, proc_stat
 from tests.support.waiting import wait_for
 
 SYSTEM_AMQP_PORT = 5672
@@ -32,20 +30,17 @@ def _other_beams(broker):
     (other test sessions' nodes come and go; the system broker must not)."""
     ours = set(_tree(broker._root_pids()))
     beams = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit() and int(name) not in ours:
-            st = proc_stat(int(name))
-            if st and st[0] == "beam.smp" and not _is_test_node(int(name)):
-                beams[int(name)] = st[3]
+    for pid in all_pids():
+        if pid not in ours:
+            st = proc_stat(pid)
+            if st and st.comm == "beam.smp" and not _is_test_node(pid):
+                beams[pid] = st.starttime
     return beams
 
 
 def _is_test_node(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"wqdtest" in f.read()
-    except OSError:
-        return True  # gone already: it was not the system broker, which stays
+    title = cmdline(pid)
+    return not title or b"wqdtest" in title  # gone already: not the system broker, which stays
 
 
 def test_node_is_isolated(broker):

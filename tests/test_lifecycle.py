@@ -4,8 +4,8 @@ import os
 import signal
 import socket
 import time
-from pathlib import Path
 
+from tests.support import procfs
 from tests.support.daemon import pool, task_body, wait_gone
 from tests.support.queues import wait_queue
 from tests.support.waiting import wait_for
@@ -86,10 +86,10 @@ def test_master_sigkill_leaves_no_orphan_consuming(broker, queue_name, make_wqd)
 
 def test_process_titles(broker, queue_name, make_wqd):
     wqd = make_wqd([pool(queue_name, workers=1)]).start()
-    master_title = Path(f"/proc/{wqd.proc.pid}/cmdline").read_bytes().rstrip(b"\0")
+    master_title = procfs.cmdline(wqd.proc.pid).rstrip(b"\0")
     assert master_title == f"wqd: master -c {wqd.config_path}".encode()
     (worker,) = wqd.worker_pids()
-    assert Path(f"/proc/{worker}/cmdline").read_bytes().rstrip(b"\0") == b"wqd: worker default[1]"
+    assert procfs.cmdline(worker).rstrip(b"\0") == b"wqd: worker default[1]"
 
 
 def test_a_busy_metrics_port_is_a_config_error(broker, queue_name, make_wqd):

@@ -461,16 +461,7 @@ def test_queue_depth_as_seen_by_the_master(broker, queue_name, make_wqd):
 
 def _monitor_pids(master: int) -> list:
     """Live queue monitor processes whose parent is ``master``."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        try:
-            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            title = (entry / "cmdline").read_bytes()
-        except (OSError, IndexError):
-            continue
-        if title.startswith(b"wqd: queue monitor") and int(stat[1]) == master and stat[0] != "Z":
-            pids.append(int(entry.name))
-    return pids
+    return procfs.children(master, b"wqd: queue monitor")
 
 
 def test_the_queue_monitor_never_blocks_the_master_even_on_a_frozen_broker(broker, queue_name, tmp_path):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import procfs
 from tests.support.daemon import WQD, pool, task_body
 from tests.support.queues import wait_queue
 from tests.support.waiting import wait_for
@@ -98,17 +99,7 @@ class Supervisord:
 
 def _process_group(pgid: int) -> list:
     """Live (not zombie) processes of a process group."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(entry.name))
-    return members
+    return procfs.group_members(pgid)
 
 
 @pytest.fixture

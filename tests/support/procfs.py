@@ -65,9 +65,16 @@ def gone(pid: int) -> bool:
 
 
 def group_members(pgrp: int, cmdline_prefix: bytes = b"") -> list[int]:
-    """Processes of process group ``pgrp`` whose command line starts with ``cmdline_prefix``."""
+    """Live processes of process group ``pgrp`` whose command line starts with ``cmdline_prefix``."""
     return [pid for pid in all_pids()
-            if (stat := proc_stat(pid)) is not None and stat.pgrp == pgrp
+            if (stat := proc_stat(pid)) is not None and stat.pgrp == pgrp and stat.state not in ("Z", "X")
+            and cmdline(pid).startswith(cmdline_prefix)]
+
+
+def children(ppid: int, cmdline_prefix: bytes = b"") -> list[int]:
+    """Live children of ``ppid`` whose command line starts with ``cmdline_prefix``."""
+    return [pid for pid in all_pids()
+            if (stat := proc_stat(pid)) is not None and stat.ppid == ppid and stat.state not in ("Z", "X")
             and cmdline(pid).startswith(cmdline_prefix)]
 
 

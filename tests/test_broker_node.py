@@ -39,8 +39,15 @@ def _other_beams(broker):
 
 
 def _is_test_node(pid: int) -> bool:
-    title = cmdline(pid)
-    return not title or b"wqdtest" in title  # gone already: not the system broker, which stays
+    """A node of some test session (named wqdtest-*, in its command line or, as
+    tests/support/broker.py passes it, its environment), or gone already: not
+    the system broker, which stays."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            environ = f.read()
+    except OSError:
+        return True
+    return b"RABBITMQ_NODENAME=wqdtest" in environ or b"wqdtest" in cmdline(pid)
 
 
 def test_node_is_isolated(broker):

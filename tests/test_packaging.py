@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from daemon import free_port
+from tests.support.daemon import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mounts import descendants, kill_tree, unmount_below
 
-from waiting import wait_for
+from tests.support.waiting import wait_for
 
 DOCKER = "/usr/bin/docker"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from mounts import kill_tree
 
-from waiting import wait_for
+from tests.support.waiting import wait_for
 
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 

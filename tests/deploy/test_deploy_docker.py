@@ -21,7 +21,7 @@ from deploy_tasks import records
 from dockerd import DOCKER
 from summary import report, timed
 
-from waiting import wait_for
+from tests.support.waiting import wait_for
 
 ROOTFS_IMAGE = "wqd-deploy-python:bookworm"
 OFFLINE_IMAGE = "wqd-deploy-python-offline:bookworm"

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from deploy_tasks import records
 
-from waiting import wait_for
+from tests.support.waiting import wait_for
 
 # The README's commands, run in the container from the checkout (mounted on
 # /srv/wqd) with the wheel and the wheelhouse of its dependencies.

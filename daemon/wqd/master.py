@@ -378,6 +378,8 @@ class Master:
                 proc.reported(event)
             elif event == lost_attempts.QUERY:
                 self.lost_attempts.query(proc, fields["key"], time.monotonic())
+            elif event == lost_attempts.CLEAR:
+                self.lost_attempts.clear(fields["key"], self.workers.values())
             elif event == reporting.RECYCLING:
                 proc.recycling()
             elif event == reporting.FATAL:

@@ -43,13 +43,13 @@ _SUCCEEDED = Outcome.SUCCEEDED
 
 
 class Task:
-    __slots__ = ("delivery_tag", "message", "key", "lost_total", "duration", "error", "route_failures")
+    __slots__ = ("delivery_tag", "message", "key", "lost", "duration", "error", "route_failures")
 
-    def __init__(self, delivery_tag, message, key, lost_total=0):
+    def __init__(self, delivery_tag, message, key, lost=0):
         self.delivery_tag = delivery_tag
         self.message = message
         self.key = key  # message_id, or a hash of the body: identifies it across deliveries
-        self.lost_total = lost_total  # the master's count of attempts lost with a worker
+        self.lost = lost  # attempts of this delivery's lineage lost with a worker
         self.duration = None  # seconds the handler ran; None when it did not run
         self.error = None
         self.route_failures = 0  # republishes (retry or dead letter) the broker refused
@@ -83,7 +83,8 @@ class Router:
     def return_unstarted(self, delivery_tag, properties, body) -> None:
         """Give a delivery that never started back as it came, not as a redelivery
         (a redelivery would count as a failed attempt)."""
-        self._publish_channel.basic_publish("", self.pool.queue, body, properties, mandatory=True)
+        self._publish_channel.basic_publish("", self.pool.queue, body, republished_properties(properties),
+                                            mandatory=True)
         self._channel.basic_ack(delivery_tag)
 
     def settle(self, task: Task):
@@ -102,16 +103,14 @@ class Router:
         confirms), then ack the original; return the outcome."""
         message, error = task.message, task.error
         final = isinstance(error, (Reject, lost_attempts.WorkerLost)) or message.attempt > self.pool.max_retries
-        properties = copy.copy(message.properties)  # the handler's message keeps its own
+        properties = copy_properties(message.properties)
         try:
             if not final:
                 delay = retry_delay(self.pool, message.attempt)
                 queue, arguments, delay_ms = delay_queue(self.pool, delay)
                 self._publish_channel.queue_declare(queue=queue, durable=True, arguments=arguments)
-                properties.headers = lost_attempts.retry_headers(properties.headers, message.attempt,
-                                                                 task.lost_total)
+                properties.headers = lost_attempts.retry_headers(properties.headers, message.attempt)
                 properties.expiration = jittered_expiration(delay_ms)
-                properties.delivery_mode = pika.DeliveryMode.Persistent.value
                 self._publish_channel.basic_publish("", queue, message.body, properties, mandatory=True)
                 outcome = Outcome.RETRIED
             elif self.pool.dead_letter_queue:
@@ -186,9 +185,31 @@ def jittered_expiration(delay_ms: int) -> str:
     return str(int(delay_ms * (1 - JITTER * random.random())))
 
 
+def copy_properties(properties):
+    """The properties of a retried or dead-lettered copy: persistent, and
+    without ``expiration`` (a dead letter must stay; a retry gets its own)."""
+    copied = republished_properties(properties)
+    copied.delivery_mode = pika.DeliveryMode.Persistent.value
+    copied.expiration = None
+    return copied
+
+
+def republished_properties(properties):
+    """A copy of a delivery's properties (the handler's message keeps its own)
+    that wqd may publish: without ``user_id`` (the broker refuses it unless it
+    is wqd's own user, closing the channel) and the CC/BCC headers (they would
+    route the copy to other queues as well)."""
+    copied = copy.copy(properties)
+    copied.user_id = None
+    if isinstance(copied.headers, dict) and ("CC" in copied.headers or "BCC" in copied.headers):
+        copied.headers = {name: value for name, value in copied.headers.items() if name not in ("CC", "BCC")}
+    return copied
+
+
 def dead_letter_headers(headers: dict, pool: PoolConfig, attempts: int, exc: BaseException) -> dict:
-    """The original headers plus why the message was given up on."""
-    updated = dict(headers or {})
+    """The original headers plus why the message was given up on; without the
+    counts of its last lineage, so a copy shovelled back starts over."""
+    updated = lost_attempts.without_lineage(headers)
     updated.update({
         "x-wqd-exception": type(exc).__name__,
         "x-wqd-error": str(exc)[:1000],

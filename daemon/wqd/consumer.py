@@ -20,7 +20,7 @@ import time
 import pika
 import pika.exceptions
 
-from wqd import amqp, backoff, lost_attempts, reporting
+from wqd import amqp, backoff, header_decoding, lost_attempts, reporting
 from wqd.connection_keeper import ConnectionKeeper
 from wqd.errors import ConfigError
 from wqd.message import Message
@@ -40,6 +40,7 @@ class QueueMismatch(ConfigError):
 class Consumer:
     def __init__(self, context, reporter: reporting.Reporter):
         """``context``: the worker's WorkerContext (worker.py)."""
+        header_decoding.install()  # a header pika cannot decode must not cost the connection
         self.pool = context.pool
         self.broker = context.broker
         self.handler = context.handler
@@ -230,7 +231,7 @@ class Consumer:
             raise
         if outcome is None:  # held until the republish is tried again
             return
-        if task.lost and self.pool.queue_type != "quorum":  # rare: its lineage lost attempts, and ends
+        if task.lost:  # rare: its lineage lost attempts, and ends here
             self.reporter.send(lost_attempts.CLEAR, key=task.key)
         self.record.task_finished(outcome, task.duration)
         self._tasks_done += 1

@@ -67,7 +67,7 @@ def header_number(headers: dict, name: str):
     anything else: a header is untrusted input. Digit strings count (a header
     set on a command line is a string); bool, float, nested values do not."""
     value = headers.get(name)
-    if type(value) is int:
+    if isinstance(value, int) and not isinstance(value, bool):  # pika decodes 64-bit ones as its int subclass
         return value if value >= 0 else None
     if isinstance(value, (str, bytes)) and 0 < len(value) <= NUMBER_DIGITS and value.isascii() and value.isdigit():
         return int(value)

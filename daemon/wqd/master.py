@@ -271,7 +271,8 @@ class Master:
             return worker.run(worker.WorkerContext(
                 pool=pool.config, broker=self.config.broker, handler=pool.handler, slot=slot,
                 report_fd=write_fd, command_fd=command_read, record=record,
-                lost_attempts=self.lost_attempts.counts(), master_pid=self.pid))
+                lost_attempts=self.lost_attempts.counts(), master_pid=self.pid,
+                graceful_timeout=self.config.shutdown.graceful_timeout))
 
         pid = children.fork(child_main, f"Worker {pool.config.name}[{slot}]")
         os.close(write_fd)

@@ -22,6 +22,7 @@ import time
 import traceback
 
 import pika
+import pika.data
 import pika.exceptions
 
 from wqd import backoff, lost_attempts
@@ -83,8 +84,8 @@ class Router:
     def return_unstarted(self, delivery_tag, properties, body) -> None:
         """Give a delivery that never started back as it came, not as a redelivery
         (a redelivery would count as a failed attempt)."""
-        self._publish_channel.basic_publish("", self.pool.queue, body, republished_properties(properties),
-                                            mandatory=True)
+        self._publish_channel.basic_publish("", self.pool.queue, body,
+                                            encodable(republished_properties(properties)), mandatory=True)
         self._channel.basic_ack(delivery_tag)
 
     def settle(self, task: Task):
@@ -111,12 +112,12 @@ class Router:
                 self._publish_channel.queue_declare(queue=queue, durable=True, arguments=arguments)
                 properties.headers = lost_attempts.retry_headers(properties.headers, message.attempt)
                 properties.expiration = jittered_expiration(delay_ms)
-                self._publish_channel.basic_publish("", queue, message.body, properties, mandatory=True)
+                self._publish_channel.basic_publish("", queue, message.body, encodable(properties), mandatory=True)
                 outcome = Outcome.RETRIED
             elif self.pool.dead_letter_queue:
                 properties.headers = dead_letter_headers(properties.headers, self.pool, message.attempt, error)
-                self._publish_channel.basic_publish("", self.pool.dead_letter_queue, message.body, properties,
-                                                    mandatory=True)
+                self._publish_channel.basic_publish("", self.pool.dead_letter_queue, message.body,
+                                                    encodable(properties), mandatory=True)
                 outcome = Outcome.DEAD_LETTERED
             else:
                 log.error("Task %s dropped after %d attempts (dead_letter_queue is null).",
@@ -203,6 +204,26 @@ def republished_properties(properties):
     copied.user_id = None
     if isinstance(copied.headers, dict) and ("CC" in copied.headers or "BCC" in copied.headers):
         copied.headers = {name: value for name, value in copied.headers.items() if name not in ("CC", "BCC")}
+    return copied
+
+
+def encodable(properties):
+    """``properties``, or, when a header value cannot be encoded again (one pika
+    decoded from another client's type), a copy without those values."""
+    try:
+        properties.encode()
+        return properties
+    except Exception:  # whatever pika's encoder raises: struct.error, TypeError, its own
+        pass
+    copied = copy.copy(properties)
+    copied.headers = {}
+    for name, value in (properties.headers or {}).items():
+        try:
+            pika.data.encode_value([], value)
+        except Exception:
+            log.warning("Dropping header %r from the copy of a message: it cannot be encoded again.", name)
+            continue
+        copied.headers[name] = value
     return copied
 
 

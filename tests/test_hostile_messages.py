@@ -34,6 +34,14 @@ def _dead_letters(broker, queue):
     return found
 
 
+def _publish(broker, queue, body, properties):
+    """Publish with exactly these properties (a transient one, say), confirmed."""
+    with broker.connection() as connection:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.basic_publish("", queue, body, properties, mandatory=True)
+
+
 def _ready(broker, queue):
     stats = broker.queue_stats(queue)
     return stats["messages_ready"] if stats else 0
@@ -101,15 +109,18 @@ def test_a_dead_letter_keeps_no_expiration_and_copies_are_persistent(broker, que
         wqd = make_wqd([pool(queue_name, handler="handlers:fail_always", workers=1, max_retries=1,
                              retry_delay=FAST_RETRY)]).start()
         published = time.monotonic()
-        broker.publish(queue_name, b"short-lived", declare=False, message_id="m-exp", expiration="2000",
-                       delivery_mode=1, headers={"CC": [cc_queue]})
-        wait_for(lambda: _ready(broker, queue_name + ".dead") == 1, 30, message=lambda: wqd.logs())
-        assert [start["attempt"] for start in wqd.records("start")] == [1, 2]
+        _publish(broker, queue_name, b"short-lived", pika.BasicProperties(
+            message_id="m-exp", expiration="2000", delivery_mode=1))
+        _publish(broker, queue_name, b"copied", pika.BasicProperties(message_id="m-cc", headers={"CC": [cc_queue]}))
+        wait_for(lambda: _ready(broker, queue_name + ".dead") == 2, 30, message=lambda: wqd.logs())
+        assert [start["attempt"] for start in wqd.records("start")] == [1, 1, 2, 2]
         time.sleep(max(0.0, published + 3.0 - time.monotonic()))  # past the message's own expiration
-        ((properties, body),) = _dead_letters(broker, queue_name)
-        assert body == b"short-lived" and properties.message_id == "m-exp"
-        assert properties.expiration is None and properties.delivery_mode == 2
-        assert "CC" not in properties.headers and "x-wqd-attempt" not in properties.headers
+        dead = {properties.message_id: (properties, body) for properties, body in _dead_letters(broker, queue_name)}
+        properties, body = dead["m-exp"]
+        assert body == b"short-lived" and properties.expiration is None and properties.delivery_mode == 2
+        assert "x-wqd-attempt" not in properties.headers
+        properties, body = dead["m-cc"]
+        assert "CC" not in properties.headers
         # The original's CC went to the other queue once; the copies wqd made did not.
         assert _ready(broker, cc_queue) == 1
     finally:
@@ -222,10 +233,7 @@ def test_a_quorum_queue_says_truthfully_what_its_delivery_count_means(broker, qu
     flag.touch()
     wqd = make_wqd([pool(queue_name, handler="handlers:kill_on_boom", workers=2, max_retries=1,
                          queue_type="quorum")], extra_env={"WQD_TEST_FLAG": str(flag)}).start()
-    with broker.connection() as connection:
-        channel = connection.channel()
-        channel.confirm_delivery()
-        channel.basic_publish("", queue_name, b"boom", pika.BasicProperties(delivery_mode=2))
+    _publish(broker, queue_name, b"boom", pika.BasicProperties(delivery_mode=2))
     wait_for(lambda: _ready(broker, queue_name + ".dead") == 1, 60, message=lambda: wqd.logs())
     ((properties, _),) = _dead_letters(broker, queue_name)
     assert properties.headers["x-wqd-exception"] == "WorkerLost"

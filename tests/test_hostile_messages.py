@@ -5,9 +5,9 @@ broker that never answers. Driven from outside: a real broker, `wqd run`."""
 
 import decimal
 import os
-import struct
 import signal
 import socket
+import struct
 import threading
 import time
 

@@ -24,6 +24,7 @@ import traceback
 import pika
 import pika.data
 import pika.exceptions
+from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
 from wqd import backoff, lost_attempts
 from wqd.config import PoolConfig
@@ -36,8 +37,10 @@ JITTER = 0.1  # a retry waits between 90% and 100% of its computed delay
 ROUTE_ATTEMPTS = 6
 ROUTE_RETRY_INITIAL = 0.5
 ROUTE_RETRY_MAX = 8.0
-# Errors after which a fresh connection is the cure.
-RECOVERABLE = (pika.exceptions.AMQPError, OSError)
+# Errors after which a fresh connection is the cure. pika raises the
+# connection workflow's errors (a broker that accepts TCP and never answers:
+# AMQPConnectorStackTimeout) outside its AMQPError hierarchy.
+RECOVERABLE = (pika.exceptions.AMQPError, OSError, AMQPConnectorException)
 # Looked up once, as every successful task returns it: reading an enum member
 # off its class costs about 90 ns on Python 3.11, a module global about 10 ns.
 _SUCCEEDED = Outcome.SUCCEEDED

@@ -10,7 +10,10 @@ Republishes go through a channel of their own with publisher confirms, and the
 original is acked only once the broker confirmed the copy. A copy the broker
 refuses (nack, e.g. while a quorum queue elects a new leader) is published
 again after a backoff, the original held unacked meanwhile; after
-ROUTE_ATTEMPTS refusals the original goes back to the queue.
+ROUTE_ATTEMPTS refusals the original goes back to the queue. A refusal that
+closes the publishing channel (a copy larger than the broker's
+max_message_size, a delay queue the user may not declare) counts the same:
+the original is never acked without its copy.
 """
 
 import copy
@@ -126,7 +129,8 @@ class Router:
                 log.error("Task %s dropped after %d attempts (dead_letter_queue is null).",
                           message.message_id or "(no id)", message.attempt)
                 outcome = Outcome.FAILED
-        except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
+        except (pika.exceptions.UnroutableError, pika.exceptions.NackError,
+                pika.exceptions.ChannelClosedByBroker) as exc:  # a copy refused (e.g. larger than max_message_size)
             task.route_failures += 1
             if task.route_failures < ROUTE_ATTEMPTS:
                 # Not a requeue: its redelivery would come at once, count as an

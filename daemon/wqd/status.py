@@ -33,7 +33,7 @@ def gather_status(config) -> dict:
                 "consumers": queue["consumers"] if queue else None,
                 "dead_letter_queue": pool.dead_letter_queue,
                 "dead_lettered_messages": dead["messages"] if dead else None,
-                "workers_desired": live["desired"] if live else pool.workers,
+                "workers_desired": live["desired"] if live else pool.workers.min,
                 "workers_live": live["workers"] if live else 0,
                 "workers_consuming": live["consuming"] if live else 0,
                 "in_progress": live["busy"] if live else 0,
@@ -48,7 +48,7 @@ def gather_status(config) -> dict:
     return {
         "broker": ", ".join(redact_url(url) for url in config.broker.urls),
         "master": {"running": master is not None, "pid": master and master["pid"],
-                   "ready": bool(master and master["ready"])},
+                   "ready": bool(master and master["ready"]), "quiet": bool(master and master.get("quiet"))},
         "pools": pools,
     }
 
@@ -81,6 +81,8 @@ def format_status(status: dict) -> str:
     master = status["master"]
     if master["running"]:
         head = f"wqd master pid {master['pid']}, {'ready' if master['ready'] else 'NOT READY'}"
+        if master["quiet"]:
+            head = f"wqd master pid {master['pid']}, QUIET: consuming nothing until SIGCONT"
     else:
         head = "wqd is not running (no master answered on metrics.listen); broker view only"
     lines = [head, f"broker {status['broker']}", ""]

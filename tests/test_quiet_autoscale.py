@@ -3,6 +3,8 @@ with the daemon as a process and real signals."""
 
 import os
 import signal
+import socket
+import uuid
 
 from daemon import pool, run_cli, task_body
 from waiting import wait_for
@@ -84,6 +86,50 @@ def test_a_worker_replaced_while_quiet_starts_quiet(broker, queue_name, make_wqd
     wqd.signal(signal.SIGCONT)
     wait_for(lambda: _consumers(broker, queue_name) == 1, 30, message="consuming again")
     wqd.wait_ready(10)
+
+
+class Notifications:
+    """Plays systemd's notify socket (an abstract address); read() takes what arrived."""
+
+    def __init__(self):
+        self.address = f"@wqdtest-{uuid.uuid4().hex}"
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind("\0" + self.address[1:])
+        self._sock.setblocking(False)
+        self.received = []
+
+    def read(self) -> list:
+        while True:
+            try:
+                data = self._sock.recv(4096)
+            except BlockingIOError:
+                return self.received
+            self.received.append(dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line))
+
+    def close(self):
+        self._sock.close()
+
+
+def test_systemd_hears_quiet_in_status_and_ready_after_a_reload_while_quiet(broker, queue_name, make_wqd):
+    notifications = Notifications()
+    try:
+        wqd = make_wqd([pool(queue_name, workers=2)], extra_env={"NOTIFY_SOCKET": notifications.address}).start()
+        wait_for(lambda: any(m.get("READY") == "1" for m in notifications.read()), 10, message="READY=1")
+        wqd.signal(signal.SIGTSTP)
+        wait_for(lambda: any(m.get("STATUS", "").startswith("Quiet (SIGCONT resumes): default: 2/2 workers")
+                             for m in notifications.read()), 30, message=lambda: f"quiet: {notifications.read()}")
+        seen = len(notifications.read())
+        wqd.signal(signal.SIGHUP)  # a reload while quiet still ends with READY=1
+        wait_for(lambda: [key for m in notifications.read()[seen:] for key in ("RELOADING", "READY") if key in m]
+                 == ["RELOADING", "READY"], 30, message=lambda: f"reloaded: {notifications.read()[seen:]}")
+        assert wqd.http("/readyz") == QUIET_READYZ, "still quiet after the reload"
+        seen = len(notifications.read())
+        wqd.signal(signal.SIGCONT)
+        wait_for(lambda: any(m.get("STATUS", "").startswith("default: 2/2 workers")
+                             for m in notifications.read()[seen:]), 30, message="resumed")
+        wait_for(lambda: _consumers(broker, queue_name) == 2, 30, message="2 consumers again")
+    finally:
+        notifications.close()
 
 
 # --------------------------------------------------------------------------

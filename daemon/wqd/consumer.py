@@ -82,8 +82,6 @@ class Consumer:
         connection; not quiet: consume again."""
         if quiet != self._quiet:
             self._quiet = quiet
-            log.info("Quiet: consuming nothing until SIGCONT (a task in progress is finished first)."
-                     if quiet else "Resuming: consuming again.")
             self.keeper.interrupt()
 
     # -- consumer thread; it holds the connection's lock except while a handler runs --
@@ -144,7 +142,7 @@ class Consumer:
             elif self._quiet:
                 if self._consumer_tag is not None:
                     self._cancel_consumer()
-                    log.info("Quiet: consumer cancelled; connected, idle until SIGCONT.")
+                    log.info("Quiet: consumer cancelled; connected, consuming nothing until SIGCONT.")
                     self.reporter.send(reporting.CONNECTED)
             elif self._consumer_tag is None:
                 self._consumer_tag = self._channel.basic_consume(

@@ -1,8 +1,8 @@
 """The master process: forks workers, keeps their number, stops and reloads.
 
 Signal handlers only record the signal and wake the loop through the wakeup
-fd; the loop acts: signals, worker reports, reaping, time limits, the worker
-count, notifications. The master holds no broker connection.
+fd; the loop acts: signals, worker reports, reaping, time limits, autoscaling,
+the worker count, notifications. The master holds no broker connection.
 """
 
 import errno

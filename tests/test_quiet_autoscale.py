@@ -140,8 +140,18 @@ def test_a_backlog_grows_the_pool_to_max_and_idle_workers_retire_down_to_min(bro
     wqd = make_wqd([pool(queue_name, workers={"min": 1, "max": 6, "idle_timeout": 3})]).start()
     assert _pool_size(wqd) == (1, 1)
     broker.publish_many(queue_name, [task_body(i, sleep=0.2) for i in range(200)])
-    wait_for(lambda: _pool_size(wqd) == (6, 6), 60, message=lambda: f"grown to 6: {_pool_size(wqd)}")
-    wait_for(lambda: _gauge(wqd, "wqd_pool_saturation") == 1, 30, message="every worker busy")
+    saturated = set()  # pool sizes above 1 seen with every worker busy
+
+    def grown():
+        samples = wqd.metrics()
+        desired, live, saturation = (samples.get((name, frozenset({"pool": "default"}.items())))
+                                     for name in ("wqd_workers_desired", "wqd_workers", "wqd_pool_saturation"))
+        if live > 1 and saturation == 1:
+            saturated.add(live)
+        return (desired, live) == (6, 6)
+
+    wait_for(grown, 60, message=lambda: f"grown to 6: {_pool_size(wqd)}")
+    assert saturated, "wqd_pool_saturation was 1 while the pool grew"
     assert "every worker busy; one worker more (6, max 6)" in wqd.logs()
     wait_for(lambda: len(wqd.ended_ids()) == 200, 120, message=lambda: f"{len(wqd.ended_ids())} of 200 done")
     assert sorted(wqd.ended_ids()) == list(range(200)), "each task ran once"
@@ -161,7 +171,7 @@ def test_a_busy_worker_is_never_retired_when_the_pool_shrinks(broker, queue_name
     broker.publish_many(queue_name, [task_body(i, sleep=0.3) for i in range(100)])
     wait_for(lambda: _pool_size(wqd) == (3, 3), 60, message=lambda: f"grown to 3: {_pool_size(wqd)}")
     broker.purge_queue(queue_name)
-    broker.publish(queue_name, task_body("long", sleep=10).encode())
+    broker.publish(queue_name, task_body("long", sleep=12).encode())
     long_start = wait_for(lambda: [e for e in wqd.records("start") if e["id"] == "long"], 30,
                           message="the long task started")[0]
     wait_for(lambda: _pool_size(wqd) == (1, 1), 30,

@@ -384,4 +384,4 @@ def test_anchors_and_merge_keys_within_the_limits_still_work():
     text = "x-defaults: &defaults {queue: q, handler: 'm:f', workers: 3}\n"
     assert "x-defaults: unknown key" in errors_of(text + "pools: [{<<: *defaults, name: a}]\n")
     loaded = parse("pools:\n  - &p {name: a, queue: q, handler: 'm:f', workers: 3}\n  - {<<: *p, name: b}\n")
-    assert [pool.workers for pool in loaded.pools] == [3, 3]
+    assert [pool.workers for pool in loaded.pools] == [config.WorkerBounds(3, 3)] * 2

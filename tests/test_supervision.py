@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from wqd.config import WorkerBounds
 from wqd.queue_monitor import STABLE_SECONDS
 from wqd.supervision import (
     CRASHED,
@@ -95,7 +96,7 @@ def test_explain_exit(status, state, busy, words, out_of_memory):
 
 
 def worker() -> WorkerProcess:
-    pool = Pool(SimpleNamespace(name="default", workers=1), handler=None)
+    pool = Pool(SimpleNamespace(name="default", workers=WorkerBounds(1, 1)), handler=None)
     return WorkerProcess(pool, slot=1, pid=4242, reader=None, command_fd=-1, record=None, started_at=0.0)
 
 
@@ -172,13 +173,13 @@ def early_deaths(backoff: RespawnBackoff, count: int, slot=0) -> list:
 
 
 def test_a_pool_restarts_a_first_early_death_at_once_then_waits_1_2_4_seconds():
-    backoff = Pool(SimpleNamespace(name="default", workers=1), handler=None).respawn
+    backoff = Pool(SimpleNamespace(name="default", workers=WorkerBounds(1, 1)), handler=None).respawn
     assert early_deaths(backoff, 5, slot=1) == [0.0, 1.0, 2.0, 4.0, 8.0]
     assert backoff.early_deaths(1) == 5
 
 
 def test_the_delay_is_capped():
-    backoff = Pool(SimpleNamespace(name="default", workers=1), handler=None).respawn
+    backoff = Pool(SimpleNamespace(name="default", workers=WorkerBounds(1, 1)), handler=None).respawn
     delays = early_deaths(backoff, 12)
     assert delays[-1] == RESPAWN_BACKOFF_MAX and max(delays) == RESPAWN_BACKOFF_MAX
     assert delays == sorted(delays)

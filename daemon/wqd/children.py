@@ -10,11 +10,12 @@ import sys
 log = logging.getLogger("wqd.master")
 
 PR_SET_PDEATHSIG = 1
-# The master's commands (stop, reload, scale). A terminal's Ctrl-C, or a
-# `kill` of the whole process group, delivers them to every child too: the
-# master decides for all, so a child ignores them (and SIGTTIN/SIGTTOU, by
-# default, would also stop a child that touches the terminal).
-MASTER_COMMANDS = (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU)
+# The master's commands (stop, reload, scale, quiet). A terminal's Ctrl-C or
+# Ctrl-Z, a `kill` of the whole process group, or `systemctl kill`, delivers
+# them to every child too: the master decides for all, so a child ignores them
+# (SIGTSTP, SIGTTIN and SIGTTOU would by default stop it; a worker takes
+# SIGTSTP with sigtimedwait, which a blocked signal reaches even when ignored).
+MASTER_COMMANDS = (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGTSTP)
 
 
 def fork(child_main, description: str) -> int:

@@ -329,11 +329,54 @@ class RetryDelay:
 
 
 @dataclasses.dataclass(frozen=True)
+class WorkerBounds:
+    """A pool's worker count: fixed (``workers: 4`` is min = max = 4), or
+    autoscaled between min and max (``workers: {min: 1, max: 8}``)."""
+
+    min: int = key(at_most(MAX_WORKERS, positive_int), doc="workers kept however idle the pool is")
+    max: int = key(at_most(MAX_WORKERS, positive_int), doc="workers at most, added one at a time while messages wait and all are busy")
+    idle_timeout: float = key(positive_number, 30.0, doc="seconds a worker above min stays idle before it is retired")
+
+    @property
+    def autoscaled(self) -> bool:
+        return self.max > self.min
+
+    def __str__(self) -> str:
+        return f"{self.min}..{self.max}" if self.autoscaled else str(self.min)
+
+
+def worker_count(value: Any) -> WorkerBounds:
+    """A positive integer, or a {min, max, idle_timeout} mapping checked along WorkerBounds' keys."""
+    if not isinstance(value, dict):
+        count = at_most(MAX_WORKERS, positive_int)(value)
+        return WorkerBounds(count, count)
+    keys = declared_keys(WorkerBounds)
+    shape = "{" + ", ".join(name for name, _ in keys) + "}"
+    for name in value:
+        if name not in {name for name, _ in keys}:
+            raise ValueError(f"unknown key {name!r} in {shape}")
+    values = {}
+    for name, field in keys:
+        if name not in value:
+            if field.default is dataclasses.MISSING:
+                raise ValueError(f"{name} is required in {shape}")
+            continue
+        try:
+            values[field.name] = field.metadata["check"](value[name])
+        except ValueError as exc:
+            raise ValueError(f"{name}: {exc}") from None
+    if values["min"] > values["max"]:
+        raise ValueError("expected min <= max")
+    return WorkerBounds(**values)
+
+
+@dataclasses.dataclass(frozen=True)
 class PoolConfig:
     name: str = key(non_empty_str, doc="unique; the label in metrics, logs and process titles")
     queue: str = key(non_empty_str, doc="the work queue, declared durable")
     handler: str = key(handler_ref, doc='"module:callable" run for each message')
-    workers: int = key(at_most(MAX_WORKERS, positive_int), 1, doc="worker processes")
+    workers: WorkerBounds = key(worker_count, WorkerBounds(1, 1),
+                                doc="worker processes: a number, or {min, max, idle_timeout} to autoscale")
     prefetch: int = key(amqp_short(positive_int), 1, doc="unacked messages per worker; 1 = fair dispatch")
     queue_type: str = key(one_of("classic", "quorum"), "classic", doc="classic, or quorum (for clusters)")
     max_retries: int = key(non_negative_int, 3, doc="retries after the first failed attempt; then dead-letter")

@@ -53,6 +53,7 @@ class Consumer:
                                                       while_waiting=self.keeper)
         self.router = Router(self.pool, settle_again=self._settle)
         self._stop_reason = None
+        self._quiet = False  # the master's quiet switch, as last seen: no consumer, connection kept
         self._wake = threading.Event()
         self._channel = None
         self._consumer_tag = None
@@ -77,6 +78,13 @@ class Consumer:
             log.info("Stopping (%s): finishing the current task first.", reason)
         self._wake.set()
         self.keeper.interrupt()
+
+    def set_quiet(self, quiet: bool) -> None:
+        """Quiet: cancel the consumer once the current task is settled, keep the
+        connection; not quiet: consume again."""
+        if quiet != self._quiet:
+            self._quiet = quiet
+            self.keeper.interrupt()
 
     # -- consumer thread; it holds the connection's lock except while a handler runs --
 
@@ -133,6 +141,11 @@ class Consumer:
                 self._cancel_consumer()
                 if not self.router.held:
                     break
+            elif self._quiet:
+                if self._consumer_tag is not None:
+                    self._cancel_consumer()
+                    log.info("Quiet: consumer cancelled; connected, consuming nothing until SIGCONT.")
+                    self.reporter.send(reporting.CONNECTED)
             elif self._consumer_tag is None:
                 self._consumer_tag = self._channel.basic_consume(
                     self.pool.queue, on_message_callback=self._on_delivery)

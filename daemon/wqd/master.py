@@ -1,8 +1,8 @@
 """The master process: forks workers, keeps their number, stops and reloads.
 
 Signal handlers only record the signal and wake the loop through the wakeup
-fd; the loop acts: signals, worker reports, reaping, time limits, the worker
-count, notifications. The master holds no broker connection.
+fd; the loop acts: signals, worker reports, reaping, time limits, autoscaling,
+the worker count, notifications. The master holds no broker connection.
 """
 
 import errno
@@ -15,10 +15,11 @@ import time
 
 from setproctitle import setproctitle
 
-from wqd import children, errors, logs, lost_attempts, reloading, reporting, worker
+from wqd import autoscaling, children, errors, logs, lost_attempts, reloading, reporting, worker
 from wqd.http_endpoint import HTTPEndpoint
 from wqd.metrics import Metrics
 from wqd.queue_monitor import QueueMonitor
+from wqd.quiet import QuietSwitch
 from wqd.supervision import (
     EARLY_DEATH_SECONDS,
     RECYCLED,
@@ -45,7 +46,7 @@ FAST_STOP_TIMEOUT = 2.0
 # TimeoutStopSec is honoured, and a master that hangs is still killed.
 STOP_EXTEND_SECONDS = 10.0
 
-HANDLED_SIGNALS = ("HUP", "INT", "QUIT", "TERM", "TTIN", "TTOU", "CHLD")
+HANDLED_SIGNALS = ("HUP", "INT", "QUIT", "TERM", "TTIN", "TTOU", "TSTP", "CONT", "CHLD")
 
 
 class Master:
@@ -59,6 +60,8 @@ class Master:
         self.signals = []
         self.stopping = False
         self.fast_stop = False
+        self.quiet = QuietSwitch()  # TSTP turns it on, CONT off; every worker reads it
+        self.autoscaled_at = 0.0  # monotonic time of the autoscaler's last look
         self.config_error = None  # why every pool failed: run() raises it once stopped
         self.was_ready = False
         self.notifier = Notifier()
@@ -126,6 +129,8 @@ class Master:
         if self.notifier.watchdog_interval:  # wake for the ping: a late one can cost a SIGABRT
             next_ping = self.last_watchdog + self.notifier.watchdog_interval
             timeout = max(0.0, min(timeout, next_ping - time.monotonic()))
+        if any(pool.config.workers.autoscaled for pool in self.pools):
+            timeout = max(0.0, min(timeout, self.autoscaled_at + autoscaling.STEP_INTERVAL - now))
         if self.lost_attempts.queries_waiting:  # held answers: look again soon
             timeout = min(timeout, lost_attempts.QUERY_RECHECK)
         if self.signals:
@@ -164,6 +169,7 @@ class Master:
         if self.stopping:
             return
         self._enforce_time_limits(now)
+        self._autoscale(now)
         self._keep_worker_count(now)
         self.queue_monitor.tick(now, self._close_master_fds)
         if self.pools and all(pool.failed for pool in self.pools):
@@ -188,9 +194,26 @@ class Master:
                 self._request_reload()
         elif name in ("SIGTTIN", "SIGTTOU") and not self.stopping:
             for pool in self.pools:
-                pool.desired = pool.desired + 1 if name == "SIGTTIN" else max(1, pool.desired - 1)
+                pool.step(more=name == "SIGTTIN")
             log.info("%s: workers per pool now %s.", name,
                      ", ".join(f"{p.config.name}={p.desired}" for p in self.pools))
+        elif name in ("SIGTSTP", "SIGCONT") and not self.stopping:
+            self._set_quiet(name == "SIGTSTP")
+
+    def _set_quiet(self, quiet: bool) -> None:
+        """TSTP: every worker finishes its task and cancels its consumer, and
+        stays up and connected; CONT: they consume again. Workers forked
+        meanwhile (respawns, scaling) start as the switch says."""
+        if quiet == self.quiet.on:
+            return  # e.g. the CONT that follows any SIGSTOP
+        self.quiet.set(quiet)
+        if quiet:
+            log.info("Quiet (SIGTSTP): workers finish their current task and stop consuming; they stay up. "
+                     "SIGCONT resumes.")
+        else:
+            log.info("Resuming (SIGCONT): workers consume again.")
+        for proc in self.workers.values():
+            self._kill(proc, signal.SIGTSTP if quiet else signal.SIGCONT)  # wakes it to read the switch
 
     def _begin_stop(self, graceful: bool) -> None:
         if graceful:
@@ -256,8 +279,7 @@ class Master:
         for pool_config in new_config.pools:
             old = current.pop(pool_config.name, None)
             if old and not broker_changed and old.config.same_settings(pool_config) and not old.failed:
-                old.config = pool_config
-                old.desired = pool_config.workers
+                old.reconfigure(pool_config)
                 pools.append(old)
                 continue
             if old:
@@ -290,12 +312,38 @@ class Master:
                 continue
             active = {proc.slot: proc for proc in self.workers.values()
                       if proc.pool is pool and not proc.retiring}
-            for slot in range(1, pool.desired + 1):
+            for slot in sorted(pool.slots):
                 if slot not in active and pool.respawn.may_start(now, slot):
                     self._spawn(pool, slot)
             for slot, proc in active.items():
-                if slot > pool.desired:
+                if slot not in pool.slots:
                     self._retire(proc, self.config.shutdown.graceful_timeout)
+
+    def _autoscale(self, now: float) -> None:
+        """Once per autoscaling.STEP_INTERVAL: grow an autoscaled pool by one
+        worker, or retire its workers idle for idle_timeout (autoscaling.py)."""
+        if now - self.autoscaled_at < autoscaling.STEP_INTERVAL:
+            return
+        self.autoscaled_at = now
+        for pool in self.pools:
+            bounds = pool.config.workers
+            if not bounds.autoscaled or pool.failed:
+                continue
+            running = [proc for proc in self.workers.values() if proc.pool is pool and not proc.retiring]
+            for proc in running:
+                record = proc.record.read()
+                proc.activity.look(record.busy_since is not None, sum(record.outcomes.values()), now)
+            ready = self.queue_monitor.messages_ready(pool.config.name)
+            if not self.quiet.on and autoscaling.should_grow(bounds, pool.desired, running, ready):
+                pool.scale_to(pool.desired + 1)
+                log.info("Pool %r: %d messages ready and every worker busy; one worker more (%d, max %d).",
+                         pool.config.name, ready, pool.desired, bounds.max)
+                continue
+            for proc in autoscaling.idle_to_retire(bounds, pool.desired, running, now):
+                pool.slots.discard(proc.slot)
+                log.info("Pool %r: worker %s idle for %.0f s; retiring it (%d left, min %d).",
+                         pool.config.name, proc.name, proc.activity.idle_for(now), pool.desired, bounds.min)
+                self._retire(proc, self.config.shutdown.graceful_timeout)
 
     def _spawn(self, pool: Pool, slot: int) -> None:
         read_fd, write_fd = os.pipe()
@@ -311,7 +359,7 @@ class Master:
                     pool, self.config.path, slot, write_fd):
                 return os.EX_CONFIG
             return worker.run(worker.WorkerContext(
-                pool=pool.config, broker=self.config.broker, handler=pool.handler, slot=slot,
+                pool=pool.config, broker=self.config.broker, handler=pool.handler, slot=slot, quiet=self.quiet,
                 report_fd=write_fd, command_fd=command_read, record=record,
                 lost_attempts=self.lost_attempts.counts(), master_pid=self.pid,
                 graceful_timeout=self.config.shutdown.graceful_timeout))
@@ -437,19 +485,29 @@ class Master:
 
     def _pool_counts(self, pool: Pool) -> dict:
         procs = [p for p in self.workers.values() if p.pool is pool]
+        busy = sum(p.busy_since is not None for p in procs)
         return {
             "name": pool.config.name,
             "queue": pool.config.queue,
             "desired": pool.desired,
+            "min": pool.config.workers.min,
+            "max": pool.config.workers.max,
             "workers": len(procs),
             "consuming": sum(p.connection is Connection.CONSUMING for p in procs),
-            "busy": sum(p.busy_since is not None for p in procs),
+            "busy": busy,
+            "saturation": busy / len(procs) if procs else 0.0,
             "connected": sum(p.connection in (Connection.CONNECTED, Connection.CONSUMING) for p in procs),
             "failed": pool.failed,
         }
 
     def is_ready(self) -> bool:
-        return all(any(p.pool is pool and p.connection is Connection.CONSUMING for p in self.workers.values())
+        """Ready for work (/readyz, wqd_ready): every pool consumes, and wqd is neither quiet nor stopping."""
+        return self._workers_up() and not self.quiet.on
+
+    def _workers_up(self) -> bool:
+        """Every pool has a worker consuming, or connected while quiet: READY=1 for systemd."""
+        up = (Connection.CONNECTED, Connection.CONSUMING) if self.quiet.on else (Connection.CONSUMING,)
+        return all(any(p.pool is pool and p.connection in up for p in self.workers.values())
                    for pool in self.pools) and not self.stopping
 
     def _live_records(self):
@@ -457,11 +515,13 @@ class Master:
             yield proc.pool.config.name, proc.record
 
     def _snapshot(self):
-        return [self._pool_counts(pool) for pool in self.pools], self.is_ready()
+        return [self._pool_counts(pool) for pool in self.pools], self.is_ready(), self.quiet.on
 
     def _readyz(self):
         if self.is_ready():
             return 200, "text/plain", b"ready\n"
+        if self.quiet.on and not self.stopping:
+            return 503, "text/plain", b"not ready: quiet (SIGTSTP); workers consume nothing until SIGCONT\n"
         return 503, "text/plain", b"not ready: a pool has no consuming worker\n"
 
     def status(self) -> dict:
@@ -470,13 +530,14 @@ class Master:
         for pool in self.pools:
             counts = self._pool_counts(pool)
             counts["tasks"] = totals[pool.config.name].outcomes
-            counts["worker_processes"] = [_worker_status(proc, now) for proc in
+            counts["worker_processes"] = [_worker_status(proc, now, self.quiet.on) for proc in
                                           sorted(self.workers.values(), key=lambda p: p.slot) if proc.pool is pool]
             pools.append(counts)
-        return {"pid": self.pid, "ready": self.is_ready(), "stopping": self.stopping, "pools": pools}
+        return {"pid": self.pid, "ready": self.is_ready(), "quiet": self.quiet.on, "stopping": self.stopping,
+                "pools": pools}
 
     def _notify(self) -> None:
-        ready = self.is_ready()
+        ready = self._workers_up()
         if ready and not self.was_ready:
             self.was_ready = True
             log.info("Ready: every pool has a consuming worker.")
@@ -510,14 +571,19 @@ class Master:
         for pool in self.pools:
             counts = self._pool_counts(pool)
             done = totals[pool.config.name].outcomes["succeeded"]
-            parts.append(f"{counts['name']}: {counts['workers']}/{counts['desired']} workers, "
+            bounds = pool.config.workers
+            scaling = f" ({bounds})" if bounds.autoscaled else ""
+            parts.append(f"{counts['name']}: {counts['workers']}/{counts['desired']}{scaling} workers, "
                          f"{counts['connected']} connected, {done} done")
-        return "; ".join(parts)
+        quiet = "Quiet (SIGCONT resumes): " if self.quiet.on else ""
+        return quiet + "; ".join(parts)
 
 
-def _worker_status(proc: WorkerProcess, now: float) -> dict:
+def _worker_status(proc: WorkerProcess, now: float, quiet: bool) -> dict:
     busy_since = proc.busy_since
-    return {"pid": proc.pid, "name": proc.name, "state": proc.connection.value, "busy": busy_since is not None,
+    # Connected and not consuming while wqd is quiet: quiet, not about to consume.
+    state = "quiet" if quiet and proc.connection is Connection.CONNECTED else proc.connection.value
+    return {"pid": proc.pid, "name": proc.name, "state": state, "busy": busy_since is not None,
             "task_age": round(now - busy_since, 3) if busy_since else None,
             "stopping": proc.retiring}
 

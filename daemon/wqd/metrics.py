@@ -38,7 +38,7 @@ class TaskTotals:
 
 class Metrics:
     def __init__(self, snapshot, live_records):
-        """``snapshot()`` returns the master's view: a list of PoolSnapshot-like dicts;
+        """``snapshot()`` returns the master's view: (a dict of counts per pool, ready, quiet);
         ``live_records()`` yields (pool name, WorkerRecord) for every live worker."""
         self.registry = CollectorRegistry(auto_describe=True)
         self.restarts = Counter("wqd_worker_restarts", "Worker processes replaced, by reason.",
@@ -116,8 +116,12 @@ class _LiveCollector:
     def collect(self):
         families = {
             "workers": GaugeMetricFamily("wqd_workers", "Live worker processes.", labels=["pool"]),
-            "desired": GaugeMetricFamily("wqd_workers_desired", "Worker processes the config asks for.",
-                                         labels=["pool"]),
+            "desired": GaugeMetricFamily("wqd_workers_desired",
+                                         "Worker processes the pool aims for: its configured count after "
+                                         "TTIN/TTOU, or the autoscaler's, between min and max.", labels=["pool"]),
+            "saturation": GaugeMetricFamily("wqd_pool_saturation",
+                                            "Busy workers / live workers (1: every worker busy; 0 without workers).",
+                                            labels=["pool"]),
             "consuming": GaugeMetricFamily("wqd_workers_consuming", "Workers with an active consumer.",
                                            labels=["pool"]),
             "busy": GaugeMetricFamily("wqd_tasks_in_progress", "Tasks being handled right now.",
@@ -125,11 +129,14 @@ class _LiveCollector:
             "connected": GaugeMetricFamily("wqd_broker_connected", "Workers with an open broker connection.",
                                            labels=["pool"]),
         }
-        ready = GaugeMetricFamily("wqd_ready", "1 when every pool has a consuming worker.")
-        pools, is_ready = self._snapshot()
+        ready = GaugeMetricFamily("wqd_ready", "1 when every pool has a consuming worker and wqd is not quiet.")
+        quiet = GaugeMetricFamily("wqd_quiet", "1 while quiet (SIGTSTP): workers up, consuming nothing until SIGCONT.")
+        pools, is_ready, is_quiet = self._snapshot()
         for pool in pools:
             for key, family in families.items():
                 family.add_metric([pool["name"]], pool[key])
         ready.add_metric([], 1 if is_ready else 0)
+        quiet.add_metric([], 1 if is_quiet else 0)
         yield from families.values()
         yield ready
+        yield quiet

@@ -126,6 +126,13 @@ class QueueMonitor:
         delay = self._respawn.exited(now - self._started_at, now)
         log.warning("Queue monitor (pid %d) %s; restarting it in %.0f s.", pid, describe_status(status), delay)
 
+    def messages_ready(self, pool: str):
+        """The last fresh count of messages ready in ``pool``'s queue; None when unknown."""
+        if self._polled_at is None or time.monotonic() - self._polled_at > self.stale_after:
+            return None
+        return next((messages for name, _, kind, messages, _ in self._counts if name == pool and kind == "queue"),
+                    None)
+
     def configure(self, broker, pools) -> None:
         """After a reload: a new broker or other queues mean a new child."""
         targets = _targets(pools)

@@ -36,7 +36,7 @@ def gather_status(config) -> dict:
                 "consumers": queue["consumers"] if queue else None,
                 "dead_letter_queue": pool.dead_letter_queue,
                 "dead_lettered_messages": dead["messages"] if dead else None,
-                "workers_desired": live["desired"] if live else pool.workers,
+                "workers_desired": live["desired"] if live else pool.workers.min,
                 "workers_live": live["workers"] if live else 0,
                 "workers_consuming": live["consuming"] if live else 0,
                 "in_progress": live["busy"] if live else 0,
@@ -53,7 +53,7 @@ def gather_status(config) -> dict:
         # running: True (it answered), False (nothing listens), None (unknown: see "problem").
         "master": {"running": True if master else (False if master_problem == _NOTHING_LISTENS else None),
                    "pid": master and master["pid"], "ready": bool(master and master["ready"]),
-                   "problem": master_problem},
+                   "problem": master_problem, "quiet": bool(master and master.get("quiet"))},
         "pools": pools,
     }
 
@@ -113,6 +113,8 @@ def format_status(status: dict) -> str:
     master = status["master"]
     if master["running"]:
         head = f"wqd master pid {master['pid']}, {'ready' if master['ready'] else 'NOT READY'}"
+        if master["quiet"]:
+            head = f"wqd master pid {master['pid']}, QUIET: consuming nothing until SIGCONT"
     elif master["running"] is False:
         head = "wqd is not running (nothing listens on metrics.listen); broker view only"
     else:

@@ -14,6 +14,7 @@ import os
 import signal
 from typing import Optional
 
+from wqd.autoscaling import Activity
 from wqd.backoff import exponential
 
 # A worker that dies sooner than this after its start died "early"; a slot that
@@ -146,16 +147,50 @@ def describe_status(status: int) -> str:
 
 
 class Pool:
-    """A pool's running state; replaced (not mutated) when its settings change."""
+    """A pool's running state; replaced (not mutated) when its settings change.
+
+    It keeps a worker in each of its ``slots``. A slot names a worker (its
+    process title, its respawn backoff, its broker URL), so a replacement takes
+    its predecessor's slot; scaling up takes the lowest free slots, scaling down
+    drops the highest, and the autoscaler drops the slot of the idle worker it retires.
+    """
 
     def __init__(self, config, handler):
         self.config = config
         # The handler the master imported at its start; None for a pool from a
         # reload: the master imports nothing after its start, its workers do.
         self.handler = handler
-        self.desired = config.workers
+        self.slots = set(range(1, config.workers.min + 1))
         self.respawn = RespawnBackoff(EARLY_DEATH_SECONDS, immediate=1)
         self.failed = None  # a configuration error reported by a worker: not restarted
+
+    @property
+    def desired(self) -> int:
+        return len(self.slots)
+
+    def scale_to(self, count: int) -> None:
+        """Keep ``count`` workers: add the lowest free slots, or drop the highest."""
+        slot = 1
+        while len(self.slots) < count:
+            self.slots.add(slot)
+            slot += 1
+        while len(self.slots) > count:
+            self.slots.remove(max(self.slots))
+
+    def step(self, more: bool) -> None:
+        """TTIN (``more``) or TTOU: one worker more or less, within the bounds
+        of an autoscaled pool, else never below one."""
+        bounds = self.config.workers
+        count = self.desired + (1 if more else -1)
+        self.scale_to(min(max(count, bounds.min), bounds.max) if bounds.autoscaled else max(1, count))
+
+    def reconfigure(self, config) -> None:
+        """A reload changed only the worker count (or nothing): a fixed pool
+        takes the new count (undoing TTIN/TTOU); an autoscaled one keeps its
+        count, moved within the new bounds."""
+        self.config = config
+        bounds = config.workers
+        self.scale_to(min(max(self.desired, bounds.min), bounds.max) if bounds.autoscaled else bounds.min)
 
 
 class WorkerProcess:
@@ -172,6 +207,7 @@ class WorkerProcess:
         self.state = State.RUNNING
         self.connection = Connection.STARTING
         self.kill_at = None  # RETIRING: when it gets SIGKILL; None once it got it
+        self.activity = Activity(started_at)  # busy or idle, for the autoscaler
 
     @property
     def name(self) -> str:

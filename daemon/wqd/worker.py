@@ -5,7 +5,8 @@ and taken with sigtimedwait, so no Python signal handler ever runs in the
 middle of pika code); the consumer thread runs the Consumer: the connection
 and the handlers; the keeper thread serves the connection while a handler runs
 long; a thread reads the master's pipe. TERM makes the consumer stop
-gracefully; QUIT exits at once.
+gracefully; QUIT exits at once; TSTP and CONT (quiet and resume, from the
+master) make it look at the master's quiet switch.
 """
 
 import dataclasses
@@ -22,6 +23,7 @@ from wqd import logs, reporting
 from wqd.config import BrokerConfig, PoolConfig
 from wqd.consumer import Consumer
 from wqd.errors import ConfigError
+from wqd.quiet import QuietSwitch
 from wqd.worker_record import WorkerRecord
 
 log = logging.getLogger("wqd.worker")
@@ -30,7 +32,7 @@ log = logging.getLogger("wqd.worker")
 PARENT_CHECK_INTERVAL = 1.0
 # The consumer thread sends this to the main thread when it is done, ending the wait at once.
 IO_THREAD_DONE = signal.SIGUSR1
-WAITED_SIGNALS = {signal.SIGTERM, signal.SIGQUIT, IO_THREAD_DONE}
+WAITED_SIGNALS = {signal.SIGTERM, signal.SIGQUIT, IO_THREAD_DONE, signal.SIGTSTP, signal.SIGCONT}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +43,7 @@ class WorkerContext:
     broker: BrokerConfig
     handler: Callable
     slot: int  # 1..workers within the pool; a replacement takes its predecessor's slot
+    quiet: QuietSwitch  # the master's: on, the worker finishes its task and stops consuming
     report_fd: int  # worker -> master: events (reporting.py)
     command_fd: int  # master -> worker: attempts lost with a worker (lost_attempts.py)
     record: WorkerRecord  # shared memory: the running task, the totals
@@ -79,12 +82,14 @@ def run(context: WorkerContext) -> int:
         finally:
             signal.pthread_kill(main_thread, IO_THREAD_DONE)
 
+    consumer.set_quiet(context.quiet.on)  # a worker forked while quiet starts quiet
     consumer_thread = threading.Thread(target=consume, name="consumer", daemon=True)
     consumer_thread.start()
     orphaned_at = None  # monotonic time the master was found gone
     while consumer_thread.is_alive():
         signum = signal.sigtimedwait(WAITED_SIGNALS, PARENT_CHECK_INTERVAL)
         signo = signum.si_signo if signum else None
+        consumer.set_quiet(context.quiet.on)  # TSTP and CONT only wake this wait: the switch says which
         if signo == signal.SIGQUIT:
             log.info("Fast stop (SIGQUIT): exiting now; unacked messages return to the queue.")
             return 0

@@ -236,6 +236,26 @@ class DeadLetterQueues:
         return count
 
 
+def lost_before_dead_letter(headers: dict) -> int:
+    """The master's count of this message's attempts lost with a worker when it
+    was dead-lettered (on a classic queue; 0 when none or unknown).
+
+    The master keeps that count per message id while it runs; a replayed copy
+    that carries it in LOST_HEADER starts at attempt 1 instead of counting
+    those deaths again. The dead letter's attempts are its attempt header plus
+    the deaths since its LOST_HEADER (lost_attempts.WorkerCounts.attempt), so the
+    count is attempts - attempt header + LOST_HEADER; a WorkerLost dead letter
+    records the attempt before the one that gave up without running it."""
+    try:
+        attempts = int(headers["x-wqd-attempts"])
+        if _text(headers.get("x-wqd-exception")) == lost_attempts.WorkerLost.__name__:
+            attempts += 1
+        return max(0, attempts - int(headers.get(lost_attempts.ATTEMPT_HEADER, 1))
+                   + int(headers.get(lost_attempts.LOST_HEADER, 0)))
+    except (KeyError, TypeError, ValueError):
+        return 0
+
+
 def replay_properties(properties: pika.BasicProperties, now: float) -> pika.BasicProperties:
     """The replayed copy's properties: a first attempt again, saying when it was
     replayed and how often it has been."""
@@ -247,6 +267,9 @@ def replay_properties(properties: pika.BasicProperties, now: float) -> pika.Basi
     except (TypeError, ValueError):
         replays = 0
     headers[REPLAYS_HEADER] = replays + 1
+    already_lost = lost_before_dead_letter(old)
+    if already_lost:
+        headers[lost_attempts.LOST_HEADER] = already_lost
     headers[REPLAYED_AT_HEADER] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
     return pika.BasicProperties(
         content_type=properties.content_type, content_encoding=properties.content_encoding,

@@ -2,14 +2,19 @@
 session with failures of three exception types, a fix and a replay; a replay
 SIGKILLed midway loses and duplicates nothing; exit 69 with the broker down."""
 
+import datetime
+import decimal
+import hashlib
 import json
 import signal
 import subprocess
+import time
 
 import pika
 
 from daemon import WQD, pool, run_cli, wqd_env
 from waiting import wait_for
+from wqd import dead_letters
 
 KINDS = {"ValueError": ["v1", "v2", "v3"], "KeyError": ["k1", "k2"], "ZeroDivisionError": ["z1", "z2"]}
 
@@ -193,3 +198,47 @@ def test_unknown_pool_and_missing_choice_are_refused_before_the_broker(make_wqd,
     assert "no pool 'other'" in dead(wqd, tmp_path, "list", "--pool", "other", expect=1).stderr
     assert "IDs, --exception NAME, or --all" in dead(wqd, tmp_path, "replay", expect=1).stderr
     assert "not both" in dead(wqd, tmp_path, "replay", "a", "--all", expect=1).stderr
+
+
+# --------------------------------------------------------------------------
+# what a dead letter says, from headers of any shape (pure logic)
+
+
+def letter(headers, **properties) -> dead_letters.DeadLetter:
+    return dead_letters.DeadLetter("default", "q.dead", b"body", pika.BasicProperties(headers=headers, **properties))
+
+
+def test_a_message_the_broker_dead_lettered_is_described_from_x_death():
+    died = datetime.datetime(2026, 1, 1, 12, 0, 0)
+    entry = letter({"x-death": [{"reason": b"delivery_limit", "count": 3, "time": died, "queue": "q"}]})
+    assert entry.exception == "(broker: delivery_limit)" and entry.attempts == 3
+    assert entry.age(died.replace(tzinfo=datetime.timezone.utc).timestamp() + 90) == 90
+    assert entry.id == "sha1:" + hashlib.sha1(b"body").hexdigest()[:12]
+    assert entry.matches([entry.id], None) and entry.matches([entry.id[:9]], None)
+    assert not entry.matches([entry.id[:8]], None), "too short a prefix names nothing"
+
+
+def test_headers_of_the_wrong_types_give_unknowns_not_errors():
+    hostile = letter({"x-wqd-attempts": "many", "x-wqd-replays": [1], "x-wqd-failed-at": decimal.Decimal("1.5"),
+                      "x-wqd-exception": b"Bad\xffName", "x-death": "nonsense", "x-wqd-attempt": {},
+                      "x-wqd-lost": "x"}, timestamp=None)
+    summary = hostile.summary(time.time())
+    json.dumps(summary)
+    assert (summary["attempts"], summary["replays"], summary["age_seconds"]) == (None, 0, None)
+    assert summary["exception"] == "Bad\ufffdName" and summary["failed_at"] == "1.5"
+    copy = dead_letters.replay_properties(hostile, 0)
+    assert copy.headers == {"x-wqd-replays": 1, "x-wqd-replayed-at": "1970-01-01T00:00:00Z"}
+    assert letter(None).summary(0)["exception"] == "(unknown)"
+
+
+def test_a_replayed_copy_carries_the_deaths_the_master_already_counted():
+    def lost(**headers):
+        return dead_letters.lost_before_dead_letter({key.replace("_", "-"): value for key, value in headers.items()})
+
+    assert lost() == 0 and lost(x_wqd_attempts=4) == 3 and lost(x_wqd_attempts=1) == 0
+    # Retried three times by handler failures (attempt header 4, nothing lost): 0.
+    assert lost(x_wqd_attempts=4, x_wqd_attempt=4, x_wqd_lost=0) == 0
+    # Attempt 4 of a copy published after 1 death, and 1 more death since: 2.
+    assert lost(x_wqd_attempts=4, x_wqd_attempt=3, x_wqd_lost=1) == 2
+    # WorkerLost records the attempt before the one that gave up: 2 deaths on a first copy.
+    assert lost(x_wqd_attempts=2, x_wqd_exception="WorkerLost") == 2

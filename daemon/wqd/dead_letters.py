@@ -63,7 +63,7 @@ class DeadLetter:
         if self.header("x-wqd-exception"):
             return str(self.header("x-wqd-exception"))
         death = self._first_death()
-        return f"(broker: {_text(death.get('reason'))})" if death else "(unknown)"
+        return f"(broker: {_text(death.get('reason'))})" if death.get("reason") else "(unknown)"
 
     @property
     def error(self) -> str:
@@ -111,11 +111,20 @@ class DeadLetter:
 
     def summary(self, now: float) -> dict:
         """What `wqd dead list --json` prints of it."""
+        failed_at = self.header("x-wqd-failed-at")
         return {"pool": self.pool, "dead_letter_queue": self.queue, "id": self.id,
                 "message_id": self.properties.message_id, "age_seconds": _round(self.age(now)),
-                "failed_at": self.header("x-wqd-failed-at"), "attempts": self.attempts,
+                "failed_at": None if failed_at is None else str(failed_at), "attempts": self.attempts,
                 "exception": self.exception, "error": self.error, "body_bytes": len(self.body),
-                "replays": self.header(REPLAYS_HEADER) or 0}
+                "replays": self.replays}
+
+    @property
+    def replays(self) -> int:
+        """How often it was replayed before (0 when the header is missing or not a number)."""
+        try:
+            return int(self.headers.get(REPLAYS_HEADER, 0))
+        except (TypeError, ValueError):
+            return 0
 
     def _first_death(self) -> dict:
         deaths = self.headers.get("x-death")
@@ -191,7 +200,7 @@ class DeadLetterQueues:
             for delivery_tag, letter in self._get(channel, pool, count if limit != 0 else 0):
                 if not select(letter):
                     continue  # stays unacked: back in its place when the channel closes
-                channel.basic_publish("", pool.queue, letter.body, replay_properties(letter.properties, now()))
+                channel.basic_publish("", pool.queue, letter.body, replay_properties(letter, now()))
                 channel.basic_ack(delivery_tag)
                 channel.tx_commit()
                 moved += 1
@@ -256,17 +265,13 @@ def lost_before_dead_letter(headers: dict) -> int:
         return 0
 
 
-def replay_properties(properties: pika.BasicProperties, now: float) -> pika.BasicProperties:
+def replay_properties(letter: DeadLetter, now: float) -> pika.BasicProperties:
     """The replayed copy's properties: a first attempt again, saying when it was
     replayed and how often it has been."""
-    old = properties.headers or {}
+    properties, old = letter.properties, letter.headers
     headers = {key: value for key, value in old.items()
                if not key.startswith(_RESET_PREFIXES) and key not in _BROKER_HEADERS}
-    try:
-        replays = int(old.get(REPLAYS_HEADER, 0))
-    except (TypeError, ValueError):
-        replays = 0
-    headers[REPLAYS_HEADER] = replays + 1
+    headers[REPLAYS_HEADER] = letter.replays + 1
     already_lost = lost_before_dead_letter(old)
     if already_lost:
         headers[lost_attempts.LOST_HEADER] = already_lost

@@ -54,8 +54,10 @@ def test_list_show_replay_by_exception_and_purge_with_a_fixed_handler(broker, qu
             broker.publish(queue_name, body(task_id, exception), message_id=task_id)
     wait_for(lambda: wqd.metric("wqd_tasks_total", pool="default", outcome="dead_lettered") == 7, 60,
              message="7 dead letters")
-    # A binary message someone dead-lettered by hand: shown as hex.
-    broker.publish(dlq, bytes(range(256)) * 2, message_id="binary-1")
+    # A binary message someone dead-lettered by hand: shown as hex; an escape
+    # sequence in a header is spelled out, not sent to the operator's terminal.
+    broker.publish(dlq, bytes(range(256)) * 2, message_id="binary-1",
+                   headers={"x-wqd-error": "\x1b[2Jscreen cleared", "note": "\x1b]0;title\x07"})
 
     # list: every message, twice the same, and the queue as it was.
     first = listed(wqd, tmp_path)
@@ -69,7 +71,9 @@ def test_list_show_replay_by_exception_and_purge_with_a_fixed_handler(broker, qu
             assert "hit the bug" in entry["error"] and entry["pool"] == "default" and entry["replays"] == 0
             assert 0 <= entry["age_seconds"] < 120 and entry["body_bytes"] == len(body(task_id, exception))
     assert by_id["binary-1"]["exception"] == "(unknown)" and by_id["binary-1"]["body_bytes"] == 512
-    text = dead(wqd, tmp_path, "list").stdout.splitlines()
+    text = dead(wqd, tmp_path, "list").stdout
+    assert "\x1b" not in text and "\\x1b[2Jscreen cleared" in text, text
+    text = text.splitlines()
     assert text[0].split() == ["POOL", "ID", "AGE", "ATTEMPTS", "BYTES", "EXCEPTION", "ERROR"], text
     rows = {line.split()[1]: line.split() for line in text[1:]}
     assert rows["k1"][:6] == ["default", "k1", rows["k1"][2], "2", str(len(body("k1", "KeyError"))), "KeyError"]
@@ -86,6 +90,7 @@ def test_list_show_replay_by_exception_and_purge_with_a_fixed_handler(broker, qu
     assert shown.rstrip().endswith(f"Body ({len(v2)} bytes, text):\n{v2}"), shown
     binary = dead(wqd, tmp_path, "show", "binary-1", "--max-bytes", "32").stdout
     assert "Body (512 bytes, first 32 shown, hex):\n  00000000  00 01 02 03" in binary, binary
+    assert "\x1b" not in binary and "\x07" not in binary and "  note: \\x1b]0;title\\x07" in binary, binary
     assert binary.rstrip().endswith("00000010  10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f"), binary
     missing = dead(wqd, tmp_path, "show", "nope", expect=1)
     assert missing.stderr.startswith("wqd dead: no dead message 'nope'"), missing.stderr

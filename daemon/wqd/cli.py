@@ -225,8 +225,8 @@ def cmd_dead_list(args) -> int:
         return EXIT_OK
     rows = [("POOL", "ID", "AGE", "ATTEMPTS", "BYTES", "EXCEPTION", "ERROR")]
     for letter in letters:
-        rows.append((letter.pool, letter.id, _age(letter.age(now)), str(letter.attempts or "?"),
-                     str(len(letter.body)), letter.exception, _one_line(letter.error, 100)))
+        rows.append((letter.pool, _safe(letter.id), _age(letter.age(now)), str(letter.attempts or "?"),
+                     str(len(letter.body)), _safe(letter.exception), _safe(_one_line(letter.error, 100))))
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
@@ -261,7 +261,7 @@ def cmd_dead_replay(args) -> int:
             limit = None if args.limit is None else args.limit - replayed
             for letter in queues.replay(pool, lambda letter: letter.matches(args.ids, args.exception), limit):
                 replayed += 1
-                print(f"Replayed {letter.id} ({letter.exception}) to {pool.queue}", flush=True)
+                print(_safe(f"Replayed {letter.id} ({letter.exception}) to {pool.queue}"), flush=True)
     print(f"Replayed {replayed} message{'' if replayed == 1 else 's'}.")
     return EXIT_OK
 
@@ -327,11 +327,17 @@ def _describe(letter, now: float, max_bytes: int) -> str:
     cut = f", first {len(body)} shown" if len(body) < len(letter.body) else ""
     text = _as_text(body, cut=bool(cut))
     lines.append(f"Body ({len(letter.body)} bytes{cut}, {'text' if text is not None else 'hex'}):")
+    lines = [_safe(line) for line in lines]  # what a publisher or a handler wrote may hold escape sequences
     if text is not None:
         lines.append(text)
     else:
         lines.extend(f"  {offset:08x}  {body[offset:offset + 16].hex(' ')}" for offset in range(0, len(body), 16))
     return "\n".join(lines)
+
+
+def _safe(text: str) -> str:
+    """``text`` with control characters (a terminal's escape sequences) spelled out."""
+    return "".join(char if char.isprintable() else char.encode("unicode_escape").decode("ascii") for char in text)
 
 
 def _as_text(body: bytes, cut: bool):
@@ -342,7 +348,8 @@ def _as_text(body: bytes, cut: bool):
             text = body[:len(body) - trim].decode("utf-8")
         except UnicodeDecodeError:
             continue
-        return text if all(char.isprintable() or char in "\n\t\r" for char in text) else None
+        printable = all(char.isprintable() or char in "\n\t" for char in text.replace("\r\n", "\n"))
+        return text if printable else None
     return None
 
 

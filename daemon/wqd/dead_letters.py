@@ -16,6 +16,7 @@ message in exactly one of the two queues.
 
 import dataclasses
 import datetime
+import hashlib
 import time
 from typing import Callable, Iterator, Optional
 
@@ -50,7 +51,7 @@ class DeadLetter:
     @property
     def id(self) -> str:
         """The message id, or (none given) a prefix of its body's hash."""
-        return self.properties.message_id or lost_attempts.message_key(self.body)[:_SHORT_KEY]
+        return self.properties.message_id or ("sha1:" + hashlib.sha1(self.body).hexdigest())[:_SHORT_KEY]
 
     def header(self, name: str):
         value = self.headers.get(name)

@@ -190,6 +190,24 @@ def test_replay_killed_midway_loses_and_duplicates_nothing(broker, queue_name, m
     assert all(props.headers == headers for _, props in left)
 
 
+def test_quorum_queues_keep_every_message_on_reading_and_replay_in_transactions(broker, queue_name, make_wqd,
+                                                                                   tmp_path):
+    """A quorum queue counts a read as a delivery and may reorder (README), but loses nothing."""
+    wqd = make_wqd([pool(queue_name, queue_type="quorum")])
+    dlq, ids = f"{queue_name}.dead", [f"q{number}" for number in range(6)]
+    for queue in (queue_name, dlq):
+        broker.declare_queue(queue, arguments={"x-queue-type": "quorum"})
+    for task_id in ids:
+        broker.publish(dlq, body(task_id, "KeyError"), message_id=task_id,
+                       headers={"x-wqd-exception": "KeyError", "x-wqd-attempts": 4})
+    for _ in range(3):
+        assert sorted(entry["id"] for entry in listed(wqd, tmp_path)) == ids
+    assert "Replayed 2 messages." in dead(wqd, tmp_path, "replay", "q1", "q4").stdout
+    assert "Replayed 4 messages." in dead(wqd, tmp_path, "replay", "--all", "--exception", "KeyError").stdout
+    assert ready(broker, dlq) == 0
+    assert sorted(props.message_id for _, props in broker.get_all_messages(queue_name)) == ids
+
+
 def test_every_dead_command_exits_69_with_the_broker_down(make_wqd, free_tcp_port, tmp_path):
     wqd = make_wqd([pool("anything")], broker_url=f"amqp://guest:guest@127.0.0.1:{free_tcp_port}/%2F")
     for args in (["list"], ["list", "--json"], ["show", "x"], ["replay", "--all"], ["purge", "--yes"]):

@@ -1,17 +1,22 @@
 """`wqd status` (text and JSON, broker up and down) and the logs: JSON lines,
-no timestamps under journald, lifecycle lines, failed tasks, no passwords."""
+no timestamps and syslog priorities under journald, lifecycle lines, failed
+tasks, no passwords."""
 
 import json
+import logging
 import os
 import re
 import signal
+import sys
 import uuid
 
 from tests.support.daemon import pool, run_cli, task_body, wqd_env
 from tests.support.queues import wait_queue
 from tests.support.waiting import wait_for
+from wqd import logs
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+PRIORITIES = {"DEBUG": "7", "INFO": "6", "WARNING": "4", "ERROR": "3", "CRITICAL": "2"}
 
 
 def tasks(wqd, outcome: str) -> float:
@@ -160,15 +165,25 @@ def test_json_logs_are_one_object_per_line_with_lifecycle_and_failed_task_lines(
     assert failed[0]["process"].startswith("worker default[") and failed[0]["pid"] != master
 
 
-def test_text_logs_under_journald_have_no_timestamp_and_never_a_password(broker, queue_name, make_wqd, tmp_path):
+def journal_stream(path) -> dict:
+    """The environment systemd gives a process whose stderr is the journal: here
+    the file ``path`` (created) plays the journal's socket."""
+    path.touch()
+    stat = path.stat()
+    return {"JOURNAL_STREAM": f"{stat.st_dev}:{stat.st_ino}"}
+
+
+def test_text_logs_under_journald_have_priorities_no_timestamp_and_never_a_password(broker, queue_name, make_wqd,
+                                                                                    tmp_path):
     user, password = f"wqd-{uuid.uuid4().hex[:6]}", f"Pw-{uuid.uuid4().hex}"
     broker.ctl("add_user", user, password)
     try:
         broker.ctl("set_permissions", "-p", "/", user, ".*", ".*", ".*")
         url = f"amqp://{user}:{password}@127.0.0.1:{broker.port}/%2F"
         # debug: pika's own lines too, which are the likeliest to spell out a URL
-        wqd = make_wqd([pool(queue_name, workers=2, max_retries=0)], broker_url=url, logging_level="debug",
-                       extra_env={"JOURNAL_STREAM": "8:424242"}).start()
+        wqd = make_wqd([pool(queue_name, workers=2, max_retries=0)], broker_url=url, logging_level="debug")
+        wqd.env.update(journal_stream(wqd.stderr_path))
+        wqd.start()
         broker.publish_many(queue_name, [task_body("ok"), task_body("bad", action="fail")])
         wait_for(lambda: tasks(wqd, "succeeded") == 1 and tasks(wqd, "dead_lettered") == 1, 30, message="done")
         wqd.signal(signal.SIGHUP)
@@ -182,8 +197,9 @@ def test_text_logs_under_journald_have_no_timestamp_and_never_a_password(broker,
 
         # A wrong password: refused, and still never printed.
         wrong = f"Wrong-{uuid.uuid4().hex}"
-        refused = make_wqd([pool(queue_name, workers=1)], broker_url=url.replace(password, wrong),
-                           extra_env={"JOURNAL_STREAM": "8:424242"}).start(wait_ready=False)
+        refused = make_wqd([pool(queue_name, workers=1)], broker_url=url.replace(password, wrong))
+        refused.env.update(journal_stream(refused.stderr_path))
+        refused.start(wait_ready=False)
         wait_for(lambda: "refused the credentials" in refused.stderr_path.read_text(), 30, message="auth refused")
         refused.stop(30)
         result = run_cli("status", "-c", str(refused.config_path), env=wqd_env(tmp_path / "record"))
@@ -195,10 +211,56 @@ def test_text_logs_under_journald_have_no_timestamp_and_never_a_password(broker,
     text = wqd.stderr_path.read_text()
     assert "DEBUG [" in text, "debug lines are there"
     for line in text.splitlines():
-        assert re.match(rf"({'|'.join(LEVELS)}) \[(master|worker default\[\d\]|queue monitor) pid \d+\] ", line), \
-            f"not a journald text line (level, process, no timestamp): {line!r}"
-    assert "INFO [master pid" in text and "INFO [worker default[1] pid" in text
+        match = re.match(rf"<(\d)>({'|'.join(LEVELS)}) \[(master|worker default\[\d\]|queue monitor) pid \d+\] ", line)
+        assert match, f"not a journald text line (priority, level, process, no timestamp): {line!r}"
+        assert match[1] == PRIORITIES[match[2]], line
+    assert "<6>INFO [master pid" in text and "<6>INFO [worker default[1] pid" in text
+    assert re.search(r"^<4>WARNING \[worker default\[\d\] pid \d+\] Task .+ failed on attempt 1", text, re.M), \
+        "a failed task is a warning for `journalctl -p warning`"
+    assert re.search(r"^<4>WARNING \[.*\] Broker connection lost or refused: .*refused the credentials", refused.stderr_path.read_text(),
+                     re.M), refused.stderr_path.read_text()
     for output in (text, wqd.stdout_path.read_text(), refused.stderr_path.read_text(),
                    refused.stdout_path.read_text(), cli_output):
         assert password not in output and wrong not in output
     assert f"{user}:***@" in text + cli_output, "the URL is shown redacted"
+
+
+def log_through_setup(monkeypatch, tmp_path, journal_stream_of, fmt="text") -> str:
+    """What one warning and one traceback look like on stderr (a file) after
+    logs.setup, with JOURNAL_STREAM naming the file ``journal_stream_of``."""
+    stderr_path = tmp_path / "stderr.log"
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    with open(stderr_path, "w") as stderr:
+        monkeypatch.setattr(sys, "stderr", stderr)
+        monkeypatch.setenv("JOURNAL_STREAM", journal_stream(journal_stream_of)["JOURNAL_STREAM"])
+        try:
+            logs.setup("info", fmt)
+            logging.getLogger("wqd.test").warning("careful: %s", "this")
+            try:
+                raise ValueError("broken")
+            except ValueError:
+                logging.getLogger("wqd.test").exception("it broke")
+        finally:
+            root.handlers[:], root.level = saved
+    return stderr_path.read_text()
+
+
+def test_stderr_that_is_the_journal_gets_priorities_and_no_timestamp(monkeypatch, tmp_path):
+    lines = log_through_setup(monkeypatch, tmp_path, tmp_path / "stderr.log").splitlines()
+    assert re.fullmatch(r"<4>WARNING \[master pid \d+\] careful: this", lines[0]), lines
+    assert re.fullmatch(r"<3>ERROR \[master pid \d+\] it broke", lines[1]), lines
+    assert lines[2:] and all(line.startswith("<3>") for line in lines[2:]), "each traceback line is an error too"
+    assert lines[-1] == "<3>ValueError: broken"
+
+    entries = log_through_setup(monkeypatch, tmp_path, tmp_path / "stderr.log", fmt="json").splitlines()
+    assert entries[0].startswith("<4>{") and json.loads(entries[0][3:])["message"] == "careful: this"
+
+
+def test_journal_stream_naming_another_file_keeps_timestamps_and_no_priorities(monkeypatch, tmp_path):
+    """A JOURNAL_STREAM inherited by a process whose stderr goes to a file."""
+    lines = log_through_setup(monkeypatch, tmp_path, tmp_path / "the-journal").splitlines()
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} "
+    assert re.fullmatch(stamp + r"WARNING \[master pid \d+\] careful: this", lines[0]), lines
+    assert re.fullmatch(stamp + r"ERROR \[master pid \d+\] it broke", lines[1]), lines
+    assert not [line for line in lines if line.startswith("<")], lines

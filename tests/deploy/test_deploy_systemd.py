@@ -228,6 +228,11 @@ def test_the_journal_has_the_daemons_lines_with_levels_and_one_timestamp(wqd):
     logged = [m for m in daemon if PROCESS.search(m)]
     assert logged and all(LINE.match(m) for m in logged), [m for m in logged if not LINE.match(m)]
     assert not [m for m in daemon if TIMESTAMP.search(m)], "the journal stamps lines itself"
+    # The journal took each line's "<N>" prefix as its priority and stripped it.
+    priorities = {(e["MESSAGE"].split(" ", 1)[0], e.get("PRIORITY")) for e in main
+                  if isinstance(e.get("MESSAGE"), str) and LINE.match(e["MESSAGE"])}
+    assert ("INFO", "6") in priorities and not [p for p in priorities if p[0] == "INFO" and p[1] != "6"], priorities
+    assert not [m for m in daemon if m.startswith("<")], "no prefix left in a message"
     text = wqd.machine.run("journalctl", "--unit", "wqd", "--no-pager", "--lines", "5").stdout
     assert re.search(r"wqd\[\d+\]: INFO \[master pid \d+\] ", text), text
 

@@ -1,0 +1,253 @@
+"""`wqd dead list|show|replay|purge` against the real broker: an operator's
+session with failures of three exception types, a fix and a replay; a replay
+SIGKILLed midway loses and duplicates nothing; exit 69 with the broker down."""
+
+import datetime
+import decimal
+import hashlib
+import json
+import signal
+import subprocess
+import time
+
+import pika
+
+from tests.support.daemon import WQD, pool, run_cli, wqd_env
+from tests.support.waiting import wait_for
+from wqd import dead_letters
+
+KINDS = {"ValueError": ["v1", "v2", "v3"], "KeyError": ["k1", "k2"], "ZeroDivisionError": ["z1", "z2"]}
+
+
+def dead(wqd, tmp_path, *args, expect=0):
+    result = run_cli("dead", args[0], "-c", str(wqd.config_path), *args[1:], env=wqd_env(tmp_path / "record"))
+    assert result.returncode == expect, result
+    return result
+
+
+def listed(wqd, tmp_path, *args) -> list:
+    return json.loads(dead(wqd, tmp_path, "list", "--json", *args).stdout)
+
+
+def without_age(entries: list) -> list:
+    return [{key: value for key, value in entry.items() if key != "age_seconds"} for entry in entries]
+
+
+def body(task_id: str, exception: str) -> str:
+    return json.dumps({"id": task_id, "raise": exception})
+
+
+def ready(broker, queue: str) -> int:
+    with broker.connection() as connection:
+        return connection.channel().queue_declare(queue, passive=True).method.message_count
+
+
+def test_list_show_replay_by_exception_and_purge_with_a_fixed_handler(broker, queue_name, make_wqd, tmp_path):
+    flag = tmp_path / "the-bug"
+    flag.touch()
+    wqd = make_wqd([pool(queue_name, handler="dead_handlers:task", workers=2, max_retries=1,
+                         retry_delay={"initial": 0.05, "max": 0.05})],
+                   extra_env={"WQD_TEST_BROKEN": str(flag)}).start()
+    dlq = f"{queue_name}.dead"
+    for exception, ids in KINDS.items():
+        for task_id in ids:
+            broker.publish(queue_name, body(task_id, exception), message_id=task_id)
+    wait_for(lambda: wqd.metric("wqd_tasks_total", pool="default", outcome="dead_lettered") == 7, 60,
+             message="7 dead letters")
+    # A binary message someone dead-lettered by hand: shown as hex; an escape
+    # sequence in a header is spelled out, not sent to the operator's terminal.
+    broker.publish(dlq, bytes(range(256)) * 2, message_id="binary-1",
+                   headers={"x-wqd-error": "\x1b[2Jscreen cleared", "note": "\x1b]0;title\x07"})
+
+    # list: every message, twice the same, and the queue as it was.
+    first = listed(wqd, tmp_path)
+    assert len(first) == 8 and without_age(listed(wqd, tmp_path)) == without_age(first)
+    assert broker.queue_stats(dlq) == {"messages_ready": 8, "messages_unacknowledged": 0, "consumers": 0}
+    by_id = {entry["id"]: entry for entry in first}
+    for exception, ids in KINDS.items():
+        for task_id in ids:
+            entry = by_id[task_id]
+            assert entry["exception"] == exception and entry["attempts"] == 2, entry
+            assert "hit the bug" in entry["error"] and entry["pool"] == "default" and entry["replays"] == 0
+            assert 0 <= entry["age_seconds"] < 120 and entry["body_bytes"] == len(body(task_id, exception))
+    assert by_id["binary-1"]["exception"] == "(unknown)" and by_id["binary-1"]["body_bytes"] == 512
+    text = dead(wqd, tmp_path, "list").stdout
+    assert "\x1b" not in text and "\\x1b[2Jscreen cleared" in text, text
+    text = text.splitlines()
+    assert text[0].split() == ["POOL", "ID", "AGE", "ATTEMPTS", "BYTES", "EXCEPTION", "ERROR"], text
+    rows = {line.split()[1]: line.split() for line in text[1:]}
+    assert rows["k1"][:6] == ["default", "k1", rows["k1"][2], "2", str(len(body("k1", "KeyError"))), "KeyError"]
+    assert rows["k1"][2].endswith("s") and " ".join(rows["k1"][6:]) == "'task k1 hit the bug'", rows["k1"]
+
+    # show: headers, traceback, body; a binary body as hex, cut at --max-bytes.
+    shown = dead(wqd, tmp_path, "show", "v2").stdout
+    assert shown.startswith(f"Message v2 (pool default, dead-letter queue {dlq})"), shown
+    assert "  x-wqd-exception: ValueError" in shown and "  x-wqd-attempts: 2" in shown
+    assert f"  x-wqd-queue: {queue_name}" in shown and "  x-wqd-failed-at: 20" in shown
+    traceback = shown[shown.index("Traceback:"):shown.index("Body (")]
+    assert "Traceback (most recent call last)" in traceback and "ValueError: task v2 hit the bug" in traceback
+    v2 = body("v2", "ValueError")
+    assert shown.rstrip().endswith(f"Body ({len(v2)} bytes, text):\n{v2}"), shown
+    binary = dead(wqd, tmp_path, "show", "binary-1", "--max-bytes", "32").stdout
+    assert "Body (512 bytes, first 32 shown, hex):\n  00000000  00 01 02 03" in binary, binary
+    assert "\x1b" not in binary and "\x07" not in binary and "  note: \\x1b]0;title\\x07" in binary, binary
+    assert binary.rstrip().endswith("00000010  10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f"), binary
+    missing = dead(wqd, tmp_path, "show", "nope", expect=1)
+    assert missing.stderr.startswith("wqd dead: no dead message 'nope'"), missing.stderr
+
+    # A replay while the bug is still there: the message fails again, and says it was replayed.
+    replayed = dead(wqd, tmp_path, "replay", "z1").stdout
+    assert replayed.splitlines() == [f"Replayed z1 (ZeroDivisionError) to {queue_name}", "Replayed 1 message."]
+    wait_for(lambda: [e for e in listed(wqd, tmp_path) if e["id"] == "z1" and e["replays"] == 1], 60,
+             message="z1 dead again")
+    again = listed(wqd, tmp_path)
+    assert [e["id"] for e in again] == [e["id"] for e in first if e["id"] != "z1"] + ["z1"], "z1 went to the end"
+    z1_attempts = [e["attempt"] for e in wqd.records("start") if e["id"] == "z1"]
+    assert z1_attempts == [1, 2, 1, 2], "its attempts were counted from 1 again"
+
+    # The fix, then a replay of one exception type: those succeed, on their first attempt.
+    flag.unlink()
+    replayed = dead(wqd, tmp_path, "replay", "--exception", "KeyError").stdout
+    assert sorted(replayed.splitlines()[:-1]) == [f"Replayed {i} (KeyError) to {queue_name}" for i in ("k1", "k2")]
+    wait_for(lambda: {e["id"] for e in wqd.records("end")} >= {"k1", "k2"}, 30, message="k1 and k2 succeed")
+    assert [e["attempt"] for e in wqd.records("end")] == [1, 1]
+    assert [e["id"] for e in listed(wqd, tmp_path)] == [e["id"] for e in again if e["exception"] != "KeyError"]
+    limited = dead(wqd, tmp_path, "replay", "--all", "--exception", "ValueError", "--limit", "2").stdout
+    assert limited.splitlines()[-1] == "Replayed 2 messages."
+    wait_for(lambda: {e["id"] for e in wqd.records("end")} >= {"v1", "v2"}, 30, message="v1 and v2 succeed")
+
+    # purge: refused without --yes; --older-than spares the young ones.
+    refused = dead(wqd, tmp_path, "purge", expect=1)
+    assert "--yes" in refused.stderr and len(listed(wqd, tmp_path)) == 4
+    assert dead(wqd, tmp_path, "purge", "--yes", "--older-than", "3600").stdout == "Deleted 0 dead messages.\n"
+    assert len(listed(wqd, tmp_path)) == 4
+    assert dead(wqd, tmp_path, "purge", "--yes").stdout == "Deleted 4 dead messages.\n"
+    assert listed(wqd, tmp_path) == [] and ready(broker, dlq) == 0
+    assert dead(wqd, tmp_path, "list").stdout == f"No dead letters in {dlq}.\n"
+    assert wqd.stop(30) == 0
+
+
+def test_a_message_that_killed_its_workers_is_replayed_as_a_first_attempt(broker, queue_name, make_wqd, tmp_path):
+    """The master counted the deaths it saw of that message id; the replayed
+    copy is a new lineage, which starts at attempt 1."""
+    flag = tmp_path / "the-bug"
+    flag.touch()
+    wqd = make_wqd([pool(queue_name, handler="dead_handlers:task", workers=1, max_retries=1,
+                         retry_delay={"initial": 0.05, "max": 0.05})],
+                   extra_env={"WQD_TEST_BROKEN": str(flag)}).start()
+    broker.publish(queue_name, body("crash", "exit"), message_id="crash")
+    wait_for(lambda: listed(wqd, tmp_path), 60, message="the crashing message dead-lettered")
+    (entry,) = listed(wqd, tmp_path)
+    assert entry["exception"] == "WorkerLost" and entry["attempts"] >= 2, entry
+    flag.unlink()
+    dead(wqd, tmp_path, "replay", "crash")
+    wait_for(lambda: [e for e in wqd.records("end") if e["id"] == "crash"], 60, message="the replay ran")
+    assert [e["attempt"] for e in wqd.records("start") if e["id"] == "crash"][-1] == 1
+    assert listed(wqd, tmp_path) == []
+    assert wqd.stop(30) == 0
+
+
+def test_replay_killed_midway_loses_and_duplicates_nothing(broker, queue_name, make_wqd, tmp_path):
+    """No daemon runs: the work queue keeps what the replay put there."""
+    wqd = make_wqd([pool(queue_name)])
+    dlq, count = f"{queue_name}.dead", 400
+    broker.declare_queue(queue_name)
+    headers = {"x-wqd-exception": "ValueError", "x-wqd-error": "bad", "x-wqd-attempts": 4,
+               "x-wqd-attempt": 4, "x-wqd-lost": 1, "x-wqd-failed-at": "2026-01-01T00:00:00Z"}
+    with broker.connection() as connection:
+        channel = connection.channel()
+        channel.queue_declare(dlq, durable=True)
+        channel.confirm_delivery()
+        for number in range(count):
+            channel.basic_publish("", dlq, f"task {number}".encode() * 20, pika.BasicProperties(
+                message_id=str(number), headers=headers, delivery_mode=2))
+
+    replay = subprocess.Popen([WQD, "dead", "replay", "--all", "-c", str(wqd.config_path)],
+                              env=wqd_env(tmp_path / "record"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        with broker.connection() as connection:
+            channel = connection.channel()
+            wait_for(lambda: channel.queue_declare(queue_name, passive=True).method.message_count > 0, 30,
+                     interval=0.002, message="the replay began")
+        replay.kill()
+    finally:
+        replay.wait(30)
+    assert replay.returncode == -signal.SIGKILL, replay.stdout.read()
+    wait_for(lambda: broker.queue_stats(dlq)["messages_unacknowledged"] == 0, 30, message="the DLQ took its own back")
+
+    moved = broker.get_all_messages(queue_name)
+    left = broker.get_all_messages(dlq)
+    moved_ids = [props.message_id for _, props in moved]
+    left_ids = [props.message_id for _, props in left]
+    assert moved_ids and left_ids, f"the kill came midway ({len(moved_ids)} moved, {len(left_ids)} left)"
+    # Each message in exactly one queue, both in their old order.
+    assert moved_ids + left_ids == [str(number) for number in range(count)]
+    for body, props in moved:
+        assert body == f"task {props.message_id}".encode() * 20 and props.delivery_mode == 2
+        assert props.headers["x-wqd-replays"] == 1 and props.headers["x-wqd-replayed-at"].startswith("20")
+        assert len(props.headers) == 2, props.headers
+    assert all(props.headers == headers for _, props in left)
+
+
+def test_quorum_queues_keep_every_message_on_reading_and_replay_in_transactions(broker, queue_name, make_wqd,
+                                                                                   tmp_path):
+    """A quorum queue counts a read as a delivery and may reorder (README), but loses nothing."""
+    wqd = make_wqd([pool(queue_name, queue_type="quorum")])
+    dlq, ids = f"{queue_name}.dead", [f"q{number}" for number in range(6)]
+    for queue in (queue_name, dlq):
+        broker.declare_queue(queue, arguments={"x-queue-type": "quorum"})
+    for task_id in ids:
+        broker.publish(dlq, body(task_id, "KeyError"), message_id=task_id,
+                       headers={"x-wqd-exception": "KeyError", "x-wqd-attempts": 4})
+    for _ in range(3):
+        assert sorted(entry["id"] for entry in listed(wqd, tmp_path)) == ids
+    assert "Replayed 2 messages." in dead(wqd, tmp_path, "replay", "q1", "q4").stdout
+    assert "Replayed 4 messages." in dead(wqd, tmp_path, "replay", "--all", "--exception", "KeyError").stdout
+    assert ready(broker, dlq) == 0
+    assert sorted(props.message_id for _, props in broker.get_all_messages(queue_name)) == ids
+
+
+def test_every_dead_command_exits_69_with_the_broker_down(make_wqd, free_tcp_port, tmp_path):
+    wqd = make_wqd([pool("anything")], broker_url=f"amqp://guest:guest@127.0.0.1:{free_tcp_port}/%2F")
+    for args in (["list"], ["list", "--json"], ["show", "x"], ["replay", "--all"], ["purge", "--yes"]):
+        result = dead(wqd, tmp_path, *args, expect=69)
+        assert result.stdout == "" and result.stderr.startswith("wqd dead: cannot reach the broker at "), result
+        assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_unknown_pool_and_missing_choice_are_refused_before_the_broker(make_wqd, free_tcp_port, tmp_path):
+    wqd = make_wqd([pool("anything")], broker_url=f"amqp://guest:guest@127.0.0.1:{free_tcp_port}/%2F")
+    assert "no pool 'other'" in dead(wqd, tmp_path, "list", "--pool", "other", expect=1).stderr
+    assert "IDs, --exception NAME, or --all" in dead(wqd, tmp_path, "replay", expect=1).stderr
+    assert "not both" in dead(wqd, tmp_path, "replay", "a", "--all", expect=1).stderr
+
+
+# --------------------------------------------------------------------------
+# what a dead letter says, from headers of any shape (pure logic)
+
+
+def letter(headers, **properties) -> dead_letters.DeadLetter:
+    return dead_letters.DeadLetter("default", "q.dead", b"body", pika.BasicProperties(headers=headers, **properties))
+
+
+def test_a_message_the_broker_dead_lettered_is_described_from_x_death():
+    died = datetime.datetime(2026, 1, 1, 12, 0, 0)
+    entry = letter({"x-death": [{"reason": b"delivery_limit", "count": 3, "time": died, "queue": "q"}]})
+    assert entry.exception == "(broker: delivery_limit)" and entry.attempts == 3
+    assert entry.age(died.replace(tzinfo=datetime.timezone.utc).timestamp() + 90) == 90
+    assert entry.id == "sha1:" + hashlib.sha1(b"body").hexdigest()[:12]
+    assert entry.matches([entry.id], None) and entry.matches([entry.id[:9]], None)
+    assert not entry.matches([entry.id[:8]], None), "too short a prefix names nothing"
+
+
+def test_headers_of_the_wrong_types_give_unknowns_not_errors():
+    hostile = letter({"x-wqd-attempts": "many", "x-wqd-replays": [1], "x-wqd-failed-at": decimal.Decimal("1.5"),
+                      "x-wqd-exception": b"Bad\xffName", "x-death": "nonsense", "x-wqd-attempt": {},
+                      "x-wqd-lost": "x"}, timestamp=None)
+    summary = hostile.summary(time.time())
+    json.dumps(summary)
+    assert (summary["attempts"], summary["replays"], summary["age_seconds"]) == (None, 0, None)
+    assert summary["exception"] == "Bad\ufffdName" and summary["failed_at"] == "1.5"
+    copy = dead_letters.replay_properties(hostile, 0)
+    assert copy.headers == {"x-wqd-replays": 1, "x-wqd-replayed-at": "1970-01-01T00:00:00Z"}
+    assert letter(None).summary(0)["exception"] == "(unknown)"

@@ -179,6 +179,23 @@ def test_a_flood_of_output_is_logged_within_bounds(broker, queue_name, make_wqd)
     assert peak_rss_kib(worker) - peak_before < 8 * 1024, "the worker's memory grew with the output"
 
 
+def test_a_long_line_is_cut(broker, queue_name, make_wqd):
+    wqd = make_wqd([pool(queue_name, handler={"exec": [TASK_SH]}, workers=1)]).start()
+    broker.publish(queue_name, b"long 1000000", declare=False, message_id="m-long")
+    wait_for(lambda: runs(wqd, "m-long", "end"), 30, message="the command finished")
+    wait_for(lambda: "Task m-long stdout: after the long line" in wqd.logs(), 10, message="the next line logged")
+    (line,) = [line for line in wqd.stderr_path.read_text().splitlines() if "Task m-long stdout: zz" in line]
+    assert line.endswith("Task m-long stdout: " + "z" * 4096 + " [line cut at 4096 bytes]")
+
+
+def test_heartbeats_flow_while_a_command_runs(broker, queue_name, make_wqd):
+    wqd = make_wqd([pool(queue_name, handler={"exec": [TASK_SH]}, workers=1)], heartbeat=1).start()
+    broker.publish(queue_name, b"sleep 5", declare=False, message_id="m-long-task")
+    wait_for(lambda: wqd.metric("wqd_tasks_total", pool="default", outcome="succeeded") == 1, 30,
+             message="the task acked on its connection")
+    assert "Broker connection lost" not in wqd.logs()
+
+
 def test_a_graceful_stop_lets_the_running_command_finish(broker, queue_name, make_wqd):
     wqd = make_wqd([pool(queue_name, handler={"exec": [TASK_SH]}, workers=1)]).start()
     broker.publish(queue_name, b"sleep 3", declare=False, message_id="m-slow")

@@ -18,6 +18,7 @@ case "$1" in
     hang) sleep 600 & record child "$!"; wait ;;
     grandchild) sleep 600 & record child "$!" ;;
     flood) head -c "$2" /dev/zero | tr '\0' 'y' | fold -w 80; echo; echo "flood done" ;;
+    long) head -c "$2" /dev/zero | tr '\0' 'z'; echo; echo "after the long line" ;;
     sleep) sleep "$2" ;;
     body) printf '%s' "$body" > "$(dirname "$WQD_TEST_RECORD")/body-$WQD_MESSAGE_ID" ;;
 esac

@@ -260,6 +260,9 @@ def test_a_persistent_command_that_dies_or_hangs_is_started_again(broker, queue_
     dead = dead_letters(broker, queue_name)
     assert dead["m-die"][0]["x-wqd-error"] == "the persistent command exited with code 7 before it answered"
     assert dead["m-hang"][0]["x-wqd-exception"] == "CommandTimedOut"
+    assert dead["m-hang"][0]["x-wqd-error"] == (
+        "the persistent command did not answer within the pool's time_limit (3 s) and was killed with its "
+        "process group; a new one starts for the next task")
     (child,) = runs(wqd, "m-hang", "child")
     wait_gone(child["child"], 10)
     pids = [runs(wqd, message_id)[0]["pid"] for message_id in ("m-die", "m-after-die", "m-hang", "m-after-hang")]

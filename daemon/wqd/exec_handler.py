@@ -309,18 +309,17 @@ class Command:
         except BrokenPipeError:  # it does not read its input (any more): not a failure by itself
             return pending[:0]
 
-    def _read(self, fd: int, on_output) -> bool:
-        """Read once from ``fd``; False at its end (then it is no longer watched)."""
+    def _read(self, fd: int, on_output) -> None:
+        """Read once from ``fd``; at its end, stop watching it."""
         try:
             data = os.read(fd, READ_CHUNK)
         except BlockingIOError:
-            return True
+            return
         if not data:
             self._selector.unregister(fd)
             del self._streams[fd]
-            return False
+            return
         on_output(self._streams[fd], data)
-        return True
 
     def running(self) -> bool:
         """False once the command has exited (it is not reaped here: see the class)."""
@@ -431,14 +430,12 @@ class Persistent:
             ended = command.exchange(request(message), on_output, kill_deadline(started, self.time_limit),
                                      until=lambda: self._answer is not None)
             if ended != "done":  # it died, or ran out of time: the next message starts another
-                if ended == "deadline":
-                    command.kill_group()
                 code = self._stop(on_output)
                 if ended == "deadline":
                     raise CommandTimedOut(
-                        f"the persistent command ran longer than the pool's time_limit ({self.time_limit:g} s) "
-                        f"and was killed with its process group; it is started again for the next task"
-                        f"{output.tail()}")
+                        f"the persistent command did not answer within the pool's time_limit "
+                        f"({self.time_limit:g} s) and was killed with its process group; a new one starts "
+                        f"for the next task{output.tail()}")
                 if self._answer is None:
                     raise CommandFailed(f"the persistent command {_died(code)} before it answered{output.tail()}")
         finally:

@@ -218,6 +218,18 @@ def test_a_command_dies_with_its_worker(broker, queue_name, make_wqd):
         os.kill(int(child["extra"]), signal.SIGKILL)
 
 
+def test_a_reload_turns_a_pool_into_an_exec_pool(broker, queue_name, make_wqd):
+    wqd = make_wqd([pool(queue_name, workers=1)]).start()
+    (python_worker,) = wqd.worker_pids()
+    wqd.config["pools"][0]["handler"] = {"exec": [TASK_SH]}
+    wqd.write_config()
+    wqd.signal(signal.SIGHUP)
+    wait_for(lambda: "Reloaded" in wqd.logs() and wqd.worker_pids(consuming_only=True) not in ([], [python_worker]),
+             30, message=lambda: f"the pool's worker replaced\n{wqd.logs()}")
+    broker.publish(queue_name, b"ok", declare=False, message_id="m-reloaded")
+    wait_for(lambda: runs(wqd, "m-reloaded", "end"), 30, message=lambda: f"the command ran\n{wqd.logs()}")
+
+
 # -- one process per worker --
 
 

@@ -8,8 +8,8 @@ wqd's cost per task for each kind:
 - python:     wqd.examples:noop, called in the worker;
 - exec:       {exec: [/bin/true]}, one process per message;
 - exec-sh:    {exec: [/bin/sh, -c, "cat > /dev/null"]}, a shell that reads the body;
-- persistent: {exec: [/bin/sh, bench/exec_noop.sh], persistent: true}, one
-              shell per worker answering {"status": "ok"} per line.
+- persistent: {exec: [python, bench/exec_noop.py], persistent: true}, one
+              process per worker answering {"status": "ok"} per line.
 
 Prints figures (no targets asserted; a shared machine makes them noisy):
 
@@ -35,7 +35,7 @@ KINDS = {
     "python": "wqd.examples:noop",
     "exec": {"exec": ["/bin/true"]},
     "exec-sh": {"exec": ["/bin/sh", "-c", "cat > /dev/null"]},
-    "persistent": {"exec": ["/bin/sh", str(BENCH_DIR / "exec_noop.sh")], "persistent": True},
+    "persistent": {"exec": [sys.executable, str(BENCH_DIR / "exec_noop.py")], "persistent": True},
 }
 # A Python task costs far less than a process start: it gets more messages, for a steadier figure.
 PYTHON_FACTOR = 10

@@ -364,8 +364,7 @@ class RetryDelay:
 class PoolConfig:
     name: str = key(non_empty_str, doc="unique; the label in metrics, logs and process titles")
     queue: str = key(non_empty_str, doc="the work queue, declared durable")
-    handler: Union[str, ExecHandler] = key(handler_ref, doc='"module:callable", or {exec: [command, args...], '
-                                                            'persistent: false}, run for each message')
+    handler: str = key(handler_ref, doc='"module:callable" run for each message')
     workers: int = key(at_most(MAX_WORKERS, positive_int), 1, doc="worker processes")
     prefetch: int = key(amqp_short(positive_int), 1, doc="unacked messages per worker; 1 = fair dispatch")
     queue_type: str = key(one_of("classic", "quorum"), "classic", doc="classic, or quorum (for clusters)")

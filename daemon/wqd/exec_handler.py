@@ -54,6 +54,8 @@ ANSWER_LIMIT = 64 * 1024
 KILL_MARGIN = 0.5
 # After the command exits, how long its pipes are read for what is left in them.
 DRAIN_TIMEOUT = 1.0
+# Without pidfds, how often a command's exit is looked for.
+EXIT_POLL = 0.02
 READ_CHUNK = 65536
 
 # What a one-shot command's exit code means.
@@ -273,19 +275,23 @@ def spawn(program: str, argv: tuple, env: dict):
 class Command:
     """A started command and its pipes, moved without blocking by one selector,
     with its exit seen through a pidfd (the process stays a zombie until
-    ``close``, so its process group id cannot be reused while it is killed)."""
+    ``close``, so its process group id cannot be reused while it is killed).
+    Without pidfds (Linux before 5.3) its exit is polled every EXIT_POLL."""
 
     def __init__(self, program: str, argv: tuple, env: dict):
         self.pid, self._stdin, stdout, stderr = spawn(program, argv, env)
         self.exited = False
-        self._pidfd = os.pidfd_open(self.pid)
         self._selector = selectors.DefaultSelector()
         self._streams = {stdout: "stdout", stderr: "stderr"}
         for fd in (self._stdin, stdout, stderr):
             os.set_blocking(fd, False)
         for fd in self._streams:
             self._selector.register(fd, selectors.EVENT_READ)
-        self._selector.register(self._pidfd, selectors.EVENT_READ)
+        try:
+            self._pidfd = os.pidfd_open(self.pid)
+            self._selector.register(self._pidfd, selectors.EVENT_READ)
+        except (AttributeError, OSError):
+            self._pidfd = None
 
     def exchange(self, data: bytes, on_output: Callable[[str, bytes], None], deadline: Optional[float],
                  until: Callable[[], bool] = lambda: False, close_stdin: bool = False) -> str:
@@ -303,6 +309,9 @@ class Command:
                 timeout = None if deadline is None else deadline - time.monotonic()
                 if timeout is not None and timeout <= 0:
                     return "deadline"
+                if self._pidfd is None:
+                    timeout = EXIT_POLL if timeout is None else min(timeout, EXIT_POLL)
+                    self.running()
                 for selected, _ in self._selector.select(timeout):
                     if selected.fd == self._pidfd:
                         self.exited = True
@@ -350,8 +359,12 @@ class Command:
 
     def running(self) -> bool:
         """False once the command has exited (it is not reaped here: see the class)."""
-        if not self.exited:
+        if self.exited:
+            return False
+        if self._pidfd is not None:
             self.exited = bool(select.select([self._pidfd], [], [], 0)[0])
+        else:  # WNOWAIT: it stays a zombie
+            self.exited = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
         return not self.exited
 
     def kill_group(self) -> None:
@@ -376,7 +389,8 @@ class Command:
         self._selector.close()
         self._close_stdin()
         for fd in [self._pidfd, *self._streams]:
-            os.close(fd)
+            if fd is not None:
+                os.close(fd)
         return code
 
 

@@ -4,17 +4,21 @@ whole process group, grandchildren, floods of output, a graceful stop, the
 examples in shell and Node, and `wqd check` on a command that cannot run."""
 
 import json
+import logging
 import os
 import shutil
 import signal
 from pathlib import Path
 
+import pika
 import pytest
 
 from tests.support.daemon import pool, run_cli, wait_gone, wqd_env
 from tests.support.queues import queue_counts, wait_queue
 from tests.support.waiting import wait_for
 from wqd import config as config_module
+from wqd import exec_handler
+from wqd.message import Message
 
 TESTS = Path(__file__).resolve().parent
 TASK_SH = str(TESTS / "exec" / "task.sh")
@@ -69,6 +73,47 @@ def test_the_handler_key_refuses_a_bad_command(handler, error):
     with pytest.raises(ValueError) as raised:
         config_module.handler_ref(handler)
     assert error in str(raised.value)
+
+
+# -- what a command is told, and how its output is logged (pure) --
+
+
+def _message(body: bytes, **properties) -> Message:
+    return Message(body, pika.BasicProperties(**properties), True, 2, "q", "p", "p[1]")
+
+
+def test_a_request_carries_text_as_text_and_other_bytes_as_base64():
+    text = json.loads(exec_handler.request(_message("été".encode(), message_id="m", headers={"raw": b"\xff"})))
+    assert text == {"message_id": "m", "attempt": 2, "redelivered": True, "queue": "q", "pool": "p",
+                    "worker": "p[1]", "content_type": None, "headers": {"raw": {"base64": "/w=="}},
+                    "encoding": "utf-8", "body": "été"}
+    binary = json.loads(exec_handler.request(_message(b"\xff\x00")))
+    assert (binary["encoding"], binary["body"]) == ("base64", "/wA=")
+    environment = exec_handler.environment(_message(b"", headers={"n": 1, "s": b"text"}))
+    assert environment["WQD_REDELIVERED"] == "1" and environment["WQD_ATTEMPT"] == "2"
+    assert json.loads(environment["WQD_HEADERS"]) == {"n": 1, "s": "text"}
+
+
+def test_output_is_split_into_lines_cut_and_counted(caplog):
+    caplog.set_level(logging.INFO, logger="wqd.exec")
+    output = exec_handler.TaskOutput("m-1")
+    output.feed("stdout", b"first li")
+    output.feed("stdout", b"ne\nsecond\n" + b"x" * 5000)
+    output.feed("stdout", b"yyy\nafter\n")
+    output.feed("stderr", b"oops\n")
+    logged = [record.getMessage() for record in caplog.records]
+    assert logged == ["Task m-1 stdout: first line", "Task m-1 stdout: second",
+                      "Task m-1 stdout: " + "x" * 4096 + " [line cut at 4096 bytes]",
+                      "Task m-1 stdout: after", "Task m-1 stderr: oops"]
+    caplog.clear()
+    output.feed("stdout", b"more\n" * 200)
+    output.feed("stderr", b"".join(b"late %d\n" % number for number in range(10)))
+    output.feed("stderr", b"unterminated")
+    output.finish()
+    logged = [record.getMessage() for record in caplog.records]
+    assert len(logged) == exec_handler.LINES_PER_TASK - 5 + 1
+    assert logged[-1] == "Task m-1: 116 more output lines not logged (at most 100 per task)."
+    assert output.tail() == "; stderr: late 6 | late 7 | late 8 | late 9 | unterminated"
 
 
 def test_check_names_the_pool_of_a_command_that_cannot_run(tmp_path):

@@ -10,6 +10,7 @@ one pass; each names the file, the line (where YAML knows it) and the key path.
 import dataclasses
 import os
 import re
+import shlex
 import socket
 from typing import Any, Callable, Optional, Union
 from urllib.parse import quote, urlsplit
@@ -149,10 +150,41 @@ def optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return check_optional
 
 
-def handler_ref(value: Any) -> str:
-    if not isinstance(value, str) or not re.fullmatch(r"[\w.]+:[\w.]+", value):
-        raise ValueError('expected "module:callable"')
-    return value
+@dataclasses.dataclass(frozen=True)
+class ExecHandler:
+    """A handler that is a command, ``{exec: [command, args...], persistent: false}``
+    (exec_handler.py runs it). Whether the command exists is checked where
+    handlers are loaded, not here: `wqd publish` on another host needs no such file."""
+
+    command: tuple
+    persistent: bool = False
+
+    def __str__(self) -> str:
+        return ("persistent " if self.persistent else "") + "exec " + shlex.join(self.command)
+
+
+_EXPECTED_HANDLER = 'expected "module:callable" or {exec: [command, args...], persistent: false}'
+
+
+def handler_ref(value: Any) -> Union[str, ExecHandler]:
+    if isinstance(value, str) and re.fullmatch(r"[\w.]+:[\w.]+", value):
+        return value
+    if not isinstance(value, dict) or "exec" not in value:
+        raise ValueError(_EXPECTED_HANDLER)
+    unknown = sorted(str(name) for name in value if name not in ("exec", "persistent"))
+    if unknown:
+        raise ValueError(f"unknown key {unknown[0]!r} in an exec handler; {_EXPECTED_HANDLER}")
+    command = value["exec"]
+    if (not isinstance(command, list) or not command or not all(isinstance(arg, str) for arg in command)
+            or any("\0" in arg for arg in command) or not command[0].strip()):
+        raise ValueError("expected exec: a non-empty list of strings, the command and its arguments")
+    if "/" in command[0] and not os.path.isabs(command[0]):
+        raise ValueError(f"expected exec's command to be an absolute path or a name found on PATH, "
+                         f"not the relative path {command[0]!r}")
+    persistent = value.get("persistent", False)
+    if not isinstance(persistent, bool):
+        raise ValueError("expected persistent: true or false")
+    return ExecHandler(tuple(command), persistent)
 
 
 _EXPECTED_URL = "expected an amqp:// or amqps:// URL"

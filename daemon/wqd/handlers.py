@@ -1,11 +1,13 @@
-"""Resolve "module:callable" handler references in the master, before any fork."""
+"""Resolve each pool's handler in the master, before any fork: import a
+"module:callable", or check that an exec handler's command can run."""
 
 import inspect
 import pkgutil
 import traceback
 from typing import Callable, Optional
 
-from wqd.config import ConfigError
+from wqd import exec_handler
+from wqd.config import ConfigError, ExecHandler
 
 # Frames of the import machinery and of this module: an error's origin is the
 # user code that raised, so a frame in one of these is not shown.
@@ -48,12 +50,21 @@ def kind_problem(target: Callable) -> Optional[str]:
     return None
 
 
+def load(pool) -> Callable:
+    """The callable that runs ``pool``'s tasks: its imported handler, or its command's runner."""
+    if isinstance(pool.handler, ExecHandler):
+        return exec_handler.build(pool)
+    return resolve(pool.handler)
+
+
 def load_all(config) -> dict:
-    """Import every pool's handler; raise one ConfigError naming each that fails."""
+    """Load every pool's handler; raise one ConfigError naming each that fails."""
     handlers, errors = {}, []
     for index, pool in enumerate(config.pools):
         try:
-            handlers[pool.name] = resolve(pool.handler)
+            handlers[pool.name] = load(pool)
+        except ConfigError as exc:  # an exec handler's command that cannot run
+            errors.append(f"{config.path}: pools[{index}].handler: pool {pool.name!r}: {exc}")
         except UnsupportedHandler as exc:
             errors.append(f"{config.path}: pools[{index}].handler: {exc}")
         except Exception as exc:  # any import-time failure of user code is a config error

@@ -186,7 +186,7 @@ def import_handler_after_fork(pool, config_path: str, slot: int, report_fd: int)
     pool has a configuration error and return False (the worker exits EX_CONFIG)."""
     logs.set_process_name(f"worker {pool.config.name}[{slot}]")  # what the module's import logs is the worker's
     try:
-        pool.handler = handlers_module.resolve(pool.config.handler)
+        pool.handler = handlers_module.load(pool.config)
         return True
     except BaseException as exc:  # any import-time failure of user code (sys.exit too) is a configuration error
         error = bounded(f"{config_path}: pool {pool.config.name!r}: cannot import handler "

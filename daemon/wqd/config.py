@@ -406,7 +406,8 @@ def worker_count(value: Any) -> WorkerBounds:
 class PoolConfig:
     name: str = key(non_empty_str, doc="unique; the label in metrics, logs and process titles")
     queue: str = key(non_empty_str, doc="the work queue, declared durable")
-    handler: str = key(handler_ref, doc='"module:callable" run for each message')
+    handler: Union[str, ExecHandler] = key(
+        handler_ref, doc='"module:callable" run for each message, or {exec: [command, ...], persistent: false}')
     workers: WorkerBounds = key(worker_count, WorkerBounds(1, 1),
                                 doc="worker processes: a number, or {min, max, idle_timeout} to autoscale")
     prefetch: int = key(amqp_short(positive_int), 1, doc="unacked messages per worker; 1 = fair dispatch")

@@ -139,7 +139,7 @@ def test_a_yaml_alias_bomb_neither_stalls_nor_bloats_the_master(broker, queue_na
 
 def test_a_reload_error_is_logged_in_one_bounded_line(broker, queue_name, make_wqd):
     wqd = make_wqd([pool(queue_name, workers=1)]).start()
-    wqd.config["pools"] += [pool(f"{queue_name}-{n}", name=f"p{n}", workers="many") for n in range(2000)]
+    wqd.config["pools"] += [pool(f"{queue_name}-{n}", name=f"p{n}", workers="many") for n in range(300)]
     wqd.write_config()
     wqd.signal(signal.SIGHUP)
     wait_for(lambda: _log_lines(wqd, "Reload failed; keeping the running configuration."), 30,

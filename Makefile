@@ -69,7 +69,7 @@ deploy-tools:
 # --- checks ----------------------------------------------------------------
 
 test: venv rabbitmq promtool deploy-tools
-	$(VENV)/bin/pytest -q -rs -m 'not soak or cluster' tests $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -rs -n 2 -m 'not soak or cluster' tests $(PYTEST_ARGS)
 
 test-rabbitmq4: venv promtool deploy-tools
 	bash scripts/rabbitmq-rootfs.sh $(OTHER_RABBITMQ_SUITE) $(OTHER_RABBITMQ_ROOT) >/dev/null

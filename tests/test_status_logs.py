@@ -200,7 +200,9 @@ def test_text_logs_under_journald_have_priorities_no_timestamp_and_never_a_passw
         refused = make_wqd([pool(queue_name, workers=1)], broker_url=url.replace(password, wrong))
         refused.env.update(journal_stream(refused.stderr_path))
         refused.start(wait_ready=False)
-        wait_for(lambda: "refused the credentials" in refused.stderr_path.read_text(), 30, message="auth refused")
+        # the worker's warning (the queue monitor's info line may come first)
+        wait_for(lambda: re.search(r"Broker connection lost or refused: .*refused the credentials",
+                                   refused.stderr_path.read_text()), 30, message="auth refused")
         refused.stop(30)
         result = run_cli("status", "-c", str(refused.config_path), env=wqd_env(tmp_path / "record"))
         assert result.returncode == 69 and "refused the credentials" in result.stderr, result

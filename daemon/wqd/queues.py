@@ -1,0 +1,101 @@
+"""The arguments wqd declares a pool's queues with, on each broker version.
+
+Every client that declares a pool's queue (the workers, ``wqd publish``)
+must send the same arguments, or the broker refuses the second declare
+(PRECONDITION_FAILED): so they are computed here only, from the pool and the
+broker version the connection announced.
+
+A quorum work queue gets an explicit delivery limit and the pool's
+dead-letter queue as its dead-letter target. RabbitMQ 4.0 gives quorum
+queues a default limit of 20 deliveries and drops a message past it when the
+queue has no dead-letter target; wqd's own accounting gives a message up
+after max_retries + 1 attempts that killed their worker (each one a
+delivery), so the broker's limit is that plus a margin for deliveries lost
+to connection failures, and a message past it lands in the dead-letter
+queue with x-death reason "delivery_limit" instead of vanishing.
+"""
+
+from typing import Optional
+
+# Deliveries lost to connection failures (broker restarts, network) that a
+# message may suffer on top of the max_retries + 1 attempts wqd counts.
+DELIVERY_LIMIT_MARGIN = 10
+# The largest max_retries of a quorum pool. A message being redelivered keeps
+# the quorum queue's log from being truncated past it, so its delivery limit
+# must stay small; max_retries + 1 + DELIVERY_LIMIT_MARGIN is at most 111.
+MAX_QUORUM_RETRIES = 100
+
+# The broker's delivery-acknowledgement timeout when its configuration does
+# not set consumer_timeout (RabbitMQ 3.8.15 and later): 30 minutes.
+DEFAULT_CONSUMER_TIMEOUT = 30 * 60.0
+# Per-queue consumer timeouts (x-consumer-timeout) exist from this version.
+QUEUE_CONSUMER_TIMEOUT_SINCE = (3, 11, 15)
+# The broker checks consumer timeouts once a minute, and a task cut at
+# time_limit is requeued by its worker's death: the queue's timeout leaves
+# this much on top of what the pool's tasks may take.
+CONSUMER_TIMEOUT_MARGIN = 60.0
+# x-consumer-timeout is a signed 32-bit number of milliseconds.
+MAX_CONSUMER_TIMEOUT = (2 ** 31 - 1) / 1000
+
+
+def delivery_limit(pool) -> int:
+    """The quorum work queue's x-delivery-limit for ``pool``."""
+    return pool.max_retries + 1 + DELIVERY_LIMIT_MARGIN
+
+
+def work_queue_arguments(pool, version: tuple = ()) -> Optional[dict]:
+    """Declare-time arguments of ``pool``'s work queue on a broker of ``version``
+    (a tuple of ints, () when unknown); None for a classic queue that needs
+    none, matching a plain declare."""
+    arguments = {}
+    if pool.queue_type == "quorum":
+        arguments.update({"x-queue-type": "quorum", "x-delivery-limit": delivery_limit(pool)})
+        if pool.dead_letter_queue:
+            # at-least-once dead-lettering (which needs reject-publish; the queue
+            # has no length limit, so nothing is ever rejected) removes a
+            # message only once the dead-letter queue confirmed it.
+            arguments.update({"x-dead-letter-exchange": "", "x-dead-letter-routing-key": pool.dead_letter_queue,
+                              "x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"})
+    timeout = queue_consumer_timeout(pool, version)
+    if timeout is not None:
+        arguments["x-consumer-timeout"] = int(timeout * 1000)
+    return arguments or None
+
+
+def dead_letter_queue_arguments(pool) -> Optional[dict]:
+    """The dead-letter queue: of the pool's queue type, nothing more."""
+    return {"x-queue-type": "quorum"} if pool.queue_type == "quorum" else None
+
+
+def queue_consumer_timeout(pool, version: tuple) -> Optional[float]:
+    """Seconds of x-consumer-timeout for the work queue, or None (the broker's
+    own consumer_timeout applies): set on brokers that know the argument,
+    for pools with a time_limit. A worker holds up to ``prefetch`` deliveries
+    and runs them one after the other, so the last one waits for the others."""
+    if pool.time_limit is None or not version or version < QUEUE_CONSUMER_TIMEOUT_SINCE:
+        return None
+    return min(MAX_CONSUMER_TIMEOUT, pool.time_limit * pool.prefetch + CONSUMER_TIMEOUT_MARGIN)
+
+
+def consumer_timeout_warning(pool, version: tuple) -> Optional[str]:
+    """One line when the broker may cut ``pool``'s tasks short with its
+    delivery-acknowledgement timeout; None when wqd's queue argument covers them."""
+    if queue_consumer_timeout(pool, version) is not None:
+        if pool.time_limit * pool.prefetch + CONSUMER_TIMEOUT_MARGIN <= MAX_CONSUMER_TIMEOUT:
+            return None
+        return (f"pool {pool.name!r}: time_limit {pool.time_limit:g} s x prefetch {pool.prefetch} exceeds the "
+                f"longest consumer timeout a queue can have ({MAX_CONSUMER_TIMEOUT:.0f} s): the broker will "
+                f"close the channel of a task that runs longer (consumer_timeout); lower time_limit")
+    needed = None if pool.time_limit is None else pool.time_limit * pool.prefetch
+    if needed is not None and needed < DEFAULT_CONSUMER_TIMEOUT:
+        return None  # within the broker's default, unless its configuration lowered it
+    shown = ".".join(str(part) for part in version) or "unknown"
+    if version and version >= QUEUE_CONSUMER_TIMEOUT_SINCE:
+        how = "set the pool's time_limit (wqd then gives its queue a consumer timeout that covers it)"
+    else:
+        how = ("raise consumer_timeout in the broker's rabbitmq.conf (RabbitMQ " + shown +
+               " has no per-queue consumer timeout), or set a time_limit below it")
+    what = ("has no time_limit" if needed is None else
+            f"lets a delivery wait up to {needed:g} s (time_limit x prefetch)")
+    return (f"pool {pool.name!r} {what}, but the broker closes the channel of a delivery unacked longer than "
+            f"its consumer_timeout (default {DEFAULT_CONSUMER_TIMEOUT:.0f} s): {how}.")

@@ -119,6 +119,12 @@ def server_version(connection: pika.BlockingConnection):
     return product, tuple(int(part) for part in numbers.groups() if part is not None) if numbers else ()
 
 
+def describe_server(connection: pika.BlockingConnection) -> str:
+    """The broker's product and version as it announced them, e.g. "RabbitMQ 4.0.5"."""
+    product, version = server_version(connection)
+    return " ".join(part for part in (product, ".".join(str(n) for n in version)) if part) or "unknown"
+
+
 class BrokerUnavailable(errors.BrokerUnavailable):
     """No broker URL could be connected to; str() says why, per URL."""
 

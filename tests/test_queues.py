@@ -20,7 +20,7 @@ def pool(text=QUORUM):
 
 
 def test_a_quorum_work_queue_has_a_delivery_limit_and_dead_letters_at_least_once():
-    arguments = queues.work_queue_arguments(pool(QUORUM + "    max_retries: 5\n"), (4, 0, 5))
+    arguments = queues.work_queue_arguments(pool(QUORUM + "    max_retries: 5\n"))
     assert arguments == {
         "x-queue-type": "quorum", "x-delivery-limit": 5 + 1 + queues.DELIVERY_LIMIT_MARGIN,
         "x-dead-letter-exchange": "", "x-dead-letter-routing-key": "jobs.dead",
@@ -29,36 +29,33 @@ def test_a_quorum_work_queue_has_a_delivery_limit_and_dead_letters_at_least_once
 
 
 def test_a_quorum_pool_without_dead_letter_queue_still_gets_its_delivery_limit():
-    arguments = queues.work_queue_arguments(pool(QUORUM + "    dead_letter_queue: null\n"), (3, 10, 8))
+    arguments = queues.work_queue_arguments(pool(QUORUM + "    dead_letter_queue: null\n"))
     assert arguments == {"x-queue-type": "quorum", "x-delivery-limit": 3 + 1 + queues.DELIVERY_LIMIT_MARGIN}
 
 
 def test_a_classic_queue_is_declared_plainly():
     classic = pool(QUORUM.replace("quorum", "classic"))
-    assert queues.work_queue_arguments(classic, (3, 10, 8)) is None
+    assert queues.work_queue_arguments(classic) is None
     assert queues.dead_letter_queue_arguments(classic) is None
 
 
-@pytest.mark.parametrize("version, expected", [
-    ((3, 10, 8), None),          # no per-queue consumer timeout
-    ((3, 11, 14), None),
-    ((), None),                  # the broker did not say
-    ((3, 11, 15), (600 * 2 + queues.CONSUMER_TIMEOUT_MARGIN) * 1000),
-    ((4, 0, 5), (600 * 2 + queues.CONSUMER_TIMEOUT_MARGIN) * 1000),
-])
-def test_the_consumer_timeout_argument_covers_time_limit_times_prefetch_where_the_broker_knows_it(version, expected):
+def test_the_consumer_timeout_argument_covers_time_limit_times_prefetch():
+    """On every version: 3.10 ignores it, and honours it once upgraded."""
     limited = pool(QUORUM.replace("quorum", "classic") + "    time_limit: 600\n    prefetch: 2\n")
-    arguments = queues.work_queue_arguments(limited, version) or {}
-    assert arguments.get("x-consumer-timeout") == expected
+    assert queues.work_queue_arguments(limited) == {
+        "x-consumer-timeout": (600 * 2 + queues.CONSUMER_TIMEOUT_MARGIN) * 1000}
+    longest = pool(QUORUM + "    time_limit: 31536000\n")
+    assert queues.work_queue_arguments(longest)["x-consumer-timeout"] == 2 ** 31 - 1
 
 
 def test_no_time_limit_leaves_the_broker_default():
-    assert "x-consumer-timeout" not in queues.work_queue_arguments(pool(), (4, 0, 5))
+    assert "x-consumer-timeout" not in queues.work_queue_arguments(pool())
 
 
 @pytest.mark.parametrize("addition, version, warned", [
     ("", (3, 10, 8), "has no time_limit"),
     ("", (4, 0, 5), "has no time_limit"),
+    ("", (), "has no time_limit"),
     ("    time_limit: 60\n", (3, 10, 8), None),
     ("    time_limit: 3600\n", (3, 10, 8), "raise consumer_timeout in the broker's rabbitmq.conf"),
     ("    time_limit: 3600\n", (4, 0, 5), None),
@@ -86,3 +83,13 @@ def test_wqd_check_refuses_a_quorum_pool_whose_max_retries_exceeds_the_bound(tmp
     assert f"wqd.yaml:6: pools[0].max_retries: is {queues.MAX_QUORUM_RETRIES + 1}, above the" in result.stderr
     assert "delivery limit" in result.stderr and "delivery_limit" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_mismatch_names_the_argument_and_how_to_migrate():
+    text = ("PRECONDITION_FAILED - inequivalent arg 'x-delivery-limit' for queue 'jobs' in vhost '/': "
+            "received the value '14' of type 'signedint' but current is none")
+    error = queues.describe_mismatch(pool(), "jobs", text)
+    assert "queue 'jobs' already exists with other arguments than wqd declares (argument x-delivery-limit)" in error
+    assert "re-create the queue" in error and "Migrating a quorum queue" in error and text in error
+    other = queues.describe_mismatch(pool(), "jobs", "PRECONDITION_FAILED - inequivalent arg 'x-queue-type' ...")
+    assert "(argument x-queue-type)" in other and "change the pool's queue_type" in other

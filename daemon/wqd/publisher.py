@@ -7,7 +7,7 @@ import uuid
 import pika
 import pika.exceptions
 
-from wqd import amqp, backoff, errors
+from wqd import amqp, backoff, errors, queues
 
 # A quorum queue nacks publishes while it has no leader (a node died, an
 # election runs, usually under a second); the same channel may then go on
@@ -153,7 +153,7 @@ def _while(number: int, body: bytes) -> str:
 def _declare(connection, channel, queue: str, pool) -> None:
     try:
         if pool is not None:
-            channel.queue_declare(queue, durable=True, arguments=amqp.queue_arguments(pool.queue_type))
+            channel.queue_declare(queue, durable=True, arguments=queues.work_queue_arguments(pool))
             return
         try:
             channel.queue_declare(queue, passive=True)

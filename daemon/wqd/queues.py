@@ -15,6 +15,7 @@ to connection failures, and a message past it lands in the dead-letter
 queue with x-death reason "delivery_limit" instead of vanishing.
 """
 
+import re
 from typing import Optional
 
 # Deliveries lost to connection failures (broker restarts, network) that a
@@ -28,7 +29,8 @@ MAX_QUORUM_RETRIES = 100
 # The broker's delivery-acknowledgement timeout when its configuration does
 # not set consumer_timeout (RabbitMQ 3.8.15 and later): 30 minutes.
 DEFAULT_CONSUMER_TIMEOUT = 30 * 60.0
-# Per-queue consumer timeouts (x-consumer-timeout) exist from this version.
+# Brokers from this version honour a queue's x-consumer-timeout; older ones
+# accept the argument and ignore it (it takes effect once they are upgraded).
 QUEUE_CONSUMER_TIMEOUT_SINCE = (3, 11, 15)
 # The broker checks consumer timeouts once a minute, and a task cut at
 # time_limit is requeued by its worker's death: the queue's timeout leaves
@@ -37,16 +39,21 @@ CONSUMER_TIMEOUT_MARGIN = 60.0
 # x-consumer-timeout is a signed 32-bit number of milliseconds.
 MAX_CONSUMER_TIMEOUT = (2 ** 31 - 1) / 1000
 
+# Arguments a quorum queue cannot change once declared; wqd's quorum work queues need them.
+QUORUM_PROTECTION = ("x-delivery-limit", "x-dead-letter-exchange", "x-dead-letter-routing-key",
+                     "x-dead-letter-strategy", "x-overflow")
+
 
 def delivery_limit(pool) -> int:
     """The quorum work queue's x-delivery-limit for ``pool``."""
     return pool.max_retries + 1 + DELIVERY_LIMIT_MARGIN
 
 
-def work_queue_arguments(pool, version: tuple = ()) -> Optional[dict]:
-    """Declare-time arguments of ``pool``'s work queue on a broker of ``version``
-    (a tuple of ints, () when unknown); None for a classic queue that needs
-    none, matching a plain declare."""
+def work_queue_arguments(pool) -> Optional[dict]:
+    """Declare-time arguments of ``pool``'s work queue; None for a classic
+    queue that needs none, matching a plain declare. The same on every broker
+    version, so that a queue created before a broker upgrade has what the new
+    version honours."""
     arguments = {}
     if pool.queue_type == "quorum":
         arguments.update({"x-queue-type": "quorum", "x-delivery-limit": delivery_limit(pool)})
@@ -56,7 +63,7 @@ def work_queue_arguments(pool, version: tuple = ()) -> Optional[dict]:
             # message only once the dead-letter queue confirmed it.
             arguments.update({"x-dead-letter-exchange": "", "x-dead-letter-routing-key": pool.dead_letter_queue,
                               "x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"})
-    timeout = queue_consumer_timeout(pool, version)
+    timeout = queue_consumer_timeout(pool)
     if timeout is not None:
         arguments["x-consumer-timeout"] = int(timeout * 1000)
     return arguments or None
@@ -67,35 +74,55 @@ def dead_letter_queue_arguments(pool) -> Optional[dict]:
     return {"x-queue-type": "quorum"} if pool.queue_type == "quorum" else None
 
 
-def queue_consumer_timeout(pool, version: tuple) -> Optional[float]:
-    """Seconds of x-consumer-timeout for the work queue, or None (the broker's
-    own consumer_timeout applies): set on brokers that know the argument,
-    for pools with a time_limit. A worker holds up to ``prefetch`` deliveries
-    and runs them one after the other, so the last one waits for the others."""
-    if pool.time_limit is None or not version or version < QUEUE_CONSUMER_TIMEOUT_SINCE:
+def queue_consumer_timeout(pool) -> Optional[float]:
+    """Seconds of x-consumer-timeout for the work queue of a pool with a
+    time_limit; None (the broker's own consumer_timeout applies) without one.
+    A worker holds up to ``prefetch`` deliveries and runs them one after the
+    other, so the last one waits for the others."""
+    if pool.time_limit is None:
         return None
     return min(MAX_CONSUMER_TIMEOUT, pool.time_limit * pool.prefetch + CONSUMER_TIMEOUT_MARGIN)
 
 
 def consumer_timeout_warning(pool, version: tuple) -> Optional[str]:
-    """One line when the broker may cut ``pool``'s tasks short with its
-    delivery-acknowledgement timeout; None when wqd's queue argument covers them."""
-    if queue_consumer_timeout(pool, version) is not None:
-        if pool.time_limit * pool.prefetch + CONSUMER_TIMEOUT_MARGIN <= MAX_CONSUMER_TIMEOUT:
+    """One line when the broker (of ``version``, () when unknown) may cut
+    ``pool``'s tasks short with its delivery-acknowledgement timeout; None
+    when wqd's queue argument covers them."""
+    needed = None if pool.time_limit is None else pool.time_limit * pool.prefetch
+    honours_queue_argument = bool(version) and version >= QUEUE_CONSUMER_TIMEOUT_SINCE
+    if needed is not None and honours_queue_argument:
+        if needed + CONSUMER_TIMEOUT_MARGIN <= MAX_CONSUMER_TIMEOUT:
             return None
         return (f"pool {pool.name!r}: time_limit {pool.time_limit:g} s x prefetch {pool.prefetch} exceeds the "
                 f"longest consumer timeout a queue can have ({MAX_CONSUMER_TIMEOUT:.0f} s): the broker will "
                 f"close the channel of a task that runs longer (consumer_timeout); lower time_limit")
-    needed = None if pool.time_limit is None else pool.time_limit * pool.prefetch
     if needed is not None and needed < DEFAULT_CONSUMER_TIMEOUT:
         return None  # within the broker's default, unless its configuration lowered it
-    shown = ".".join(str(part) for part in version) or "unknown"
-    if version and version >= QUEUE_CONSUMER_TIMEOUT_SINCE:
+    shown = ".".join(str(part) for part in version) or "of unknown version"
+    if honours_queue_argument:
         how = "set the pool's time_limit (wqd then gives its queue a consumer timeout that covers it)"
     else:
-        how = ("raise consumer_timeout in the broker's rabbitmq.conf (RabbitMQ " + shown +
-               " has no per-queue consumer timeout), or set a time_limit below it")
+        how = (f"raise consumer_timeout in the broker's rabbitmq.conf (RabbitMQ {shown} has no per-queue "
+               f"consumer timeout), or set a time_limit below it")
     what = ("has no time_limit" if needed is None else
             f"lets a delivery wait up to {needed:g} s (time_limit x prefetch)")
     return (f"pool {pool.name!r} {what}, but the broker closes the channel of a delivery unacked longer than "
             f"its consumer_timeout (default {DEFAULT_CONSUMER_TIMEOUT:.0f} s): {how}.")
+
+
+def describe_mismatch(pool, queue: str, reply_text: str) -> str:
+    """The one-paragraph error for a queue the broker has with other arguments
+    than wqd declares (PRECONDITION_FAILED), naming the argument."""
+    found = re.search(r"inequivalent arg '([^']+)'", reply_text)
+    argument = found.group(1) if found else None
+    if argument in QUORUM_PROTECTION:
+        fix = ("wqd declares a quorum work queue with a delivery limit and its dead-letter queue as "
+               "dead-letter target, so that a message redelivered too often is dead-lettered, not dropped; "
+               "a quorum queue's arguments cannot be changed: re-create the queue (see \"Migrating a quorum "
+               "queue\" in the README), or use another queue name")
+    else:
+        fix = "change the pool's queue_type or queue name to match, or delete the queue"
+    differs = f" (argument {argument})" if argument else ""
+    return (f"Configuration error in pool {pool.name!r}: queue {queue!r} already exists with other arguments "
+            f"than wqd declares{differs}; the broker said: {reply_text}. To fix it: {fix}. The pool is not "
+            f"restarted.")

@@ -163,5 +163,8 @@ def _declare(connection, channel, queue: str, pool) -> None:
             connection.channel().queue_declare(queue, durable=True)
     except pika.exceptions.ChannelClosedByBroker as exc:
         # 406: the queue exists with other arguments than the pool declares.
-        error = errors.ConfigError if exc.reply_code == 406 else errors.WqdError
-        raise error(f"cannot use queue {queue!r}: the broker said {exc.reply_code} {exc.reply_text}") from None
+        error, reply = errors.WqdError, exc.reply_text
+        if exc.reply_code == 406:
+            error = errors.ConfigError
+            reply = queues.telling_reply(connection, pool, queue, reply) if pool is not None else reply
+        raise error(f"cannot use queue {queue!r}: the broker said {exc.reply_code} {reply}") from None

@@ -18,6 +18,10 @@ queue with x-death reason "delivery_limit" instead of vanishing.
 import re
 from typing import Optional
 
+import pika.exceptions
+
+from wqd.errors import ConfigError
+
 # Deliveries lost to connection failures (broker restarts, network) that a
 # message may suffer on top of the max_retries + 1 attempts wqd counts.
 DELIVERY_LIMIT_MARGIN = 10
@@ -108,6 +112,47 @@ def consumer_timeout_warning(pool, version: tuple) -> Optional[str]:
             f"lets a delivery wait up to {needed:g} s (time_limit x prefetch)")
     return (f"pool {pool.name!r} {what}, but the broker closes the channel of a delivery unacked longer than "
             f"its consumer_timeout (default {DEFAULT_CONSUMER_TIMEOUT:.0f} s): {how}.")
+
+
+class QueueMismatch(ConfigError):
+    """The queue exists with other arguments: a configuration error, not a crash."""
+
+
+def declare_pool_queues(connection, pool) -> None:
+    """Declare ``pool``'s work queue and dead-letter queue, each on a channel
+    of its own (a refused declare closes its channel). Raises QueueMismatch."""
+    _declare(connection, pool, pool.queue, work_queue_arguments(pool))
+    if pool.dead_letter_queue:
+        _declare(connection, pool, pool.dead_letter_queue, dead_letter_queue_arguments(pool))
+
+
+def _declare(connection, pool, queue: str, arguments) -> None:
+    channel = connection.channel()
+    try:
+        channel.queue_declare(queue=queue, durable=True, arguments=arguments)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code != 406:
+            raise
+        reply = telling_reply(connection, pool, queue, exc.reply_text)
+        raise QueueMismatch(describe_mismatch(pool, queue, reply)) from None
+    channel.close()
+
+
+def telling_reply(connection, pool, queue: str, reply_text: str) -> str:
+    """The broker names the first argument that differs in its own order:
+    a classic queue declared as a quorum one differs in x-dead-letter-exchange
+    before x-queue-type. A declare with the type alone says whether the type
+    differs; that reply, if so, else ``reply_text``."""
+    if "'x-queue-type'" in reply_text:
+        return reply_text
+    arguments = {"x-queue-type": "quorum"} if pool.queue_type == "quorum" else None
+    channel = connection.channel()
+    try:
+        channel.queue_declare(queue=queue, durable=True, arguments=arguments)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        return exc.reply_text if exc.reply_code == 406 else reply_text
+    channel.close()
+    return reply_text
 
 
 def describe_mismatch(pool, queue: str, reply_text: str) -> str:

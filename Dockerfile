@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # wqd in a container: `docker build -t wqd .`, then
 #   docker run -d --name wqd -e WQD_BROKER_URL=amqp://user:pass@rabbitmq:5672/%2F \
 #     -p 9808:9808 --stop-timeout 45 wqd
@@ -7,6 +6,9 @@
 # (see README.md, "Deployment"). Give `docker stop` more than graceful_timeout
 # (--stop-timeout 45, compose stop_grace_period: 45s, Kubernetes
 # terminationGracePeriodSeconds: 45): its default of 10 s cuts long tasks short.
+# BuildKit builds it (RUN --mount): the default since Docker 23, DOCKER_BUILDKIT=1
+# before. No `# syntax=` line: the built-in frontend is enough, and that line
+# would pull docker/dockerfile from Docker Hub first, failing offline builds.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
@@ -26,12 +28,15 @@ RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index --find-links=/wheels --root-user-action=ignore wqd \
  && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin wqd
 COPY etc/docker/wqd.yaml /etc/wqd/wqd.yaml
+COPY etc/docker/healthcheck.py /usr/local/lib/wqd/healthcheck.py
 # Numeric, so that Kubernetes' runAsNonRoot can check it.
 USER 10001:10001
 EXPOSE 9808
 # wqd's graceful stop: finish current tasks, ack, exit 0.
 STOPSIGNAL SIGTERM
-# /healthz answers 200 while the master's loop runs (slim has no curl).
+# /healthz answers 200 while the master's loop runs (slim has no curl). The
+# script asks the address the config's metrics.listen names, so a container on
+# the host's network (--network host) can listen on 127.0.0.1 and a port of its own.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9808/healthz', timeout=4)"]
+    CMD ["python", "/usr/local/lib/wqd/healthcheck.py"]
 CMD ["wqd", "run", "-c", "/etc/wqd/wqd.yaml"]

@@ -12,8 +12,12 @@
 #                 (scripts/rabbitmq-rootfs.sh; delete it to rebuild);
 #                 WQD_TEST_RABBITMQ_METADATA=khepri runs the nodes on Khepri
 #   make demo     the tutorial's five messages through two wqd workers
-#   make lint     ruff (installed into .venv by this target only)
+#   make lint     ruff, version RUFF_VERSION (installed into .venv by this target only;
+#                 its configuration, and pytest's, is in pyproject.toml)
 #   make soak     the long-running soak tests (-m soak)
+#   make test-deploy  as root: the unit under systemd as PID 1 (systemd-nspawn)
+#                 and the image under a Docker engine (tests/deploy; caches
+#                 under .cache/deploy)
 #   make bench    the benchmarks
 #   make clean
 #
@@ -31,8 +35,10 @@ PROMTOOL := /usr/bin/promtool
 # The Debian suite whose RabbitMQ differs from the host's (12.x -> trixie, 13.x -> bookworm).
 OTHER_RABBITMQ_SUITE := $(if $(filter 13.%,$(shell cat /etc/debian_version 2>/dev/null)),bookworm,trixie)
 OTHER_RABBITMQ_ROOT := .cache/rabbitmq-$(OTHER_RABBITMQ_SUITE)
+# Pinned: a new ruff release can add checks and fail CI with no change of ours.
+RUFF_VERSION := 0.6.9
 
-.PHONY: all venv rabbitmq promtool deploy-tools test test-rabbitmq4 demo lint soak bench clean
+.PHONY: all venv rabbitmq promtool deploy-tools test test-rabbitmq4 test-deploy demo lint soak bench clean
 
 all: test
 
@@ -63,18 +69,29 @@ deploy-tools:
 # --- checks ----------------------------------------------------------------
 
 test: venv rabbitmq promtool deploy-tools
-	$(VENV)/bin/pytest -q -m 'not soak or cluster' tests $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -rs -m 'not soak or cluster' tests $(PYTEST_ARGS)
 
 test-rabbitmq4: venv promtool deploy-tools
 	bash scripts/rabbitmq-rootfs.sh $(OTHER_RABBITMQ_SUITE) $(OTHER_RABBITMQ_ROOT) >/dev/null
 	WQD_TEST_RABBITMQ_ROOT=$(abspath $(OTHER_RABBITMQ_ROOT)) \
-		$(VENV)/bin/pytest -q -m 'not soak or cluster' tests $(PYTEST_ARGS)
+		$(VENV)/bin/pytest -q -rs -m 'not soak or cluster' tests $(PYTEST_ARGS)
+
+# Root only: debootstrap, systemd-nspawn and a Docker engine of its own
+# (Debian's packages, installed if missing).
+test-deploy:
+	@if [ "$$(id -u)" != 0 ]; then echo "make test-deploy needs root: it boots a container with systemd-nspawn, runs its own Docker engine and installs Debian packages (sudo make test-deploy)." >&2; exit 1; fi
+	@$(MAKE) --no-print-directory venv rabbitmq
+	@bash scripts/ensure-debian-package.sh /usr/sbin/debootstrap debootstrap
+	@bash scripts/ensure-debian-package.sh /usr/bin/systemd-nspawn systemd-container
+	@bash scripts/ensure-debian-package.sh /usr/sbin/dockerd docker.io docker
+	$(VENV)/bin/pytest -q tests/deploy $(PYTEST_ARGS)
 
 soak: venv rabbitmq promtool
-	$(VENV)/bin/pytest -q -m soak tests $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -rs -m soak tests $(PYTEST_ARGS)
 
 lint: venv
-	$(VENV)/bin/ruff --version >/dev/null 2>&1 || $(VENV_PY) -m pip install --disable-pip-version-check -q ruff
+	test "$$($(VENV)/bin/ruff --version 2>/dev/null)" = "ruff $(RUFF_VERSION)" || \
+		$(VENV_PY) -m pip install --disable-pip-version-check -q ruff==$(RUFF_VERSION)
 	$(VENV)/bin/ruff check $(wildcard daemon tests bench)
 
 # --- demo and benchmarks ---------------------------------------------------
@@ -83,7 +100,7 @@ demo: venv rabbitmq
 	bash scripts/demo.sh
 
 bench: venv rabbitmq
-	$(VENV_PY) bench/run.py
+	$(VENV_PY) -m bench.run
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .ruff_cache .run

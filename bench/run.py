@@ -1,6 +1,6 @@
 """`make bench`: what wqd costs compared with a bare pika consumer.
 
-Starts its own RabbitMQ node (tests/broker.py, on free loopback ports) and
+Starts its own RabbitMQ node (tests/support/broker.py, on free loopback ports) and
 measures, in one run:
 
 - throughput: the steady-state drain rate (msg/s) of a preloaded queue of
@@ -22,7 +22,7 @@ measures, in one run:
 Prints a table, writes everything (raw rounds included) as JSON to
 bench/results/<timestamp>-<git short sha>.json and prints that path.
 
-    .venv/bin/python bench/run.py [--rounds 3] [--seconds 6] [--workers 1 2]
+    .venv/bin/python -m bench.run [--rounds 3] [--seconds 6] [--workers 1 2]
                                   [--phases PHASE...] [--wqd NAME=PATH/TO/wqd]...
 
 --wqd replaces the measured wqd by one or more others (e.g. the executables
@@ -48,14 +48,14 @@ from pathlib import Path
 
 import pika
 import pika.exceptions
-import yaml
+
+from tests.support import daemon as support_daemon
+from tests.support import waiting
+from tests.support.broker import BrokerNode
+from tests.support.procfs import proc_stat, rss_kib
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
-sys.path.insert(0, str(REPO / "tests"))
-
-from broker import BrokerNode, free_port  # noqa: E402  (tests/ is not a package)
-from daemon import http_get  # noqa: E402
 
 RESULTS_DIR = BENCH_DIR / "results"
 PHASES = ("throughput", "startup", "respawn", "redelivery", "resources")
@@ -169,33 +169,20 @@ class QueueWatch:
 # the systems under test
 
 
-def rss_kib(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
 def cpu_ticks(pid: int) -> int:
     """utime + stime of a process, in clock ticks."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
+    stat = proc_stat(pid)
+    if stat is None:
+        raise BenchError(f"process {pid} is gone")
+    return stat.cpu_ticks
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = STATUS_POLL_INTERVAL):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
+    """The tests' wait loop, failing with a BenchError."""
+    try:
+        return waiting.wait_for(predicate, timeout, interval=interval, message=f"waiting for {what}")
+    except AssertionError as exc:
+        raise BenchError(str(exc)) from None
 
 
 class Baseline:
@@ -235,45 +222,43 @@ class Baseline:
 
 
 class Wqd:
-    """One `wqd run` with a temporary YAML config and metrics on a free port."""
+    """One `wqd run` at a time (the tests' runner, tests/support/daemon.py) of
+    one wqd executable, with a one-pool config and metrics on a free port."""
 
     def __init__(self, name: str, executable: str, node: BrokerNode, workdir: Path):
         self.name = name
         self.executable = executable
         self.node = node
         self.workdir = workdir
-        self.proc: subprocess.Popen | None = None
-        self.port = None
+        self.runner: support_daemon.Wqd | None = None
+        self.runs = 0
 
     def start(self, workers: int, queue: str, handler: str = "wqd.examples:noop") -> Wqd:
-        self.port = free_port()
-        config = {
-            "broker": {"url": self.node.url},
-            "metrics": {"listen": f"127.0.0.1:{self.port}"},
-            "logging": {"level": "info"},
-            "pools": [{"name": "bench", "queue": queue, "handler": handler,
-                       "workers": workers, "prefetch": 1}],
-        }
-        config_path = self.workdir / f"{self.name}.yaml"
-        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(BENCH_DIR), env.get("PYTHONPATH")]))
-        env["WQD_BENCH_RECORD"] = str(self.workdir / "record.txt")
-        env.pop("WQD_BROKER_URL", None)
-        env.pop("NOTIFY_SOCKET", None)
-        self.proc = spawn([self.executable, "run", "-c", str(config_path)], self.log_path, env=env)
+        self.runs += 1
+        pythonpath = os.pathsep.join(filter(None, [str(BENCH_DIR), os.environ.get("PYTHONPATH")]))
+        self.runner = support_daemon.Wqd(
+            self.workdir / f"{self.name}-{self.runs}", self.node.url,
+            [support_daemon.pool(queue, name="bench", handler=handler, workers=workers, prefetch=1)],
+            executable=self.executable,
+            extra_env={"PYTHONPATH": pythonpath, "WQD_BENCH_RECORD": str(self.workdir / "record.txt")})
+        self.runner.start(wait_ready=False)
+        _started.append(self.runner.proc)
         return self
 
     @property
+    def proc(self) -> subprocess.Popen:
+        return self.runner.proc
+
+    @property
     def log_path(self) -> Path:
-        return self.workdir / f"{self.name}.log"
+        return self.runner.stderr_path
 
     def check_alive(self) -> None:
         if self.proc.poll() is not None:
             raise BenchError(f"{self.name} exited with {self.proc.returncode}; see {self.log_path}")
 
     def http(self, path: str) -> tuple[int | None, bytes]:
-        return http_get(self.port, path)
+        return self.runner.http(path)
 
     def status(self) -> dict | None:
         """The pool's /status entry, None while the master does not answer."""
@@ -691,7 +676,7 @@ def _text(value) -> str:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="rounds per measurement (default 3)")
     parser.add_argument("--seconds", type=float, default=6.0,
                         help="about how long one throughput drain lasts (default 6)")
@@ -749,7 +734,7 @@ def main(argv=None) -> int:
             results["resources"] = resources(node, daemons, workdir)
         results["environment"]["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     except BenchError as exc:
-        print(f"bench/run.py: {exc}\nLogs are kept in {workdir}.", file=sys.stderr)
+        print(f"bench.run: {exc}\nLogs are kept in {workdir}.", file=sys.stderr)
         return 1
     finally:
         kill_leftovers()

@@ -9,7 +9,7 @@
 #
 # Broker: $WQD_BROKER_URL if set; else a broker answering AMQP on
 # localhost:5672 (guest/guest); else a throwaway node started for the demo
-# from tests/broker.py (needs Debian's rabbitmq-server: `make rabbitmq`),
+# from tests/support/broker.py (needs Debian's rabbitmq-server: `make rabbitmq`),
 # stopped again at the end.
 #
 # What the output shows (the tutorial's two lessons):
@@ -141,7 +141,7 @@ else
     else
         url=
         say "broker: none on localhost:$LOCAL_PORT, starting a throwaway RabbitMQ node (~5 s)"
-        "$PY" tests/broker.py serve "$workdir/rabbitmq" >"$workdir/broker.url" 2>"$workdir/broker.err" &
+        "$PY" -m tests.support.broker serve "$workdir/rabbitmq" >"$workdir/broker.url" 2>"$workdir/broker.err" &
         broker_pid=$!
         deadline=$((SECONDS + 120))
         while [ ! -s "$workdir/broker.url" ]; do

@@ -1,9 +1,12 @@
 """Durability across a broker crash, heartbeats during long tasks, queue mismatch."""
 
+import json
+
 import pika
 
-from daemon import pool, run_cli, task_body, wqd_env
-from waiting import wait_for
+from tests.support.daemon import pool, run_cli, task_body, wqd_env
+from tests.support.queues import wait_queue
+from tests.support.waiting import wait_for
 
 
 def test_persistent_messages_survive_a_broker_sigkill_and_are_processed(broker, queue_name, make_wqd):
@@ -33,11 +36,25 @@ def test_workers_reconnect_after_a_broker_restart_mid_run(broker, queue_name, ma
     assert wqd.metric("wqd_worker_restarts_total", pool="default", reason="crashed") == 0
 
 
+def _worker_heartbeats(broker) -> dict:
+    """{connection name: heartbeat timeout the broker negotiated} of wqd's workers."""
+    out = broker.ctl("list_connections", "-q", "--formatter", "json", "timeout", "client_properties")
+    found = {}
+    for row in json.loads(out) if out.strip() else []:
+        properties = {item[0]: item[-1] for item in row["client_properties"]}
+        if str(properties.get("connection_name", "")).startswith("wqd worker"):
+            found[properties["connection_name"]] = row["timeout"]
+    return found
+
+
 def test_a_task_longer_than_many_heartbeats_runs_once(broker, queue_name, make_wqd):
     wqd = make_wqd([pool(queue_name, workers=1)], heartbeat=1).start()
     broker.publish(queue_name, task_body("long", sleep=8).encode())
+    wait_for(lambda: len(wqd.records("start")) == 1, 30, message="long task started")
+    heartbeats = _worker_heartbeats(broker)  # while the task runs
+    assert list(heartbeats.values()) == [1], f"the broker negotiated a 1 s heartbeat: {heartbeats}"
     wait_for(lambda: wqd.ended_ids() == ["long"], 30, message="long task done")
-    wait_for(lambda: broker.queue_stats(queue_name)["messages_unacknowledged"] == 0, 10, message="acked")
+    wait_queue(broker, queue_name, 10, "acked", messages_unacknowledged=0)
     assert len(wqd.records("start")) == 1
     assert broker.queue_stats(queue_name)["messages_ready"] == 0
     assert "connection lost" not in wqd.logs()

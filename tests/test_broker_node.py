@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
-from broker import _proc_stat, _tree, epmd_names, port_open
-from waiting import wait_for
+from tests.support.broker import _tree, epmd_names, port_open
+from tests.support.procfs import all_pids, cmdline, proc_stat
+from tests.support.waiting import wait_for
 
 SYSTEM_AMQP_PORT = 5672
 
@@ -31,21 +30,24 @@ def _other_beams(broker):
     (other test sessions' nodes come and go; the system broker must not)."""
     ours = set(_tree(broker._root_pids()))
     beams = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit() and int(name) not in ours:
-            st = _proc_stat(int(name))
-            if st and st[0] == "beam.smp" and not _is_test_node(int(name)):
-                beams[int(name)] = st[3]
+    for pid in all_pids():
+        if pid not in ours:
+            st = proc_stat(pid)
+            if st and st.comm == "beam.smp" and not _is_test_node(pid):
+                beams[pid] = st.starttime
     return beams
 
 
 def _is_test_node(pid: int) -> bool:
-    # (the node name is in the environment, not on beam.smp's command line)
+    """A node of some test session (named wqdtest-*, in its command line or, as
+    tests/support/broker.py passes it, its environment), or gone already: not
+    the system broker, which stays."""
     try:
         with open(f"/proc/{pid}/environ", "rb") as f:
-            return b"\0RABBITMQ_NODENAME=wqdtest-" in b"\0" + f.read()
+            environ = f.read()
     except OSError:
-        return True  # gone already: it was not the system broker, which stays
+        return True
+    return b"RABBITMQ_NODENAME=wqdtest" in environ or b"wqdtest" in cmdline(pid)
 
 
 def test_node_is_isolated(broker):
@@ -112,12 +114,12 @@ def test_queue_stats(broker, queue_name):
                  timeout=10, message="no delivery")
         stats = wait_for(
             lambda: (s := broker.queue_stats(queue_name))["messages_unacknowledged"] == 1 and s,
-            timeout=10, interval=0.2, message="unacked count not reported",
+            timeout=10, interval=0.5, message="unacked count not reported",
         )
         assert stats == {"messages_ready": 2, "messages_unacknowledged": 1, "consumers": 1}
     # closing the channel requeues the unacked message
     wait_for(lambda: broker.queue_stats(queue_name)["messages_ready"] == 3, timeout=10,
-             interval=0.2, message="unacked message not requeued")
+             interval=0.5, message="unacked message not requeued")
     assert broker.purge_queue(queue_name) == 3
     assert broker.purge_queue(queue_name + ".nope") is None
 
@@ -127,7 +129,7 @@ def test_pause_resume(broker, queue_name):
     broker.pause()
     try:
         beam = broker.beam_pid()
-        wait_for(lambda: _proc_stat(beam)[1] == "T", timeout=5, message="beam.smp not stopped")
+        wait_for(lambda: proc_stat(beam)[1] == "T", timeout=5, message="beam.smp not stopped")
         # the kernel still accepts the TCP connection, but no AMQP handshake comes
         try:
             broker.connection(socket_timeout=0.5, stack_timeout=1).close()

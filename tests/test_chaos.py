@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from chaos import run_chaos
+from tests.support.chaos import run_chaos
 
 
 def test_chaos_1000_tasks_10_worker_kills_and_a_broker_crash(broker, queue_name, make_wqd):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from daemon import run_cli, wqd_env
+from tests.support.daemon import run_cli, wqd_env
 from wqd import config
 
 GOOD = """\

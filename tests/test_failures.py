@@ -4,10 +4,16 @@ import json
 import os
 import signal
 
-from daemon import pool, task_body
-from waiting import wait_for
+from tests.support.daemon import pool, task_body
+from tests.support.queues import queue_counts, wait_queue
+from tests.support.waiting import wait_for
 
 FAST_RETRY = {"initial": 0.5, "max": 5, "factor": 2}
+
+
+def restart_counts(wqd) -> dict:
+    return {reason: wqd.metric("wqd_worker_restarts_total", pool="default", reason=reason)
+            for reason in ("crashed", "killed", "time_limit", "recycled")}
 
 
 def _dead_letters(broker, queue):
@@ -25,8 +31,8 @@ def _dead_letters(broker, queue):
 
 
 def _dead_letter_count(broker, queue):
-    stats = broker.queue_stats(queue + ".dead")
-    return stats["messages_ready"] if stats else 0
+    counts = queue_counts(broker, queue + ".dead")
+    return counts["messages_ready"] if counts else 0
 
 
 def test_a_failing_task_is_retried_with_growing_delays_then_dead_lettered(broker, queue_name, make_wqd):
@@ -34,7 +40,7 @@ def test_a_failing_task_is_retried_with_growing_delays_then_dead_lettered(broker
     body = task_body("doomed", action="fail")
     broker.publish(queue_name, body.encode(), declare=False, message_id="m-1", content_type="application/json",
                    headers={"tenant": "acme"})
-    wait_for(lambda: _dead_letter_count(broker, queue_name) == 1, 30, message="dead-lettered")
+    wait_queue(broker, queue_name + ".dead", 30, "dead-lettered", messages_ready=1)
     starts = wqd.records("start")
     assert [s["attempt"] for s in starts] == [1, 2, 3]
     first_gap, second_gap = starts[1]["t"] - starts[0]["t"], starts[2]["t"] - starts[1]["t"]
@@ -60,7 +66,7 @@ def test_a_failing_task_is_retried_with_growing_delays_then_dead_lettered(broker
 def test_reject_dead_letters_at_once(broker, queue_name, make_wqd):
     wqd = make_wqd([pool(queue_name, workers=1, max_retries=5)]).start()
     broker.publish(queue_name, task_body("bad", action="reject").encode(), declare=False)
-    wait_for(lambda: _dead_letter_count(broker, queue_name) == 1, 30, message="dead-lettered")
+    wait_queue(broker, queue_name + ".dead", 30, "dead-lettered", messages_ready=1)
     assert len(wqd.records("start")) == 1
     ((properties, _),) = _dead_letters(broker, queue_name)
     assert properties.headers["x-wqd-exception"] == "Reject"
@@ -72,7 +78,7 @@ def test_a_hung_task_is_killed_at_time_limit_and_dead_lettered(broker, queue_nam
                          retry_delay={"initial": 0.2, "max": 0.2})]).start()
     broker.publish(queue_name, task_body("hang", sleep=600).encode(), declare=False)
     broker.publish(queue_name, task_body("fine").encode(), declare=False)
-    wait_for(lambda: _dead_letter_count(broker, queue_name) == 1, 60, message="hung task dead-lettered")
+    wait_queue(broker, queue_name + ".dead", 60, "hung task dead-lettered", messages_ready=1)
     assert wqd.ended_ids() == ["fine"]
     assert [s["attempt"] for s in wqd.records("start") if s["id"] == "hang"] == [1, 2]
     assert wqd.metric("wqd_worker_restarts_total", pool="default", reason="time_limit") == 2
@@ -86,7 +92,7 @@ def test_a_task_that_kills_its_worker_ends_in_the_dead_letter_queue(broker, queu
     wqd = make_wqd([pool(queue_name, workers=2, max_retries=2,
                          retry_delay={"initial": 0.2, "max": 0.2})]).start()
     broker.publish(queue_name, task_body("poison", action="exit").encode(), declare=False)
-    wait_for(lambda: _dead_letter_count(broker, queue_name) == 1, 60, message="poison dead-lettered")
+    wait_queue(broker, queue_name + ".dead", 60, "poison dead-lettered", messages_ready=1)
     assert len(wqd.records("start")) == 3
     assert wqd.metric("wqd_worker_restarts_total", pool="default", reason="crashed") == 3
     assert wqd.metric("wqd_tasks_total", pool="default", outcome="failed") == 3
@@ -113,11 +119,13 @@ def test_broker_down_at_start_then_up(broker, queue_name, make_wqd):
 def test_wrong_credentials_are_reported_clearly_and_retried(broker, queue_name, make_wqd):
     url = broker.url.replace("guest:guest", "guest:Wr0ngPass")
     wqd = make_wqd([pool(queue_name, workers=1)], broker_url=url).start(wait_ready=False)
+    first = wait_for(lambda: wqd.all_worker_pids(), 30, message="a worker")
     wait_for(lambda: wqd.logs().count("refused the credentials") >= 3, 30, message="repeated clear error")
     logs = wqd.logs()
     assert "Wr0ngPass" not in logs and "Traceback" not in logs
     assert wqd.proc.poll() is None and wqd.http("/readyz")[0] == 503
-    assert len(wqd.all_worker_pids()) == 1, "the worker retries; it is not respawned"
+    assert wqd.all_worker_pids() == first, "the worker retries; it is not respawned"
+    assert restart_counts(wqd) == {"crashed": 0, "killed": 0, "time_limit": 0, "recycled": 0}
 
 
 def test_recycling_by_task_count(broker, queue_name, make_wqd):
@@ -144,12 +152,20 @@ def test_recycling_by_memory(broker, queue_name, make_wqd):
 
 
 def test_a_deleted_queue_is_redeclared_and_consumption_resumes(broker, queue_name, make_wqd):
+    """The broker cancels the consumer of a deleted queue: the worker's consumer
+    starts again (same process, the queue declared anew) and loses nothing
+    published afterwards."""
     wqd = make_wqd([pool(queue_name, workers=1)]).start()
+    (worker,) = wqd.worker_pids()
     broker.delete_queue(queue_name)
-    wait_for(lambda: (broker.queue_stats(queue_name) or {}).get("consumers") == 1, 30,
-             message="queue re-declared and consumed again")
-    broker.publish(queue_name, task_body("again").encode(), declare=False)
-    wait_for(lambda: wqd.ended_ids() == ["again"], 30, message="processed after re-declare")
+    wait_for(lambda: "the broker cancelled the consumer" in wqd.logs(), 30, message="the cancel seen and logged")
+    wait_queue(broker, queue_name, 30, "queue re-declared and consumed again", consumers=1)
+    assert wqd.worker_pids() == [worker], "the consumer restarted inside its worker"
+    assert restart_counts(wqd) == {"crashed": 0, "killed": 0, "time_limit": 0, "recycled": 0}
+    broker.publish_many(queue_name, [task_body(f"again-{n}") for n in range(5)], declare=False)
+    wait_for(lambda: len(wqd.ended_ids()) == 5, 30, message="processed after re-declare")
+    assert sorted(wqd.ended_ids()) == [f"again-{n}" for n in range(5)], "each ran exactly once"
+    wait_queue(broker, queue_name, 10, "all acked", messages_ready=0, messages_unacknowledged=0)
 
 
 def test_worker_sigterm_alone_is_graceful(broker, queue_name, make_wqd):
@@ -160,7 +176,7 @@ def test_worker_sigterm_alone_is_graceful(broker, queue_name, make_wqd):
     (worker,) = wqd.worker_pids()
     os.kill(worker, signal.SIGTERM)
     wait_for(lambda: wqd.ended_ids() == ["t"], 30, message="finished despite TERM")
-    wait_for(lambda: broker.queue_stats(queue_name)["messages_unacknowledged"] == 0, 10, message="acked")
+    wait_queue(broker, queue_name, 10, "acked", messages_unacknowledged=0)
     assert wqd.metric("wqd_messages_redelivered_total", pool="default") == 0
     wait_for(lambda: len(wqd.worker_pids(consuming_only=True)) == 1, 30, message="worker replaced")
     assert wqd.metric("wqd_worker_restarts_total", pool="default", reason="killed") == 1

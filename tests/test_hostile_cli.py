@@ -15,9 +15,9 @@ import time
 import pytest
 import yaml
 
-from broker import BrokerNode
-from daemon import WQD, pool, run_cli, wqd_env
-from waiting import wait_for
+from tests.support.broker import BrokerNode
+from tests.support.daemon import WQD, pool, run_cli, wqd_env
+from tests.support.waiting import wait_for
 from wqd import amqp
 
 EX_DATAERR, EX_UNAVAILABLE, EX_CONFIG = 65, 69, 78

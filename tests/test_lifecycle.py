@@ -4,10 +4,11 @@ import os
 import signal
 import socket
 import time
-from pathlib import Path
 
-from daemon import pool, task_body, wait_gone
-from waiting import wait_for
+from tests.support import procfs
+from tests.support.daemon import pool, task_body, wait_gone
+from tests.support.queues import wait_queue
+from tests.support.waiting import wait_for
 
 
 def _started_ids(wqd):
@@ -39,8 +40,7 @@ def test_second_sigterm_is_a_fast_stop_and_loses_nothing(broker, queue_name, mak
     wqd.signal(signal.SIGTERM)
     assert wqd.wait_exit(15) == 0
     assert time.monotonic() - started < 15
-    wait_for(lambda: broker.queue_stats(queue_name)["messages_ready"] == 1, 15,
-             message="the interrupted task is back in the queue")
+    wait_queue(broker, queue_name, 15, "the interrupted task is back in the queue", messages_ready=1)
 
 
 def test_graceful_timeout_kills_what_is_left(broker, queue_name, make_wqd):
@@ -50,8 +50,7 @@ def test_graceful_timeout_kills_what_is_left(broker, queue_name, make_wqd):
     wqd.signal(signal.SIGTERM)
     assert wqd.wait_exit(20) == 0
     assert "did not stop in time" in wqd.logs()
-    wait_for(lambda: broker.queue_stats(queue_name)["messages_ready"] == 1, 15,
-             message="the killed task is back in the queue")
+    wait_queue(broker, queue_name, 15, "the killed task is back in the queue", messages_ready=1)
 
 
 def test_sigkill_of_a_busy_worker_moves_its_task_and_restores_the_pool(broker, queue_name, make_wqd):
@@ -74,22 +73,23 @@ def test_master_sigkill_leaves_no_orphan_consuming(broker, queue_name, make_wqd)
     wqd = make_wqd([pool(queue_name, workers=2)]).start()
     broker.publish(queue_name, task_body("inflight", sleep=2).encode())
     wait_for(lambda: len(wqd.records("start")) == 1, 30, message="task started")
-    workers = wqd.all_worker_pids()
-    assert len(workers) == 2
+    workers, monitors = wqd.all_worker_pids(), wqd.queue_monitor_pids()
+    assert len(workers) == 2 and len(monitors) == 1, (workers, monitors)
     os.kill(wqd.proc.pid, signal.SIGKILL)
-    for pid in workers:
+    for pid in workers + monitors:
         wait_gone(pid, 15)
     assert wqd.ended_ids() == ["inflight"], "the in-flight task finished before its worker left"
-    wait_for(lambda: broker.queue_stats(queue_name)["consumers"] == 0, 10, message="no consumers left")
-    assert broker.queue_stats(queue_name)["messages_unacknowledged"] == 0
+    wait_queue(broker, queue_name, 10, "no consumers left", consumers=0)
+    assert broker.queue_stats(queue_name) == {"messages_ready": 0, "messages_unacknowledged": 0, "consumers": 0}, \
+        "the in-flight task was acked before its worker left; nothing else was queued"
 
 
 def test_process_titles(broker, queue_name, make_wqd):
     wqd = make_wqd([pool(queue_name, workers=1)]).start()
-    master_title = Path(f"/proc/{wqd.proc.pid}/cmdline").read_bytes().rstrip(b"\0")
+    master_title = procfs.cmdline(wqd.proc.pid).rstrip(b"\0")
     assert master_title == f"wqd: master -c {wqd.config_path}".encode()
     (worker,) = wqd.worker_pids()
-    assert Path(f"/proc/{worker}/cmdline").read_bytes().rstrip(b"\0") == b"wqd: worker default[1]"
+    assert procfs.cmdline(worker).rstrip(b"\0") == b"wqd: worker default[1]"
 
 
 def test_a_busy_metrics_port_is_a_config_error(broker, queue_name, make_wqd):

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon import http_get, pool, task_body, wait_gone
-from waiting import wait_for
+from tests.support.daemon import http_get, pool, task_body, wait_gone
+from tests.support.waiting import wait_for
 from wqd.http_endpoint import CLIENT_TIMEOUT, MAX_CLIENTS
 from wqd.reloading import MAX_ERROR_CHARS, RELOAD_TIMEOUT
 

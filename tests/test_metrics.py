@@ -18,8 +18,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from daemon import free_port, pool, task_body, wait_gone
-from waiting import wait_for
+from tests.support import procfs
+from tests.support.daemon import free_port, pool, task_body, wait_gone
+from tests.support.queues import wait_queue
+from tests.support.waiting import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 PROMTOOL = "/usr/bin/promtool"
@@ -65,7 +67,7 @@ def test_counters_are_exact_after_20_successful_tasks(broker, queue_name, make_w
         "every outcome is exposed at zero from the start"
     broker.publish_many(queue_name, [task_body(i) for i in range(20)])
     wait_for(lambda: tasks(wqd, "succeeded") == 20, 30, message=lambda: f"20 succeeded: {outcome_counts(wqd)}")
-    wait_for(lambda: broker.queue_stats(queue_name)["messages_unacknowledged"] == 0, 10, message="all acked")
+    wait_queue(broker, queue_name, 10, "all acked", messages_unacknowledged=0)
     assert outcome_counts(wqd) == {"succeeded": 20, "retried": 0, "dead_lettered": 0, "failed": 0}
     assert sorted(wqd.ended_ids()) == list(range(20)), "each task ran exactly once"
     assert wqd.metric("wqd_task_duration_seconds_count", pool="default") == 20
@@ -90,8 +92,7 @@ def test_a_failing_task_is_retried_then_dead_lettered_and_a_reject_at_once(broke
     # Every attempt that ran the handler is timed: two of "boom", one of "nope".
     assert wqd.metric("wqd_task_duration_seconds_count", pool="default") == 3
     assert wqd.metric("wqd_messages_redelivered_total", pool="default") == 0, "a retry is not a redelivery"
-    wait_for(lambda: (broker.queue_stats(f"{queue_name}.dead") or {}).get("messages_ready") == 2, 10,
-             message="both in the dead-letter queue")
+    wait_queue(broker, f"{queue_name}.dead", 10, "both in the dead-letter queue", messages_ready=2)
 
 
 def test_a_worker_killed_during_a_task_counts_failed_killed_and_a_redelivery(broker, queue_name, make_wqd):
@@ -146,13 +147,6 @@ def _settled_fd_kinds(pid: int) -> dict:
     return wait_for(settled, 5, interval=0.1, message="the master's fds settle")
 
 
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no VmRSS for {pid}")
-
-
 def test_50_worker_kills_leave_the_master_bounded_and_counters_monotonic(broker, queue_name, make_wqd):
     kills = 50
     # Each slot dies at most three times (early, late, early; see below), so
@@ -165,7 +159,7 @@ def test_50_worker_kills_leave_the_master_bounded_and_counters_monotonic(broker,
     assert not [v for v in environ if v.lower().startswith(b"prometheus_multiproc_dir=")], \
         "no prometheus_client multiprocess directory"
     wqd.metrics()  # let the first scrape's one-time allocations happen before measuring
-    fds_before, rss_before = _settled_fd_kinds(master), _rss_kib(master)
+    fds_before, rss_before = _settled_fd_kinds(master), procfs.rss_kib(master)
     files_before = sorted(path.name for path in wqd.workdir.iterdir())
 
     # Kill idle, consuming workers without ever making the master back a slot
@@ -211,7 +205,7 @@ def test_50_worker_kills_leave_the_master_bounded_and_counters_monotonic(broker,
     fds_after = wait_for(lambda: _fd_kinds(master) == fds_before and _fd_kinds(master), 5,
                          message=lambda: f"the master's open fds, {fds_before} before 50 worker deaths, "
                                          f"are the same after: {_fd_kinds(master)}")
-    rss_after = _rss_kib(master)
+    rss_after = procfs.rss_kib(master)
     assert not [kind for kind in fds_after if kind.startswith("/") and not kind.startswith("/dev/")
                 and not kind.endswith(".log")], f"the master holds no files but its logs: {fds_after}"
     assert rss_after - rss_before < 1024, f"the master's RSS grew from {rss_before} to {rss_after} KiB"
@@ -467,16 +461,7 @@ def test_queue_depth_as_seen_by_the_master(broker, queue_name, make_wqd):
 
 def _monitor_pids(master: int) -> list:
     """Live queue monitor processes whose parent is ``master``."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        try:
-            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            title = (entry / "cmdline").read_bytes()
-        except (OSError, IndexError):
-            continue
-        if title.startswith(b"wqd: queue monitor") and int(stat[1]) == master and stat[0] != "Z":
-            pids.append(int(entry.name))
-    return pids
+    return procfs.children(master, b"wqd: queue monitor")
 
 
 def test_the_queue_monitor_never_blocks_the_master_even_on_a_frozen_broker(broker, queue_name, tmp_path):

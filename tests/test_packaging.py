@@ -9,6 +9,7 @@ wheels only (--no-index), and the installed `wqd` must work.
 
 import http.server
 import json
+import os
 import re
 import shlex
 import shutil
@@ -19,8 +20,9 @@ import threading
 from pathlib import Path
 
 import pytest
+import yaml
 
-from daemon import free_port
+from tests.support.daemon import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "Dockerfile"
@@ -121,7 +123,8 @@ def test_dockerfile_is_multi_stage_slim_non_root_and_complete():
     assert names[-1] == "CMD" and final[-1][1] == '["wqd", "run", "-c", "/etc/wqd/wqd.yaml"]'
     assert ("COPY", "etc/docker/wqd.yaml /etc/wqd/wqd.yaml") in final
     healthcheck = next(arguments for name, arguments in final if name == "HEALTHCHECK")
-    assert "urllib" in healthcheck and "http://127.0.0.1:9808/healthz" in healthcheck
+    assert healthcheck.endswith('CMD ["python", "/usr/local/lib/wqd/healthcheck.py"]'), healthcheck
+    assert ("COPY", "etc/docker/healthcheck.py /usr/local/lib/wqd/healthcheck.py") in final
     assert "EXPOSE" in names and ("EXPOSE", "9808") in final
     runs = " ".join(arguments for name, arguments in final if name == "RUN")
     assert not re.search(r"apt-get|gcc|build-essential", runs), "no build tools in the image"
@@ -129,12 +132,19 @@ def test_dockerfile_is_multi_stage_slim_non_root_and_complete():
         "wheels are bind-mounted, not copied into a layer"
 
 
-def test_healthcheck_command_reports_the_healthz_answer():
+def test_healthcheck_command_reports_the_healthz_answer_where_the_config_listens(tmp_path):
     command = next(arguments for name, arguments in _final_stage() if name == "HEALTHCHECK")
     argv = json.loads(command[command.index("CMD") + 3:])  # the exec (JSON) form
-    assert argv[:2] == ["python", "-c"], argv
+    assert argv == ["python", "/usr/local/lib/wqd/healthcheck.py"], argv
+    script = REPO / "etc" / "docker" / "healthcheck.py"
     port = free_port()
-    code = argv[2].replace("127.0.0.1:9808", f"127.0.0.1:{port}")
+    config = yaml.safe_load((REPO / "etc" / "docker" / "wqd.yaml").read_text())
+
+    def check(listen: str) -> int:
+        config["metrics"]["listen"] = listen
+        (tmp_path / "wqd.yaml").write_text(yaml.safe_dump(config))
+        env = {**os.environ, "WQD_CONFIG": str(tmp_path / "wqd.yaml")}
+        return subprocess.run([sys.executable, str(script)], env=env, capture_output=True, timeout=30).returncode
 
     class Healthz(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
@@ -148,12 +158,13 @@ def test_healthcheck_command_reports_the_healthz_answer():
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        assert subprocess.run([sys.executable, "-c", code], timeout=30).returncode == 0
+        assert check(f"127.0.0.1:{port}") == 0
+        assert check(f"0.0.0.0:{port}") == 0, "a wildcard address is asked on loopback"
+        assert check(f"127.0.0.1:{free_port()}") != 0, "another port than the config's is not asked"
     finally:
         server.shutdown()
         server.server_close()
-    down = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30)
-    assert down.returncode != 0, "unhealthy when nothing answers"
+    assert check(f"127.0.0.1:{port}") != 0, "unhealthy when nothing answers"
 
 
 def test_the_image_install_steps_give_a_working_wqd(wheels, installed):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from daemon import pool
+from tests.support.daemon import Wqd, pool
 
 REPO = Path(__file__).resolve().parent.parent
 ALERTS = REPO / "etc/prometheus/alerts.yml"
@@ -100,8 +100,6 @@ def test_example_prometheus_config_passes_promtool_check_config(tmp_path):
 @pytest.fixture(scope="module")
 def exposed(tmp_path_factory, broker):
     """Every metric family and sample name a live wqd exposes."""
-    from daemon import Wqd
-
     broker.ensure_running()
     wqd = Wqd(tmp_path_factory.mktemp("wqd"), broker.url, [pool("wqdtest.promtool.names", workers=1)])
     try:

@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from daemon import pool, run_cli, wqd_env
-from waiting import wait_for
+from tests.support.daemon import pool, run_cli, wqd_env
+from tests.support.waiting import wait_for
 from wqd import errors
 from wqd.config import BrokerConfig
 from wqd.publisher import publish_lines

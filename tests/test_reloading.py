@@ -4,7 +4,7 @@ loop around it, are tested end to end in test_master_hostile.py)."""
 
 import os
 
-from waiting import wait_for
+from tests.support.waiting import wait_for
 from wqd import config as config_module
 from wqd.reloading import MAX_ERROR_CHARS, RELOAD_MEMORY_BYTES, Reload, bounded
 

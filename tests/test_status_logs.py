@@ -7,8 +7,9 @@ import re
 import signal
 import uuid
 
-from daemon import pool, run_cli, task_body, wqd_env
-from waiting import wait_for
+from tests.support.daemon import pool, run_cli, task_body, wqd_env
+from tests.support.queues import wait_queue
+from tests.support.waiting import wait_for
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -56,7 +57,7 @@ def test_status_text_and_json_show_queues_workers_and_a_growing_task_age(broker,
     broker.publish_many(queue_name, [task_body("long1", sleep=60), task_body("long2", sleep=60)]
                         + [task_body(i) for i in range(3)])
     wait_for(lambda: {e["id"] for e in wqd.records("start")} >= {"long1", "long2"}, 30, message="both busy")
-    wait_for(lambda: broker.queue_stats(queue_name)["messages_ready"] == 3, 10, message="3 waiting")
+    wait_queue(broker, queue_name, 10, "3 waiting", messages_ready=3)
 
     first = json.loads(status(wqd, tmp_path, "--json"))
     (p,) = first["pools"]

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from daemon import WQD, pool, task_body
-from waiting import wait_for
+from tests.support import procfs
+from tests.support.daemon import WQD, pool, task_body
+from tests.support.queues import wait_queue
+from tests.support.waiting import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 PROGRAM_CONF = REPO / "etc" / "supervisor" / "wqd.conf"
@@ -97,17 +99,7 @@ class Supervisord:
 
 def _process_group(pgid: int) -> list:
     """Live (not zombie) processes of a process group."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(entry.name))
-    return members
+    return procfs.group_members(pgid)
 
 
 @pytest.fixture
@@ -124,15 +116,13 @@ def test_start_consumes_and_stop_lets_the_task_finish_and_ack(broker, queue_name
     started = supervisord.ctl("start", "wqd")
     assert started.returncode == 0 and "wqd: started" in started.stdout, (started, supervisord.logs())
     supervisord.master_pid = int(supervisord.ctl("pid", "wqd").stdout)
-    wait_for(lambda: broker.queue_stats(queue_name)["consumers"] == 2, 30,
-             message=lambda: f"2 consumers on {queue_name}:\n{supervisord.logs()}")
+    wait_queue(broker, queue_name, 30, lambda: f"2 consumers:\n{supervisord.logs()}", consumers=2)
 
     # A reload reaches the master alone (supervisorctl signal is not a group signal).
     wqd.config["pools"][0]["workers"] = 3
     wqd.write_config()
     assert supervisord.ctl("signal", "HUP", "wqd").returncode == 0
-    wait_for(lambda: broker.queue_stats(queue_name)["consumers"] == 3, 30,
-             message=lambda: f"3 consumers after HUP:\n{supervisord.logs()}")
+    wait_queue(broker, queue_name, 30, lambda: f"3 consumers after HUP:\n{supervisord.logs()}", consumers=3)
 
     broker.publish(queue_name, task_body("long", sleep=3).encode())
     wait_for(lambda: wqd.records("start"), 30, message="task started")

@@ -16,8 +16,9 @@ import time
 import uuid
 from pathlib import Path
 
-from daemon import WQD, pool, task_body
-from waiting import wait_for
+from tests.support.daemon import WQD, pool, task_body
+from tests.support.queues import queue_counts, wait_queue
+from tests.support.waiting import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "systemd" / "wqd.service"
@@ -97,7 +98,7 @@ def test_ready_only_once_the_broker_has_consumers_and_watchdog_at_half_interval(
     channel.queue_declare(queue_name, durable=True)
     channel.basic_consume(queue_name, lambda *args: None, exclusive=True)
     notify = NotifySocket(str(tmp_path / "notify.sock"),
-                          on_ready=lambda: broker.queue_stats(queue_name)["consumers"])
+                          on_ready=lambda: queue_counts(broker, queue_name)["consumers"])
     try:
         wqd = make_wqd([pool(queue_name, workers=2)], extra_env=_notify_env(notify.address))
         wqd.start(wait_ready=False)
@@ -156,7 +157,7 @@ def test_reload_and_stop_over_an_abstract_socket(broker, queue_name, make_wqd):
         wqd.signal(signal.SIGHUP)
         notify.wait("READY", after=notify.wait("RELOADING", after=failed_at))
         assert any("Reload failed" in fields.get("STATUS", "") for t, fields in notify.messages if t > failed_at)
-        wait_for(lambda: broker.queue_stats(queue_name)["consumers"] == 2, 30, message="still 2 consumers")
+        wait_queue(broker, queue_name, 30, "still 2 consumers", consumers=2)
 
         stop_at = time.monotonic()
         wqd.signal(signal.SIGTERM)
@@ -217,7 +218,7 @@ def test_unit_exposure_is_2_or_less_and_keeps_what_wqd_needs():
     assert float(match.group(1)) <= MAX_EXPOSURE, result.stdout
     settings = _unit_settings()
     assert settings["Type"] == ["notify"] and settings["NotifyAccess"] == ["main"]
-    assert settings["KillMode"] == ["mixed"] and settings["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    assert settings["KillMode"] == ["mixed"] and settings["ExecReload"] == ["/bin/sh -c 'kill -HUP $$MAINPID'"]
     assert settings["Restart"] == ["on-failure"] and settings["RestartPreventExitStatus"] == ["78"]
     assert float(settings["TimeoutStopSec"][0]) > 30, "above the default shutdown.graceful_timeout"
     assert set(settings["RestrictAddressFamilies"][0].split()) == {"AF_INET", "AF_INET6", "AF_UNIX"}

@@ -18,9 +18,9 @@ from pathlib import Path
 import pika
 import pytest
 
-from broker import MISSING_RABBITMQ_MESSAGE, BrokerNode, free_port, port_open, rabbitmq_available
-from daemon import Wqd, pool, run_cli, task_body, wqd_env
-from waiting import wait_for
+from tests.support.broker import MISSING_RABBITMQ_MESSAGE, BrokerNode, free_port, port_open, rabbitmq_available
+from tests.support.daemon import Wqd, pool, run_cli, task_body, wqd_env
+from tests.support.waiting import wait_for
 from wqd import amqp
 from wqd.config import BrokerConfig, TLSConfig
 

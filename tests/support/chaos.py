@@ -20,8 +20,9 @@ from dataclasses import dataclass
 
 import pika
 
-from daemon import pool
-from waiting import wait_for
+from tests.support.daemon import pool
+from tests.support.queues import wait_queue
+from tests.support.waiting import wait_for
 
 BROKER_SLACK = 1.0  # seconds; see _explain_duplicates
 
@@ -51,8 +52,7 @@ def preload(broker, queue: str, count: int, task_seconds: float) -> None:
     for task_id in range(count):
         channel.basic_publish("", queue, json.dumps({"id": task_id, "sleep": task_seconds}), properties)
     connection.close()
-    wait_for(lambda: broker.queue_stats(queue)["messages_ready"] == count, 120, interval=0.5,
-             message=f"{count} messages queued")
+    wait_queue(broker, queue, 120, f"{count} messages queued", messages_ready=count)
 
 
 def run_chaos(broker, queue, make_wqd, tasks, worker_kills, broker_restarts, broker_pauses=0,

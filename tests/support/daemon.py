@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -13,16 +12,12 @@ from pathlib import Path
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from waiting import wait_for
+from tests.support import procfs
+from tests.support.broker import free_port
+from tests.support.waiting import wait_for
 
-TESTS_DIR = Path(__file__).resolve().parent
+TESTS_DIR = Path(__file__).resolve().parent.parent  # on the workers' PYTHONPATH: handlers.py
 WQD = str(Path(sys.executable).with_name("wqd"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def http_get(port: int, path: str):
@@ -55,10 +50,13 @@ def run_cli(*args, env=None, input=None, timeout=60) -> subprocess.CompletedProc
 
 
 class Wqd:
-    """One `wqd run` process with its config, record file and logs in ``workdir``."""
+    """One `wqd run` process with its config, record file and logs in ``workdir``
+    (the tests' runner, and bench/run.py's with another ``executable``)."""
 
     def __init__(self, workdir: Path, broker_url: str, pools: list, graceful_timeout: float = 30,
-                 heartbeat: int = 60, metrics: bool = True, extra_env=None, logging_level: str = "info"):
+                 heartbeat: int = 60, metrics: bool = True, extra_env=None, logging_level: str = "info",
+                 executable: str = WQD):
+        self.executable = executable
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.record = workdir / "record.jsonl"
@@ -85,7 +83,7 @@ class Wqd:
 
     def start(self, wait_ready: bool = True, timeout: float = 60) -> "Wqd":
         self.proc = subprocess.Popen(
-            [WQD, "run", "-c", str(self.config_path)], env=self.env, cwd=self.workdir,
+            [self.executable, "run", "-c", str(self.config_path)], env=self.env, cwd=self.workdir,
             stdout=open(self.stdout_path, "ab"), stderr=open(self.stderr_path, "ab"),
             start_new_session=True)
         if wait_ready:
@@ -154,19 +152,13 @@ class Wqd:
                 if not w["stopping"] and (w["state"] == "consuming" or not consuming_only)]
 
     def all_worker_pids(self) -> list:
-        """Children of the master, from /proc (works when the master is gone too)."""
-        pids = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                    cmdline = (entry / "cmdline").read_bytes()
-                except OSError:
-                    continue
-                # Workers stay in the master's process group (the master leads it).
-                if int(fields[2]) == self.proc.pid and cmdline.startswith(b"wqd: worker"):
-                    pids.append(int(entry.name))
-        return pids
+        """Workers of the master, from /proc (works when the master is gone too):
+        they stay in the master's process group (the master leads it)."""
+        return procfs.group_members(self.proc.pid, b"wqd: worker")
+
+    def queue_monitor_pids(self) -> list:
+        """The master's queue monitor process, from /proc (like all_worker_pids)."""
+        return procfs.group_members(self.proc.pid, b"wqd: queue monitor")
 
     def metrics(self) -> dict:
         """{(name, frozenset(labels.items())): value} of every sample."""
@@ -197,15 +189,6 @@ def task_body(task_id, sleep: float = 0, action: str = None) -> str:
 
 
 def wait_gone(pid: int, timeout: float = 30) -> None:
-    def gone():
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        # A zombie counts as gone: it no longer runs code.
-        try:
-            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-        except OSError:
-            return True
-    wait_for(gone, timeout, message=f"process {pid} still alive")
+    """Wait until ``pid`` no longer runs code (a zombie counts as gone)."""
+    wait_for(lambda: procfs.gone(pid), timeout, message=f"process {pid} still alive")
 

@@ -1,6 +1,6 @@
 """A throwaway three-node RabbitMQ cluster on loopback, for wqd's cluster test.
 
-A ``Cluster`` is three ``BrokerNode``s (tests/broker.py): each with its own
+A ``Cluster`` is three ``BrokerNode``s (tests/support/broker.py): each with its own
 name (``wqdtest-<pid>-<n>@localhost``), AMQP and distribution ports, data
 directory and logs under ``<base>/node<i>``, and one Erlang cookie shared by
 all three (written into each node's HOME before its first start, so the nodes
@@ -13,7 +13,7 @@ that is killed keeps its data and its membership: ``start_node()`` brings it
 back into the cluster, and quorum queue members on it catch up from the log.
 
 Timings measured on the dev machine (Debian 12, 2 cores, Erlang 25.2.3,
-RabbitMQ 3.10.8; ``python tests/cluster.py measure DIR`` and about 20 runs of
+RabbitMQ 3.10.8; ``python -m tests.support.cluster measure DIR`` and about 20 runs of
 tests/test_cluster.py; the three VMs share the two cores, and the spread is
 mostly the load that other processes put on the machine):
     start (3 nodes booted in parallel, 2 joins, until healthy):  11-19 s
@@ -29,8 +29,8 @@ rabbitmqctl calls against a cluster cost 0.3-0.5 s each: poll at 0.5 s.
 
 Command line, for trying wqd against a cluster by hand::
 
-    python tests/cluster.py serve DIR     # prints the three URLs, runs until TERM/INT
-    python tests/cluster.py measure DIR   # prints the timings above
+    python -m tests.support.cluster serve DIR     # prints the three URLs, runs until TERM/INT
+    python -m tests.support.cluster measure DIR   # prints the timings above
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ import threading
 import time
 from pathlib import Path
 
-from broker import BrokerError, BrokerNode
+from tests.support.broker import BrokerError, BrokerNode
+from tests.support.waiting import wait_for
 
 # How often to ask rabbitmqctl while waiting (each call takes 0.3-0.5 s).
 POLL_INTERVAL = 0.5
@@ -281,27 +282,15 @@ def _in_parallel(calls) -> None:
 
 
 def _wait(predicate, timeout: float, message, value: bool = False):
-    """Poll ``predicate`` (errors count as "not yet": a node may be restarting)
-    every POLL_INTERVAL until truthy. Return its value if ``value``, else the
-    seconds waited; raise BrokerError with ``message()`` after ``timeout``."""
+    """wait_for() at POLL_INTERVAL; return the predicate's value if ``value``,
+    else the seconds waited."""
     began = time.monotonic()
-    deadline = began + timeout
-    last: object = None
-    while True:
-        try:
-            result = predicate()
-            if result:
-                return result if value else time.monotonic() - began
-            last = result
-        except (BrokerError, ValueError, KeyError) as exc:
-            last = exc
-        if time.monotonic() > deadline:
-            raise BrokerError(f"{message()} (after {timeout:g} s; last: {last!r})")
-        time.sleep(POLL_INTERVAL)
+    result = wait_for(predicate, timeout, interval=POLL_INTERVAL, message=message)
+    return result if value else time.monotonic() - began
 
 
 # --------------------------------------------------------------------------
-# command line: python tests/cluster.py serve|measure DIR
+# command line: python -m tests.support.cluster serve|measure DIR
 
 
 def _serve(base_dir: Path) -> int:
@@ -316,13 +305,13 @@ def _serve(base_dir: Path) -> int:
     try:
         cluster.start()
         print(",".join(cluster.urls), flush=True)
-        print(f"tests/cluster.py: {cluster.describe()} (started in {cluster.start_seconds:.1f} s; "
+        print(f"tests.support.cluster: {cluster.describe()} (started in {cluster.start_seconds:.1f} s; "
               f"HOME={cluster.nodes[0].home} rabbitmqctl -n {cluster.nodes[0].nodename} ...); "
               "stop with TERM or INT", file=sys.stderr, flush=True)
         while True:
             signal.pause()
     except BrokerError as exc:
-        print(f"tests/cluster.py: {exc}", file=sys.stderr)
+        print(f"tests.support.cluster: {exc}", file=sys.stderr)
         return 1
     except SystemExit:
         return 0
@@ -375,7 +364,7 @@ def _measure(base_dir: Path, runs: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python tests/cluster.py", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tests.support.cluster", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("serve", help="run a throwaway cluster until TERM/INT; print its URLs")
     p.add_argument("dir", type=Path)

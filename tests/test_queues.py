@@ -3,7 +3,7 @@ max_retries bound: pure logic, and `wqd check`'s answer."""
 
 import pytest
 
-from daemon import run_cli
+from tests.support.daemon import run_cli
 from wqd import config, queues
 
 QUORUM = """\

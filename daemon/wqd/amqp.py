@@ -35,6 +35,13 @@ _SSL_REASON_HINTS = {
 }
 
 
+# What to change when the broker timed a delivery out (README: Delivery guarantees).
+CONSUMER_TIMEOUT_ADVICE = (
+    "give the pool a time_limit (on RabbitMQ 3.11.15+ wqd then creates its queue with a consumer timeout "
+    "that covers it; for an existing queue set a consumer-timeout policy), or raise consumer_timeout in "
+    "the broker's rabbitmq.conf")
+
+
 class TLSFileError(OSError):
     """A file named in broker.tls cannot be loaded (missing, unreadable, not PEM,
     key not matching the certificate). An OSError, so every caller that copes
@@ -160,8 +167,8 @@ def describe_error(exc: BaseException, url: str) -> str:
                 f"(a memory or disk alarm: see `rabbitmq-diagnostics alarms`)")
     if isinstance(exc, pika.exceptions.ChannelClosedByBroker):
         if "delivery acknowledgement" in exc.reply_text:
-            return (f"the broker at {where} closed the channel because a task outlived its delivery-ack "
-                    f"timeout (consumer_timeout): {exc.reply_text}; set the pool's time_limit below it")
+            return (f"the broker at {where} closed the channel because a delivery outlived its "
+                    f"consumer_timeout: {exc.reply_text}; {CONSUMER_TIMEOUT_ADVICE}")
         return f"the broker at {where} closed the channel: {exc.reply_code} {exc.reply_text}"
     if isinstance(exc, pika.exceptions.ConsumerCancelled):
         return f"{exc.args[0] if exc.args else 'the broker cancelled the consumer'} at {where}"

@@ -56,3 +56,37 @@ def stop_own_worker(message: wqd.Message) -> None:
     _record("start", message, id=message.text)
     os.kill(os.getpid(), signal.SIGTERM)
     _record("end", message, id=message.text)
+
+
+# -- hostile handlers and messages (tests/test_hostile_messages.py) --
+
+
+async def _coroutine_body(message: wqd.Message) -> None:
+    _record("end", message, id="coroutine body ran")
+
+
+def returns_coroutine(message: wqd.Message):
+    """A plain function that hands back an un-awaited coroutine (its body never runs)."""
+    return _coroutine_body(message)
+
+
+def returns_generator(message: wqd.Message):
+    """A plain function that hands back an un-iterated generator."""
+    def body():
+        _record("end", message, id="generator body ran")
+        yield
+    return body()
+
+
+def kill_on_boom(message: wqd.Message) -> None:
+    """SIGKILLs its own worker for the body "boom" while $WQD_TEST_FLAG exists;
+    otherwise records the run (a JSON body's id, else the text)."""
+    _record("start", message, id=message.text)
+    if message.body == b"boom" and os.path.exists(os.environ["WQD_TEST_FLAG"]):
+        os.kill(os.getpid(), 9)
+    _record("end", message, id=message.text)
+
+
+def fail_always(message: wqd.Message) -> None:
+    _record("start", message, id=message.message_id)
+    raise RuntimeError("failed on purpose")

@@ -1,9 +1,9 @@
 """Lost-attempt accounting without processes: the master's ledger (an LRU with a
 cap), its held answers, the worker's counts and the header arithmetic."""
 
-import contextlib
 import os
 
+import pika
 import pytest
 
 from wqd import lost_attempts
@@ -133,10 +133,17 @@ class FakeMaster:
         os.close(self._command_write)  # ends the worker's reading thread
 
 
-@contextlib.contextmanager
-def _recording(entered: list):
-    entered.append(True)
-    yield
+class _recording:
+    """The keeper as a reusable context manager that records each entry."""
+
+    def __init__(self, entered: list):
+        self.entered = entered
+
+    def __enter__(self):
+        self.entered.append(True)
+
+    def __exit__(self, *exc_info):
+        return False
 
 
 def _worker_counts(master, known=None, entered=None):
@@ -145,56 +152,79 @@ def _worker_counts(master, known=None, entered=None):
 
 def test_a_first_delivery_is_attempt_one_and_asks_nothing():
     master = FakeMaster(count=7)
-    counts = _worker_counts(master)
-    assert counts.attempt({}, "m-1", redelivered=False) == (1, 0, 0)
+    counts = _worker_counts(master, known={"m-1": 2})
+    # Not redelivered: a new lineage, whatever the ledger says of its key.
+    assert counts.attempt({}, "m-1", redelivered=False, max_attempts=4, delivery_count=False) == (1, 0)
+    assert counts.attempt({ATTEMPT_HEADER: 3}, "m-1", False, 4, False) == (3, 0)
     assert master.queries == []
     master.close()
 
 
-def test_attempts_lost_with_a_worker_add_to_the_attempt_number():
-    master = FakeMaster(count=7)
-    counts = _worker_counts(master, known={"m-1": 2})
-    assert counts.attempt({}, "m-1", redelivered=False) == (3, 2, 2)
-    # A retried copy already counts in its attempt number the two deaths it carries in LOST_HEADER.
-    retried = {ATTEMPT_HEADER: 4, LOST_HEADER: 2}
-    assert counts.attempt(retried, "m-1", redelivered=False) == (4, 0, 2)
+def test_a_redelivery_asks_the_master_while_the_connection_is_served():
+    master, entered = FakeMaster(count=2), []
+    counts = _worker_counts(master, known={"m-1": 1}, entered=entered)
+    assert counts.attempt({ATTEMPT_HEADER: 2}, "m-1", redelivered=True, max_attempts=9, delivery_count=False) == (4, 2)
+    assert master.queries == ["m-1"] and entered == [True]
     master.close()
 
 
-def test_a_redelivery_asks_the_master_while_the_connection_is_served():
-    master, entered = FakeMaster(count=3), []
-    counts = _worker_counts(master, known={"m-1": 1}, entered=entered)
-    assert counts.attempt({ATTEMPT_HEADER: 2, LOST_HEADER: 1}, "m-1", redelivered=True) == (4, 2, 3)
-    assert master.queries == ["m-1"] and entered == [True]
-    assert counts.attempt({}, "m-1", redelivered=False) == (4, 3, 3), "the answer is kept"
+def test_lost_attempts_past_the_last_give_max_attempts_plus_one():
+    master = FakeMaster(count=5)
+    counts = _worker_counts(master)
+    assert counts.attempt({ATTEMPT_HEADER: 3}, "m-1", True, 4, False) == (5, 5)
     master.close()
 
 
 def test_without_a_master_a_redelivery_uses_what_the_worker_knows():
     master = FakeMaster(count=3, answers=False)
     counts = _worker_counts(master, known={"m-1": 1})
-    assert counts.attempt({}, "m-1", redelivered=True) == (2, 1, 1)
+    assert counts.attempt({}, "m-1", True, 4, False) == (2, 1)
     master.close()
 
 
-def test_quorum_queues_count_lost_attempts_themselves():
+def test_a_count_of_zero_from_the_master_clears_the_key():
+    master = FakeMaster(count=0)
+    counts = _worker_counts(master, known={"m-1": 3})
+    assert counts.attempt({}, "m-1", True, 9, False) == (1, 0)
+    master.answers = False  # the master's clear was kept: no stale 3 to fall back on
+    assert counts.attempt({}, "m-1", True, 9, False) == (1, 0)
+    master.close()
+
+
+def test_quorum_queues_count_lost_attempts_themselves_on_redeliveries_only():
     master = FakeMaster(count=9)
     counts = _worker_counts(master)
     headers = {"x-delivery-count": 2, ATTEMPT_HEADER: 3, LOST_HEADER: 5}
-    assert counts.attempt(headers, "m-1", redelivered=True) == (5, 2, 2)
+    assert counts.attempt(headers, "m-1", True, 9, True) == (5, 2)
+    # A publisher's (or an old lineage's) x-delivery-count on a first delivery means nothing.
+    assert counts.attempt(headers, "m-1", False, 9, True) == (3, 0)
     assert master.queries == []
     master.close()
 
 
-def test_a_retried_copy_records_its_next_attempt_and_the_deaths_it_counted():
-    headers = {"tenant": "acme", ATTEMPT_HEADER: 2}
-    assert lost_attempts.retry_headers(headers, 2, 1) == {"tenant": "acme", ATTEMPT_HEADER: 3, LOST_HEADER: 1}
-    assert headers == {"tenant": "acme", ATTEMPT_HEADER: 2}, "the original headers are left alone"
-    assert lost_attempts.retry_headers(None, 1, 0) == {ATTEMPT_HEADER: 2, LOST_HEADER: 0}
+def test_the_ledger_clears_a_settled_lineage_and_tells_every_worker(workers):
+    ledger, first, second = MasterLedger(), workers(), workers()
+    ledger.count_lost("m-1", [])
+    ledger.clear("m-1", [first, second])
+    assert ledger.counts() == {}
+    assert first.received() == second.received() == [("m-1", 0)]
+    ledger.clear("m-1", [first])  # nothing counted: nothing to tell
+    assert first.received() == []
+
+
+def test_a_retried_copy_records_its_next_attempt_and_leaves_its_lineage_counts():
+    headers = {"tenant": "acme", ATTEMPT_HEADER: 2, LOST_HEADER: 1, "x-delivery-count": 4}
+    assert lost_attempts.retry_headers(headers, 2) == {"tenant": "acme", ATTEMPT_HEADER: 3}
+    assert headers["x-delivery-count"] == 4, "the original headers are left alone"
+    assert lost_attempts.retry_headers(None, 1) == {ATTEMPT_HEADER: 2}
 
 
 def test_the_wire_format_and_the_key_of_a_message_without_id():
     line = lost_attempts.encode_count("m-\u00e9", 4)
     assert line.endswith(b"\n") and lost_attempts.decode_count(line) == ("m-\u00e9", 4)
-    key = lost_attempts.message_key(b"body")
-    assert key.startswith("sha1:") and key == lost_attempts.message_key(b"body") != lost_attempts.message_key(b"x")
+    def key(body, message_id=None):
+        return lost_attempts.message_key(pika.BasicProperties(message_id=message_id), body)
+
+    assert key(b"body").startswith("sha1:") and key(b"body") == key(b"body") != key(b"x")
+    assert key(b"body", "m-1") == "m-1"
+    assert key(b"body", b"\xff\xfe") == key(b"body"), "an id pika could not decode is not a key"

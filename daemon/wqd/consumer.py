@@ -11,6 +11,7 @@ failed, the broker having requeued it) on the connection it came from.
 """
 
 import collections
+import inspect
 import logging
 import os
 import threading
@@ -19,7 +20,7 @@ import time
 import pika
 import pika.exceptions
 
-from wqd import amqp, backoff, lost_attempts, reporting
+from wqd import amqp, backoff, header_decoding, lost_attempts, reporting
 from wqd.connection_keeper import ConnectionKeeper
 from wqd.errors import ConfigError
 from wqd.message import Message
@@ -39,6 +40,7 @@ class QueueMismatch(ConfigError):
 class Consumer:
     def __init__(self, context, reporter: reporting.Reporter):
         """``context``: the worker's WorkerContext (worker.py)."""
+        header_decoding.install()  # a header pika cannot decode must not cost the connection
         self.pool = context.pool
         self.broker = context.broker
         self.handler = context.handler
@@ -183,7 +185,9 @@ class Consumer:
         with self.keeper:  # the connection is the keeper's while the handler runs
             started = time.perf_counter()
             try:
-                self.handler(task.message)
+                result = self.handler(task.message)
+                if result is not None:  # the one check a plain handler's None costs
+                    task.error = handler_result_error(result)
             except BaseException as exc:  # a handler's failure, whatever it raised, is the task's
                 task.error = exc
             task.duration = time.perf_counter() - started
@@ -191,24 +195,24 @@ class Consumer:
 
     def _task(self, method, properties, body):
         """The Task for a delivery; None when it is not to run (returned, or lost too often)."""
-        key = properties.message_id or lost_attempts.message_key(body)
-        attempt, lost, lost_total = self.lost_counts.attempt(properties.headers or {}, key, method.redelivered)
+        key = lost_attempts.message_key(properties, body)
+        max_attempts = self.pool.max_retries + 1
+        attempt, lost = self.lost_counts.attempt(properties.headers, key, method.redelivered, max_attempts,
+                                                 delivery_count=self.pool.queue_type == "quorum")
         message = Message(body, properties, method.redelivered, attempt,
                           self.pool.queue, self.pool.name, self.worker_name)
-        task = Task(method.delivery_tag, message, key, lost_total)
+        task = Task(method.delivery_tag, message, key, lost)
         if method.redelivered:
             self.record.redelivered()
         if self._stop_reason is not None:
             self.router.return_unstarted(method.delivery_tag, properties, body)
             return None
-        if attempt > self.pool.max_retries + 1:
-            # It killed its worker on every attempt so far: give up without
-            # running it again, so a poison message cannot take the pool down.
-            task.error = lost_attempts.WorkerLost(
-                f"the worker running this task died on each of its last {lost} attempts")
-            log.warning("Task %s was lost with its worker %d times; dead-lettering it.",
-                        message.message_id or key, lost)
-            message.attempt -= 1  # the last attempt that ran
+        if attempt > max_attempts:
+            # It was lost on every attempt so far: give up without running it
+            # again, so a poison message cannot take the pool down.
+            task.error = lost_attempts.WorkerLost(_lost_reason(self.pool.queue_type, lost))
+            log.warning("Task %s given up without running it again: %s.", message.message_id or key, task.error)
+            message.attempt = max_attempts  # the last attempt that ran
             self._settle(task)
             return None
         return task
@@ -227,6 +231,8 @@ class Consumer:
             raise
         if outcome is None:  # held until the republish is tried again
             return
+        if task.lost:  # rare: its lineage lost attempts, and ends here
+            self.reporter.send(lost_attempts.CLEAR, key=task.key)
         self.record.task_finished(outcome, task.duration)
         self._tasks_done += 1
         self._check_recycle()
@@ -243,6 +249,35 @@ class Consumer:
         if self._stop_reason is None:
             self.reporter.send(reporting.RECYCLING, reason=reason)
             self.request_stop(f"recycling: {reason}")
+
+
+class HandlerResultNotRun(Exception):
+    """The handler returned a coroutine, generator or other awaitable: its body
+    never ran, so the task must not count as done."""
+
+
+def handler_result_error(result):
+    """The error for a handler's return value, or None when it is a plain
+    value (ignored, as it always was). An unrun body is closed, so Python
+    does not warn that a coroutine was never awaited."""
+    if not (inspect.isawaitable(result) or inspect.isgenerator(result) or inspect.isasyncgen(result)):
+        return None
+    close = getattr(result, "close", None)
+    if callable(close):
+        close()
+    return HandlerResultNotRun(
+        f"the handler returned a {type(result).__name__} instead of running: its body never ran "
+        f"(wqd calls handlers synchronously: an async def or generator handler must be a plain function)")
+
+
+def _lost_reason(queue_type: str, lost: int) -> str:
+    """Why a task is given up on without running, in words true to what is known."""
+    if queue_type == "quorum":
+        # The broker counts deliveries that were not settled: a worker's death
+        # and a dropped connection look the same to it.
+        return (f"the task was delivered {lost} times without being settled: its worker died "
+                f"or lost its broker connection each time")
+    return f"the worker running the task died on each of its last {lost} attempts"
 
 
 def _rss_mib() -> float:

@@ -5,15 +5,24 @@ after ``max_retries + 1`` attempts instead of taking its pool down forever.
 Quorum queues count these attempts themselves (``x-delivery-count``). Classic
 queues do not, so the master counts them: when it reaps a worker whose record
 shows a running task, it counts one lost attempt of that message (its key) in
-its ledger and sends the new count to every worker. A worker keeps the counts
-it was forked with and those updates; for a redelivery it asks the master,
-which answers after reaping, so a redelivery that overtakes the news of its
-worker's death is still counted.
+its ledger and sends the new count to every worker. A redelivery asks the
+master, which answers after reaping, so a redelivery that overtakes the news
+of its worker's death is still counted.
+
+A count follows one delivery lineage: one message in the broker and its
+redeliveries. A first delivery (not flagged redelivered) starts a lineage, so
+it has lost nothing, whatever the ledger says of its key; when a task whose
+lineage lost attempts is settled (acked, retried, dead-lettered), the worker
+reports ``CLEAR`` and the master forgets the key. A retried copy is a new
+lineage: its ATTEMPT_HEADER already counts the deaths of the old one.
+
+Headers come from whoever published the message: a value wqd reads that is not
+a plain non-negative integer (bool, float, bytes, nested, negative) counts as
+absent, and an attempt number is clamped to the pool's last attempt.
 
 The wire format: a query is a worker report (reporting.py) ``QUERY`` with the
 key; the master's counts go down a pipe per worker, one JSON ``[key, count]``
-per line. A retried copy carries its next attempt number in ATTEMPT_HEADER and,
-in LOST_HEADER, the master's count it already folded into that number.
+per line.
 """
 
 import collections
@@ -23,9 +32,14 @@ import os
 import threading
 
 ATTEMPT_HEADER = "x-wqd-attempt"  # set on retried copies: the attempt they will be
-LOST_HEADER = "x-wqd-lost"  # worker deaths already counted in ATTEMPT_HEADER
+LOST_HEADER = "x-wqd-lost"  # written by earlier versions; dropped from copies
 DELIVERY_COUNT_HEADER = "x-delivery-count"  # quorum queues: deliveries before this one
+# Headers that describe one lineage in the broker: a copy (retry, dead letter) drops them.
+LINEAGE_HEADERS = (ATTEMPT_HEADER, LOST_HEADER, DELIVERY_COUNT_HEADER)
 QUERY = "lost?"  # a worker's report, with ``key``: how many attempts of it died with a worker?
+CLEAR = "settled"  # a worker's report, with ``key``: a lineage that lost attempts ended
+# Longest numeric header string read (a count of ten digits is far past any limit).
+NUMBER_DIGITS = 10
 # Messages whose lost attempts the master remembers (the oldest are forgotten).
 LEDGER_CAP = 10_000
 # How long the master may hold an answer while another worker still shows the
@@ -39,17 +53,39 @@ class WorkerLost(Exception):
     """An attempt that ended with its worker, not with the handler's return or raise."""
 
 
-def message_key(body: bytes) -> str:
-    """Identify a message without a message_id (for counting lost attempts)."""
+def message_key(properties, body: bytes) -> str:
+    """Identify a message across its deliveries: its message_id, or a hash of
+    the body when it has none (or one pika could not decode as text)."""
+    message_id = properties.message_id
+    if message_id and isinstance(message_id, str):
+        return message_id
     return "sha1:" + hashlib.sha1(body).hexdigest()
 
 
-def retry_headers(headers: dict, attempt: int, lost_total: int) -> dict:
+def header_number(headers: dict, name: str):
+    """The non-negative integer in header ``name``, or None when it is absent or
+    anything else: a header is untrusted input. Digit strings count (a header
+    set on a command line is a string); bool, float, nested values do not."""
+    value = headers.get(name)
+    if isinstance(value, int) and not isinstance(value, bool):  # pika decodes 64-bit ones as its int subclass
+        return value if value >= 0 else None
+    if isinstance(value, (str, bytes)) and 0 < len(value) <= NUMBER_DIGITS and value.isascii() and value.isdigit():
+        return int(value)
+    return None
+
+
+def retry_headers(headers: dict, attempt: int) -> dict:
     """The headers of the copy retried after failed attempt ``attempt``."""
-    updated = dict(headers or {})
+    updated = without_lineage(headers)
     updated[ATTEMPT_HEADER] = attempt + 1
-    updated[LOST_HEADER] = lost_total
     return updated
+
+
+def without_lineage(headers) -> dict:
+    """A copy of ``headers`` without the counts of the lineage it leaves."""
+    if not isinstance(headers, dict):
+        return {}
+    return {name: value for name, value in headers.items() if name not in LINEAGE_HEADERS}
 
 
 def encode_count(key: str, count: int) -> bytes:
@@ -99,6 +135,13 @@ class MasterLedger:
         for worker in workers:
             send_count(worker.command_fd, key, count)
 
+    def clear(self, key: str, workers) -> None:
+        """A lineage that lost attempts was settled: a later message with the
+        same key starts from nothing."""
+        if self._counts.pop(key, None) is not None:
+            for worker in workers:
+                send_count(worker.command_fd, key, 0)
+
     def query(self, worker, key: str, now: float) -> None:
         """A worker asks about a redelivery; it is answered by answer_queries()."""
         self._queries.append((worker, key, now))
@@ -145,20 +188,28 @@ class WorkerCounts:
             for line in stream:
                 key, count = decode_count(line)
                 with self._changed:
-                    self._counts[key] = count
+                    if count:
+                        self._counts[key] = count
+                    else:
+                        self._counts.pop(key, None)
                     self._answered.add(key)
                     self._changed.notify_all()
 
-    def attempt(self, headers: dict, key: str, redelivered: bool):
-        """(attempt, lost, lost_total) of a delivery: its attempt number (1 on the
-        first), the attempts lost with a worker since the copy was published,
-        and all of them (what a retried copy records in LOST_HEADER)."""
-        if DELIVERY_COUNT_HEADER in headers:
-            lost_total = lost = int(headers[DELIVERY_COUNT_HEADER])
+    def attempt(self, headers, key: str, redelivered: bool, max_attempts: int, delivery_count: bool):
+        """(attempt, lost) of a delivery: its attempt number, from 1 to
+        ``max_attempts + 1`` (past the last: lost with its worker once too
+        often), and the attempts of its lineage lost with a worker.
+        ``delivery_count``: trust x-delivery-count (set by quorum queues)."""
+        if not isinstance(headers, dict):
+            headers = {}
+        first = header_number(headers, ATTEMPT_HEADER) or 1
+        if not redelivered:
+            lost = 0  # a lineage's first delivery: nothing of it died yet
+        elif delivery_count:
+            lost = header_number(headers, DELIVERY_COUNT_HEADER) or 0
         else:
-            lost_total = self._ask(key) if redelivered else self._counts.get(key, 0)
-            lost = max(0, lost_total - int(headers.get(LOST_HEADER, 0)))
-        return int(headers.get(ATTEMPT_HEADER, 1)) + lost, lost, lost_total
+            lost = self._ask(key)
+        return min(min(first, max_attempts) + lost, max_attempts + 1), lost
 
     def _ask(self, key: str) -> int:
         """Ask the master (which answers after reaping every dead worker), so a

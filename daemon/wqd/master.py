@@ -313,7 +313,8 @@ class Master:
             return worker.run(worker.WorkerContext(
                 pool=pool.config, broker=self.config.broker, handler=pool.handler, slot=slot,
                 report_fd=write_fd, command_fd=command_read, record=record,
-                lost_attempts=self.lost_attempts.counts(), master_pid=self.pid))
+                lost_attempts=self.lost_attempts.counts(), master_pid=self.pid,
+                graceful_timeout=self.config.shutdown.graceful_timeout))
 
         pid = children.fork(child_main, f"Worker {pool.config.name}[{slot}]")
         os.close(write_fd)
@@ -425,6 +426,8 @@ class Master:
                 proc.reported(event)
             elif event == lost_attempts.QUERY:
                 self.lost_attempts.query(proc, fields["key"], time.monotonic())
+            elif event == lost_attempts.CLEAR:
+                self.lost_attempts.clear(fields["key"], self.workers.values())
             elif event == reporting.RECYCLING:
                 proc.recycling()
             elif event == reporting.FATAL:

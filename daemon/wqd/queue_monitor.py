@@ -18,6 +18,7 @@ import signal
 import time
 
 import pika.exceptions
+from pika.adapters.utils.connection_workflow import AMQPConnectorException
 from prometheus_client.core import GaugeMetricFamily
 from setproctitle import setproctitle
 
@@ -43,7 +44,9 @@ STABLE_SECONDS = 60.0
 POLLED = "polled"            # counts: [[pool, queue, kind, messages, consumers], ...]; kind = queue|dead_letter
 UNAVAILABLE = "unavailable"  # reason
 
-RECOVERABLE = (pika.exceptions.AMQPError, OSError)
+# pika raises its connection workflow's errors (a broker that accepts TCP and
+# never answers) outside AMQPError.
+RECOVERABLE = (pika.exceptions.AMQPError, OSError, AMQPConnectorException)
 
 
 def _targets(pools) -> tuple:
@@ -257,7 +260,7 @@ def _connect(broker, url):
     params = amqp.parameters(broker, url)
     params.heartbeat = min(broker.heartbeat, MONITOR_HEARTBEAT) if broker.heartbeat else MONITOR_HEARTBEAT
     params.client_properties = {"connection_name": f"wqd queue monitor pid {os.getpid()}"}
-    return pika.BlockingConnection(params)
+    return amqp.open_connection(params)
 
 
 def _poll(connection, targets) -> list:

@@ -10,7 +10,10 @@ Republishes go through a channel of their own with publisher confirms, and the
 original is acked only once the broker confirmed the copy. A copy the broker
 refuses (nack, e.g. while a quorum queue elects a new leader) is published
 again after a backoff, the original held unacked meanwhile; after
-ROUTE_ATTEMPTS refusals the original goes back to the queue.
+ROUTE_ATTEMPTS refusals the original goes back to the queue. A refusal that
+closes the publishing channel (a copy larger than the broker's
+max_message_size, a delay queue the user may not declare) counts the same:
+the original is never acked without its copy.
 """
 
 import copy
@@ -22,7 +25,9 @@ import time
 import traceback
 
 import pika
+import pika.data
 import pika.exceptions
+from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
 from wqd import backoff, lost_attempts
 from wqd.config import PoolConfig
@@ -35,21 +40,23 @@ JITTER = 0.1  # a retry waits between 90% and 100% of its computed delay
 ROUTE_ATTEMPTS = 6
 ROUTE_RETRY_INITIAL = 0.5
 ROUTE_RETRY_MAX = 8.0
-# Errors after which a fresh connection is the cure.
-RECOVERABLE = (pika.exceptions.AMQPError, OSError)
+# Errors after which a fresh connection is the cure. pika raises the
+# connection workflow's errors (a broker that accepts TCP and never answers:
+# AMQPConnectorStackTimeout) outside its AMQPError hierarchy.
+RECOVERABLE = (pika.exceptions.AMQPError, OSError, AMQPConnectorException)
 # Looked up once, as every successful task returns it: reading an enum member
 # off its class costs about 90 ns on Python 3.11, a module global about 10 ns.
 _SUCCEEDED = Outcome.SUCCEEDED
 
 
 class Task:
-    __slots__ = ("delivery_tag", "message", "key", "lost_total", "duration", "error", "route_failures")
+    __slots__ = ("delivery_tag", "message", "key", "lost", "duration", "error", "route_failures")
 
-    def __init__(self, delivery_tag, message, key, lost_total=0):
+    def __init__(self, delivery_tag, message, key, lost=0):
         self.delivery_tag = delivery_tag
         self.message = message
         self.key = key  # message_id, or a hash of the body: identifies it across deliveries
-        self.lost_total = lost_total  # the master's count of attempts lost with a worker
+        self.lost = lost  # attempts of this delivery's lineage lost with a worker
         self.duration = None  # seconds the handler ran; None when it did not run
         self.error = None
         self.route_failures = 0  # republishes (retry or dead letter) the broker refused
@@ -83,7 +90,8 @@ class Router:
     def return_unstarted(self, delivery_tag, properties, body) -> None:
         """Give a delivery that never started back as it came, not as a redelivery
         (a redelivery would count as a failed attempt)."""
-        self._publish_channel.basic_publish("", self.pool.queue, body, properties, mandatory=True)
+        self._publish_channel.basic_publish("", self.pool.queue, body,
+                                            encodable(republished_properties(properties)), mandatory=True)
         self._channel.basic_ack(delivery_tag)
 
     def settle(self, task: Task):
@@ -102,28 +110,27 @@ class Router:
         confirms), then ack the original; return the outcome."""
         message, error = task.message, task.error
         final = isinstance(error, (Reject, lost_attempts.WorkerLost)) or message.attempt > self.pool.max_retries
-        properties = copy.copy(message.properties)  # the handler's message keeps its own
+        properties = copy_properties(message.properties)
         try:
             if not final:
                 delay = retry_delay(self.pool, message.attempt)
                 queue, arguments, delay_ms = delay_queue(self.pool, delay)
                 self._publish_channel.queue_declare(queue=queue, durable=True, arguments=arguments)
-                properties.headers = lost_attempts.retry_headers(properties.headers, message.attempt,
-                                                                 task.lost_total)
+                properties.headers = lost_attempts.retry_headers(properties.headers, message.attempt)
                 properties.expiration = jittered_expiration(delay_ms)
-                properties.delivery_mode = pika.DeliveryMode.Persistent.value
-                self._publish_channel.basic_publish("", queue, message.body, properties, mandatory=True)
+                self._publish_channel.basic_publish("", queue, message.body, encodable(properties), mandatory=True)
                 outcome = Outcome.RETRIED
             elif self.pool.dead_letter_queue:
                 properties.headers = dead_letter_headers(properties.headers, self.pool, message.attempt, error)
-                self._publish_channel.basic_publish("", self.pool.dead_letter_queue, message.body, properties,
-                                                    mandatory=True)
+                self._publish_channel.basic_publish("", self.pool.dead_letter_queue, message.body,
+                                                    encodable(properties), mandatory=True)
                 outcome = Outcome.DEAD_LETTERED
             else:
                 log.error("Task %s dropped after %d attempts (dead_letter_queue is null).",
                           message.message_id or "(no id)", message.attempt)
                 outcome = Outcome.FAILED
-        except (pika.exceptions.UnroutableError, pika.exceptions.NackError) as exc:
+        except (pika.exceptions.UnroutableError, pika.exceptions.NackError,
+                pika.exceptions.ChannelClosedByBroker) as exc:  # a copy refused (e.g. larger than max_message_size)
             task.route_failures += 1
             if task.route_failures < ROUTE_ATTEMPTS:
                 # Not a requeue: its redelivery would come at once, count as an
@@ -161,7 +168,9 @@ class Router:
 def retry_delay(pool: PoolConfig, attempt: int) -> float:
     """Seconds before the retry that follows failed attempt ``attempt`` (1-based)."""
     delay = pool.retry_delay
-    return min(delay.max, delay.initial * delay.factor ** (attempt - 1))
+    # The exponent is capped: factor ** 64 already exceeds any max (factor >= 2), and
+    # a huge attempt count (max_retries is the operator's) must not overflow a float.
+    return min(delay.max, delay.initial * delay.factor ** min(attempt - 1, 64))
 
 
 def delay_queue(pool: PoolConfig, delay: float):
@@ -186,9 +195,51 @@ def jittered_expiration(delay_ms: int) -> str:
     return str(int(delay_ms * (1 - JITTER * random.random())))
 
 
+def copy_properties(properties):
+    """The properties of a retried or dead-lettered copy: persistent, and
+    without ``expiration`` (a dead letter must stay; a retry gets its own)."""
+    copied = republished_properties(properties)
+    copied.delivery_mode = pika.DeliveryMode.Persistent.value
+    copied.expiration = None
+    return copied
+
+
+def republished_properties(properties):
+    """A copy of a delivery's properties (the handler's message keeps its own)
+    that wqd may publish: without ``user_id`` (the broker refuses it unless it
+    is wqd's own user, closing the channel) and the CC/BCC headers (they would
+    route the copy to other queues as well)."""
+    copied = copy.copy(properties)
+    copied.user_id = None
+    if isinstance(copied.headers, dict) and ("CC" in copied.headers or "BCC" in copied.headers):
+        copied.headers = {name: value for name, value in copied.headers.items() if name not in ("CC", "BCC")}
+    return copied
+
+
+def encodable(properties):
+    """``properties``, or, when a header value cannot be encoded again (one pika
+    decoded from another client's type), a copy without those values."""
+    try:
+        properties.encode()
+        return properties
+    except Exception:  # whatever pika's encoder raises: struct.error, TypeError, its own
+        pass
+    copied = copy.copy(properties)
+    copied.headers = {}
+    for name, value in (properties.headers or {}).items():
+        try:
+            pika.data.encode_value([], value)
+        except Exception:
+            log.warning("Dropping header %r from the copy of a message: it cannot be encoded again.", name)
+            continue
+        copied.headers[name] = value
+    return copied
+
+
 def dead_letter_headers(headers: dict, pool: PoolConfig, attempts: int, exc: BaseException) -> dict:
-    """The original headers plus why the message was given up on."""
-    updated = dict(headers or {})
+    """The original headers plus why the message was given up on; without the
+    counts of its last lineage, so a copy shovelled back starts over."""
+    updated = lost_attempts.without_lineage(headers)
     updated.update({
         "x-wqd-exception": type(exc).__name__,
         "x-wqd-error": str(exc)[:1000],

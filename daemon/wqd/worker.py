@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from typing import Callable
 
 from setproctitle import setproctitle
@@ -45,6 +46,7 @@ class WorkerContext:
     record: WorkerRecord  # shared memory: the running task, the totals
     lost_attempts: dict  # the master's counts of lost attempts at the fork
     master_pid: int
+    graceful_timeout: float = 30.0  # shutdown.graceful_timeout: an orphan's deadline to finish its task
 
     @property
     def name(self) -> str:
@@ -79,6 +81,7 @@ def run(context: WorkerContext) -> int:
 
     consumer_thread = threading.Thread(target=consume, name="consumer", daemon=True)
     consumer_thread.start()
+    orphaned_at = None  # monotonic time the master was found gone
     while consumer_thread.is_alive():
         signum = signal.sigtimedwait(WAITED_SIGNALS, PARENT_CHECK_INTERVAL)
         signo = signum.si_signo if signum else None
@@ -87,7 +90,26 @@ def run(context: WorkerContext) -> int:
             return 0
         if signo == signal.SIGTERM:
             consumer.request_stop("SIGTERM")
-        elif signo is None and os.getppid() != context.master_pid:
+        if orphaned_at is None and os.getppid() != context.master_pid:
+            orphaned_at = time.monotonic()
             consumer.request_stop("the master process died")
+        if orphaned_at is not None and _orphan_must_exit(context, orphaned_at):
+            # Nobody else will kill this worker: enforce the master's limits
+            # here. Exiting closes the connection; the broker requeues the task.
+            log.warning("Exiting without finishing the current task: the master died and the task outlived "
+                        "its time_limit or shutdown.graceful_timeout; the broker requeues it.")
+            return 1
     consumer_thread.join()
     return exit_code[0] if exit_code else 1
+
+
+def _orphan_must_exit(context: WorkerContext, orphaned_at: float) -> bool:
+    """Whether a worker whose master died is past a deadline the master would
+    have enforced: graceful_timeout since the master's death, or the pool's
+    time_limit on the running task."""
+    now = time.monotonic()
+    if now - orphaned_at >= context.graceful_timeout:
+        return True
+    limit = context.pool.time_limit
+    busy_since = limit and context.record.read().busy_since
+    return bool(busy_since) and now - busy_since >= limit

@@ -1,0 +1,113 @@
+"""Fuzzing what a worker reads from a message's headers: whatever a publisher
+sends (any AMQP field value pika can decode, under wqd's header names), no
+exception escapes and the attempt number stays within [1, max_retries + 2],
+where max_retries + 2 means "lost once too often: dead-letter without running".
+Also: every decoded table survives the trip through pika's encoder (a retried
+or dead-lettered copy), including values pika's own decoder chokes on."""
+
+import datetime
+import decimal
+import os
+import struct
+
+import pika
+import pika.data
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from wqd import header_decoding, lost_attempts, routing
+from wqd.lost_attempts import ATTEMPT_HEADER, DELIVERY_COUNT_HEADER, LOST_HEADER, WorkerCounts
+
+HEADER_NAMES = st.sampled_from([ATTEMPT_HEADER, LOST_HEADER, DELIVERY_COUNT_HEADER, "x-other"])
+SCALARS = st.one_of(
+    st.none(), st.booleans(), st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.integers(min_value=-(10**30), max_value=10**30), st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=30), st.from_regex(r"-?[0-9]{0,25}", fullmatch=True), st.binary(max_size=30),
+    st.decimals(allow_nan=False, allow_infinity=False, places=2, min_value=-(10**6), max_value=10**6),
+    st.datetimes(min_value=datetime.datetime(1970, 1, 2)),
+)
+VALUES = st.recursive(SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                       st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+                      max_leaves=12)
+HEADERS = st.one_of(st.none(), st.dictionaries(HEADER_NAMES, VALUES, max_size=4), VALUES)
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+class SilentMaster:
+    """A reporter whose master knows ``count`` for every key, answering at once."""
+
+    def __init__(self):
+        self.command_read, self._command_write = os.pipe()
+        self.count = 0
+
+    def send(self, event, **fields) -> bool:
+        os.write(self._command_write, lost_attempts.encode_count(fields["key"], self.count))
+        return True
+
+
+class NoKeeper:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        return False
+
+
+MASTER = SilentMaster()
+COUNTS = WorkerCounts(MASTER.command_read, {}, MASTER, NoKeeper())
+
+
+@FUZZ
+@given(headers=HEADERS, redelivered=st.booleans(), quorum=st.booleans(),
+       max_retries=st.integers(min_value=0, max_value=50), master_count=st.integers(min_value=0, max_value=200))
+def test_the_attempt_of_any_headers_is_within_bounds(headers, redelivered, quorum, max_retries, master_count):
+    MASTER.count = master_count
+    attempt, lost = COUNTS.attempt(headers, "key", redelivered, max_retries + 1, quorum)
+    assert type(attempt) is int and 1 <= attempt <= max_retries + 2
+    assert lost >= 0
+    if attempt == max_retries + 2:
+        assert lost > 0, "only attempts lost with a worker go past the last one"
+
+
+@FUZZ
+@given(value=VALUES)
+def test_header_number_takes_only_plain_non_negative_integers(value):
+    number = lost_attempts.header_number({"h": value}, "h")
+    if value is None or isinstance(value, (bool, float, dict, list, decimal.Decimal, datetime.datetime)):
+        assert number is None
+    else:
+        assert number is None or (isinstance(number, int) and number >= 0)
+
+
+def _raw_value(kind: bytes, payload: bytes) -> bytes:
+    return kind + payload
+
+
+RAW_VALUES = st.one_of(
+    st.builds(lambda v: _raw_value(b"T", struct.pack(">Q", v)), st.integers(min_value=0, max_value=2**64 - 1)),
+    st.builds(lambda v: _raw_value(b"d", struct.pack(">d", v)), st.floats()),
+    st.builds(lambda v: _raw_value(b"f", struct.pack(">f", v)), st.floats(width=32)),
+    st.builds(lambda v: _raw_value(b"l", struct.pack(">q", v)), st.integers(min_value=-(2**63), max_value=2**63 - 1)),
+    st.builds(lambda b: _raw_value(b"S", struct.pack(">I", len(b)) + b), st.binary(max_size=20)),
+    st.builds(lambda depth: _nested(depth), st.integers(min_value=1, max_value=1500)),
+)
+
+
+def _nested(depth: int) -> bytes:
+    encoded = b"V"
+    for _ in range(depth):
+        encoded = b"A" + struct.pack(">I", len(encoded)) + encoded
+    return encoded
+
+
+@FUZZ
+@given(raw=st.lists(RAW_VALUES, min_size=1, max_size=4))
+def test_any_raw_header_table_decodes_and_encodes_again(raw):
+    header_decoding.install()
+    items = b"".join(struct.pack("B", len(name)) + name + value
+                     for name, value in zip([b"a", b"b", b"c", b"d"], raw))
+    table = struct.pack(">I", len(items)) + items
+    headers, offset = pika.data.decode_table(table, 0)
+    assert offset == len(table)
+    properties = routing.encodable(routing.copy_properties(pika.BasicProperties(headers=headers)))
+    properties.encode()

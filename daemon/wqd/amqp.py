@@ -126,6 +126,17 @@ def server_version(connection: pika.BlockingConnection):
     return product, tuple(int(part) for part in numbers.groups() if part is not None) if numbers else ()
 
 
+def broker_closed(channel):
+    """The ChannelClosedByBroker with which the broker closed ``channel`` (say, a
+    consumer timeout while a handler ran), or None. pika raises it only from a
+    call that waits on the channel; an ack on it raises ChannelWrongStateError,
+    which does not say why."""
+    reason = getattr(channel, "_closing_reason", None)  # pika keeps it private
+    if channel is not None and channel.is_closed and isinstance(reason, pika.exceptions.ChannelClosedByBroker):
+        return reason
+    return None
+
+
 def describe_server(connection: pika.BlockingConnection) -> str:
     """The broker's product and version as it announced them, e.g. "RabbitMQ 4.0.5"."""
     product, version = server_version(connection)
@@ -238,8 +249,3 @@ def _innermost(value) -> str:
     if isinstance(value, OSError) and value.strerror:
         return value.strerror
     return str(value) or type(value).__name__
-
-
-def queue_arguments(queue_type: str):
-    """Declare-time arguments; classic queues get none, matching plain declares."""
-    return {"x-queue-type": "quorum"} if queue_type == "quorum" else None

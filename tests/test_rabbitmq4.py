@@ -38,6 +38,10 @@ def test_status_shows_the_brokers_version(broker, queue_name, make_wqd):
     assert shown["broker_answered"] == f"amqp://guest:***@127.0.0.1:{broker.port}/%2F"
     text = run_cli("status", "-c", str(wqd.config_path)).stdout
     assert f"(RabbitMQ {version} at amqp://guest:***@127.0.0.1:{broker.port}/%2F)" in text.splitlines()[1], text
+    # the master's /status: the broker its queue monitor is connected to
+    master = wait_for(lambda: wqd.status()["broker"], 30, message="the queue monitor connected")
+    assert master == {"server": f"RabbitMQ {version}", "url": f"amqp://guest:***@127.0.0.1:{broker.port}/%2F"}
+    assert f"Connected to RabbitMQ {version} at amqp://guest:***@127.0.0.1:{broker.port}/%2F." in wqd.logs()
 
 
 def test_channels_and_queues_use_nothing_that_rabbitmq_4_removes(broker, queue_name, make_wqd):

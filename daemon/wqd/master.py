@@ -473,7 +473,8 @@ class Master:
             counts["worker_processes"] = [_worker_status(proc, now) for proc in
                                           sorted(self.workers.values(), key=lambda p: p.slot) if proc.pool is pool]
             pools.append(counts)
-        return {"pid": self.pid, "ready": self.is_ready(), "stopping": self.stopping, "pools": pools}
+        return {"pid": self.pid, "ready": self.is_ready(), "stopping": self.stopping, "pools": pools,
+                "broker": self.queue_monitor.broker}  # {server, url} the queue monitor is connected to, or None
 
     def _notify(self) -> None:
         ready = self.is_ready()

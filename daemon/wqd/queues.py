@@ -1,9 +1,9 @@
-"""The arguments wqd declares a pool's queues with, on each broker version.
+"""The arguments wqd declares a pool's queues with, and the declare itself.
 
 Every client that declares a pool's queue (the workers, ``wqd publish``)
 must send the same arguments, or the broker refuses the second declare
-(PRECONDITION_FAILED): so they are computed here only, from the pool and the
-broker version the connection announced.
+(PRECONDITION_FAILED): so they are computed here only, from the pool alone,
+the same on every broker version.
 
 A quorum work queue gets an explicit delivery limit and the pool's
 dead-letter queue as its dead-letter target. RabbitMQ 4.0 gives quorum
@@ -13,6 +13,13 @@ after max_retries + 1 attempts that killed their worker (each one a
 delivery), so the broker's limit is that plus a margin for deliveries lost
 to connection failures, and a message past it lands in the dead-letter
 queue with x-death reason "delivery_limit" instead of vanishing.
+
+The work queue of a pool with a time_limit gets an x-consumer-timeout that
+covers it, so the broker's delivery-acknowledgement timeout never cuts a task
+the worker itself would let finish. RabbitMQ honours it from 3.11.15; older
+versions accept and ignore it, and no version compares it on a redeclare
+(measured on 3.10.8 and 4.0.5), so it cannot cause a mismatch, and an
+existing queue keeps the value it was created with.
 """
 
 import re

@@ -74,7 +74,7 @@ test: venv rabbitmq promtool deploy-tools
 test-rabbitmq4: venv promtool deploy-tools
 	bash scripts/rabbitmq-rootfs.sh $(OTHER_RABBITMQ_SUITE) $(OTHER_RABBITMQ_ROOT) >/dev/null
 	WQD_TEST_RABBITMQ_ROOT=$(abspath $(OTHER_RABBITMQ_ROOT)) \
-		$(VENV)/bin/pytest -q -rs -m 'not soak or cluster' tests $(PYTEST_ARGS)
+		$(VENV)/bin/pytest -q -rs -n 2 -m 'not soak or cluster' tests $(PYTEST_ARGS)
 
 # Root only: debootstrap, systemd-nspawn and a Docker engine of its own
 # (Debian's packages, installed if missing).

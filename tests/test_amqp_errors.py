@@ -12,8 +12,9 @@ def test_the_brokers_ack_timeout_is_named_as_such():
         406, "PRECONDITION_FAILED - delivery acknowledgement on channel 1 timed out. "
              "Timeout value used: 1800000 ms.")
     text = describe_error(exc, URL)
-    assert "outlived its delivery-ack timeout (consumer_timeout)" in text
-    assert "set the pool's time_limit below it" in text and "s3cret" not in text
+    assert "closed the channel because a delivery outlived its consumer_timeout: PRECONDITION_FAILED" in text
+    assert "give the pool a time_limit" in text and "raise consumer_timeout in the broker's rabbitmq.conf" in text
+    assert "s3cret" not in text and "\n" not in text
 
 
 def test_a_consumer_cancelled_by_the_broker():

@@ -2,52 +2,47 @@
 
 from __future__ import annotations
 
-from tests.support.broker import _tree, epmd_names, port_open
-from tests.support.procfs import all_pids, cmdline, proc_stat
+import os
+
+from tests.support.broker import epmd_names, port_open
+from tests.support.procfs import all_pids, proc_stat
 from tests.support.waiting import wait_for
 
 SYSTEM_AMQP_PORT = 5672
 
 
-def _listening_ports():
-    """Local TCP ports in LISTEN state (from /proc, without connecting)."""
-    ports = set()
+def _listening_inode(port: int):
+    """The socket inode of the TCP listener on ``port`` (any address), or None."""
     for path in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             with open(path) as f:
                 next(f)
                 for line in f:
                     fields = line.split()
-                    if fields[3] == "0A":  # TCP_LISTEN
-                        ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+                    if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # TCP_LISTEN
+                        return int(fields[9])
         except OSError:
             pass
-    return ports
+    return None
 
 
-def _other_beams(broker):
-    """{pid: starttime} of every beam.smp on the machine that is not a test node
-    (other test sessions' nodes come and go; the system broker must not)."""
-    ours = set(_tree(broker._root_pids()))
-    beams = {}
+def _system_broker():
+    """(pid, start time) of the process that holds the listening socket of the
+    system broker's port 5672, or None when nothing listens there. Found by
+    its socket, not by its name: other test sessions' nodes are beam.smp too,
+    and come and go."""
+    inode = _listening_inode(SYSTEM_AMQP_PORT)
+    if inode is None:
+        return None
+    target = f"socket:[{inode}]"
     for pid in all_pids():
-        if pid not in ours:
-            st = proc_stat(pid)
-            if st and st.comm == "beam.smp" and not _is_test_node(pid):
-                beams[pid] = st.starttime
-    return beams
-
-
-def _is_test_node(pid: int) -> bool:
-    """A node of some test session (named wqdtest-*, in its command line or, as
-    tests/support/broker.py passes it, its environment), or gone already: not
-    the system broker, which stays."""
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            environ = f.read()
-    except OSError:
-        return True
-    return b"RABBITMQ_NODENAME=wqdtest" in environ or b"wqdtest" in cmdline(pid)
+        try:
+            if any(os.readlink(f"/proc/{pid}/fd/{fd}") == target for fd in os.listdir(f"/proc/{pid}/fd")):
+                st = proc_stat(pid)
+                return (pid, st.starttime) if st else None
+        except OSError:  # gone, or a descriptor closed while we looked
+            continue
+    return ("socket of an unknown process", inode)
 
 
 def test_node_is_isolated(broker):
@@ -65,8 +60,7 @@ def test_node_is_isolated(broker):
 
 
 def test_messages_survive_kill(broker, queue_name):
-    system_listening = SYSTEM_AMQP_PORT in _listening_ports()
-    system_beams = _other_beams(broker)
+    system_broker = _system_broker()
     old_beam = broker.beam_pid()
 
     broker.declare_queue(queue_name)
@@ -96,10 +90,9 @@ def test_messages_survive_kill(broker, queue_name):
     assert all(props.delivery_mode == 2 for _, props in messages)
     assert broker.get_all(queue_name) == []
 
-    # the system broker (if this machine has one) was not touched
-    assert (SYSTEM_AMQP_PORT in _listening_ports()) == system_listening
-    after = _other_beams(broker)
-    assert {pid: start for pid, start in system_beams.items() if pid in after} == system_beams
+    # the system broker (if this machine has one) was not touched: the same
+    # process (pid and start time) still listens on its port
+    assert _system_broker() == system_broker
 
 
 def test_queue_stats(broker, queue_name):

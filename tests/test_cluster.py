@@ -23,6 +23,8 @@ from tests.support.broker import MISSING_RABBITMQ_MESSAGE, rabbitmq_available
 from tests.support.cluster import Cluster
 from tests.support.daemon import Wqd, pool, run_cli, task_body
 from tests.support.waiting import wait_for
+from wqd import queues
+from wqd.config import PoolConfig
 
 pytestmark = [pytest.mark.cluster, pytest.mark.soak]
 
@@ -96,12 +98,14 @@ def cluster_wqd(cluster, tmp_path):
         wqd.cleanup()
 
 
-def _new_quorum_queue(cluster) -> str:
-    """A fresh quorum queue, declared from node 1 exactly as wqd declares it, so
-    its leader is on node 1 (client-local placement): the node of worker 1 and
-    of the first URL that `wqd publish` tries."""
+def _new_quorum_queue(cluster, max_retries: int = 3) -> str:
+    """A fresh quorum queue, declared from node 1 exactly as wqd declares it
+    for a pool with ``max_retries``, so its leader is on node 1 (client-local
+    placement): the node of worker 1 and of the first URL that `wqd publish` tries."""
     queue = f"wqdtest.cluster.{uuid.uuid4().hex[:8]}"
-    cluster.nodes[0].declare_queue(queue, arguments={"x-queue-type": "quorum"})
+    settings = PoolConfig(name="p", queue=queue, handler="m:f", queue_type="quorum", max_retries=max_retries,
+                          dead_letter_queue=queue + ".dead")
+    cluster.nodes[0].declare_queue(queue, arguments=queues.work_queue_arguments(settings))
     return queue
 
 
@@ -166,7 +170,7 @@ def _worker_nodes(cluster):
 
 
 def test_killing_the_quorum_leader_node_loses_nothing(cluster, cluster_wqd):
-    queue = _new_quorum_queue(cluster)
+    queue = _new_quorum_queue(cluster, max_retries=20)
     # With publisher confirms, and counted by the queue's leader (rabbitmqctl's
     # counts of a quorum queue lag by up to 5 s).
     cluster.nodes[0].publish_many(queue, [task_body(i, sleep=TASK_SECONDS) for i in range(PRELOADED)],
@@ -264,7 +268,7 @@ JITTER = 0.1  # wqd.retry.JITTER: a retry waits 90-100% of its delay
 
 
 def test_retries_survive_the_death_of_the_node_that_holds_their_delay_queue(cluster, cluster_wqd):
-    queue = _new_quorum_queue(cluster)
+    queue = _new_quorum_queue(cluster, max_retries=MAX_RETRIES)
     wqd = cluster_wqd([pool(queue, workers=WORKERS, queue_type="quorum", max_retries=MAX_RETRIES,
                             retry_delay={"initial": RETRY_DELAY, "max": RETRY_DELAY})])
     wqd.start()

@@ -35,6 +35,13 @@ _SSL_REASON_HINTS = {
 }
 
 
+# What to change when the broker timed a delivery out (README: Delivery guarantees).
+CONSUMER_TIMEOUT_ADVICE = (
+    "give the pool a time_limit (on RabbitMQ 3.11.15+ wqd then creates its queue with a consumer timeout "
+    "that covers it; for an existing queue set a consumer-timeout policy), or raise consumer_timeout in "
+    "the broker's rabbitmq.conf")
+
+
 class TLSFileError(OSError):
     """A file named in broker.tls cannot be loaded (missing, unreadable, not PEM,
     key not matching the certificate). An OSError, so every caller that copes
@@ -119,6 +126,23 @@ def server_version(connection: pika.BlockingConnection):
     return product, tuple(int(part) for part in numbers.groups() if part is not None) if numbers else ()
 
 
+def broker_closed(channel):
+    """The ChannelClosedByBroker with which the broker closed ``channel`` (say, a
+    consumer timeout while a handler ran), or None. pika raises it only from a
+    call that waits on the channel; an ack on it raises ChannelWrongStateError,
+    which does not say why."""
+    reason = getattr(channel, "_closing_reason", None)  # pika keeps it private
+    if channel is not None and channel.is_closed and isinstance(reason, pika.exceptions.ChannelClosedByBroker):
+        return reason
+    return None
+
+
+def describe_server(connection: pika.BlockingConnection) -> str:
+    """The broker's product and version as it announced them, e.g. "RabbitMQ 4.0.5"."""
+    product, version = server_version(connection)
+    return " ".join(part for part in (product, ".".join(str(n) for n in version)) if part) or "unknown"
+
+
 class BrokerUnavailable(errors.BrokerUnavailable):
     """No broker URL could be connected to; str() says why, per URL."""
 
@@ -154,8 +178,8 @@ def describe_error(exc: BaseException, url: str) -> str:
                 f"(a memory or disk alarm: see `rabbitmq-diagnostics alarms`)")
     if isinstance(exc, pika.exceptions.ChannelClosedByBroker):
         if "delivery acknowledgement" in exc.reply_text:
-            return (f"the broker at {where} closed the channel because a task outlived its delivery-ack "
-                    f"timeout (consumer_timeout): {exc.reply_text}; set the pool's time_limit below it")
+            return (f"the broker at {where} closed the channel because a delivery outlived its "
+                    f"consumer_timeout: {exc.reply_text}; {CONSUMER_TIMEOUT_ADVICE}")
         return f"the broker at {where} closed the channel: {exc.reply_code} {exc.reply_text}"
     if isinstance(exc, pika.exceptions.ConsumerCancelled):
         return f"{exc.args[0] if exc.args else 'the broker cancelled the consumer'} at {where}"
@@ -225,8 +249,3 @@ def _innermost(value) -> str:
     if isinstance(value, OSError) and value.strerror:
         return value.strerror
     return str(value) or type(value).__name__
-
-
-def queue_arguments(queue_type: str):
-    """Declare-time arguments; classic queues get none, matching plain declares."""
-    return {"x-queue-type": "quorum"} if queue_type == "quorum" else None

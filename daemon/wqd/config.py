@@ -18,6 +18,7 @@ from urllib.parse import quote, urlsplit
 import pika
 import yaml
 
+from wqd import queues
 from wqd.errors import ConfigError  # noqa: F401  (raised here; callers catch it from here too)
 from wqd.http_endpoint import parse_listen
 
@@ -423,6 +424,17 @@ class PoolConfig:
                                              doc="recycle a worker after this many tasks")
     max_memory_per_child: Optional[int] = key(optional(positive_int), None,
                                               doc="MiB of RSS; recycle a worker after the task that crossed it")
+
+    def conflicts(self) -> list:
+        """(key, problem) for keys that are valid alone but not together."""
+        if self.queue_type == "quorum" and self.max_retries > queues.MAX_QUORUM_RETRIES:
+            return [("max_retries", (
+                f"is {self.max_retries}, above the {queues.MAX_QUORUM_RETRIES} a quorum pool allows: wqd declares "
+                f"a quorum queue with a delivery limit of max_retries + {1 + queues.DELIVERY_LIMIT_MARGIN} (the "
+                f"broker dead-letters a message past it, with x-death reason delivery_limit), and a message that "
+                f"is redelivered that often keeps the queue's log from being truncated; lower max_retries to "
+                f"{queues.MAX_QUORUM_RETRIES} or less, or use queue_type: classic"))]
+        return []
 
     def same_settings(self, other: "PoolConfig") -> bool:
         """True when only the worker count differs (a scale, not a replace)."""

@@ -20,9 +20,9 @@ import time
 import pika
 import pika.exceptions
 
-from wqd import amqp, backoff, header_decoding, lost_attempts, reporting
+from wqd import amqp, backoff, header_decoding, lost_attempts, queues, reporting
+from wqd.config import redact_url
 from wqd.connection_keeper import ConnectionKeeper
-from wqd.errors import ConfigError
 from wqd.message import Message
 from wqd.routing import RECOVERABLE, Router, Task
 from wqd.task_stats import Outcome
@@ -31,10 +31,6 @@ log = logging.getLogger("wqd.worker")
 
 RECONNECT_INITIAL = 0.5
 RECONNECT_MAX = 30.0
-
-
-class QueueMismatch(ConfigError):
-    """The queue exists with other arguments: a configuration error, not a crash."""
 
 
 class Consumer:
@@ -60,6 +56,8 @@ class Consumer:
         # Workers spread over the broker URLs (cluster nodes) by slot, and
         # move on to the next URL when a connection fails.
         self._url_index = (context.slot - 1) % len(self.broker.urls)
+        self._slot = context.slot
+        self._timeout_checked = False  # the consumer-timeout warning: the pool's first worker, once
         self._deliveries = collections.deque()  # received, not started (more than one at prefetch > 1)
         self._tasks_done = 0
         self._failures = 0  # consecutive connection failures, for the reconnect backoff
@@ -89,7 +87,7 @@ class Consumer:
     # -- consumer thread; it holds the connection's lock except while a handler runs --
 
     def run(self) -> None:
-        """Consume until asked to stop. Raises QueueMismatch (a ConfigError)."""
+        """Consume until asked to stop. Raises queues.QueueMismatch (a ConfigError)."""
         self.keeper.lock.acquire()
         self.keeper.start()
         while self._stop_reason is None:
@@ -111,28 +109,19 @@ class Consumer:
     def _open(self) -> None:
         self.keeper.connection = amqp.connect(
             self.broker, self.broker.urls[self._url_index], name=f"wqd worker {self.worker_name} pid {os.getpid()}")
+        log.info("Connected to %s at %s.", amqp.describe_server(self._connection),
+                 redact_url(self.broker.urls[self._url_index]))
+        if self._slot == 1 and not self._timeout_checked:  # one line per pool, at its first connection
+            self._timeout_checked = True
+            warning = queues.consumer_timeout_warning(self.pool, amqp.server_version(self._connection)[1])
+            if warning:
+                log.warning("%s", warning)
+        queues.declare_pool_queues(self._connection, self.pool)
         self._channel = self._connection.channel()
-        self._declare(self._channel, self.pool.queue, amqp.queue_arguments(self.pool.queue_type))
-        if self.pool.dead_letter_queue:
-            self._declare(self._channel, self.pool.dead_letter_queue,
-                          amqp.queue_arguments(self.pool.queue_type))
         self._channel.basic_qos(prefetch_count=self.pool.prefetch)
         self._channel.add_on_cancel_callback(self._on_cancelled_by_broker)
         self.router.open(self._connection, self._channel)
         self.reporter.send(reporting.CONNECTED)
-
-    def _declare(self, channel, queue: str, arguments) -> None:
-        try:
-            channel.queue_declare(queue=queue, durable=True, arguments=arguments)
-        except pika.exceptions.ChannelClosedByBroker as exc:
-            if exc.reply_code == 406:
-                raise QueueMismatch(
-                    f"Configuration error in pool {self.pool.name!r}: queue {queue!r} already exists "
-                    f"with other arguments than wqd declares (durable=True, queue_type="
-                    f"{self.pool.queue_type}); the broker said: {exc.reply_text}. Change the pool's "
-                    f"queue_type or queue name to match, or delete the queue. The pool is not restarted."
-                ) from None
-            raise
 
     def _serve(self) -> None:
         """Run deliveries and dispatch broker events until stopped (or the connection fails)."""
@@ -160,10 +149,12 @@ class Consumer:
         self.keeper.connection = None
 
     def _on_cancelled_by_broker(self, method_frame) -> None:
-        """The queue was deleted, or (RabbitMQ 4.3+) a delivery-ack timeout hit:
-        start over with a fresh connection, which re-declares the queue."""
+        """The queue was deleted, or (RabbitMQ 4.3+) a delivery outlived its
+        consumer timeout: start over with a fresh connection, which re-declares
+        the queue and gets the delivery again."""
         raise pika.exceptions.ConsumerCancelled(
-            f"the broker cancelled the consumer on {self.pool.queue!r} (queue deleted or ack timeout)")
+            f"the broker cancelled the consumer on {self.pool.queue!r}: the queue was deleted, or (RabbitMQ "
+            f"4.3+) a delivery outlived its consumer_timeout ({amqp.CONSUMER_TIMEOUT_ADVICE})")
 
     def _cancel_consumer(self) -> None:
         if self._consumer_tag is None:
@@ -233,8 +224,8 @@ class Consumer:
     def _settle(self, task: Task) -> None:
         """Ack, retry or dead-letter a finished task."""
         try:
-            error = self.keeper.take_error()
-            if error is not None:  # the connection failed while the handler ran
+            error = self.keeper.take_error() or amqp.broker_closed(self._channel)
+            if error is not None:  # the connection failed, or the broker closed the channel, while the handler ran
                 raise error
             outcome = self.router.settle(task)
         except RECOVERABLE:

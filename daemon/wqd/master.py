@@ -534,7 +534,8 @@ class Master:
                                           sorted(self.workers.values(), key=lambda p: p.slot) if proc.pool is pool]
             pools.append(counts)
         return {"pid": self.pid, "ready": self.is_ready(), "quiet": self.quiet.on, "stopping": self.stopping,
-                "pools": pools}
+                "pools": pools,
+                "broker": self.queue_monitor.broker}  # {server, url} the queue monitor is connected to, or None
 
     def _notify(self) -> None:
         ready = self._workers_up()

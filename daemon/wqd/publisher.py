@@ -7,7 +7,7 @@ import uuid
 import pika
 import pika.exceptions
 
-from wqd import amqp, backoff, errors
+from wqd import amqp, backoff, errors, queues
 
 # A quorum queue nacks publishes while it has no leader (a node died, an
 # election runs, usually under a second); the same channel may then go on
@@ -153,7 +153,7 @@ def _while(number: int, body: bytes) -> str:
 def _declare(connection, channel, queue: str, pool) -> None:
     try:
         if pool is not None:
-            channel.queue_declare(queue, durable=True, arguments=amqp.queue_arguments(pool.queue_type))
+            channel.queue_declare(queue, durable=True, arguments=queues.work_queue_arguments(pool))
             return
         try:
             channel.queue_declare(queue, passive=True)
@@ -163,5 +163,8 @@ def _declare(connection, channel, queue: str, pool) -> None:
             connection.channel().queue_declare(queue, durable=True)
     except pika.exceptions.ChannelClosedByBroker as exc:
         # 406: the queue exists with other arguments than the pool declares.
-        error = errors.ConfigError if exc.reply_code == 406 else errors.WqdError
-        raise error(f"cannot use queue {queue!r}: the broker said {exc.reply_code} {exc.reply_text}") from None
+        error, reply = errors.WqdError, exc.reply_text
+        if exc.reply_code == 406:
+            error = errors.ConfigError
+            reply = queues.telling_reply(connection, pool, queue, reply) if pool is not None else reply
+        raise error(f"cannot use queue {queue!r}: the broker said {exc.reply_code} {reply}") from None

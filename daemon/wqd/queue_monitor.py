@@ -24,6 +24,7 @@ from setproctitle import setproctitle
 
 from wqd import amqp, children, logs, reporting
 from wqd.backoff import exponential
+from wqd.config import redact_url
 from wqd.supervision import RespawnBackoff, describe_status
 
 log = logging.getLogger("wqd.queue_monitor")
@@ -43,6 +44,7 @@ STABLE_SECONDS = 60.0
 # Events the child sends.
 POLLED = "polled"            # counts: [[pool, queue, kind, messages, consumers], ...]; kind = queue|dead_letter
 UNAVAILABLE = "unavailable"  # reason
+BROKER = "broker"            # server ("RabbitMQ 4.0.5"), url (password masked): at each connect
 
 # pika raises its connection workflow's errors (a broker that accepts TCP and
 # never answers) outside AMQPError.
@@ -75,6 +77,8 @@ class QueueMonitor:
         self._reader = None
         self._started_at = 0.0
         self._counts = []
+        # {server, url} of the broker the monitor is connected to (for /status), None while it is not.
+        self.broker = None
         self._polled_at = None  # monotonic time of the last complete poll
         self._respawn = RespawnBackoff(STABLE_SECONDS)
         self._replacing = False  # asked to exit for a reload: not a failure
@@ -103,8 +107,10 @@ class QueueMonitor:
             if event == POLLED:
                 self._counts = fields["counts"]
                 self._polled_at = time.monotonic()
+            elif event == BROKER:
+                self.broker = {"server": fields["server"], "url": fields["url"]}
             elif event == UNAVAILABLE:
-                self._counts, self._polled_at = [], None
+                self._counts, self._polled_at, self.broker = [], None, None
         if eof:
             self._close_reader()
 
@@ -116,7 +122,7 @@ class QueueMonitor:
         self.read()
         self._close_reader()
         self.pid = None
-        self._counts, self._polled_at = [], None
+        self._counts, self._polled_at, self.broker = [], None, None
         if self._stopped:
             return
         if self._replacing:
@@ -139,7 +145,7 @@ class QueueMonitor:
         if broker == self._broker and targets == self._targets:
             return
         self._broker, self._targets = broker, targets
-        self._counts, self._polled_at = [], None
+        self._counts, self._polled_at, self.broker = [], None, None
         if self.pid is not None:
             self._replacing = True  # reaped as usual, then started again at once
             self._signal(signal.SIGTERM)
@@ -239,6 +245,9 @@ def _run(broker, targets, report_fd: int, interval: float) -> int:
         try:
             connection = _connect(broker, broker.urls[url_index])
             failures = 0
+            if not reporter.send(BROKER, server=amqp.describe_server(connection),
+                                 url=redact_url(broker.urls[url_index])):
+                return 0
             while True:
                 started = time.monotonic()
                 if not reporter.send(POLLED, counts=_poll(connection, targets)):

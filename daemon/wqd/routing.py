@@ -207,13 +207,21 @@ def copy_properties(properties):
 def republished_properties(properties):
     """A copy of a delivery's properties (the handler's message keeps its own)
     that wqd may publish: without ``user_id`` (the broker refuses it unless it
-    is wqd's own user, closing the channel) and the CC/BCC headers (they would
-    route the copy to other queues as well)."""
+    is wqd's own user, closing the channel), the CC/BCC headers (they would
+    route the copy to other queues as well) and the headers the broker owns
+    (x-delivery-count, x-death, x-first-death-*, x-last-death-*: they describe
+    the original's path; RabbitMQ 3.x would build on a copied x-death, and a
+    stale x-delivery-count would count the copy's attempts wrong)."""
     copied = copy.copy(properties)
     copied.user_id = None
-    if isinstance(copied.headers, dict) and ("CC" in copied.headers or "BCC" in copied.headers):
-        copied.headers = {name: value for name, value in copied.headers.items() if name not in ("CC", "BCC")}
+    if isinstance(copied.headers, dict) and any(_not_copied(name) for name in copied.headers):
+        copied.headers = {name: value for name, value in copied.headers.items() if not _not_copied(name)}
     return copied
+
+
+def _not_copied(name) -> bool:
+    return name in ("CC", "BCC", "x-delivery-count", "x-death") or (
+        isinstance(name, str) and name.startswith(("x-first-death-", "x-last-death-")))
 
 
 def encodable(properties):

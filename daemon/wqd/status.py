@@ -22,6 +22,7 @@ def gather_status(config) -> dict:
     master, master_problem = _master_status(config)
     master_pools = {pool["name"]: pool for pool in (master or {}).get("pools", [])}
     connection, index = amqp.connect_any(config.broker, name="wqd status")
+    server = amqp.describe_server(connection)
     try:
         pools = []
         for pool in config.pools:
@@ -50,6 +51,9 @@ def gather_status(config) -> dict:
             connection.close()
     return {
         "broker": ", ".join(redact_url(url) for url in config.broker.urls),
+        # The product and version of the node that answered, e.g. "RabbitMQ 4.0.5".
+        "broker_server": server,
+        "broker_answered": redact_url(config.broker.urls[index]),
         # running: True (it answered), False (nothing listens), None (unknown: see "problem").
         "master": {"running": True if master else (False if master_problem == _NOTHING_LISTENS else None),
                    "pid": master and master["pid"], "ready": bool(master and master["ready"]),
@@ -119,7 +123,7 @@ def format_status(status: dict) -> str:
         head = "wqd is not running (nothing listens on metrics.listen); broker view only"
     else:
         head = f"wqd master: unknown, {master['problem']}; broker view only"
-    lines = [head, f"broker {status['broker']}", ""]
+    lines = [head, f"broker {status['broker']} ({status['broker_server']} at {status['broker_answered']})", ""]
     lines.append(f"{'POOL':<14}{'QUEUE':<24}{'READY':>7}{'BUSY':>6}{'CONSUMERS':>11}"
                  f"{'WORKERS':>9}{'DONE':>8}{'FAILED':>8}{'DEAD':>6}")
     for pool in status["pools"]:

@@ -1,0 +1,180 @@
+"""The arguments wqd declares a pool's queues with, and the declare itself.
+
+Every client that declares a pool's queue (the workers, ``wqd publish``)
+must send the same arguments, or the broker refuses the second declare
+(PRECONDITION_FAILED): so they are computed here only, from the pool alone,
+the same on every broker version.
+
+A quorum work queue gets an explicit delivery limit and the pool's
+dead-letter queue as its dead-letter target. RabbitMQ 4.0 gives quorum
+queues a default limit of 20 deliveries and drops a message past it when the
+queue has no dead-letter target; wqd's own accounting gives a message up
+after max_retries + 1 attempts that killed their worker (each one a
+delivery), so the broker's limit is that plus a margin for deliveries lost
+to connection failures, and a message past it lands in the dead-letter
+queue with x-death reason "delivery_limit" instead of vanishing.
+
+The work queue of a pool with a time_limit gets an x-consumer-timeout that
+covers it, so the broker's delivery-acknowledgement timeout never cuts a task
+the worker itself would let finish. RabbitMQ honours it from 3.11.15; older
+versions accept and ignore it, and no version compares it on a redeclare
+(measured on 3.10.8 and 4.0.5), so it cannot cause a mismatch, and an
+existing queue keeps the value it was created with.
+"""
+
+import re
+from typing import Optional
+
+import pika.exceptions
+
+from wqd.errors import ConfigError
+
+# Deliveries lost to connection failures (broker restarts, network) that a
+# message may suffer on top of the max_retries + 1 attempts wqd counts.
+DELIVERY_LIMIT_MARGIN = 10
+# The largest max_retries of a quorum pool. A message being redelivered keeps
+# the quorum queue's log from being truncated past it, so its delivery limit
+# must stay small; max_retries + 1 + DELIVERY_LIMIT_MARGIN is at most 111.
+MAX_QUORUM_RETRIES = 100
+
+# The broker's delivery-acknowledgement timeout when its configuration does
+# not set consumer_timeout (RabbitMQ 3.8.15 and later): 30 minutes.
+DEFAULT_CONSUMER_TIMEOUT = 30 * 60.0
+# Brokers from this version honour a queue's x-consumer-timeout; older ones
+# accept the argument and ignore it (it takes effect once they are upgraded).
+QUEUE_CONSUMER_TIMEOUT_SINCE = (3, 11, 15)
+# The broker checks consumer timeouts once a minute, and a task cut at
+# time_limit is requeued by its worker's death: the queue's timeout leaves
+# this much on top of what the pool's tasks may take.
+CONSUMER_TIMEOUT_MARGIN = 60.0
+# x-consumer-timeout is a signed 32-bit number of milliseconds.
+MAX_CONSUMER_TIMEOUT = (2 ** 31 - 1) / 1000
+
+# Arguments a quorum queue cannot change once declared; wqd's quorum work queues need them.
+QUORUM_PROTECTION = ("x-delivery-limit", "x-dead-letter-exchange", "x-dead-letter-routing-key",
+                     "x-dead-letter-strategy", "x-overflow")
+
+
+def delivery_limit(pool) -> int:
+    """The quorum work queue's x-delivery-limit for ``pool``."""
+    return pool.max_retries + 1 + DELIVERY_LIMIT_MARGIN
+
+
+def work_queue_arguments(pool) -> Optional[dict]:
+    """Declare-time arguments of ``pool``'s work queue; None for a classic
+    queue that needs none, matching a plain declare. The same on every broker
+    version, so that a queue created before a broker upgrade has what the new
+    version honours."""
+    arguments = {}
+    if pool.queue_type == "quorum":
+        arguments.update({"x-queue-type": "quorum", "x-delivery-limit": delivery_limit(pool)})
+        if pool.dead_letter_queue:
+            # at-least-once dead-lettering (which needs reject-publish; the queue
+            # has no length limit, so nothing is ever rejected) removes a
+            # message only once the dead-letter queue confirmed it.
+            arguments.update({"x-dead-letter-exchange": "", "x-dead-letter-routing-key": pool.dead_letter_queue,
+                              "x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"})
+    timeout = queue_consumer_timeout(pool)
+    if timeout is not None:
+        arguments["x-consumer-timeout"] = int(timeout * 1000)
+    return arguments or None
+
+
+def dead_letter_queue_arguments(pool) -> Optional[dict]:
+    """The dead-letter queue: of the pool's queue type, nothing more."""
+    return {"x-queue-type": "quorum"} if pool.queue_type == "quorum" else None
+
+
+def queue_consumer_timeout(pool) -> Optional[float]:
+    """Seconds of x-consumer-timeout for the work queue of a pool with a
+    time_limit; None (the broker's own consumer_timeout applies) without one.
+    A worker holds up to ``prefetch`` deliveries and runs them one after the
+    other, so the last one waits for the others."""
+    if pool.time_limit is None:
+        return None
+    return min(MAX_CONSUMER_TIMEOUT, pool.time_limit * pool.prefetch + CONSUMER_TIMEOUT_MARGIN)
+
+
+def consumer_timeout_warning(pool, version: tuple) -> Optional[str]:
+    """One line when the broker (of ``version``, () when unknown) may cut
+    ``pool``'s tasks short with its delivery-acknowledgement timeout; None
+    when wqd's queue argument covers them."""
+    needed = None if pool.time_limit is None else pool.time_limit * pool.prefetch
+    honours_queue_argument = bool(version) and version >= QUEUE_CONSUMER_TIMEOUT_SINCE
+    if needed is not None and honours_queue_argument:
+        if needed + CONSUMER_TIMEOUT_MARGIN <= MAX_CONSUMER_TIMEOUT:
+            return None
+        return (f"pool {pool.name!r}: time_limit {pool.time_limit:g} s x prefetch {pool.prefetch} exceeds the "
+                f"longest consumer timeout a queue can have ({MAX_CONSUMER_TIMEOUT:.0f} s): the broker will "
+                f"close the channel of a task that runs longer (consumer_timeout); lower time_limit")
+    if needed is not None and needed < DEFAULT_CONSUMER_TIMEOUT:
+        return None  # within the broker's default, unless its configuration lowered it
+    shown = ".".join(str(part) for part in version) or "of unknown version"
+    if honours_queue_argument:
+        how = "set the pool's time_limit (wqd then gives its queue a consumer timeout that covers it)"
+    else:
+        how = (f"raise consumer_timeout in the broker's rabbitmq.conf (RabbitMQ {shown} has no per-queue "
+               f"consumer timeout), or set a time_limit below it")
+    what = ("has no time_limit" if needed is None else
+            f"lets a delivery wait up to {needed:g} s (time_limit x prefetch)")
+    return (f"pool {pool.name!r} {what}, but the broker closes the channel of a delivery unacked longer than "
+            f"its consumer_timeout (default {DEFAULT_CONSUMER_TIMEOUT:.0f} s): {how}.")
+
+
+class QueueMismatch(ConfigError):
+    """The queue exists with other arguments: a configuration error, not a crash."""
+
+
+def declare_pool_queues(connection, pool) -> None:
+    """Declare ``pool``'s work queue and dead-letter queue, each on a channel
+    of its own (a refused declare closes its channel). Raises QueueMismatch."""
+    _declare(connection, pool, pool.queue, work_queue_arguments(pool))
+    if pool.dead_letter_queue:
+        _declare(connection, pool, pool.dead_letter_queue, dead_letter_queue_arguments(pool))
+
+
+def _declare(connection, pool, queue: str, arguments) -> None:
+    channel = connection.channel()
+    try:
+        channel.queue_declare(queue=queue, durable=True, arguments=arguments)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code != 406:
+            raise
+        reply = telling_reply(connection, pool, queue, exc.reply_text)
+        raise QueueMismatch(describe_mismatch(pool, queue, reply)) from None
+    channel.close()
+
+
+def telling_reply(connection, pool, queue: str, reply_text: str) -> str:
+    """The broker names the first argument that differs in its own order:
+    a classic queue declared as a quorum one differs in x-dead-letter-exchange
+    before x-queue-type. A declare with the type alone says whether the type
+    differs; that reply, if so, else ``reply_text``."""
+    if "'x-queue-type'" in reply_text:
+        return reply_text
+    arguments = {"x-queue-type": "quorum"} if pool.queue_type == "quorum" else None
+    channel = connection.channel()
+    try:
+        channel.queue_declare(queue=queue, durable=True, arguments=arguments)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        return exc.reply_text if exc.reply_code == 406 else reply_text
+    channel.close()
+    return reply_text
+
+
+def describe_mismatch(pool, queue: str, reply_text: str) -> str:
+    """The one-paragraph error for a queue the broker has with other arguments
+    than wqd declares (PRECONDITION_FAILED), naming the argument."""
+    found = re.search(r"inequivalent arg '([^']+)'", reply_text)
+    argument = found.group(1) if found else None
+    if argument in QUORUM_PROTECTION:
+        fix = ("wqd declares a quorum work queue with a delivery limit and its dead-letter queue as "
+               "dead-letter target, so that a message redelivered too often is dead-lettered, not dropped; "
+               "a quorum queue's arguments cannot be changed: re-create the queue (see \"Migrating a quorum "
+               "queue\" in the README), or use another queue name")
+    else:
+        fix = "change the pool's queue_type or queue name to match, or delete the queue"
+    differs = f" (argument {argument})" if argument else ""
+    return (f"Configuration error in pool {pool.name!r}: queue {queue!r} already exists with other arguments "
+            f"than wqd declares{differs}; the broker said: {reply_text}. To fix it: {fix}. The pool is not "
+            f"restarted.")

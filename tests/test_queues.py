@@ -1,0 +1,95 @@
+"""The arguments wqd declares its queues with (queues.py), and the quorum
+max_retries bound: pure logic, and `wqd check`'s answer."""
+
+import pytest
+
+from tests.support.daemon import run_cli
+from wqd import config, queues
+
+QUORUM = """\
+pools:
+  - name: jobs
+    queue: jobs
+    handler: wqd.examples:sleep_dots
+    queue_type: quorum
+"""
+
+
+def pool(text=QUORUM):
+    return config.parse(text, "wqd.yaml").pools[0]
+
+
+def test_a_quorum_work_queue_has_a_delivery_limit_and_dead_letters_at_least_once():
+    arguments = queues.work_queue_arguments(pool(QUORUM + "    max_retries: 5\n"))
+    assert arguments == {
+        "x-queue-type": "quorum", "x-delivery-limit": 5 + 1 + queues.DELIVERY_LIMIT_MARGIN,
+        "x-dead-letter-exchange": "", "x-dead-letter-routing-key": "jobs.dead",
+        "x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
+    assert queues.dead_letter_queue_arguments(pool()) == {"x-queue-type": "quorum"}
+
+
+def test_a_quorum_pool_without_dead_letter_queue_still_gets_its_delivery_limit():
+    arguments = queues.work_queue_arguments(pool(QUORUM + "    dead_letter_queue: null\n"))
+    assert arguments == {"x-queue-type": "quorum", "x-delivery-limit": 3 + 1 + queues.DELIVERY_LIMIT_MARGIN}
+
+
+def test_a_classic_queue_is_declared_plainly():
+    classic = pool(QUORUM.replace("quorum", "classic"))
+    assert queues.work_queue_arguments(classic) is None
+    assert queues.dead_letter_queue_arguments(classic) is None
+
+
+def test_the_consumer_timeout_argument_covers_time_limit_times_prefetch():
+    """On every version: 3.10 ignores it, and honours it once upgraded."""
+    limited = pool(QUORUM.replace("quorum", "classic") + "    time_limit: 600\n    prefetch: 2\n")
+    assert queues.work_queue_arguments(limited) == {
+        "x-consumer-timeout": (600 * 2 + queues.CONSUMER_TIMEOUT_MARGIN) * 1000}
+    longest = pool(QUORUM + "    time_limit: 31536000\n")
+    assert queues.work_queue_arguments(longest)["x-consumer-timeout"] == 2 ** 31 - 1
+
+
+def test_no_time_limit_leaves_the_broker_default():
+    assert "x-consumer-timeout" not in queues.work_queue_arguments(pool())
+
+
+@pytest.mark.parametrize("addition, version, warned", [
+    ("", (3, 10, 8), "has no time_limit"),
+    ("", (4, 0, 5), "has no time_limit"),
+    ("", (), "has no time_limit"),
+    ("    time_limit: 60\n", (3, 10, 8), None),
+    ("    time_limit: 3600\n", (3, 10, 8), "raise consumer_timeout in the broker's rabbitmq.conf"),
+    ("    time_limit: 3600\n", (4, 0, 5), None),
+    ("    time_limit: 31536000\n", (4, 0, 5), "exceeds the longest consumer timeout"),
+])
+def test_the_consumer_timeout_warning(addition, version, warned):
+    warning = queues.consumer_timeout_warning(pool(QUORUM + addition), version)
+    if warned is None:
+        assert warning is None
+    else:
+        assert warned in warning and "consumer_timeout" in warning and "\n" not in warning
+
+
+def test_a_quorum_pool_may_have_max_retries_up_to_the_bound():
+    assert pool(QUORUM + f"    max_retries: {queues.MAX_QUORUM_RETRIES}\n").max_retries == queues.MAX_QUORUM_RETRIES
+    classic = QUORUM.replace("quorum", "classic") + f"    max_retries: {queues.MAX_QUORUM_RETRIES + 1}\n"
+    assert pool(classic).max_retries == queues.MAX_QUORUM_RETRIES + 1
+
+
+def test_wqd_check_refuses_a_quorum_pool_whose_max_retries_exceeds_the_bound(tmp_path):
+    path = tmp_path / "wqd.yaml"
+    path.write_text(QUORUM + f"    max_retries: {queues.MAX_QUORUM_RETRIES + 1}\n")
+    result = run_cli("check", "-c", str(path))
+    assert result.returncode == 78, result.stderr
+    assert f"wqd.yaml:6: pools[0].max_retries: is {queues.MAX_QUORUM_RETRIES + 1}, above the" in result.stderr
+    assert "delivery limit" in result.stderr and "delivery_limit" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_mismatch_names_the_argument_and_how_to_migrate():
+    text = ("PRECONDITION_FAILED - inequivalent arg 'x-delivery-limit' for queue 'jobs' in vhost '/': "
+            "received the value '14' of type 'signedint' but current is none")
+    error = queues.describe_mismatch(pool(), "jobs", text)
+    assert "queue 'jobs' already exists with other arguments than wqd declares (argument x-delivery-limit)" in error
+    assert "re-create the queue" in error and "Migrating a quorum queue" in error and text in error
+    other = queues.describe_mismatch(pool(), "jobs", "PRECONDITION_FAILED - inequivalent arg 'x-queue-type' ...")
+    assert "(argument x-queue-type)" in other and "change the pool's queue_type" in other

@@ -51,6 +51,18 @@ def _restarts(wqd):
     return sum(value for (name, _), value in wqd.metrics().items() if name == "wqd_worker_restarts_total")
 
 
+def _max_message_size(broker) -> int:
+    answer = broker.ctl("eval", "{ok, Size} = application:get_env(rabbit, max_message_size), Size.")
+    return int(answer.strip())
+
+
+def _set_max_message_size(broker, size: int) -> None:
+    """RabbitMQ 3.x reads max_message_size from the application environment at
+    each publish; 4.0 from a persistent term it writes once at boot: set both."""
+    broker.ctl("eval", f"application:set_env(rabbit, max_message_size, {size}), "
+                       f"persistent_term:put(max_message_size, {size}).")
+
+
 @pytest.mark.parametrize("handler", ["handlers:returns_coroutine", "handlers:returns_generator"])
 def test_a_handler_that_returns_a_coroutine_or_generator_fails_without_its_body_counted_done(
         broker, queue_name, make_wqd, handler):
@@ -302,7 +314,8 @@ def test_a_copy_the_broker_refuses_never_loses_the_original(broker, queue_name, 
     broker.declare_queue(queue_name)
     body = task_body("big", action="fail").encode() + b" " * 5000
     broker.publish(queue_name, body, declare=False, message_id="m-big")
-    broker.ctl("eval", "application:set_env(rabbit, max_message_size, 1024).")
+    original_limit = _max_message_size(broker)
+    _set_max_message_size(broker, 1024)
     try:
         wqd = make_wqd([pool(queue_name, workers=1, max_retries=3, retry_delay=FAST_RETRY)],
                        graceful_timeout=2).start()
@@ -311,7 +324,7 @@ def test_a_copy_the_broker_refuses_never_loses_the_original(broker, queue_name, 
         assert _restarts(wqd) == 0
         wqd.stop()
     finally:
-        broker.ctl("eval", "application:set_env(rabbit, max_message_size, 134217728).")
+        _set_max_message_size(broker, original_limit)
     wait_for(lambda: _ready(broker, queue_name) == 1, 15, message="the original back in the queue")
     ((got, properties),) = broker.get_all_messages(queue_name)
     assert got == body and properties.message_id == "m-big"

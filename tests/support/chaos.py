@@ -45,9 +45,14 @@ class ChaosReport:
 
 
 def preload(broker, queue: str, count: int, task_seconds: float) -> None:
-    """Publish ``count`` persistent tasks; the queue must exist (wqd declared it)."""
+    """Publish ``count`` persistent tasks; the queue must exist (wqd declared it).
+    Each publish waits for the broker's confirm: only a confirmed message is
+    sure to be on disk. RabbitMQ 4.0's classic queues keep unconfirmed ones in
+    memory a while, and a broker SIGKILLed seconds after the preload came back
+    with the queue empty (3.10 happened to have written them)."""
     connection = broker.connection()
     channel = connection.channel()
+    channel.confirm_delivery()
     properties = pika.BasicProperties(delivery_mode=2)
     for task_id in range(count):
         channel.basic_publish("", queue, json.dumps({"id": task_id, "sleep": task_seconds}), properties)

@@ -71,14 +71,20 @@ def _assert_supervising(wqd, broker, queue_name):
 # reloads
 
 
-def test_a_reload_slow_to_load_does_not_stall_supervision_and_hups_during_it_are_merged(
-        broker, queue_name, make_wqd):
+def _reload_a_slow_handler(queue_name, make_wqd):
+    """A running wqd (2 workers, time_limit 1 s) HUPed with a new pool whose
+    handler module waits at import (until the test touches import-gate);
+    returns it and the pid of the child loading that reload."""
     wqd = make_wqd([pool(queue_name, workers=2, time_limit=1, max_retries=0)]).start()
     wait_for(_consuming(wqd, 2), 30, message="2 workers")
     wqd.config["pools"].append(pool(queue_name + "-slow", name="slow", handler="slow_import:task", workers=1))
     wqd.write_config()
-    loader = _hup_and_wait_for_the_loading_child(wqd)
+    return wqd, _hup_and_wait_for_the_loading_child(wqd)
 
+
+def test_a_reload_slow_to_load_does_not_stall_supervision_and_hups_during_it_are_merged(
+        broker, queue_name, make_wqd):
+    wqd, loader = _reload_a_slow_handler(queue_name, make_wqd)
     _assert_supervising(wqd, broker, queue_name)
     # Two more HUPs while the first reload is still loading: one more reload after it, not two.
     for count in (1, 2):
@@ -99,11 +105,7 @@ def test_a_reload_slow_to_load_does_not_stall_supervision_and_hups_during_it_are
 
 def test_a_reload_that_does_not_finish_in_time_is_abandoned_and_the_running_config_kept(
         broker, queue_name, make_wqd):
-    wqd = make_wqd([pool(queue_name, workers=2, time_limit=1, max_retries=0)]).start()
-    wait_for(_consuming(wqd, 2), 30, message="2 workers")
-    wqd.config["pools"].append(pool(queue_name + "-slow", name="slow", handler="slow_import:task", workers=1))
-    wqd.write_config()
-    loader = _hup_and_wait_for_the_loading_child(wqd)
+    wqd, loader = _reload_a_slow_handler(queue_name, make_wqd)
     _assert_supervising(wqd, broker, queue_name)
 
     expected = (f"Reload failed; keeping the running configuration. loading {wqd.config_path} did not finish "

@@ -79,18 +79,6 @@ def test_channels_and_queues_use_nothing_that_rabbitmq_4_removes(broker, queue_n
             broker.delete_queue(name)
 
 
-def _all(broker, queue: str) -> list:
-    """Every message in ``queue`` as (properties, body), acked."""
-    found = []
-    with broker.connection() as connection:
-        channel = connection.channel()
-        while True:
-            method, properties, body = channel.basic_get(queue, auto_ack=True)
-            if method is None:
-                return found
-            found.append((properties, body))
-
-
 def test_a_message_that_kills_its_worker_every_time_is_dead_lettered_from_a_quorum_queue(
         broker, queue_name, make_wqd):
     wqd = make_wqd([pool(queue_name, workers=2, queue_type="quorum", max_retries=2)]).start()
@@ -98,7 +86,7 @@ def test_a_message_that_kills_its_worker_every_time_is_dead_lettered_from_a_quor
     wait_for(lambda: (broker.queue_stats(queue_name + ".dead") or {}).get("messages_ready") == 1, 60,
              message=lambda: f"dead-lettered:\n{wqd.logs()}")
     assert [start["attempt"] for start in wqd.records("start")] == [1, 2, 3]
-    ((properties, body),) = _all(broker, queue_name + ".dead")
+    ((body, properties),) = broker.get_all_messages(queue_name + ".dead")
     assert body == task_body("poison", action="exit").encode() and properties.message_id == "poison-1"
     headers = properties.headers
     assert headers["x-wqd-exception"] == "WorkerLost" and headers["x-wqd-attempts"] == 3, headers
@@ -123,8 +111,8 @@ def test_past_its_delivery_limit_a_quorum_queue_dead_letters_with_reason_deliver
             method = wait_for(lambda: channel.basic_get(queue_name)[0], 10, message="a delivery")
             assert method is not None
             channel.close()  # returns it unacked: one more delivery counted
-    dead = wait_for(lambda: _all(broker, queue_name + ".dead"), 10, message="dead-lettered by the broker")
-    ((properties, body),) = dead
+    dead = wait_for(lambda: broker.get_all_messages(queue_name + ".dead"), 10, message="dead-lettered by the broker")
+    ((body, properties),) = dead
     assert body == b"dropped again and again" and properties.message_id == "m-1"
     assert properties.headers["x-first-death-reason"] == "delivery_limit", properties.headers
     (death,) = properties.headers["x-death"]

@@ -14,7 +14,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from mounts import descendants, kill_tree, unmount_below
+from mounts import descendants, terminate, unmount_below
 
 from tests.support.waiting import wait_for
 
@@ -76,12 +76,7 @@ class Dockerd:
             if ids:
                 self.docker("rm", "--force", *ids, check=False, timeout=120)
             tree = {pid: _comm(pid) for pid in descendants(self.proc.pid)[1:]}
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                kill_tree(self.proc.pid)
-                self.proc.wait(30)
+            terminate(self.proc, timeout)
             for pid, comm in tree.items():  # a containerd that outlived its dockerd
                 if comm is not None and _comm(pid) == comm:
                     try:

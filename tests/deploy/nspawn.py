@@ -9,11 +9,10 @@ environment (nothing of the test's, such as PIP_* variables, leaks in).
 """
 
 import json
-import signal
 import subprocess
 from pathlib import Path
 
-from mounts import kill_tree
+from mounts import terminate
 
 from tests.support.waiting import wait_for
 
@@ -91,9 +90,4 @@ class Machine:
         poweroff); SIGKILL what is left when that takes too long."""
         if self.proc is None or self.proc.poll() is not None:
             return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            kill_tree(self.proc.pid)
-            self.proc.wait(30)
+        terminate(self.proc, timeout)

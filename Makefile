@@ -50,7 +50,7 @@ venv: $(VENV_STAMP)
 # editable, so code changes need no reinstall).
 $(VENV_STAMP): setup.cfg pyproject.toml
 	test -x $(VENV_PY) || $(PY) -m venv $(VENV)
-	$(VENV_PY) -m pip install --disable-pip-version-check -q -e '.[test]'
+	$(VENV_PY) -m pip install --disable-pip-version-check -q -e '.[test,otel]'
 	touch $@
 
 # Debian packages the tests need. Installed only if missing, and only as

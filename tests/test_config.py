@@ -113,7 +113,7 @@ def _key_paths(cls, prefix=""):
 
 def test_every_key_is_declared_with_a_check_and_a_doc():
     sections = [config.Config, config.BrokerConfig, config.TLSConfig, config.MetricsConfig, config.LoggingConfig,
-                config.ShutdownConfig, config.PoolConfig, config.RetryDelay]
+                config.ShutdownConfig, config.TracingConfig, config.PoolConfig, config.RetryDelay]
     for section in sections:
         keys = config.declared_keys(section)
         assert keys, section

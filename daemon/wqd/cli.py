@@ -195,8 +195,17 @@ def cmd_publish(args) -> int:
                     for number, text in enumerate(args.messages, 1)]
     else:
         messages = sys.stdin.buffer if sys.stdin else []
-    for body in publish_lines(broker, queue, pool, messages, headers, persistent=not args.transient):
-        print(f" [x] Sent {body.decode()!r}", flush=True)
+    tracing = None
+    if config is not None and config.tracing.enabled:
+        from wqd.tracing import PublishTracing  # imported only when tracing is enabled
+        tracing = PublishTracing(queue, headers)
+    try:
+        for body in publish_lines(broker, queue, pool, messages, headers, persistent=not args.transient,
+                                  tracing=tracing):
+            print(f" [x] Sent {body.decode()!r}", flush=True)
+    finally:
+        if tracing is not None:
+            tracing.shutdown()
     return EXIT_OK
 
 

@@ -135,6 +135,12 @@ def readable_file(value: Any) -> str:
     return value
 
 
+def boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("expected true or false")
+    return value
+
+
 def one_of(*choices: str) -> Callable[[Any], str]:
     def check(value: Any) -> str:
         if value not in choices:
@@ -355,6 +361,24 @@ class ShutdownConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class TracingConfig:
+    enabled: bool = key(boolean, False, doc="a span per task and per `wqd publish` message (OpenTelemetry, the "
+                                            "wqd[otel] extra); the OTEL_* environment variables say where they go")
+
+    def conflicts(self) -> list:
+        """Tracing on needs OpenTelemetry installed (imported only then) and OTEL_* values wqd can use."""
+        if not self.enabled:
+            return []
+        try:
+            from wqd import tracing
+        except ImportError as exc:
+            return [("enabled", f"is true, but OpenTelemetry is not installed ({exc}): install wqd with its "
+                                f"otel extra, pip install 'wqd[otel]', or set tracing.enabled: false")]
+        problem = tracing.environment_problem()
+        return [("enabled", f"is true, but {problem}")] if problem else []
+
+
+@dataclasses.dataclass(frozen=True)
 class RetryDelay:
     initial: float = key(seconds(MAX_RETRY_DELAY, "24 days"), 1.0, doc="seconds before the first retry")
     max: float = key(seconds(MAX_RETRY_DELAY, "24 days"), 300.0, doc="the longest delay, seconds")
@@ -448,6 +472,7 @@ class Config:
     metrics: MetricsConfig = key(Section(MetricsConfig), doc="the master's HTTP endpoint")
     logging: LoggingConfig = key(Section(LoggingConfig), doc="log records on stderr")
     shutdown: ShutdownConfig = key(Section(ShutdownConfig), doc="how a stop proceeds")
+    tracing: TracingConfig = key(Section(TracingConfig), doc="OpenTelemetry spans: {enabled: false}")
     pools: tuple = key(SectionList(PoolConfig, noun="pool", unique="name"),
                        doc="the worker pools, each consuming one queue")
 

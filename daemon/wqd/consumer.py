@@ -61,6 +61,10 @@ class Consumer:
         self._deliveries = collections.deque()  # received, not started (more than one at prefetch > 1)
         self._tasks_done = 0
         self._failures = 0  # consecutive connection failures, for the reconnect backoff
+        self.tracing = None  # tracing: enabled: a TaskTracing (tracing.py, imported only then)
+        if context.tracing:
+            from wqd import tracing
+            self.tracing = tracing.TaskTracing(self.pool, self.worker_name)
 
     @property
     def _connection(self):
@@ -105,6 +109,8 @@ class Consumer:
                 self._wake.wait(delay)
                 self._wake.clear()
         self._discard_connection()
+        if self.tracing is not None:  # the spans of the last tasks
+            self.tracing.shutdown()
 
     def _open(self) -> None:
         self.keeper.connection = amqp.connect(
@@ -185,6 +191,13 @@ class Consumer:
         task = self._task(method, properties, body)
         if task is None:
             return
+        if self.tracing is not None:
+            self.tracing.run(method, task, self._run)
+        else:
+            self._run(task)
+
+    def _run(self, task: Task):
+        """Run the handler, then settle the task; return its outcome (None while held)."""
         self.record.task_started(task.key)
         with self.keeper:  # the connection is the keeper's while the handler runs
             started = time.perf_counter()
@@ -195,7 +208,7 @@ class Consumer:
             except BaseException as exc:  # a handler's failure, whatever it raised, is the task's
                 task.error = exc
             task.duration = time.perf_counter() - started
-        self._settle(task)
+        return self._settle(task)
 
     def _task(self, method, properties, body):
         """The Task for a delivery; None when it is not to run (returned, or lost too often)."""
@@ -221,8 +234,8 @@ class Consumer:
             return None
         return task
 
-    def _settle(self, task: Task) -> None:
-        """Ack, retry or dead-letter a finished task."""
+    def _settle(self, task: Task):
+        """Ack, retry or dead-letter a finished task; return its outcome (None while held)."""
         try:
             error = self.keeper.take_error() or amqp.broker_closed(self._channel)
             if error is not None:  # the connection failed, or the broker closed the channel, while the handler ran
@@ -234,12 +247,13 @@ class Consumer:
             self.record.task_finished(Outcome.FAILED, task.duration)
             raise
         if outcome is None:  # held until the republish is tried again
-            return
+            return None
         if task.lost:  # rare: its lineage lost attempts, and ends here
             self.reporter.send(lost_attempts.CLEAR, key=task.key)
         self.record.task_finished(outcome, task.duration)
         self._tasks_done += 1
         self._check_recycle()
+        return outcome
 
     def _check_recycle(self) -> None:
         limit = self.pool.max_tasks_per_child

@@ -107,8 +107,11 @@ def kill_deadline(started: float, time_limit: Optional[float]) -> Optional[float
 
 
 def environment(message: Message) -> dict:
-    """The WQD_* variables a one-shot command gets besides wqd's environment."""
+    """The WQD_* variables a one-shot command gets besides wqd's environment,
+    and TRACEPARENT/TRACESTATE, the message's trace context (with tracing on,
+    the task's span) as OpenTelemetry hands one to a process."""
     return {
+        **trace_context(message.headers),
         "WQD_MESSAGE_ID": message.message_id,
         "WQD_ATTEMPT": str(message.attempt),
         "WQD_REDELIVERED": "1" if message.redelivered else "0",
@@ -118,6 +121,18 @@ def environment(message: Message) -> dict:
         "WQD_CONTENT_TYPE": message.properties.content_type or "",
         "WQD_HEADERS": json.dumps(message.headers, default=_json_value, ensure_ascii=False),
     }
+
+
+def trace_context(headers: dict) -> dict:
+    """{TRACEPARENT, TRACESTATE} from a message's W3C trace context headers, where they are text."""
+    found = {}
+    for name in ("traceparent", "tracestate"):
+        value = headers.get(name)
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", "replace")
+        if isinstance(value, str) and value and "\0" not in value:
+            found[name.upper()] = value
+    return found
 
 
 def request(message: Message) -> bytes:

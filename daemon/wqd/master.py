@@ -362,7 +362,7 @@ class Master:
                 pool=pool.config, broker=self.config.broker, handler=pool.handler, slot=slot, quiet=self.quiet,
                 report_fd=write_fd, command_fd=command_read, record=record,
                 lost_attempts=self.lost_attempts.counts(), master_pid=self.pid,
-                graceful_timeout=self.config.shutdown.graceful_timeout))
+                graceful_timeout=self.config.shutdown.graceful_timeout, tracing=self.config.tracing.enabled))
 
         pid = children.fork(child_main, f"Worker {pool.config.name}[{slot}]")
         os.close(write_fd)

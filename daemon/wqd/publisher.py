@@ -31,7 +31,7 @@ _NOT_SENT = "it was not sent, nor anything after it"
 _SIZE_REFUSAL = re.compile(r"larger than (?:the )?(?:configured )?max(?:imum)? size (\d+)", re.IGNORECASE)
 
 
-def publish_lines(broker, queue: str, pool, bodies, headers: dict, persistent: bool = True):
+def publish_lines(broker, queue: str, pool, bodies, headers: dict, persistent: bool = True, tracing=None):
     """Publish each body to ``queue``; yield it once the broker confirmed it.
 
     ``bodies`` is a list of bytes, or a binary stream whose lines (UTF-8
@@ -48,6 +48,9 @@ def publish_lines(broker, queue: str, pool, bodies, headers: dict, persistent: b
     not take a message, errors.InputError for a body that is not UTF-8 or too
     large, errors.ConfigError when the queue exists with other arguments than
     the pool's, errors.WqdError otherwise.
+
+    ``tracing`` (a tracing.PublishTracing, when tracing is enabled) gives
+    each message a PRODUCER span, whose context its headers carry.
     """
     connection, index = amqp.connect_any(broker, name="wqd publish")
     url = broker.urls[index]
@@ -63,24 +66,18 @@ def publish_lines(broker, queue: str, pool, bodies, headers: dict, persistent: b
             if len(body) > limit:
                 raise errors.InputError(f"{_message(number, body)} is larger than the broker takes: {limit_name} "
                                         f"is {limit} bytes; {_NOT_SENT}")
-            properties = pika.BasicProperties(delivery_mode=delivery_mode, message_id=uuid.uuid4().hex,
-                                              headers=headers or None)
-            nacks = 0
-            while True:
-                try:
-                    channel.basic_publish("", queue, body, properties, mandatory=True)
-                    break
-                except pika.exceptions.UnroutableError:
-                    raise errors.WqdError(f"{_message(number, body)} could not be routed to queue {queue!r} "
-                                          f"(does the queue exist?)") from None
-                except pika.exceptions.NackError:
-                    nacks += 1
-                    if nacks > NACK_RETRIES:
-                        raise errors.BrokerUnavailable(
-                            f"the broker refused {_message(number, body)} (nack, {nacks} times)") from None
-                    time.sleep(backoff.exponential(nacks, NACK_RETRY_INITIAL, NACK_RETRY_MAX))
-                    channel = connection.channel()
-                    channel.confirm_delivery()
+            message_id = uuid.uuid4().hex
+            span, message_headers = tracing.start(message_id, body, headers) if tracing else (None, headers)
+            properties = pika.BasicProperties(delivery_mode=delivery_mode, message_id=message_id,
+                                              headers=message_headers or None)
+            try:
+                channel = _publish(connection, channel, queue, number, body, properties)
+            except BaseException as exc:
+                if span is not None:
+                    tracing.end(span, exc)
+                raise
+            if span is not None:
+                tracing.end(span)
             yield body
     except (pika.exceptions.ChannelClosedByBroker, pika.exceptions.ConnectionClosedByBroker) as exc:
         refused = _SIZE_REFUSAL.search(exc.reply_text or "")
@@ -99,6 +96,27 @@ def publish_lines(broker, queue: str, pool, bodies, headers: dict, persistent: b
                 connection.close()
             except (pika.exceptions.AMQPError, OSError):
                 pass  # the error that ended the run says it all
+
+
+def _publish(connection, channel, queue: str, number: int, body: bytes, properties):
+    """Publish one message until the broker confirms it; return the channel
+    to go on with (a new one after a nack)."""
+    nacks = 0
+    while True:
+        try:
+            channel.basic_publish("", queue, body, properties, mandatory=True)
+            return channel
+        except pika.exceptions.UnroutableError:
+            raise errors.WqdError(f"{_message(number, body)} could not be routed to queue {queue!r} "
+                                  f"(does the queue exist?)") from None
+        except pika.exceptions.NackError:
+            nacks += 1
+            if nacks > NACK_RETRIES:
+                raise errors.BrokerUnavailable(
+                    f"the broker refused {_message(number, body)} (nack, {nacks} times)") from None
+            time.sleep(backoff.exponential(nacks, NACK_RETRY_INITIAL, NACK_RETRY_MAX))
+            channel = connection.channel()
+            channel.confirm_delivery()
 
 
 def max_message_size(connection):

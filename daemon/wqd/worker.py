@@ -50,6 +50,7 @@ class WorkerContext:
     lost_attempts: dict  # the master's counts of lost attempts at the fork
     master_pid: int
     graceful_timeout: float = 30.0  # shutdown.graceful_timeout: an orphan's deadline to finish its task
+    tracing: bool = False  # tracing.enabled: a span per task (tracing.py)
 
     @property
     def name(self) -> str:

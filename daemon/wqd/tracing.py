@@ -1,0 +1,228 @@
+"""OpenTelemetry tracing: ``tracing: {enabled: true}``, with the wqd[otel] extra.
+
+Imported only when tracing is enabled, so that with it off no wqd process
+loads OpenTelemetry. Where spans go is the standard OTEL_* environment's
+business (OTEL_TRACES_EXPORTER, OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_SERVICE_NAME,
+OTEL_TRACES_SAMPLER, OTEL_PROPAGATORS...), read by the SDK itself.
+
+A worker builds its TracerProvider after the fork (the batch processor's
+export thread would not survive one) and shuts it down, within
+SHUTDOWN_TIMEOUT, when it stops gracefully, so the spans of its last tasks
+are exported. Each task runs in a CONSUMER span continuing the trace context
+of the message's headers (W3C traceparent/tracestate). Before the handler
+runs, the message's headers are given the task span's context instead, so
+that a handler's own spans (and an exec command's, through TRACEPARENT) nest
+under it, and a retried or dead-lettered copy, made from those headers,
+continues the trace from the attempt that failed.
+"""
+
+import copy
+import logging
+import os
+import threading
+from typing import Optional
+
+from opentelemetry import context, propagate, trace
+from opentelemetry.propagators.textmap import Getter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+import wqd
+from wqd.task_stats import Outcome
+
+log = logging.getLogger("wqd.tracing")
+
+# How long a stopping worker (or `wqd publish`) waits for its last spans to be exported.
+SHUTDOWN_TIMEOUT = 5.0
+DEFAULT_SERVICE_NAME = "wqd"
+EXPORTERS = ("otlp", "console", "none")
+OTLP_PROTOCOL = "http/protobuf"  # the exporter the wqd[otel] extra installs
+# The attributes every span of a message operation carries (OpenTelemetry's
+# messaging semantic conventions). The destination is the queue: wqd publishes
+# to it through the default exchange, so the exchange name is always empty.
+SYSTEM = {"messaging.system": "rabbitmq"}
+
+
+def environment_problem() -> Optional[str]:
+    """What is wrong with the OTEL_* variables wqd reads itself, or None (what `wqd check` reports)."""
+    unknown = [name for name in _exporter_names() if name not in EXPORTERS]
+    if unknown:
+        return (f"$OTEL_TRACES_EXPORTER names {unknown[0]!r}; wqd knows {', '.join(EXPORTERS)} "
+                f"(a comma-separated list)")
+    protocol = _otlp_protocol()
+    if "otlp" in _exporter_names() and protocol != OTLP_PROTOCOL:
+        return (f"the OTLP protocol is {protocol!r} ($OTEL_EXPORTER_OTLP_TRACES_PROTOCOL or "
+                f"$OTEL_EXPORTER_OTLP_PROTOCOL); wqd exports over {OTLP_PROTOCOL} only")
+    return None
+
+
+def _exporter_names() -> list:
+    names = os.environ.get("OTEL_TRACES_EXPORTER", "otlp")
+    return [name.strip().lower() for name in names.split(",") if name.strip()] or ["otlp"]
+
+
+def _otlp_protocol() -> str:
+    return (os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+            or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or OTLP_PROTOCOL).strip().lower()
+
+
+def tracer_provider(exporters=None) -> TracerProvider:
+    """A provider exporting through a batch processor per exporter named by
+    $OTEL_TRACES_EXPORTER (or ``exporters``, span exporters: the tests'),
+    its resource from $OTEL_SERVICE_NAME and $OTEL_RESOURCE_ATTRIBUTES
+    (service.name "wqd" unless they name one)."""
+    resource = Resource.create({"service.version": wqd.__version__})
+    if resource.attributes.get("service.name", "").startswith("unknown_service"):
+        resource = resource.merge(Resource({"service.name": DEFAULT_SERVICE_NAME}))
+    provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+    for exporter in _exporters() if exporters is None else exporters:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    return provider
+
+
+def _exporters() -> list:
+    found = []
+    for name in dict.fromkeys(_exporter_names()):
+        if name == "otlp":
+            # Imported here: a console-only setup does not load requests and protobuf.
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+            found.append(OTLPSpanExporter())  # OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT, _HEADERS, _TIMEOUT...
+        elif name == "console":
+            found.append(ConsoleSpanExporter())
+    return found
+
+
+def shutdown(provider: TracerProvider, timeout: float = SHUTDOWN_TIMEOUT) -> bool:
+    """Export what is left and stop, giving up after ``timeout`` seconds (an
+    unreachable collector must not hold a stop); True when it finished."""
+    done = threading.Thread(target=provider.shutdown, name="tracing shutdown", daemon=True)
+    done.start()
+    done.join(timeout)
+    if done.is_alive():
+        log.warning("Tracing: the last spans were not exported within %.0f s; they are dropped.", timeout)
+        return False
+    return True
+
+
+class _HeaderGetter(Getter):
+    """Reads trace context from AMQP headers, whose text values pika may hand over as bytes."""
+
+    def get(self, carrier, key):
+        value = carrier.get(key)
+        if isinstance(value, (bytes, bytearray)):
+            value = bytes(value).decode("utf-8", "replace")
+        return [value] if isinstance(value, str) else None
+
+    def keys(self, carrier):
+        return [key for key in carrier if isinstance(key, str)]
+
+
+_GETTER = _HeaderGetter()
+
+
+def extract(headers) -> context.Context:
+    """The trace context a message's headers carry (an empty one when they carry none)."""
+    return propagate.extract(headers if isinstance(headers, dict) else {}, getter=_GETTER)
+
+
+class TaskTracing:
+    """A worker's tracing: one CONSUMER span per task."""
+
+    def __init__(self, pool, worker_name: str, provider: Optional[TracerProvider] = None):
+        self.provider = provider or tracer_provider()
+        trace.set_tracer_provider(self.provider)  # a handler's own spans use it too
+        self.tracer = self.provider.get_tracer("wqd", wqd.__version__)
+        self.attributes = {**SYSTEM, "messaging.operation.type": "process", "messaging.operation.name": "process",
+                           "messaging.destination.name": pool.queue, "wqd.pool": pool.name, "wqd.worker": worker_name}
+
+    def run(self, method, task, run_task):
+        """``run_task(task)`` (the handler, then the ack, retry or dead letter;
+        it returns the Outcome, or None while a refused copy is held) in the
+        task's span."""
+        message = task.message
+        attributes = dict(self.attributes)
+        attributes.update({
+            "messaging.rabbitmq.destination.routing_key": method.routing_key or "",
+            "messaging.rabbitmq.message.delivery_tag": task.delivery_tag,
+            "messaging.message.body.size": len(message.body),
+            "wqd.attempt": message.attempt,
+            "wqd.redelivered": message.redelivered,
+        })
+        if message.message_id:
+            attributes["messaging.message.id"] = message.message_id
+        if message.properties.correlation_id:
+            attributes["messaging.message.conversation_id"] = str(message.properties.correlation_id)
+        span = self.tracer.start_span(f"process {message.queue}", context=extract(message.headers),
+                                      kind=trace.SpanKind.CONSUMER, attributes=attributes)
+        token = context.attach(trace.set_span_in_context(span))
+        outcome = Outcome.FAILED  # unless run_task returns: the connection was lost, the broker requeues it
+        try:
+            properties = copy.copy(message.properties)  # the handler sees, and copies carry, this span's context
+            properties.headers = with_context(message.properties.headers)
+            message.properties = properties
+            outcome = run_task(task)
+        finally:
+            self._end(span, task, outcome)
+            context.detach(token)
+
+    @staticmethod
+    def _end(span, task, outcome) -> None:
+        span.set_attribute("wqd.outcome", "held" if outcome is None else Outcome(outcome).value)
+        if task.duration is not None:
+            span.set_attribute("wqd.duration", task.duration)
+        error = task.error
+        if error is not None:
+            span.set_attribute("error.type", type(error).__qualname__)
+            span.record_exception(error)
+            span.set_status(trace.StatusCode.ERROR, f"{type(error).__name__}: {error}"[:1000])
+        span.end()
+
+    def shutdown(self) -> bool:
+        return shutdown(self.provider)
+
+
+class PublishTracing:
+    """`wqd publish`'s tracing: one PRODUCER span per message, its context in the
+    message's headers. Its parent is a traceparent given with --header, else
+    $TRACEPARENT/$TRACESTATE (the convention for handing a process its context)."""
+
+    def __init__(self, queue: str, headers: dict, provider: Optional[TracerProvider] = None):
+        self.provider = provider or tracer_provider()
+        self.tracer = self.provider.get_tracer("wqd", wqd.__version__)
+        self.queue = queue
+        fields = propagate.get_global_textmap().fields
+        given = headers if any(name in fields for name in headers) else {
+            name: os.environ[name.upper()] for name in fields if os.environ.get(name.upper())}
+        self.parent = extract(given)
+
+    def start(self, message_id: str, body: bytes, headers: dict):
+        """(the span, ``headers`` carrying its context) for one message."""
+        span = self.tracer.start_span(f"publish {self.queue}", context=self.parent, kind=trace.SpanKind.PRODUCER,
+                                      attributes={**SYSTEM, "messaging.operation.type": "send",
+                                                  "messaging.operation.name": "publish",
+                                                  "messaging.destination.name": self.queue,
+                                                  "messaging.rabbitmq.destination.routing_key": self.queue,
+                                                  "messaging.message.id": message_id,
+                                                  "messaging.message.body.size": len(body)})
+        return span, with_context(headers, trace.set_span_in_context(span, self.parent))
+
+    @staticmethod
+    def end(span, error: Optional[BaseException] = None) -> None:
+        if error is not None:
+            span.set_attribute("error.type", type(error).__qualname__)
+            span.record_exception(error)
+            span.set_status(trace.StatusCode.ERROR, f"{type(error).__name__}: {error}"[:1000])
+        span.end()
+
+    def shutdown(self) -> bool:
+        return shutdown(self.provider)
+
+
+def with_context(headers, ctx: Optional[context.Context] = None) -> dict:
+    """A copy of ``headers`` carrying the trace context ``ctx`` (default: the
+    current one) instead of any they had."""
+    fields = propagate.get_global_textmap().fields
+    carried = {name: value for name, value in (headers or {}).items() if name not in fields}
+    propagate.inject(carried, context=ctx)
+    return carried

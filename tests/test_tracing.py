@@ -5,6 +5,7 @@ trace followed from the publisher through a worker and a retry to the dead
 letter; and with tracing off, no OpenTelemetry loaded at all."""
 
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -147,6 +148,12 @@ def test_a_publish_span_continues_a_given_or_inherited_context(exporter, monkeyp
     given.shutdown()
 
 
+def test_headers_keep_their_context_when_there_is_no_span_to_carry():
+    from opentelemetry.context import Context
+    headers = {"traceparent": TRACEPARENT, "tenant": "acme"}
+    assert tracing.with_context(headers, Context()) == headers  # e.g. OTEL_SDK_DISABLED=true: no span was made
+
+
 def test_an_exec_command_gets_the_trace_context():
     message = Message(b"", pika.BasicProperties(headers={"traceparent": TRACEPARENT.encode(), "tracestate": "a=1"}),
                       False, 1, "q", "p", "p[1]")
@@ -271,8 +278,10 @@ def test_a_trace_is_followed_from_the_publisher_to_the_dead_letter(broker, queue
     assert dead_body == b"fail" and dead_properties.headers["traceparent"] == f"00-{'3' * 32}-{second['span_id']}-01"
 
 
-def test_tracing_off_loads_no_opentelemetry(broker, queue_name, make_wqd):
-    wqd = make_wqd([pool(queue_name, handler="tracing_handlers:observe", workers=1)]).start()
+def test_tracing_off_loads_no_opentelemetry_and_a_reload_turns_it_on(broker, queue_name, make_wqd):
+    wqd = make_wqd([pool(queue_name, handler="tracing_handlers:observe", workers=1)],
+                   extra_env={"OTEL_TRACES_EXPORTER": "none"}).start()
+    (worker,) = wqd.worker_pids()
     # -X importtime lists every module the process imports (on stderr).
     published = subprocess.run([sys.executable, "-X", "importtime", "-m", "wqd", "publish", "-c", str(wqd.config_path),
                                 "--header", f"traceparent={TRACEPARENT}", "hello"],
@@ -283,3 +292,13 @@ def test_tracing_off_loads_no_opentelemetry(broker, queue_name, make_wqd):
     # Nothing loaded OpenTelemetry in the worker, nor in the master it was forked from;
     # the publisher's context passes through untouched.
     assert entry["otel_loaded"] is False and entry["traceparent"] == TRACEPARENT
+
+    wqd.config["tracing"] = {"enabled": True}
+    wqd.write_config()
+    wqd.signal(signal.SIGHUP)
+    wait_for(lambda: wqd.worker_pids(consuming_only=True) not in ([], [worker]), 30,
+             message=lambda: f"the worker replaced\n{wqd.logs()}")
+    broker.publish(queue_name, b"after", declare=False, message_id="m-after", headers={"traceparent": TRACEPARENT})
+    after = wait_for(lambda: [entry for entry in _observed(wqd) if entry["id"] == "m-after"], 30,
+                     message="the task ran after the reload")
+    assert after[0]["otel_loaded"] is True and after[0]["trace_id"] == TRACE

@@ -273,7 +273,8 @@ class Master:
         logs.setup(new_config.logging.level, new_config.logging.format)
         if new_config.metrics != self.config.metrics:
             log.warning("metrics.listen changed; it takes effect at the next restart.")
-        broker_changed = new_config.broker != self.config.broker
+        # A worker takes the broker and tracing settings at its start: a change of either replaces every worker.
+        broker_changed = new_config.broker != self.config.broker or new_config.tracing != self.config.tracing
         current = {pool.config.name: pool for pool in self.pools}
         pools = []
         for pool_config in new_config.pools:

@@ -221,8 +221,13 @@ class PublishTracing:
 
 def with_context(headers, ctx: Optional[context.Context] = None) -> dict:
     """A copy of ``headers`` carrying the trace context ``ctx`` (default: the
-    current one) instead of any they had."""
+    current one) instead of any they had; as they were when there is none to
+    carry (OTEL_SDK_DISABLED: no span was made)."""
+    injected = {}
+    propagate.inject(injected, context=ctx)
+    if not injected:
+        return dict(headers or {})
     fields = propagate.get_global_textmap().fields
     carried = {name: value for name, value in (headers or {}).items() if name not in fields}
-    propagate.inject(carried, context=ctx)
+    carried.update(injected)
     return carried

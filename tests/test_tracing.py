@@ -44,8 +44,7 @@ def exporter():
 
 @pytest.fixture
 def task_tracing(exporter):
-    traced = tracing.TaskTracing(config_module.PoolConfig("p", "jobs", "m:f"), "p[1]",
-                                 tracing.tracer_provider([exporter]))
+    traced = tracing.TaskTracing(config_module.PoolConfig("p", "jobs", "m:f"), "p[1]", [exporter])
     yield traced
     traced.shutdown()
 
@@ -86,9 +85,10 @@ def test_a_task_span_continues_the_message_trace(task_tracing, exporter):
         "messaging.system": "rabbitmq", "messaging.operation.type": "process", "messaging.operation.name": "process",
         "messaging.destination.name": "jobs", "messaging.rabbitmq.destination.routing_key": "jobs",
         "messaging.rabbitmq.message.delivery_tag": 7, "messaging.message.id": "m-1",
-        "messaging.message.conversation_id": "order-9", "messaging.message.body.size": 4,
-        "wqd.pool": "p", "wqd.worker": "p[1]", "wqd.attempt": 1, "wqd.redelivered": False,
+        "messaging.message.conversation_id": "order-9", "wqd.attempt": 1, "wqd.redelivered": False,
         "wqd.outcome": "succeeded", "wqd.duration": 0.25}
+    assert (span.resource.attributes["wqd.pool"], span.resource.attributes["wqd.worker"]) == ("p", "p[1]")
+    assert span.resource.attributes["service.name"] == "wqd"
     assert span.status.status_code is StatusCode.UNSET and not span.events
     # The handler (and any copy) sees the task span's context; other headers are kept.
     assert seen["headers"] == {"traceparent": f"00-{TRACE}-{_hex(span.context.span_id)}-01",
@@ -130,22 +130,23 @@ def test_a_task_whose_connection_was_lost_ends_its_span_failed(task_tracing, exp
 
 
 def test_a_publish_span_continues_a_given_or_inherited_context(exporter, monkeypatch):
-    given = tracing.PublishTracing("jobs", {"traceparent": TRACEPARENT}, tracing.tracer_provider([exporter]))
+    given = tracing.PublishTracing("jobs", {"traceparent": TRACEPARENT}, [exporter])
     span, headers = given.start("m-1", b"hello", {"traceparent": TRACEPARENT, "tenant": "acme"})
     given.end(span)
+    assert given.shutdown()
     monkeypatch.setenv("TRACEPARENT", f"00-{'1' * 32}-{'2' * 16}-01")
-    inherited = tracing.PublishTracing("jobs", {}, given.provider)
+    second_exporter = InMemorySpanExporter()  # a shut down exporter takes no more spans
+    inherited = tracing.PublishTracing("jobs", {}, [second_exporter])
     other, _ = inherited.start("m-2", b"", {})
     inherited.end(other, RuntimeError("refused"))
-    given.provider.force_flush()
-    first, second = exporter.get_finished_spans()
+    assert inherited.shutdown()
+    (first,), (second,) = exporter.get_finished_spans(), second_exporter.get_finished_spans()
     assert first.name == "publish jobs" and first.kind is SpanKind.PRODUCER
     assert (_hex(first.context.trace_id, 32), _hex(first.parent.span_id)) == (TRACE, PARENT)
     assert headers == {"traceparent": f"00-{TRACE}-{_hex(first.context.span_id)}-01", "tenant": "acme"}
     assert first.attributes["messaging.message.id"] == "m-1" and first.attributes["messaging.operation.type"] == "send"
     assert (_hex(second.context.trace_id, 32), _hex(second.parent.span_id)) == ("1" * 32, "2" * 16)
     assert second.status.status_code is StatusCode.ERROR
-    given.shutdown()
 
 
 def test_headers_keep_their_context_when_there_is_no_span_to_carry():
@@ -253,6 +254,7 @@ def test_a_trace_is_followed_from_the_publisher_to_the_dead_letter(broker, queue
     hello, first, second = receiver.spans(f"process {queue_name}")
     # The worker continued the publisher's span.
     assert hello["kind"] == "consumer" and hello["status"] == "unset"
+    assert (hello["resource"]["service.name"], hello["resource"]["wqd.worker"]) == ("wqd-test", "default[1]")
     assert (hello["trace_id"], hello["parent_span_id"]) == (TRACE, publish["span_id"])
     message_id = publish["attributes"]["messaging.message.id"]
     assert {key: hello["attributes"][key] for key in (

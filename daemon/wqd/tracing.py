@@ -67,12 +67,12 @@ def _otlp_protocol() -> str:
             or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or OTLP_PROTOCOL).strip().lower()
 
 
-def tracer_provider(exporters=None) -> TracerProvider:
+def tracer_provider(exporters=None, attributes=None) -> TracerProvider:
     """A provider exporting through a batch processor per exporter named by
     $OTEL_TRACES_EXPORTER (or ``exporters``, span exporters: the tests'),
     its resource from $OTEL_SERVICE_NAME and $OTEL_RESOURCE_ATTRIBUTES
-    (service.name "wqd" unless they name one)."""
-    resource = Resource.create({"service.version": wqd.__version__})
+    (service.name "wqd" unless they name one) and ``attributes``."""
+    resource = Resource.create({"service.version": wqd.__version__, **(attributes or {})})
     if resource.attributes.get("service.name", "").startswith("unknown_service"):
         resource = resource.merge(Resource({"service.name": DEFAULT_SERVICE_NAME}))
     provider = TracerProvider(resource=resource, shutdown_on_exit=False)
@@ -129,12 +129,14 @@ def extract(headers) -> context.Context:
 class TaskTracing:
     """A worker's tracing: one CONSUMER span per task."""
 
-    def __init__(self, pool, worker_name: str, provider: Optional[TracerProvider] = None):
-        self.provider = provider or tracer_provider()
+    def __init__(self, pool, worker_name: str, exporters=None):
+        """``exporters``: span exporters instead of $OTEL_TRACES_EXPORTER's (the tests')."""
+        # The pool and the worker are the process's: its resource, not each span, holds them.
+        self.provider = tracer_provider(exporters, {"wqd.pool": pool.name, "wqd.worker": worker_name})
         trace.set_tracer_provider(self.provider)  # a handler's own spans use it too
         self.tracer = self.provider.get_tracer("wqd", wqd.__version__)
         self.attributes = {**SYSTEM, "messaging.operation.type": "process", "messaging.operation.name": "process",
-                           "messaging.destination.name": pool.queue, "wqd.pool": pool.name, "wqd.worker": worker_name}
+                           "messaging.destination.name": pool.queue}
 
     def run(self, method, task, run_task):
         """``run_task(task)`` (the handler, then the ack, retry or dead letter;
@@ -145,7 +147,6 @@ class TaskTracing:
         attributes.update({
             "messaging.rabbitmq.destination.routing_key": method.routing_key or "",
             "messaging.rabbitmq.message.delivery_tag": task.delivery_tag,
-            "messaging.message.body.size": len(message.body),
             "wqd.attempt": message.attempt,
             "wqd.redelivered": message.redelivered,
         })
@@ -187,8 +188,9 @@ class PublishTracing:
     message's headers. Its parent is a traceparent given with --header, else
     $TRACEPARENT/$TRACESTATE (the convention for handing a process its context)."""
 
-    def __init__(self, queue: str, headers: dict, provider: Optional[TracerProvider] = None):
-        self.provider = provider or tracer_provider()
+    def __init__(self, queue: str, headers: dict, exporters=None):
+        """``exporters``: span exporters instead of $OTEL_TRACES_EXPORTER's (the tests')."""
+        self.provider = tracer_provider(exporters)
         self.tracer = self.provider.get_tracer("wqd", wqd.__version__)
         self.queue = queue
         fields = propagate.get_global_textmap().fields
@@ -203,8 +205,7 @@ class PublishTracing:
                                                   "messaging.operation.name": "publish",
                                                   "messaging.destination.name": self.queue,
                                                   "messaging.rabbitmq.destination.routing_key": self.queue,
-                                                  "messaging.message.id": message_id,
-                                                  "messaging.message.body.size": len(body)})
+                                                  "messaging.message.id": message_id})
         return span, with_context(headers, trace.set_span_in_context(span, self.parent))
 
     @staticmethod

@@ -131,13 +131,13 @@ def test_a_task_whose_connection_was_lost_ends_its_span_failed(task_tracing, exp
 
 def test_a_publish_span_continues_a_given_or_inherited_context(exporter, monkeypatch):
     given = tracing.PublishTracing("jobs", {"traceparent": TRACEPARENT}, [exporter])
-    span, headers = given.start("m-1", b"hello", {"traceparent": TRACEPARENT, "tenant": "acme"})
+    span, headers = given.start("m-1", {"traceparent": TRACEPARENT, "tenant": "acme"})
     given.end(span)
     assert given.shutdown()
     monkeypatch.setenv("TRACEPARENT", f"00-{'1' * 32}-{'2' * 16}-01")
     second_exporter = InMemorySpanExporter()  # a shut down exporter takes no more spans
     inherited = tracing.PublishTracing("jobs", {}, [second_exporter])
-    other, _ = inherited.start("m-2", b"", {})
+    other, _ = inherited.start("m-2", {})
     inherited.end(other, RuntimeError("refused"))
     assert inherited.shutdown()
     (first,), (second,) = exporter.get_finished_spans(), second_exporter.get_finished_spans()
@@ -198,7 +198,8 @@ def test_the_environment_is_checked(monkeypatch, variables, problem):
 
 def _config(tmp_path, tracing_section) -> str:
     path = tmp_path / "wqd.yaml"
-    path.write_text(json.dumps({"tracing": tracing_section, "pools": [{"name": "p", "queue": "q", "handler": "m:f"}]}))
+    path.write_text(json.dumps({"tracing": tracing_section,
+                                "pools": [{"name": "p", "queue": "q", "handler": "wqd.examples:noop"}]}))
     return str(path)
 
 
@@ -211,6 +212,10 @@ def test_check_refuses_tracing_without_opentelemetry(tmp_path):
     assert result.returncode == 78, result
     assert f"{config}:1: tracing.enabled: is true, but OpenTelemetry is not installed (" in result.stderr
     assert "install wqd with its otel extra, pip install 'wqd[otel]', or set tracing.enabled: false" in result.stderr
+    checked = run_cli("check", "-c", config, env=wqd_env(tmp_path / "record", {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318/", "OTEL_TRACES_EXPORTER": "otlp,console"}))
+    assert checked.returncode == 0 and checked.stdout.rstrip().endswith(
+        "; spans to OTLP/HTTP to http://collector:4318/v1/traces and stdout (console)"), checked
     bad_exporter = run_cli("check", "-c", config, env=wqd_env(tmp_path / "record", {"OTEL_TRACES_EXPORTER": "jaeger"}))
     assert bad_exporter.returncode == 78 and "$OTEL_TRACES_EXPORTER names 'jaeger'" in bad_exporter.stderr
     not_a_bool = run_cli("check", "-c", _config(tmp_path, {"enabled": "yes"}), env=wqd_env(tmp_path / "record"))

@@ -145,7 +145,11 @@ def cmd_check(args) -> int:
     config, _ = _load(args, import_handlers=True)
     pools = ", ".join(f"{p.name} ({p.workers} x {p.handler} on {p.queue})" for p in config.pools)
     brokers = ", ".join(config_module.redact_url(url) for url in config.broker.urls)
-    print(f"{config.path}: OK; broker {brokers}; pools: {pools}")
+    tracing = ""
+    if config.tracing.enabled:
+        from wqd.tracing import destination  # imported only when tracing is enabled
+        tracing = f"; spans to {destination()}"
+    print(f"{config.path}: OK; broker {brokers}; pools: {pools}{tracing}")
     return EXIT_OK
 
 

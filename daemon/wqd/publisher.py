@@ -67,7 +67,7 @@ def publish_lines(broker, queue: str, pool, bodies, headers: dict, persistent: b
                 raise errors.InputError(f"{_message(number, body)} is larger than the broker takes: {limit_name} "
                                         f"is {limit} bytes; {_NOT_SENT}")
             message_id = uuid.uuid4().hex
-            span, message_headers = tracing.start(message_id, body, headers) if tracing else (None, headers)
+            span, message_headers = tracing.start(message_id, headers) if tracing else (None, headers)
             properties = pika.BasicProperties(delivery_mode=delivery_mode, message_id=message_id,
                                               headers=message_headers or None)
             try:

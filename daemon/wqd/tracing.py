@@ -38,9 +38,9 @@ SHUTDOWN_TIMEOUT = 5.0
 DEFAULT_SERVICE_NAME = "wqd"
 EXPORTERS = ("otlp", "console", "none")
 OTLP_PROTOCOL = "http/protobuf"  # the exporter the wqd[otel] extra installs
-# The attributes every span of a message operation carries (OpenTelemetry's
-# messaging semantic conventions). The destination is the queue: wqd publishes
-# to it through the default exchange, so the exchange name is always empty.
+# Every span's attributes follow OpenTelemetry's messaging semantic
+# conventions. Their destination is the queue: wqd publishes to it through the
+# default exchange, so the exchange the conventions name is always empty.
 SYSTEM = {"messaging.system": "rabbitmq"}
 
 
@@ -55,6 +55,19 @@ def environment_problem() -> Optional[str]:
         return (f"the OTLP protocol is {protocol!r} ($OTEL_EXPORTER_OTLP_TRACES_PROTOCOL or "
                 f"$OTEL_EXPORTER_OTLP_PROTOCOL); wqd exports over {OTLP_PROTOCOL} only")
     return None
+
+
+def destination() -> str:
+    """Where spans go, in words (what `wqd check` says)."""
+    found = []
+    for name in dict.fromkeys(_exporter_names()):
+        if name == "otlp":
+            endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or (
+                os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4318").rstrip("/") + "/v1/traces")
+            found.append(f"OTLP/HTTP to {endpoint}")
+        elif name == "console":
+            found.append("stdout (console)")
+    return " and ".join(found) or "nowhere (OTEL_TRACES_EXPORTER=none)"
 
 
 def _exporter_names() -> list:
@@ -172,11 +185,8 @@ class TaskTracing:
         span.set_attribute("wqd.outcome", "held" if outcome is None else Outcome(outcome).value)
         if task.duration is not None:
             span.set_attribute("wqd.duration", task.duration)
-        error = task.error
-        if error is not None:
-            span.set_attribute("error.type", type(error).__qualname__)
-            span.record_exception(error)
-            span.set_status(trace.StatusCode.ERROR, f"{type(error).__name__}: {error}"[:1000])
+        if task.error is not None:
+            _record_error(span, task.error)
         span.end()
 
     def shutdown(self) -> bool:
@@ -198,7 +208,7 @@ class PublishTracing:
             name: os.environ[name.upper()] for name in fields if os.environ.get(name.upper())}
         self.parent = extract(given)
 
-    def start(self, message_id: str, body: bytes, headers: dict):
+    def start(self, message_id: str, headers: dict):
         """(the span, ``headers`` carrying its context) for one message."""
         span = self.tracer.start_span(f"publish {self.queue}", context=self.parent, kind=trace.SpanKind.PRODUCER,
                                       attributes={**SYSTEM, "messaging.operation.type": "send",
@@ -211,13 +221,18 @@ class PublishTracing:
     @staticmethod
     def end(span, error: Optional[BaseException] = None) -> None:
         if error is not None:
-            span.set_attribute("error.type", type(error).__qualname__)
-            span.record_exception(error)
-            span.set_status(trace.StatusCode.ERROR, f"{type(error).__name__}: {error}"[:1000])
+            _record_error(span, error)
         span.end()
 
     def shutdown(self) -> bool:
         return shutdown(self.provider)
+
+
+def _record_error(span, error: BaseException) -> None:
+    """The exception as an event (type, message, traceback), its class as error.type, and status ERROR."""
+    span.set_attribute("error.type", type(error).__qualname__)
+    span.record_exception(error)
+    span.set_status(trace.StatusCode.ERROR, f"{type(error).__name__}: {error}"[:1000])
 
 
 def with_context(headers, ctx: Optional[context.Context] = None) -> dict:

@@ -179,6 +179,18 @@ def test_the_image_install_steps_give_a_working_wqd(wheels, installed):
     assert location.startswith(str(installed.parent)), location
 
 
+def test_tracing_without_the_otel_extra_is_a_configuration_error(tmp_path, installed):
+    """The image installs wqd without its otel extra: no OpenTelemetry at all."""
+    config = tmp_path / "wqd.yaml"
+    config.write_text("tracing:\n  enabled: true\npools: [{name: p, queue: q, handler: 'wqd.examples:noop'}]\n")
+    checked = subprocess.run([str(installed / "wqd"), "check", "-c", str(config)], capture_output=True, text=True,
+                             timeout=60, cwd=tmp_path)
+    assert checked.returncode == 78, checked
+    assert checked.stderr == (f"wqd: configuration error:\n{config}:2: tracing.enabled: is true, but OpenTelemetry "
+                              f"is not installed (No module named 'opentelemetry'): install wqd with its otel extra, "
+                              f"pip install 'wqd[otel]', or set tracing.enabled: false\n")
+
+
 def test_sdist_builds_and_a_wheel_builds_from_it(tmp_path, installed):
     _run([str(installed / "pip"), "--disable-pip-version-check", "install", "build"])
     context = _build_context(tmp_path / "context")

@@ -203,15 +203,8 @@ def _config(tmp_path, tracing_section) -> str:
     return str(path)
 
 
-def test_check_refuses_tracing_without_opentelemetry(tmp_path):
+def test_check_says_where_spans_go_and_refuses_what_it_cannot_use(tmp_path):
     config = _config(tmp_path, {"enabled": True})
-    # As if the wqd[otel] extra were not installed: every import of opentelemetry fails.
-    without_otel = "import sys; sys.modules['opentelemetry'] = None; from wqd.cli import main; main()"
-    result = subprocess.run([sys.executable, "-c", without_otel, "check", "-c", config],
-                            env=wqd_env(tmp_path / "record"), capture_output=True, text=True, timeout=60)
-    assert result.returncode == 78, result
-    assert f"{config}:1: tracing.enabled: is true, but OpenTelemetry is not installed (" in result.stderr
-    assert "install wqd with its otel extra, pip install 'wqd[otel]', or set tracing.enabled: false" in result.stderr
     checked = run_cli("check", "-c", config, env=wqd_env(tmp_path / "record", {
         "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318/", "OTEL_TRACES_EXPORTER": "otlp,console"}))
     assert checked.returncode == 0 and checked.stdout.rstrip().endswith(

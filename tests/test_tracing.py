@@ -228,11 +228,16 @@ def test_a_trace_is_followed_from_the_publisher_to_the_dead_letter(broker, queue
         # flush of a stopping worker (and of `wqd publish` at its end) can export them.
         env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "600000",
                "OTEL_SERVICE_NAME": "wqd-test"}
+        exec_queue = queue_name + ".exec"  # a one-shot command writes the TRACEPARENT it was given
         wqd = make_wqd([pool(queue_name, handler="tracing_handlers:observe", workers=1, max_retries=1,
-                             retry_delay=FAST_RETRY)], extra_env=env)
+                             retry_delay=FAST_RETRY),
+                        pool(exec_queue, name="exec", workers=1, handler={
+                            "exec": ["/bin/sh", "-c", 'printf %s "$TRACEPARENT" > "$WQD_TEST_RECORD.exec"']})],
+                       extra_env=env)
         wqd.config["tracing"] = {"enabled": True}
         wqd.write_config()
         wqd.start()
+        broker.publish(exec_queue, b"", declare=False, headers={"traceparent": f"00-{'5' * 32}-{'6' * 16}-01"})
         published = run_cli("publish", "-c", str(wqd.config_path), "--header", f"traceparent={TRACEPARENT}",
                             "--header", "tracestate=vendor=1", "hello", env=wqd.env)
         assert published.returncode == 0, published
@@ -241,9 +246,13 @@ def test_a_trace_is_followed_from_the_publisher_to_the_dead_letter(broker, queue
         wait_queue(broker, queue_name + ".dead", 60, "the failing task dead-lettered", messages_ready=1)
         wait_for(lambda: wqd.metric("wqd_tasks_total", pool="default", outcome="succeeded") == 1, 30,
                  message="hello acked")
+        wait_for(lambda: wqd.metric("wqd_tasks_total", pool="exec", outcome="succeeded") == 1, 30,
+                 message="the command ran")
         (dead_body, dead_properties), = broker.get_all_messages(queue_name + ".dead")
         assert wqd.stop() == 0
-        wait_for(lambda: len(receiver.spans()) == 4, 30, message=lambda: f"four spans: {receiver.spans()}")
+        broker.delete_queue(exec_queue)
+        broker.delete_queue(exec_queue + ".dead")
+        wait_for(lambda: len(receiver.spans()) == 5, 30, message=lambda: f"five spans: {receiver.spans()}")
 
     (publish,) = receiver.spans(f"publish {queue_name}")
     assert publish["kind"] == "producer" and publish["path"] == "/v1/traces"
@@ -276,6 +285,10 @@ def test_a_trace_is_followed_from_the_publisher_to_the_dead_letter(broker, queue
     assert (second["trace_id"], second["parent_span_id"]) == ("3" * 32, first["span_id"])
     assert (second["attributes"]["wqd.attempt"], second["attributes"]["wqd.outcome"]) == (2, "dead_lettered")
     assert dead_body == b"fail" and dead_properties.headers["traceparent"] == f"00-{'3' * 32}-{second['span_id']}-01"
+    # A command runs in the task's span too.
+    (command,) = receiver.spans(f"process {exec_queue}")
+    assert (command["trace_id"], command["parent_span_id"]) == ("5" * 32, "6" * 16)
+    assert (wqd.workdir / "record.jsonl.exec").read_text() == f"00-{'5' * 32}-{command['span_id']}-01"
 
 
 def test_tracing_off_loads_no_opentelemetry_and_a_reload_turns_it_on(broker, queue_name, make_wqd):

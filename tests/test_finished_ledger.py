@@ -8,7 +8,7 @@ import random
 import pika
 import pytest
 
-from wqd import deduplication, ledger_file
+from wqd import config, deduplication, ledger_file
 from wqd.deduplication import CompactLedger, FinishedLedger, FinishedRing, Recorder
 
 
@@ -172,3 +172,38 @@ def test_a_state_file_that_cannot_be_written_is_a_warning(tmp_path, caplog):
 ])
 def test_the_lineage_of_any_headers(headers, expected):
     assert deduplication.lineage(headers) == expected
+
+
+def _config(text: str, environment: dict, monkeypatch):
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    return config.parse("pools: [{name: a, queue: q, handler: 'm:f'}]\n" + text, "wqd.yaml")
+
+
+def test_the_state_file_defaults_under_systemds_state_directory_and_else_is_not_kept(tmp_path, monkeypatch):
+    assert _config("", {}, monkeypatch).deduplication == config.DeduplicationConfig(1_000_000, None)
+    loaded = _config("", {"STATE_DIRECTORY": f"{tmp_path}:/var/lib/other"}, monkeypatch)
+    assert loaded.deduplication.state_file == str(tmp_path / "finished-ids")
+    assert _config("deduplication: {state_file: null}", {"STATE_DIRECTORY": str(tmp_path)},
+                   monkeypatch).deduplication.state_file is None
+    assert _config("", {}, monkeypatch).pools[0].deduplicate is True
+
+
+@pytest.mark.parametrize("text, error", [
+    ("deduplication: {state_file: relative/ids}", "deduplication.state_file: expected an absolute path"),
+    ("deduplication: {state_file: /no/such/dir/ids}", "expected a path in an existing directory"),
+    ("deduplication: {capacity: 0}", "deduplication.capacity: expected a positive integer"),
+    ("deduplication: {capacity: 50000001}", "expected at most 50000000"),
+    ("deduplication: {size: 3}", "deduplication.size: unknown key"),
+])
+def test_the_deduplication_keys_refuse_what_cannot_work(text, error, monkeypatch):
+    with pytest.raises(config.ConfigError) as raised:
+        _config(text, {}, monkeypatch)
+    assert error in str(raised.value)
+
+
+def test_deduplicate_is_a_boolean(monkeypatch):
+    with pytest.raises(config.ConfigError) as raised:
+        config.parse("pools: [{name: a, queue: q, handler: 'm:f', deduplicate: 1}]\n", "wqd.yaml")
+    assert "pools[0].deduplicate: expected true or false, got 1" in str(raised.value)

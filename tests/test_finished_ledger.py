@@ -1,6 +1,7 @@
 """Duplicate suppression without processes: the compact ledger, the worker's
 ring, the master's answer, and the state file."""
 
+import ctypes
 import logging
 import os
 import random
@@ -52,11 +53,24 @@ def test_colliding_entries_are_still_found_after_removals():
         key: lineage for key, (lineage, _) in present.items()}
 
 
-def test_a_million_entries_fit_in_about_32_mib():
+def test_a_million_entries_fit_in_about_32_mib_that_workers_do_not_inherit():
     ledger = CompactLedger()
-    arrays = (ledger._hi, ledger._lo, ledger._lineage, ledger._index)
-    total = sum(len(a) * a.itemsize for a in arrays)
-    assert ledger.capacity == 1_000_000 and total < 33 * 1024 * 1024
+    assert ledger.capacity == 1_000_000 and len(ledger._memory) < 32 * 1024 * 1024
+    ledger.add(1, 2, 3)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: the ledger's memory is not mapped here (MADV_DONTFORK)
+        with open("/proc/self/maps") as maps:
+            address = ctypes.addressof(ctypes.c_char.from_buffer(ledger._memory))
+            mapped = any(int(start, 16) <= address < int(end, 16)
+                         for start, end in (line.split()[0].split("-") for line in maps))
+        os.write(write, b"mapped" if mapped else b"absent")
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(read, 10) == b"absent"
+    os.close(read)
+    os.close(write)
+    assert ledger.get(1, 2) == 3
 
 
 def test_the_master_drains_what_the_worker_wrote_in_order():

@@ -39,7 +39,6 @@ master, so it outlives workers and reloads, and is written to a state file
 at stop and read at start (StateFile).
 """
 
-import array
 import hashlib
 import logging
 import mmap
@@ -181,17 +180,24 @@ class CompactLedger:
     of bytes (about 100 bytes an entry): a ring of entries in the order they
     were finished (the digest's halves and the lineage, 24 bytes; lineage 0 is
     a free slot) and an open-addressing index into it (4 bytes a slot, at
-    most half full, linear probing)."""
+    most half full, linear probing).
+
+    The arrays live in anonymous memory that forked children do not inherit
+    (MADV_DONTFORK): a worker's RSS, which max_memory_per_child reads, does
+    not count the master's ledger, and pages are only resident once used."""
 
     def __init__(self, capacity: int = DEFAULT_CAPACITY):
         self.capacity = capacity
-        self._hi = array.array("Q", bytes(8 * capacity))
-        self._lo = array.array("Q", bytes(8 * capacity))
-        self._lineage = array.array("Q", bytes(8 * capacity))
-        self._next = 0  # entries ever added: the next one goes to _next % capacity
         size = 1 << (2 * capacity - 1).bit_length()
         self._mask = size - 1
-        self._index = array.array("I", bytes(4 * size))  # ring position + 1; 0 = empty
+        self._memory = mmap.mmap(-1, 24 * capacity + 4 * size, flags=mmap.MAP_PRIVATE)
+        self._memory.madvise(mmap.MADV_DONTFORK)
+        whole = memoryview(self._memory)
+        self._hi = whole[:8 * capacity].cast("Q")
+        self._lo = whole[8 * capacity:16 * capacity].cast("Q")
+        self._lineage = whole[16 * capacity:24 * capacity].cast("Q")
+        self._index = whole[24 * capacity:].cast("I")  # ring position + 1; 0 = empty
+        self._next = 0  # entries ever added: the next one goes to _next % capacity
         self.size = 0
 
     def get(self, hi: int, lo: int) -> int:

@@ -155,6 +155,9 @@ def test_the_state_file_round_trip_and_what_it_refuses(tmp_path, caplog):
     again = CompactLedger(capacity=5)
     ledger_file.load(again, path)
     assert list(again.entries()) == list(ledger.entries())[-5:], "a smaller capacity keeps the newest"
+    again.add(99, 99, 1)  # the oldest read goes first
+    assert list(again.entries()) == list(ledger.entries())[-4:] + [(99, 99, 1)]
+    assert again.get(12, 84) == 12
     assert os.listdir(tmp_path) == ["finished-ids"], "no temporary file left"
 
     good = open(path, "rb").read()

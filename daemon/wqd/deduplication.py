@@ -219,6 +219,20 @@ class CompactLedger:
         self._next += 1
         self.size += 1
 
+    def fill(self, entries) -> None:
+        """Load an empty ledger with distinct (hi, lo, lineage) entries, oldest
+        first (a state file's): the newest ``capacity`` are kept. Faster than
+        add(): nothing to look up or evict."""
+        entries = list(entries)[-self.capacity:]
+        his, los, lineages, index, mask = self._hi, self._lo, self._lineage, self._index, self._mask
+        for position, (hi, lo, entry_lineage) in enumerate(entries):
+            his[position], los[position], lineages[position] = hi, lo, entry_lineage
+            slot = hi & mask
+            while index[slot]:
+                slot = (slot + 1) & mask
+            index[slot] = position + 1
+        self._next = self.size = len(entries)
+
     def forget(self, hi: int, lo: int) -> bool:
         slot, position = self._find(hi, lo)
         if position < 0:

@@ -82,7 +82,7 @@ def read(path: str):
 
 
 def load(ledger, path: str) -> None:
-    """Fill the (empty) ledger from ``path``; log what happened, raise nothing."""
+    """Fill the empty ledger from ``path``; log what happened, raise nothing."""
     try:
         entries = read(path)
     except FileNotFoundError:
@@ -94,8 +94,7 @@ def load(ledger, path: str) -> None:
                     "ledger, so redeliveries of messages finished before this start will run again. The "
                     "file is replaced at the next stop.", path, reason)
         return
-    for hi, lo, lineage in entries:
-        ledger.add(hi, lo, lineage)
+    ledger.fill(entries)
     log.info("Duplicate suppression: %d finished messages read from %s.", ledger.size, path)
 
 

@@ -384,7 +384,7 @@ def test_a_real_prometheus_scrapes_wqd_and_its_rules_and_dashboard_queries_work(
     wait_for(lambda: tasks(wqd, "succeeded") == 7 and tasks(wqd, "dead_lettered") == 1, 30,
              message="tasks processed")
     instance = f"127.0.0.1:{wqd.port}"
-    expected = {"succeeded": 7.0, "dead_lettered": 1.0, "retried": 0.0, "failed": 0.0}
+    expected = {"succeeded": 7.0, "dead_lettered": 1.0, "retried": 0.0, "failed": 0.0, "duplicate": 0.0}
 
     def scraped_totals():
         result = server.query("wqd_tasks_total")

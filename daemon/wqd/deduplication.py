@@ -11,9 +11,10 @@ lost_attempts.py) before running.
 "Finished here" means settled by a worker of this wqd: the handler returned
 (the message is then acked), or its failure was routed (a retry copy or dead
 letter confirmed by the broker, or dropped with dead_letter_queue: null) and
-the original is then acked. A handler that raised, or whose worker died or
-was killed at its time_limit, or whose copy the broker refused, did not
-finish: its redelivery runs.
+the original is then acked. A delivery whose handler did not return and
+whose failure was not routed (its worker died or was killed at its
+time_limit, its connection was lost before the copy was confirmed, the
+broker refused the copy) did not finish: its redelivery runs.
 
 Which delivery finished is named by its *lineage*: the message_id (only
 messages with one take part), the queue, and where the delivery stands in
@@ -28,15 +29,17 @@ of shared memory per worker (FinishedRing), which the master drains on every
 pass of its loop, before it answers a query, and when it reaps the worker. A
 redelivery happens after the broker lost the ack, so after the entry was
 written, and the master answers only after draining every ring: the fact
-always arrives first. A worker that dies running a message it had not
+always arrives first. While another worker still runs the same message, the
+answer waits (briefly, as for lost attempts) and is no unless that run
+finished. A worker that dies running a message it had not
 finished (no entry written since that task started) makes the master forget
 that id: a message published again with the id of a finished one must still
 run when its first run was killed.
 
 Memory: the ledger stores 16-byte blake2b digests, not ids, in flat arrays
-(CompactLedger): about 28 MiB at the default million. It is kept in the
-master, so it outlives workers and reloads, and is written to a state file
-at stop and read at start (StateFile).
+(CompactLedger): 31 MiB at the default million. It is kept in the master,
+so it outlives workers and reloads, and is written to a state file at stop
+and read at start (ledger_file.py).
 """
 
 import hashlib

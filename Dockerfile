@@ -2,6 +2,9 @@
 #   docker run -d --name wqd -e WQD_BROKER_URL=amqp://user:pass@rabbitmq:5672/%2F \
 #     -p 9808:9808 --stop-timeout 45 wqd
 # The default config is etc/docker/wqd.yaml; mount your own on /etc/wqd/wqd.yaml.
+# The ledger of finished messages (duplicate suppression) is written to
+# /var/lib/wqd at stop: it survives `docker restart`; for it to survive a new
+# container too, mount a volume there (-v wqd-state:/var/lib/wqd).
 # Handlers: build FROM this image and pip install the package that holds them
 # (see README.md, "Deployment"). Give `docker stop` more than graceful_timeout
 # (--stop-timeout 45, compose stop_grace_period: 45s, Kubernetes
@@ -22,11 +25,13 @@ RUN pip wheel --wheel-dir /wheels .
 # -- the image: the wheels installed, nothing to build with, no source --
 FROM ${PYTHON_IMAGE}
 ENV PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1
+    PYTHONUNBUFFERED=1 \
+    STATE_DIRECTORY=/var/lib/wqd
 # The wheels are mounted for this one step, so no layer keeps them.
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     pip install --no-cache-dir --no-index --find-links=/wheels --root-user-action=ignore wqd \
- && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin wqd
+ && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin wqd \
+ && install -d -m 0700 -o wqd -g wqd /var/lib/wqd
 COPY etc/docker/wqd.yaml /etc/wqd/wqd.yaml
 COPY etc/docker/healthcheck.py /usr/local/lib/wqd/healthcheck.py
 # Numeric, so that Kubernetes' runAsNonRoot can check it.

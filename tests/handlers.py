@@ -9,6 +9,7 @@ often. O_APPEND writes of one short line are atomic across processes.
 import json
 import os
 import signal
+import sys
 import time
 
 import wqd
@@ -90,3 +91,25 @@ def kill_on_boom(message: wqd.Message) -> None:
 def fail_always(message: wqd.Message) -> None:
     _record("start", message, id=message.message_id)
     raise RuntimeError("failed on purpose")
+
+
+# -- duplicate suppression (tests/test_deduplication.py) --
+
+
+def settle_and_die(message: wqd.Message) -> None:
+    """On a first delivery, SIGKILLs its own worker at the moment wqd calls the
+    pika method named by the body's "die_at" (basic_ack: the handler returned
+    and wqd recorded it, but the ack never left; basic_publish: a retry copy
+    not yet sent); with "fail", the handler raises first. A profile hook on
+    the consumer thread finds the call: no hook in wqd itself."""
+    spec = message.json()
+    _record("start", message, id=spec["id"])
+    if not message.redelivered and message.attempt == 1:
+        def die_at_call(frame, event, arg):
+            if event == "call" and frame.f_code.co_name == spec["die_at"] and "pika" in frame.f_code.co_filename:
+                os.kill(os.getpid(), signal.SIGKILL)
+        sys.setprofile(die_at_call)
+    time.sleep(spec.get("sleep", 0))
+    if spec.get("fail") and message.attempt == 1:
+        raise RuntimeError("failed on purpose on the first attempt")
+    _record("end", message, id=spec["id"])

@@ -113,7 +113,7 @@ def _key_paths(cls, prefix=""):
 
 def test_every_key_is_declared_with_a_check_and_a_doc():
     sections = [config.Config, config.BrokerConfig, config.TLSConfig, config.MetricsConfig, config.LoggingConfig,
-                config.ShutdownConfig, config.TracingConfig, config.PoolConfig, config.RetryDelay]
+                config.ShutdownConfig, config.TracingConfig, config.PoolConfig, config.RetryDelay, config.DeduplicationConfig]
     for section in sections:
         keys = config.declared_keys(section)
         assert keys, section
@@ -285,7 +285,7 @@ def test_the_number_keys_are_the_expected_ones():
     assert names == {"broker.heartbeat", "shutdown.graceful_timeout", "pools.0.workers", "pools.0.prefetch",
                      "pools.0.max_retries", "pools.0.retry_delay.initial", "pools.0.retry_delay.max",
                      "pools.0.retry_delay.factor", "pools.0.time_limit", "pools.0.max_tasks_per_child",
-                     "pools.0.max_memory_per_child"}
+                     "pools.0.max_memory_per_child", "deduplication.capacity"}
 
 
 # Counts that are only ever compared: any size is usable.

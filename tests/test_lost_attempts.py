@@ -15,16 +15,19 @@ class FakeWorker:
 
     def __init__(self, message_key=None):
         self.message_key = message_key
+        self.pid = id(self)
         self._read_fd, self.command_fd = os.pipe()
         os.set_blocking(self._read_fd, False)
 
     def received(self) -> list:
-        """The (key, count) lines the master sent this worker so far."""
+        """The lines the master sent this worker so far: (key, count) of a
+        count, (key, count, finished) of an answer."""
         try:
             data = os.read(self._read_fd, 65536)
         except BlockingIOError:
             return []
-        return [lost_attempts.decode_count(line) for line in data.splitlines()]
+        lines = [lost_attempts.decode_count(line) for line in data.splitlines()]
+        return [line if line[2] is not None else line[:2] for line in lines]
 
     def close(self) -> None:
         os.close(self._read_fd)
@@ -81,7 +84,7 @@ def test_a_query_is_answered_at_once_when_no_other_worker_runs_that_message(work
     ledger.query(asking, "m-1", now=100.0)
     assert ledger.queries_waiting
     ledger.answer_queries([asking, other], now=100.0)
-    assert asking.received() == [("m-1", 1)]
+    assert asking.received() == [("m-1", 1, False)]
     assert not ledger.queries_waiting
 
 
@@ -94,7 +97,7 @@ def test_a_query_is_held_while_another_worker_still_shows_that_message_busy(work
     # The master reaps the dying worker: it counts the attempt, then answers.
     ledger.count_lost("m-1", [asking])
     ledger.answer_queries([asking], now=100.0 + lost_attempts.QUERY_HOLD / 2)
-    assert asking.received() == [("m-1", 1), ("m-1", 1)]
+    assert asking.received() == [("m-1", 1), ("m-1", 1, False)]
     assert not ledger.queries_waiting
 
 
@@ -102,7 +105,7 @@ def test_a_held_query_is_answered_with_what_is_known_once_the_hold_is_over(worke
     ledger, asking, stuck = MasterLedger(), workers(), workers("m-1")
     ledger.query(asking, "m-1", now=100.0)
     ledger.answer_queries([asking, stuck], now=100.0 + lost_attempts.QUERY_HOLD + 0.01)
-    assert asking.received() == [("m-1", 0)]
+    assert asking.received() == [("m-1", 0, False)]
     assert lost_attempts.QUERY_HOLD < lost_attempts.QUERY_TIMEOUT, "the worker must wait longer than the hold"
 
 
@@ -126,7 +129,7 @@ class FakeMaster:
         assert event == QUERY
         self.queries.append(fields["key"])
         if self.answers:
-            os.write(self._command_write, lost_attempts.encode_count(fields["key"], self.count))
+            os.write(self._command_write, lost_attempts.encode_answer(fields["key"], self.count, False))
         return self.answers
 
     def close(self) -> None:
@@ -154,8 +157,8 @@ def test_a_first_delivery_is_attempt_one_and_asks_nothing():
     master = FakeMaster(count=7)
     counts = _worker_counts(master, known={"m-1": 2})
     # Not redelivered: a new lineage, whatever the ledger says of its key.
-    assert counts.attempt({}, "m-1", redelivered=False, max_attempts=4, delivery_count=False) == (1, 0)
-    assert counts.attempt({ATTEMPT_HEADER: 3}, "m-1", False, 4, False) == (3, 0)
+    assert counts.attempt({}, "m-1", redelivered=False, max_attempts=4, delivery_count=False) == (1, 0, False)
+    assert counts.attempt({ATTEMPT_HEADER: 3}, "m-1", False, 4, False) == (3, 0, False)
     assert master.queries == []
     master.close()
 
@@ -163,7 +166,7 @@ def test_a_first_delivery_is_attempt_one_and_asks_nothing():
 def test_a_redelivery_asks_the_master_while_the_connection_is_served():
     master, entered = FakeMaster(count=2), []
     counts = _worker_counts(master, known={"m-1": 1}, entered=entered)
-    assert counts.attempt({ATTEMPT_HEADER: 2}, "m-1", redelivered=True, max_attempts=9, delivery_count=False) == (4, 2)
+    assert counts.attempt({ATTEMPT_HEADER: 2}, "m-1", redelivered=True, max_attempts=9, delivery_count=False) == (4, 2, False)
     assert master.queries == ["m-1"] and entered == [True]
     master.close()
 
@@ -171,23 +174,23 @@ def test_a_redelivery_asks_the_master_while_the_connection_is_served():
 def test_lost_attempts_past_the_last_give_max_attempts_plus_one():
     master = FakeMaster(count=5)
     counts = _worker_counts(master)
-    assert counts.attempt({ATTEMPT_HEADER: 3}, "m-1", True, 4, False) == (5, 5)
+    assert counts.attempt({ATTEMPT_HEADER: 3}, "m-1", True, 4, False) == (5, 5, False)
     master.close()
 
 
 def test_without_a_master_a_redelivery_uses_what_the_worker_knows():
     master = FakeMaster(count=3, answers=False)
     counts = _worker_counts(master, known={"m-1": 1})
-    assert counts.attempt({}, "m-1", True, 4, False) == (2, 1)
+    assert counts.attempt({}, "m-1", True, 4, False) == (2, 1, False)
     master.close()
 
 
 def test_a_count_of_zero_from_the_master_clears_the_key():
     master = FakeMaster(count=0)
     counts = _worker_counts(master, known={"m-1": 3})
-    assert counts.attempt({}, "m-1", True, 9, False) == (1, 0)
+    assert counts.attempt({}, "m-1", True, 9, False) == (1, 0, False)
     master.answers = False  # the master's clear was kept: no stale 3 to fall back on
-    assert counts.attempt({}, "m-1", True, 9, False) == (1, 0)
+    assert counts.attempt({}, "m-1", True, 9, False) == (1, 0, False)
     master.close()
 
 
@@ -195,9 +198,9 @@ def test_quorum_queues_count_lost_attempts_themselves_on_redeliveries_only():
     master = FakeMaster(count=9)
     counts = _worker_counts(master)
     headers = {"x-delivery-count": 2, ATTEMPT_HEADER: 3, LOST_HEADER: 5}
-    assert counts.attempt(headers, "m-1", True, 9, True) == (5, 2)
+    assert counts.attempt(headers, "m-1", True, 9, True) == (5, 2, False)
     # A publisher's (or an old lineage's) x-delivery-count on a first delivery means nothing.
-    assert counts.attempt(headers, "m-1", False, 9, True) == (3, 0)
+    assert counts.attempt(headers, "m-1", False, 9, True) == (3, 0, False)
     assert master.queries == []
     master.close()
 
@@ -221,7 +224,9 @@ def test_a_retried_copy_records_its_next_attempt_and_leaves_its_lineage_counts()
 
 def test_the_wire_format_and_the_key_of_a_message_without_id():
     line = lost_attempts.encode_count("m-\u00e9", 4)
-    assert line.endswith(b"\n") and lost_attempts.decode_count(line) == ("m-\u00e9", 4)
+    assert line.endswith(b"\n") and lost_attempts.decode_count(line) == ("m-\u00e9", 4, None)
+    answer = lost_attempts.encode_answer("m-1", 2, True)
+    assert lost_attempts.decode_count(answer) == ("m-1", 2, True)
     def key(body, message_id=None):
         return lost_attempts.message_key(pika.BasicProperties(message_id=message_id), body)
 

@@ -75,7 +75,8 @@ def test_counters_are_exact_after_20_successful_tasks(broker, queue_name, make_w
     assert wqd.metric("wqd_messages_redelivered_total", pool="default") == 0
     assert wqd.metric("wqd_tasks_in_progress", pool="default") == 0
     assert set(restart_counts(wqd).values()) == {0}
-    assert wqd.status()["pools"][0]["tasks"] == {"succeeded": 20, "failed": 0, "retried": 0, "dead_lettered": 0}
+    assert wqd.status()["pools"][0]["tasks"] == {"succeeded": 20, "failed": 0, "retried": 0, "dead_lettered": 0,
+                                                 "duplicate": 0}
 
 
 def test_a_failing_task_is_retried_then_dead_lettered_and_a_reject_at_once(broker, queue_name, make_wqd):
@@ -383,7 +384,7 @@ def test_a_real_prometheus_scrapes_wqd_and_its_rules_and_dashboard_queries_work(
     wait_for(lambda: tasks(wqd, "succeeded") == 7 and tasks(wqd, "dead_lettered") == 1, 30,
              message="tasks processed")
     instance = f"127.0.0.1:{wqd.port}"
-    expected = {"succeeded": 7.0, "dead_lettered": 1.0, "retried": 0.0, "failed": 0.0}
+    expected = {"succeeded": 7.0, "dead_lettered": 1.0, "retried": 0.0, "failed": 0.0, "duplicate": 0.0}
 
     def scraped_totals():
         result = server.query("wqd_tasks_total")

@@ -126,6 +126,8 @@ def test_dockerfile_is_multi_stage_slim_non_root_and_complete():
     assert healthcheck.endswith('CMD ["python", "/usr/local/lib/wqd/healthcheck.py"]'), healthcheck
     assert ("COPY", "etc/docker/healthcheck.py /usr/local/lib/wqd/healthcheck.py") in final
     assert "EXPOSE" in names and ("EXPOSE", "9808") in final
+    environment = " ".join(arguments for name, arguments in final if name == "ENV")
+    assert "STATE_DIRECTORY=/var/lib/wqd" in environment, "the ledger of finished messages is kept"
     runs = " ".join(arguments for name, arguments in final if name == "RUN")
     assert not re.search(r"apt-get|gcc|build-essential", runs), "no build tools in the image"
     assert not any(name == "COPY" and "--from=builder" in arguments for name, arguments in final), \

@@ -71,7 +71,7 @@ def test_status_text_and_json_show_queues_workers_and_a_growing_task_age(broker,
     assert p["in_progress"] == 2
     assert p["consumers"] == 2
     assert (p["workers_live"], p["workers_desired"], p["workers_consuming"]) == (2, 2, 2)
-    assert p["tasks"] == {"succeeded": 2, "failed": 0, "retried": 0, "dead_lettered": 1}
+    assert p["tasks"] == {"succeeded": 2, "failed": 0, "retried": 0, "dead_lettered": 1, "duplicate": 0}
     assert p["dead_letter_queue"] == f"{queue_name}.dead" and p["dead_lettered_messages"] == 1
     assert sorted(w["pid"] for w in p["workers"]) == sorted(wqd.worker_pids())
     assert all(w["busy"] and w["state"] == "consuming" and w["task_age"] >= 0 for w in p["workers"]), p["workers"]

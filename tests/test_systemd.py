@@ -223,6 +223,7 @@ def test_unit_exposure_is_2_or_less_and_keeps_what_wqd_needs():
     assert float(settings["TimeoutStopSec"][0]) > 30, "above the default shutdown.graceful_timeout"
     assert set(settings["RestrictAddressFamilies"][0].split()) == {"AF_INET", "AF_INET6", "AF_UNIX"}
     assert "PrivateNetwork" not in settings and "IPAddressDeny" not in settings, "the broker is on the network"
+    assert settings["StateDirectory"] == ["wqd"], "$STATE_DIRECTORY: where the ledger of finished messages is kept"
     denied = " ".join(v for v in settings["SystemCallFilter"] if v.startswith("~"))
     assert "@process" not in denied, "the master forks its workers"
 

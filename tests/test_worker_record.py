@@ -27,7 +27,7 @@ def test_the_master_reads_what_the_forked_worker_wrote():
     seen = record.read()
     assert seen.message_key == "m-2" and seen.busy_since is not None  # it died running m-2
     assert time.monotonic() - seen.busy_since < 60
-    assert seen.outcomes == {"succeeded": 1, "failed": 0, "retried": 0, "dead_lettered": 1}
+    assert seen.outcomes == {"succeeded": 1, "failed": 0, "retried": 0, "dead_lettered": 1, "duplicate": 0}
     assert seen.redelivered == 1
     assert seen.duration_sum == 0.003
     assert seen.duration_buckets[0] == 1 and sum(seen.duration_buckets) == 1  # a handler that ran: 1

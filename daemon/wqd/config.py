@@ -44,6 +44,9 @@ MAX_RETRY_DELAY = 24 * 24 * 3600
 MAX_AMQP_SHORT = 65535
 # Worker processes in one pool: the master forks them all at once.
 MAX_WORKERS = 1000
+# Message ids the master remembers as finished: about 32 bytes each (deduplication.py).
+MAX_DEDUPLICATION_CAPACITY = 50_000_000
+DEFAULT_STATE_FILE_NAME = "finished-ids"
 # Longer values are cut in error messages (a 1 MiB string is not an error line).
 SHOWN_LENGTH = 200
 
@@ -139,6 +142,24 @@ def boolean(value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError("expected true or false")
     return value
+
+
+def state_file_path(value: Any) -> str:
+    """An absolute path in a directory that exists now: a wrong path fails
+    `wqd check`, not the write at the next stop."""
+    value = non_empty_str(value)
+    if "\0" in value or not os.path.isabs(value):
+        raise ValueError("expected an absolute path")
+    if not os.path.isdir(os.path.dirname(value)):
+        raise ValueError("expected a path in an existing directory")
+    return value
+
+
+def default_state_file(values: dict) -> Optional[str]:
+    """$STATE_DIRECTORY/finished-ids: systemd sets $STATE_DIRECTORY for a unit
+    with StateDirectory= (the first of its directories); without it, None."""
+    directory = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return os.path.join(directory, DEFAULT_STATE_FILE_NAME) if os.path.isabs(directory) else None
 
 
 def one_of(*choices: str) -> Callable[[Any], str]:
@@ -379,6 +400,15 @@ class TracingConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DeduplicationConfig:
+    capacity: int = key(at_most(MAX_DEDUPLICATION_CAPACITY, positive_int), 1_000_000,
+                        doc="finished message ids the master remembers (about 32 bytes each); the oldest go first")
+    state_file: Optional[str] = key(optional(state_file_path), None, when_absent=default_state_file,
+                                    doc="where they are kept across restarts (written at stop, read at start); "
+                                        "default $STATE_DIRECTORY/finished-ids under systemd, else not kept")
+
+
+@dataclasses.dataclass(frozen=True)
 class RetryDelay:
     initial: float = key(seconds(MAX_RETRY_DELAY, "24 days"), 1.0, doc="seconds before the first retry")
     max: float = key(seconds(MAX_RETRY_DELAY, "24 days"), 300.0, doc="the longest delay, seconds")
@@ -448,6 +478,8 @@ class PoolConfig:
                                              doc="recycle a worker after this many tasks")
     max_memory_per_child: Optional[int] = key(optional(positive_int), None,
                                               doc="MiB of RSS; recycle a worker after the task that crossed it")
+    deduplicate: bool = key(boolean, True, doc="skip redeliveries of message ids already finished here "
+                                               "(acked without running: outcome duplicate)")
 
     def conflicts(self) -> list:
         """(key, problem) for keys that are valid alone but not together."""
@@ -475,6 +507,8 @@ class Config:
     tracing: TracingConfig = key(Section(TracingConfig), doc="OpenTelemetry spans: {enabled: false}")
     pools: tuple = key(SectionList(PoolConfig, noun="pool", unique="name"),
                        doc="the worker pools, each consuming one queue")
+    deduplication: DeduplicationConfig = key(Section(DeduplicationConfig), DeduplicationConfig(),
+                                             doc="the ledger of finished messages (pools[].deduplicate)")
 
 
 _INVALID = object()  # a value that failed its check; the error is already recorded

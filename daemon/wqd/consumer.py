@@ -20,7 +20,7 @@ import time
 import pika
 import pika.exceptions
 
-from wqd import amqp, backoff, header_decoding, lost_attempts, queues, reporting
+from wqd import amqp, backoff, deduplication, header_decoding, lost_attempts, queues, reporting
 from wqd.config import redact_url
 from wqd.connection_keeper import ConnectionKeeper
 from wqd.message import Message
@@ -47,7 +47,11 @@ class Consumer:
         # While a redelivery waits for the master's count, the keeper serves the connection.
         self.lost_counts = lost_attempts.WorkerCounts(context.command_fd, context.lost_attempts, reporter,
                                                       while_waiting=self.keeper)
-        self.router = Router(self.pool, settle_again=self._settle)
+        # Records each message finished here before its ack; None: deduplicate is off.
+        self.deduplication = (deduplication.Recorder(self.pool.queue, context.finished_ring, context.record)
+                              if context.finished_ring is not None else None)
+        self.router = Router(self.pool, settle_again=self._settle,
+                             finished=self.deduplication and self.deduplication.finished)
         self._stop_reason = None
         self._quiet = False  # the master's quiet switch, as last seen: no consumer, connection kept
         self._wake = threading.Event()
@@ -214,13 +218,21 @@ class Consumer:
         """The Task for a delivery; None when it is not to run (returned, or lost too often)."""
         key = lost_attempts.message_key(properties, body)
         max_attempts = self.pool.max_retries + 1
-        attempt, lost = self.lost_counts.attempt(properties.headers, key, method.redelivered, max_attempts,
-                                                 delivery_count=self.pool.queue_type == "quorum")
+        probe = self.deduplication.probe(properties) if method.redelivered and self.deduplication else None
+        attempt, lost, finished = self.lost_counts.attempt(properties.headers, key, method.redelivered, max_attempts,
+                                                           delivery_count=self.pool.queue_type == "quorum",
+                                                           probe=probe)
         message = Message(body, properties, method.redelivered, attempt,
                           self.pool.queue, self.pool.name, self.worker_name)
         task = Task(method.delivery_tag, message, key, lost)
         if method.redelivered:
             self.record.redelivered()
+        if finished:  # its ack was lost (a broker crash, a worker killed just before it): not run again
+            log.info("Task %s already finished here; acking its redelivery without running it (duplicate).",
+                     message.message_id)
+            self._channel.basic_ack(method.delivery_tag)
+            self.record.task_finished(Outcome.DUPLICATE)
+            return None
         if self._stop_reason is not None:
             self.router.return_unstarted(method.delivery_tag, properties, body)
             return None
@@ -236,6 +248,8 @@ class Consumer:
 
     def _settle(self, task: Task):
         """Ack, retry or dead-letter a finished task; return its outcome (None while held)."""
+        if task.error is None and self.deduplication:  # the handler returned: recorded before the ack
+            self.deduplication.finished(task.message.properties)
         try:
             error = self.keeper.take_error() or amqp.broker_closed(self._channel)
             if error is not None:  # the connection failed, or the broker closed the channel, while the handler ran

@@ -20,9 +20,14 @@ Headers come from whoever published the message: a value wqd reads that is not
 a plain non-negative integer (bool, float, bytes, nested, negative) counts as
 absent, and an attempt number is clamped to the pool's last attempt.
 
+The same query carries duplicate suppression's question (deduplication.py):
+a redelivery whose message_id the master holds as finished here is acked
+without running.
+
 The wire format: a query is a worker report (reporting.py) ``QUERY`` with the
-key; the master's counts go down a pipe per worker, one JSON ``[key, count]``
-per line.
+key (and, for duplicate suppression, ``finished``: what names the delivery);
+the master's counts go down a pipe per worker, one JSON ``[key, count]`` per
+line, and its answers to queries as ``[key, count, finished]``.
 """
 
 import collections
@@ -92,16 +97,23 @@ def encode_count(key: str, count: int) -> bytes:
     return json.dumps([key, count]).encode() + b"\n"
 
 
+def encode_answer(key: str, count: int, finished: bool) -> bytes:
+    """The answer to a query: only an answer ends the worker's wait."""
+    return json.dumps([key, count, finished]).encode() + b"\n"
+
+
 def decode_count(line: bytes):
-    """(key, count) from one line of the master's pipe."""
-    key, count = json.loads(line)
-    return key, count
+    """(key, count, finished) from one line of the master's pipe; finished is
+    None on a count that answers no query."""
+    key, count, *answer = json.loads(line)
+    return key, count, (bool(answer[0]) if answer else None)
 
 
-def send_count(fd: int, key: str, count: int) -> None:
-    """Non-blocking: a worker too wedged to read misses the update."""
+def send_count(fd: int, key: str, count: int, finished=None) -> None:
+    """Non-blocking: a worker too wedged to read misses the update (or the
+    answer, and runs the delivery after QUERY_TIMEOUT)."""
     try:
-        os.write(fd, encode_count(key, count))
+        os.write(fd, encode_count(key, count) if finished is None else encode_answer(key, count, finished))
     except (BlockingIOError, BrokenPipeError):
         pass
 
@@ -111,14 +123,17 @@ class MasterLedger:
     the workers' queries waiting for an answer. An LRU: counting a message makes
     it the newest; past ``cap`` messages the oldest is forgotten.
 
-    Workers are the master's handles, each with ``command_fd`` (the pipe to the
-    worker) and ``message_key`` (the key of the task it runs, or None).
+    Workers are the master's handles, each with ``pid``, ``command_fd`` (the
+    pipe to the worker) and ``message_key`` (the key of the task it runs, or None).
     """
 
-    def __init__(self, cap: int = LEDGER_CAP):
+    def __init__(self, cap: int = LEDGER_CAP, finished=None):
+        """``finished(probe, busy_workers)``: whether a redelivery finished here
+        (deduplication.FinishedLedger.finished), for queries that ask."""
         self.cap = cap
         self._counts = collections.OrderedDict()
-        self._queries = []  # (worker, key, monotonic time asked), answered after reaping
+        self._queries = []  # (worker, key, monotonic time asked, probe), answered after reaping
+        self._finished = finished
 
     def counts(self) -> dict:
         """A copy of every count: what a newly forked worker starts from."""
@@ -142,9 +157,10 @@ class MasterLedger:
             for worker in workers:
                 send_count(worker.command_fd, key, 0)
 
-    def query(self, worker, key: str, now: float) -> None:
-        """A worker asks about a redelivery; it is answered by answer_queries()."""
-        self._queries.append((worker, key, now))
+    def query(self, worker, key: str, now: float, probe=None) -> None:
+        """A worker asks about a redelivery (``probe``: whether it finished
+        here, too); it is answered by answer_queries()."""
+        self._queries.append((worker, key, now, probe))
 
     @property
     def queries_waiting(self) -> bool:
@@ -157,14 +173,15 @@ class MasterLedger:
         parent can reap it."""
         workers = list(workers)
         held = []
-        for worker, key, asked in self._queries:
+        for worker, key, asked, probe in self._queries:
             if worker not in workers:
                 continue  # it died meanwhile: nobody to answer
-            dying = any(other is not worker and other.message_key == key for other in workers)
-            if dying and now - asked < QUERY_HOLD:
-                held.append((worker, key, asked))
+            busy = [other for other in workers if other is not worker and other.message_key == key]
+            if busy and now - asked < QUERY_HOLD:
+                held.append((worker, key, asked, probe))
             else:
-                send_count(worker.command_fd, key, self._counts.get(key, 0))
+                finished = probe is not None and self._finished is not None and self._finished(probe, busy)
+                send_count(worker.command_fd, key, self._counts.get(key, 0), finished)
         self._queries = held
 
 
@@ -177,7 +194,7 @@ class WorkerCounts:
         ``reporter`` sends the queries; ``while_waiting``: a context manager
         entered while waiting for the master (the connection keeper)."""
         self._counts = known
-        self._answered = set()
+        self._answers = {}  # key -> finished, from the master's answer to a query
         self._changed = threading.Condition()
         self._reporter = reporter
         self._while_waiting = while_waiting
@@ -186,37 +203,44 @@ class WorkerCounts:
     def _follow(self, fd: int) -> None:
         with os.fdopen(fd, "rb") as stream:
             for line in stream:
-                key, count = decode_count(line)
+                key, count, finished = decode_count(line)
                 with self._changed:
                     if count:
                         self._counts[key] = count
                     else:
                         self._counts.pop(key, None)
-                    self._answered.add(key)
-                    self._changed.notify_all()
+                    if finished is not None:
+                        self._answers[key] = finished
+                        self._changed.notify_all()
 
-    def attempt(self, headers, key: str, redelivered: bool, max_attempts: int, delivery_count: bool):
-        """(attempt, lost) of a delivery: its attempt number, from 1 to
-        ``max_attempts + 1`` (past the last: lost with its worker once too
-        often), and the attempts of its lineage lost with a worker.
+    def attempt(self, headers, key: str, redelivered: bool, max_attempts: int, delivery_count: bool, probe=None):
+        """(attempt, lost, finished) of a delivery: its attempt number, from 1
+        to ``max_attempts + 1`` (past the last: lost with its worker once too
+        often), the attempts of its lineage lost with a worker, and whether
+        the master holds it as finished here (asked only with a ``probe``,
+        deduplication.Recorder.probe, on a redelivery).
         ``delivery_count``: trust x-delivery-count (set by quorum queues)."""
         if not isinstance(headers, dict):
             headers = {}
         first = header_number(headers, ATTEMPT_HEADER) or 1
+        finished = False
         if not redelivered:
             lost = 0  # a lineage's first delivery: nothing of it died yet
         elif delivery_count:
             lost = header_number(headers, DELIVERY_COUNT_HEADER) or 0
+            if probe is not None:
+                finished = self._ask(key, probe)[1]
         else:
-            lost = self._ask(key)
-        return min(min(first, max_attempts) + lost, max_attempts + 1), lost
+            lost, finished = self._ask(key, probe)
+        return min(min(first, max_attempts) + lost, max_attempts + 1), lost, finished
 
-    def _ask(self, key: str) -> int:
+    def _ask(self, key: str, probe=None):
         """Ask the master (which answers after reaping every dead worker), so a
-        redelivery that races the master's news of a death is still counted."""
+        redelivery that races the master's news of a death is still counted:
+        (lost attempts, finished here). No answer in time: not finished."""
+        fields = {"key": key} if probe is None else {"key": key, "finished": probe}
         with self._while_waiting, self._changed:
-            self._answered.discard(key)
-            if self._reporter.send(QUERY, key=key):
-                self._changed.wait_for(lambda: key in self._answered, QUERY_TIMEOUT)
-            self._answered.discard(key)
-            return self._counts.get(key, 0)
+            self._answers.pop(key, None)
+            if self._reporter.send(QUERY, **fields):
+                self._changed.wait_for(lambda: key in self._answers, QUERY_TIMEOUT)
+            return self._counts.get(key, 0), self._answers.pop(key, False)

@@ -16,6 +16,7 @@ import time
 from setproctitle import setproctitle
 
 from wqd import autoscaling, children, errors, logs, lost_attempts, reloading, reporting, worker
+from wqd.deduplication import FinishedLedger, FinishedRing
 from wqd.http_endpoint import HTTPEndpoint
 from wqd.metrics import Metrics
 from wqd.queue_monitor import QueueMonitor
@@ -56,7 +57,10 @@ class Master:
         self.workers = {}  # pid -> WorkerProcess
         # Attempts that ended with their worker, per message (classic queues
         # have no delivery counter), and the workers' queries about them.
-        self.lost_attempts = lost_attempts.MasterLedger()
+        # Messages finished here, fed by the workers, for duplicate suppression.
+        self.finished = FinishedLedger(config.deduplication.capacity)
+        self.lost_attempts = lost_attempts.MasterLedger(finished=self.finished.finished)
+        self.state_file = config.deduplication.state_file  # where the ledger is kept; a reload does not move it
         self.signals = []
         self.stopping = False
         self.fast_stop = False
@@ -98,6 +102,7 @@ class Master:
             log.info("Serving metrics on http://%s/metrics.", self.http.address)
         log.info("wqd master started (pid %d) with %s; pools: %s.", self.pid, self.config.path,
                  ", ".join(f"{p.config.name}={p.desired}" for p in self.pools))
+        self._load_finished()
         while True:
             self._manage()
             if self.stopping and not self.workers:
@@ -105,6 +110,8 @@ class Master:
             self._notify()
             self._wait()
         log.info("All workers are gone; master exits.")
+        if self.state_file:
+            self.finished.store(self.state_file)
         if self.reload:
             self.reload.close()
         self.queue_monitor.close()
@@ -112,6 +119,14 @@ class Master:
             self.http.close()
         if self.config_error:
             raise errors.ConfigError(self.config_error)
+
+    def _load_finished(self) -> None:
+        """The ledger of finished messages as the last stop left it."""
+        if self.state_file:
+            self.finished.load(self.state_file)
+        elif any(pool.config.deduplicate for pool in self.pools):
+            log.info("Duplicate suppression: no deduplication.state_file (and no $STATE_DIRECTORY), so the "
+                     "ledger of finished messages is not kept across restarts.")
 
     def _record_signal(self, signum, frame) -> None:
         """NO logging, no work: just queue the signal; the loop acts on it."""
@@ -156,6 +171,7 @@ class Master:
         while self.signals:
             self._handle_signal(self.signals.pop(0))
         self._reap()
+        self.finished.collect()
         self._answer_lost_queries()
         now = time.monotonic()
         if self.reload:
@@ -273,6 +289,8 @@ class Master:
         logs.setup(new_config.logging.level, new_config.logging.format)
         if new_config.metrics != self.config.metrics:
             log.warning("metrics.listen changed; it takes effect at the next restart.")
+        if new_config.deduplication != self.config.deduplication:
+            log.warning("The deduplication section changed; it takes effect at the next restart.")
         # A worker takes the broker and tracing settings at its start: a change of either replaces every worker.
         broker_changed = new_config.broker != self.config.broker or new_config.tracing != self.config.tracing
         current = {pool.config.name: pool for pool in self.pools}
@@ -350,6 +368,7 @@ class Master:
         read_fd, write_fd = os.pipe()
         command_read, command_write = os.pipe()
         record = WorkerRecord()
+        ring = FinishedRing() if pool.config.deduplicate else None
 
         def child_main() -> int:
             os.close(read_fd)
@@ -363,9 +382,12 @@ class Master:
                 pool=pool.config, broker=self.config.broker, handler=pool.handler, slot=slot, quiet=self.quiet,
                 report_fd=write_fd, command_fd=command_read, record=record,
                 lost_attempts=self.lost_attempts.counts(), master_pid=self.pid,
-                graceful_timeout=self.config.shutdown.graceful_timeout, tracing=self.config.tracing.enabled))
+                graceful_timeout=self.config.shutdown.graceful_timeout, tracing=self.config.tracing.enabled,
+                finished_ring=ring))
 
         pid = children.fork(child_main, f"Worker {pool.config.name}[{slot}]")
+        if ring is not None:
+            self.finished.watch(pid, ring, pool.config.queue)
         os.close(write_fd)
         os.close(command_read)
         os.set_blocking(read_fd, False)
@@ -388,6 +410,7 @@ class Master:
             os.close(proc.reader.fd)
             os.close(proc.command_fd)
             proc.record.close()
+        self.finished.close_in_child()
 
     def _retire(self, proc: WorkerProcess, timeout: float) -> None:
         """Ask a worker to finish its task and exit; it is not replaced."""
@@ -425,6 +448,7 @@ class Master:
                 os.close(proc.command_fd)
                 final = proc.record.read()
                 proc.record.close()
+                self.finished.worker_gone(pid, final)
                 self.metrics.worker_gone(proc.pool.config.name, final)
                 self._worker_exited(proc, status, final)
             elif self.reload and pid == self.reload.pid:
@@ -474,7 +498,7 @@ class Master:
             if event in (reporting.CONNECTED, reporting.CONSUMING, reporting.DISCONNECTED):
                 proc.reported(event)
             elif event == lost_attempts.QUERY:
-                self.lost_attempts.query(proc, fields["key"], time.monotonic())
+                self.lost_attempts.query(proc, fields["key"], time.monotonic(), fields.get("finished"))
             elif event == lost_attempts.CLEAR:
                 self.lost_attempts.clear(fields["key"], self.workers.values())
             elif event == reporting.RECYCLING:

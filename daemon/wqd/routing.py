@@ -65,11 +65,15 @@ class Task:
 class Router:
     """Settles tasks on one connection; opened again with every new connection."""
 
-    def __init__(self, pool: PoolConfig, settle_again):
+    def __init__(self, pool: PoolConfig, settle_again, finished=None):
         """``settle_again(task)``: the consumer's settling of a held task, called
-        from a connection timer when its republish is to be tried again."""
+        from a connection timer when its republish is to be tried again.
+        ``finished(properties)``: records a failed attempt whose copy the
+        broker confirmed (or that was dropped), before the original's ack
+        (deduplication.py); None when the pool does not deduplicate."""
         self.pool = pool
         self._settle_again = settle_again
+        self._finished = finished
         self._connection = None
         self._channel = None  # the consuming channel: acks and nacks go on it
         self._publish_channel = None
@@ -146,6 +150,8 @@ class Router:
                       message.message_id or "(no id)", exc)
             self._channel.basic_nack(task.delivery_tag, requeue=True)
             return Outcome.FAILED
+        if self._finished:  # its redelivery must not make a second copy
+            self._finished(message.properties)
         self._channel.basic_ack(task.delivery_tag)
         return outcome
 

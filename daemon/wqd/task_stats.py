@@ -19,6 +19,7 @@ class Outcome(str, enum.Enum):
     FAILED = "failed"  # dropped (no dead-letter queue), or left to the broker (worker or connection lost)
     RETRIED = "retried"
     DEAD_LETTERED = "dead_lettered"
+    DUPLICATE = "duplicate"  # a redelivery of a message already finished here, acked without running
 
 
 # Upper bounds (seconds) of the handler run-time histogram; +Inf is implied.

@@ -15,13 +15,14 @@ import os
 import signal
 import threading
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 from setproctitle import setproctitle
 
 from wqd import logs, reporting
 from wqd.config import BrokerConfig, PoolConfig
 from wqd.consumer import Consumer
+from wqd.deduplication import FinishedRing
 from wqd.errors import ConfigError
 from wqd.quiet import QuietSwitch
 from wqd.worker_record import WorkerRecord
@@ -51,6 +52,7 @@ class WorkerContext:
     master_pid: int
     graceful_timeout: float = 30.0  # shutdown.graceful_timeout: an orphan's deadline to finish its task
     tracing: bool = False  # tracing.enabled: a span per task (tracing.py)
+    finished_ring: Optional[FinishedRing] = None  # shared memory: messages finished; None: no deduplication
 
     @property
     def name(self) -> str:

@@ -76,6 +76,11 @@ class WorkerRecord:
             numbers[_FIRST_BUCKET + bisect.bisect_left(DURATION_BUCKETS, duration)] += 1
         self._publish()
 
+    @property
+    def task_started_ns(self) -> int:
+        """When the running task started (monotonic ns, as read() gives it in s); 0 when idle."""
+        return self._numbers[_BUSY_SINCE]
+
     def redelivered(self) -> None:
         self._numbers[_REDELIVERED] += 1
         self._publish()

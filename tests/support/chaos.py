@@ -8,6 +8,9 @@ worker may have finished its task without acking it (one duplicate per kill
 at most, prefetch 1); a broker crash or freeze may do the same to every
 worker's task, and a classic queue's broker, SIGKILLed, also forgets acks it
 had not yet written to disk, so it redelivers recently acked messages.
+Every task has a message_id, so duplicate suppression (pools[].deduplicate)
+acks those redeliveries without running them: with it, a run has at most one
+duplicate per fault.
 """
 
 import json
@@ -37,11 +40,22 @@ class ChaosReport:
     duplicates: int
     dead_lettered: int
     seconds: float
+    deduplicate: bool = True
+    suppressed: int = 0  # redeliveries acked without running (outcome duplicate)
+    after_worker_kills: int = 0  # duplicates only a worker kill explains
+    queue_type: str = "classic"
+
+    @property
+    def faults(self) -> int:
+        return self.worker_kills + self.broker_restarts + self.broker_pauses
 
     def line(self) -> str:
-        return (f"{self.tasks} tasks, {self.worker_kills} worker SIGKILLs, {self.broker_restarts} broker "
-                f"SIGKILL+restarts, {self.broker_pauses} broker SIGSTOPs: {self.done} done, 0 lost, "
-                f"{self.duplicates} duplicates, {self.dead_lettered} dead-lettered, in {self.seconds:.0f} s")
+        return (f"{self.queue_type} queue, deduplicate {'on' if self.deduplicate else 'off'}: {self.tasks} tasks, "
+                f"{self.worker_kills} worker SIGKILLs, {self.broker_restarts} broker SIGKILL+restarts, "
+                f"{self.broker_pauses} broker SIGSTOPs: {self.done} done, 0 lost, {self.duplicates} duplicates "
+                f"({self.after_worker_kills} after worker kills, {self.duplicates - self.after_worker_kills} "
+                f"after broker faults), {self.suppressed} redeliveries acked without running, "
+                f"{self.dead_lettered} dead-lettered, in {self.seconds:.0f} s")
 
 
 def preload(broker, queue: str, count: int, task_seconds: float) -> None:
@@ -53,17 +67,19 @@ def preload(broker, queue: str, count: int, task_seconds: float) -> None:
     connection = broker.connection()
     channel = connection.channel()
     channel.confirm_delivery()
-    properties = pika.BasicProperties(delivery_mode=2)
     for task_id in range(count):
+        properties = pika.BasicProperties(delivery_mode=2, message_id=f"chaos-{task_id}")
         channel.basic_publish("", queue, json.dumps({"id": task_id, "sleep": task_seconds}), properties)
     connection.close()
     wait_queue(broker, queue, 120, f"{count} messages queued", messages_ready=count)
 
 
 def run_chaos(broker, queue, make_wqd, tasks, worker_kills, broker_restarts, broker_pauses=0,
-              pause_seconds=0.0, workers=3, task_seconds=0.01, heartbeat=60, seed=None) -> ChaosReport:
+              pause_seconds=0.0, workers=3, task_seconds=0.01, heartbeat=60, seed=None, deduplicate=True,
+              queue_type="classic") -> ChaosReport:
     rng = random.Random(seed)
-    wqd = make_wqd([pool(queue, workers=workers, max_retries=20, retry_delay={"initial": 0.2, "max": 2})],
+    wqd = make_wqd([pool(queue, workers=workers, max_retries=20, retry_delay={"initial": 0.2, "max": 2},
+                         deduplicate=deduplicate, queue_type=queue_type)],
                    heartbeat=heartbeat)
     wqd.start()
     wqd.stop()  # wqd declared the queue; now preload it while nothing consumes
@@ -104,11 +120,17 @@ def run_chaos(broker, queue, make_wqd, tasks, worker_kills, broker_restarts, bro
     ends = Counter(e["id"] for e in wqd.records("end"))
     assert set(ends) == set(range(tasks)), "every published task ran"
     dead = broker.queue_stats(queue + ".dead")
-    report = ChaosReport(tasks, worker_kills, broker_restarts, broker_pauses, len(ends),
-                         sum(ends.values()) - len(ends), dead["messages_ready"] if dead else 0, seconds)
-    assert report.dead_lettered == 0
     by_worker_kill = _explain_duplicates(wqd.records(), fault_log)
+    report = ChaosReport(tasks, worker_kills, broker_restarts, broker_pauses, len(ends),
+                         sum(ends.values()) - len(ends), dead["messages_ready"] if dead else 0, seconds,
+                         deduplicate, int(wqd.metric("wqd_tasks_total", pool="default", outcome="duplicate")),
+                         sum(by_worker_kill.values()), queue_type)
+    assert report.dead_lettered == 0
     assert max(by_worker_kill.values(), default=0) <= 1, "one duplicate per worker kill at most"
+    if deduplicate:
+        assert report.duplicates <= report.faults, f"at most one duplicate per fault: {report.line()}"
+    else:
+        assert report.suppressed == 0
     assert wqd.stop() == 0
     return report
 

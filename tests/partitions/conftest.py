@@ -33,6 +33,13 @@ def pytest_ignore_collect(collection_path, config):
     return True
 
 
+def pytest_terminal_summary(terminalreporter):
+    if ledger.FIGURES:
+        terminalreporter.section("partitions")
+        for line in ledger.FIGURES:
+            terminalreporter.write_line(line)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def as_root():
     if os.geteuid() != 0:
@@ -66,7 +73,7 @@ def cluster(network, tmp_path_factory):
     ]))
     try:
         cluster.start()
-        print(f"\ncluster of 3 nodes in namespaces started in {cluster.start_seconds:.1f} s")
+        ledger.FIGURES.append(f"cluster of 3 nodes in namespaces started in {cluster.start_seconds:.1f} s")
         ledger.check_stale_ack_detection(cluster)
         yield cluster
     finally:

@@ -20,6 +20,8 @@ from tests.support.waiting import wait_for
 # would cause (channel error PRECONDITION_FAILED, logged by the node).
 STALE_ACK_LOG = "unknown delivery tag"
 
+FIGURES: list[str] = []  # lines for the end of the run (conftest.py's terminal summary)
+
 
 @dataclass
 class Run:

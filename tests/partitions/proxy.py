@@ -57,6 +57,7 @@ class DelayProxy:
         try:
             enter_for_good(self.netns)  # this thread only; its sockets are the namespace's
             self._loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(self._loop)
             self._server = self._loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", self.port))
         except BaseException as exc:  # noqa: B036 - handed to start()
             self._error = exc

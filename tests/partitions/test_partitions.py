@@ -22,7 +22,7 @@ from pathlib import Path
 import pika
 import pytest
 
-from tests.partitions.ledger import Ledger, stale_ack_errors, wait_until
+from tests.partitions.ledger import FIGURES, Ledger, stale_ack_errors, wait_until
 from tests.partitions.nodes import NamespacedWqd
 from tests.partitions.proxy import DelayProxy
 from tests.support.daemon import pool, task_body
@@ -48,6 +48,11 @@ TAKEOVER_BOUND = 4 * HEARTBEAT + 10
 # From the heal until every worker consumes: the reconnect backoff doubles
 # up to 30 s with 50 % jitter while the link is down.
 RECONNECT_BOUND = 60
+# Node 1's partition lasts this long at least (and until its worker moved on);
+# net_ticktime is 10 s (tests/partitions/nodes.py): the nodes see each other
+# gone after 7.5-12.5 s, node 1 then pauses.
+PARTITION_SECONDS = 25
+PARTITION_BOUND = 60
 # A task finished this shortly before a cut may have had its ack on the wire.
 ACK_SLACK = 0.5
 
@@ -129,16 +134,17 @@ class Scenario:
                                  f"{sorted(self.ledger().lost)[:20]}\n{self.logs()}")
         return self.ledger()
 
-    def worker_nodes(self) -> dict:
-        """{(host, worker name): node address} of every worker's connection."""
-        by_address = {node.nodename: node.machine.address for node in self.cluster.nodes}
+    def worker_nodes(self, asked) -> dict:
+        """{(host, worker name): node} of every worker's connection, as node ``asked`` lists them."""
+        by_port = {node.port: node for node in self.cluster.nodes}
+        out = asked.ctl("list_connections", "-q", "--formatter", "json", "port", "client_properties")
         found = {}
-        for name, nodename in self.cluster.connection_nodes().items():
-            parts = name.split()
-            if parts[:2] == ["wqd", "worker"]:
-                pid = int(parts[-1])
-                host = next(h for h, wqd in self.hosts.items() if pid in wqd.all_worker_pids())
-                found[host, parts[2]] = by_address.get(nodename, nodename)
+        for row in json.loads(out) if out.strip() else []:
+            name = {item[0]: item[-1] for item in row["client_properties"]}.get("connection_name", "")
+            if name.startswith("wqd worker "):
+                pid = int(name.split()[-1])
+                host = next((h for h, wqd in self.hosts.items() if pid in wqd.all_worker_pids()), "?")
+                found[host, name.split()[2]] = by_port[row["port"]]
         return found
 
     def check_after(self, ledger: Ledger) -> None:
@@ -179,13 +185,13 @@ def scenario(cluster, network, tmp_path):
 
 
 def _report(fault: str, ledger: Ledger, explained: list, **figures) -> None:
-    print(f"\n{fault}: {len(ledger.published)} tasks, {ledger.done_count()} done, {len(ledger.lost)} lost, "
-          f"{ledger.duplicate_count()} duplicates; " + "; ".join(f"{k.replace('_', ' ')} {v}"
-                                                                for k, v in figures.items()))
-    for line in explained:
-        print("  " + line)
-    print("  " + json.dumps({"fault": fault, "lost": len(ledger.lost), "duplicates": ledger.duplicate_count(),
-                             **figures}))
+    """Print the fault's figures, and keep them for the end of the run."""
+    lines = [f"{fault}: {len(ledger.published)} tasks, {ledger.done_count()} done, {len(ledger.lost)} lost, "
+             f"{ledger.duplicate_count()} duplicates; "
+             + "; ".join(f"{key.replace('_', ' ')} {value}" for key, value in figures.items())]
+    lines += ["  " + line for line in explained]
+    print("\n" + "\n".join(lines))
+    FIGURES.extend(lines)
 
 
 def test_a_host_cut_off_longer_than_two_heartbeats(scenario):
@@ -267,3 +273,61 @@ def _dropped_packets(machine) -> int:
     """Packets the loss rules of ``machine`` dropped so far."""
     listing = machine.exec("nft", "list", "table", "inet", "wqdtest_loss").stdout
     return sum(int(n) for n in re.findall(r"counter packets (\d+)", listing))
+
+
+def test_one_node_partitioned_from_the_other_two(scenario):
+    s = scenario()
+    s.start()
+    cut_off, majority = s.cluster.nodes[0], s.cluster.nodes[1]  # node 1 leads the queue
+    assert s.cluster.node_for_leader(s.queue) is cut_off
+    on_cut_node = {key for key, node in s.worker_nodes(majority).items() if node is cut_off}
+    assert on_cut_node == {("h1", "default[1]")}, s.worker_nodes(majority)
+    others = " , ".join(node.machine.address for node in s.cluster.nodes[1:])
+    cut_at = time.time()
+    cut_off.machine.nft(f"""table inet wqdtest_partition {{
+        chain input {{ type filter hook input priority 0; ip saddr {{ {others} }} drop; }}
+        chain output {{ type filter hook output priority 0; ip daddr {{ {others} }} drop; }}
+    }}""")
+    held = s.ledger().held_at(cut_at, "h1", workers={"default[1]"})
+
+    def taken_over():
+        ledger = s.ledger()
+        elsewhere = {task: ledger.first_completion_elsewhere(task, run, cut_at) for task, run in held.items()}
+        return all(elsewhere.values()) and elsewhere
+
+    elsewhere = wait_for(taken_over, PARTITION_BOUND, interval=0.2,
+                         message=lambda: f"the tasks held through node 1 {sorted(held)} ran elsewhere:\n{s.logs()}")
+    takeover = max(run.end for run in elsewhere.values()) - cut_at
+    # Node 1 sees itself in a minority and pauses (net_ticktime); its worker moves on.
+    wait_for(lambda: cut_off.ctl("eval", "rabbit:is_running().").strip() == "false", PARTITION_BOUND,
+             interval=0.5, message=lambda: f"node 1 paused itself:\n{cut_off.log_tail()}")
+    paused = time.time() - cut_at
+    new_leader = wait_for(lambda: _leader(majority, s.queue) not in (None, cut_off.nodename)
+                          and _leader(majority, s.queue), PARTITION_BOUND, interval=0.5,
+                          message="a new leader on the majority side")
+    wait_for(lambda: s.consuming() == {"h1": WORKERS, "h2": WORKERS}
+             and cut_off not in s.worker_nodes(majority).values(), RECONNECT_BOUND, interval=0.5,
+             message=lambda: f"every worker consuming from the majority: {s.consuming()}\n{s.logs()}")
+    moved = time.time() - cut_at
+    wait_until(cut_at + PARTITION_SECONDS)
+    healed_at = time.time()
+    cut_off.machine.nft("delete table inet wqdtest_partition")
+    rejoin = s.cluster.wait_healthy(timeout=120)
+    s.wait_all_consuming(RECONNECT_BOUND)
+    ledger = s.wait_all_done()
+    s.check_after(ledger)
+    explained = ledger.explain(ledger.held_at(cut_at, "h1", workers={"default[1]"}, slack=ACK_SLACK),
+                               "partition", cut_at)
+    _report("node partitioned", ledger, explained, partition_seconds=round(healed_at - cut_at, 1),
+            held_through_cut_node=len(held), takeover_seconds=round(takeover, 2),
+            node_paused_after_seconds=round(paused, 1), new_leader=new_leader.split("@")[-1],
+            workers_back_on_majority_after_seconds=round(moved, 1), rejoin_after_heal_seconds=round(rejoin, 1))
+    # One worker was connected to the cut node, with one delivery in hand.
+    assert ledger.duplicate_count() <= len(on_cut_node)
+
+
+def _leader(node, queue):
+    for row in json.loads(node.ctl("list_queues", "-q", "--formatter", "json", "name", "leader") or "[]"):
+        if row["name"] == queue:
+            return row["leader"]
+    return None

@@ -85,9 +85,12 @@ class Ledger:
                 if run.host == host and (workers is None or run.worker in workers) and run.start <= moment
                 and (run.end is None or run.end >= moment - slack)}
 
-    def first_completion_elsewhere(self, task: int, than: Run, after: float) -> Run | None:
+    def rerun(self, task: int, than: Run, after: float) -> Run | None:
+        """The first completed run of ``task`` other than ``than`` that started
+        after ``after``: on another worker, or on the same worker's next connection."""
         for run in self.completions().get(task, []):
-            if (run.host, run.pid) != (than.host, than.pid) and run.start >= after:
+            if run is not than and (run.host, run.pid, run.start) != (than.host, than.pid, than.start) \
+                    and run.start >= after:
                 return run
         return None
 

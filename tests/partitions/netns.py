@@ -8,7 +8,8 @@ on the bridge in the switch namespace. Nothing is routed out of these
 namespaces: no address of theirs exists in the machine's own namespace.
 
 Names start with a per-run prefix (``wqdp<pid>``), so two runs never clash
-and cleanup removes exactly what this run made. ``remove()`` kills every
+and cleanup removes exactly what this run made (and, at the start of a run,
+what a run whose process is gone left behind). ``remove()`` kills every
 process still in one of our namespaces (only our nodes, their epmd and our
 wqd hosts ever enter them) and deletes the namespaces; the veth pairs go
 with them.
@@ -24,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
 import signal
 import subprocess
 import time
@@ -110,6 +112,7 @@ class Network:
         return f"{self.prefix}sw"
 
     def create(self) -> Network:
+        remove_stale()
         self._add_netns(self.switch)
         run("ip", "-n", self.switch, "link", "add", "br0", "type", "bridge")
         run("ip", "-n", self.switch, "link", "set", "br0", "up")
@@ -143,32 +146,47 @@ class Network:
     def plug(self, machine: Machine) -> None:
         run("ip", "-n", self.switch, "link", "set", machine.peer, "up")
 
-    def pids(self, netns: str) -> list[int]:
-        out = run("ip", "netns", "pids", netns, check=False).stdout
-        return [int(pid) for pid in out.split()]
-
-    def remove(self, timeout: float = 30) -> None:
+    def remove(self) -> None:
         """Kill what still runs in our namespaces, then delete them (the veth
         pairs and the bridge go with them)."""
-        deadline = time.monotonic() + timeout
-        for netns in self.made:
-            while pids := self.pids(netns):
-                for pid in pids:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-                if time.monotonic() > deadline:
-                    raise NetnsError(f"processes {pids} in {netns} survive SIGKILL")
-                time.sleep(0.05)
-        errors = []
-        for netns in reversed(self.made):
-            result = run("ip", "netns", "delete", netns, check=False)
-            if result.returncode != 0:
-                errors.append(f"{netns}: {result.stderr.strip()}")
+        _remove(self.made)
         self.made.clear()
-        if errors:
-            raise NetnsError("could not delete namespaces: " + "; ".join(errors))
 
     def leftovers(self) -> list[str]:
-        """Namespaces of ours that `ip netns list` still shows."""
-        return [line.split()[0] for line in run("ip", "netns", "list").stdout.splitlines()
-                if line.startswith(self.prefix)]
+        """Namespaces of this run that `ip netns list` still shows."""
+        return [name for name in _namespaces() if _PREFIX.fullmatch(name)
+                and _PREFIX.fullmatch(name).group(1) == self.prefix]
+
+
+_PREFIX = re.compile(r"(wqdp(\d+))(?:sw|[nh]\d+)")
+
+
+def _namespaces() -> list[str]:
+    return [line.split()[0] for line in run("ip", "netns", "list").stdout.splitlines() if line.strip()]
+
+
+def remove_stale() -> None:
+    """Remove the namespaces of runs whose test process is gone (killed before
+    its cleanup could run)."""
+    stale = [name for name in _namespaces() if (match := _PREFIX.fullmatch(name))
+             and not os.path.exists(f"/proc/{match.group(2)}")]
+    _remove(stale)
+
+
+def _remove(namespaces: list[str], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    for netns in namespaces:
+        while pids := [int(pid) for pid in run("ip", "netns", "pids", netns, check=False).stdout.split()]:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            if time.monotonic() > deadline:
+                raise NetnsError(f"processes {pids} in {netns} survive SIGKILL")
+            time.sleep(0.05)
+    errors = []
+    for netns in reversed(namespaces):
+        result = run("ip", "netns", "delete", netns, check=False)
+        if result.returncode != 0:
+            errors.append(f"{netns}: {result.stderr.strip()}")
+    if errors:
+        raise NetnsError("could not delete namespaces: " + "; ".join(errors))

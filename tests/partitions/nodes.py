@@ -9,6 +9,12 @@ from tests.support.broker import BrokerNode
 from tests.support.cluster import Cluster
 from tests.support.daemon import Wqd
 
+# Seconds; nodes that hear nothing from each other for 0.75-1.25 times this
+# are disconnected: how soon pause_minority pauses a cut-off node (the
+# default, 60 s, would make the partition test minutes long). rabbitmqctl
+# gets the same, as Erlang expects of every node it talks to.
+NET_TICKTIME = 10
+
 
 class NamespacedNode(BrokerNode):
     """A BrokerNode run in ``machine``'s namespace, named ``wqdtest-...@<address>``
@@ -44,9 +50,6 @@ class NamespacedNode(BrokerNode):
             RABBITMQ_CTL_ERL_ARGS=f"-kernel net_ticktime {NET_TICKTIME}",
         )
         return env
-
-
-NET_TICKTIME = 10
 
 
 def _in_namespace(name):

@@ -109,6 +109,12 @@ class Scenario:
                  and self.ledger().done_count() >= 20, 120, interval=0.2,
                  message=lambda: f"progress on both hosts before the fault:\n{self.logs()}")
 
+    def wait_busy(self, host: str, workers: set) -> None:
+        """Wait until each of ``workers`` of ``host`` is running a task (strike then:
+        the fault finds a task in hand)."""
+        wait_for(lambda: workers <= {run.worker for run in self.ledger().runs if run.host == host and run.end is None},
+                 30, interval=0.02, message=lambda: f"{host} {sorted(workers)} running tasks:\n{self.logs()}")
+
     def consuming(self) -> dict:
         """{host: its workers consuming} (from each master's /status)."""
         found = {}
@@ -197,6 +203,7 @@ def _report(fault: str, ledger: Ledger, explained: list, **figures) -> None:
 def test_a_host_cut_off_longer_than_two_heartbeats(scenario):
     s = scenario()
     s.start()
+    s.wait_busy("h1", {"default[1]", "default[2]"})
     cut_at = time.time()
     s.network.unplug(s.h1)
     held = s.ledger().held_at(cut_at, "h1")
@@ -204,7 +211,7 @@ def test_a_host_cut_off_longer_than_two_heartbeats(scenario):
 
     def taken_over():
         ledger = s.ledger()
-        elsewhere = {task: ledger.first_completion_elsewhere(task, run, cut_at) for task, run in held.items()}
+        elsewhere = {task: ledger.rerun(task, run, cut_at) for task, run in held.items()}
         return all(run is not None and run.host == "h2" for run in elsewhere.values()) and elsewhere
 
     elsewhere = wait_for(taken_over, TAKEOVER_BOUND, interval=0.2,
@@ -256,11 +263,12 @@ def test_delay_and_loss_on_a_host_link(scenario):
     lost_connections = s.hosts["h2"].logs().count("Broker connection lost")
     explained = ledger.explain(_in_hand_during(ledger, "h2", began, healed_at), "degraded link", began)
     _report("200 ms delay and 5 % loss", ledger, explained, seconds=DEGRADED_SECONDS, packets_dropped=dropped,
-            tasks_done_by_h2_meanwhile=len(h2_done), h2_connections_lost=lost_connections,
+            tasks_done_by_h2_meanwhile=len(h2_done), h2_connection_failures=lost_connections,
             reconnect_after_heal_seconds=round(reconnect, 2))
     assert dropped > 0, "the loss rules dropped packets"
     assert h2_done, "the slow, lossy host kept working"
-    assert ledger.duplicate_count() <= WORKERS
+    # A task can run twice only if a connection dropped with it in hand (prefetch 1).
+    assert ledger.duplicate_count() <= lost_connections
 
 
 def _in_hand_during(ledger, host, began, ended) -> dict:
@@ -283,21 +291,14 @@ def test_one_node_partitioned_from_the_other_two(scenario):
     on_cut_node = {key for key, node in s.worker_nodes(majority).items() if node is cut_off}
     assert on_cut_node == {("h1", "default[1]")}, s.worker_nodes(majority)
     others = " , ".join(node.machine.address for node in s.cluster.nodes[1:])
+    s.wait_busy("h1", {"default[1]"})
     cut_at = time.time()
     cut_off.machine.nft(f"""table inet wqdtest_partition {{
         chain input {{ type filter hook input priority 0; ip saddr {{ {others} }} drop; }}
         chain output {{ type filter hook output priority 0; ip daddr {{ {others} }} drop; }}
     }}""")
     held = s.ledger().held_at(cut_at, "h1", workers={"default[1]"})
-
-    def taken_over():
-        ledger = s.ledger()
-        elsewhere = {task: ledger.first_completion_elsewhere(task, run, cut_at) for task, run in held.items()}
-        return all(elsewhere.values()) and elsewhere
-
-    elsewhere = wait_for(taken_over, PARTITION_BOUND, interval=0.2,
-                         message=lambda: f"the tasks held through node 1 {sorted(held)} ran elsewhere:\n{s.logs()}")
-    takeover = max(run.end for run in elsewhere.values()) - cut_at
+    assert held, "the worker on node 1 had a task in hand when the partition began"
     # Node 1 sees itself in a minority and pauses (net_ticktime); its worker moves on.
     wait_for(lambda: cut_off.ctl("eval", "rabbit:is_running().").strip() == "false", PARTITION_BOUND,
              interval=0.5, message=lambda: f"node 1 paused itself:\n{cut_off.log_tail()}")
@@ -312,7 +313,19 @@ def test_one_node_partitioned_from_the_other_two(scenario):
     wait_until(cut_at + PARTITION_SECONDS)
     healed_at = time.time()
     cut_off.machine.nft("delete table inet wqdtest_partition")
-    rejoin = s.cluster.wait_healthy(timeout=120)
+
+    def taken_over():
+        ledger = s.ledger()
+        again = {task: ledger.rerun(task, run, cut_at) for task, run in held.items()}
+        return all(again.values()) and again
+
+    # Run again (by another worker, or by the same one on its next connection):
+    # the majority's new leader returns what a consumer on the lost node held.
+    again = wait_for(taken_over, PARTITION_BOUND, interval=0.2,
+                     message=lambda: f"the tasks held through node 1 {sorted(held)} ran again:\n{s.logs()}")
+    takeover = max(run.end for run in again.values()) - cut_at
+    s.cluster.wait_healthy(timeout=120)
+    rejoin = time.time() - healed_at
     s.wait_all_consuming(RECONNECT_BOUND)
     ledger = s.wait_all_done()
     s.check_after(ledger)
@@ -320,7 +333,7 @@ def test_one_node_partitioned_from_the_other_two(scenario):
                                "partition", cut_at)
     _report("node partitioned", ledger, explained, partition_seconds=round(healed_at - cut_at, 1),
             held_through_cut_node=len(held), takeover_seconds=round(takeover, 2),
-            node_paused_after_seconds=round(paused, 1), new_leader=new_leader.split("@")[-1],
+            rerun_by=", ".join(f"{run.host} {run.worker}" for run in again.values()), node_paused_after_seconds=round(paused, 1), new_leader=new_leader.split("@")[-1],
             workers_back_on_majority_after_seconds=round(moved, 1), rejoin_after_heal_seconds=round(rejoin, 1))
     # One worker was connected to the cut node, with one delivery in hand.
     assert ledger.duplicate_count() <= len(on_cut_node)

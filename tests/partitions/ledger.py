@@ -17,7 +17,9 @@ from tests.support.waiting import wait_for
 
 # The broker's words when a channel acks a delivery tag it never handed out:
 # what a worker that acked, on its new connection, a delivery of its old one
-# would cause (channel error PRECONDITION_FAILED, logged by the node).
+# would cause (channel error PRECONDITION_FAILED, logged by the node). A stale
+# tag that does exist on the new channel would instead settle another
+# message without running it: the lost count catches that one.
 STALE_ACK_LOG = "unknown delivery tag"
 
 FIGURES: list[str] = []  # lines for the end of the run (conftest.py's terminal summary)

@@ -54,6 +54,7 @@ RECONNECT_BOUND = 60
 # gone after 7.5-12.5 s, node 1 then pauses.
 PARTITION_SECONDS = 25
 PARTITION_BOUND = 60
+REJOIN_BOUND = 60        # measured 4.7-12.7 s
 # A task finished this shortly before a cut may have had its ack on the wire.
 ACK_SLACK = 0.5
 
@@ -221,8 +222,8 @@ def test_a_host_cut_off_longer_than_two_heartbeats(scenario):
     s = scenario()
     s.start()
     s.wait_busy("h1", {"default[1]", "default[2]"})
-    cut_at = time.time()
     s.network.unplug(s.h1)
+    cut_at = time.time()  # once in place: a task may start while the command runs
     held = s.ledger().held_at(cut_at, "h1")
     assert held, "host h1 had tasks in hand when it was cut off"
 
@@ -309,11 +310,11 @@ def test_one_node_partitioned_from_the_other_two(scenario):
     assert on_cut_node == {("h1", "default[1]")}, s.worker_nodes(majority)
     others = " , ".join(node.machine.address for node in s.cluster.nodes[1:])
     s.wait_busy("h1", {"default[1]"})
-    cut_at = time.time()
     cut_off.machine.nft(f"""table inet wqdtest_partition {{
         chain input {{ type filter hook input priority 0; ip saddr {{ {others} }} drop; }}
         chain output {{ type filter hook output priority 0; ip daddr {{ {others} }} drop; }}
     }}""")
+    cut_at = time.time()  # once in place: a task may start while nft runs
     held = s.ledger().held_at(cut_at, "h1", workers={"default[1]"})
     assert held, "the worker on node 1 had a task in hand when the partition began"
     # Node 1 sees itself in a minority and pauses (net_ticktime); its worker moves on.
@@ -352,8 +353,7 @@ def test_one_node_partitioned_from_the_other_two(scenario):
     _, again = wait_for(taken_over, PARTITION_BOUND * 3, interval=0.2,
                         message=lambda: f"the tasks held through node 1 {sorted(held)} ran again:\n{s.logs()}")
     takeover = max(run.end for run in again.values()) - cut_at if again else None
-    s.cluster.wait_healthy(timeout=120)
-    rejoin = time.time() - healed_at
+    rejoin = _rejoin(s.cluster, cut_off, healed_at)
     s.wait_all_consuming(RECONNECT_BOUND)
     ledger = s.wait_all_done()
     s.check_after(ledger)
@@ -364,9 +364,24 @@ def test_one_node_partitioned_from_the_other_two(scenario):
             rerun_by=", ".join(f"{run.host} {run.worker}" for run in again.values()), node_paused_after_seconds=round(paused, 1), new_leader=new_leader.split("@")[-1],
             its_connection_closed_after_seconds=round(closed - cut_at, 1),
             reconnected_to_majority_in_seconds=round(consuming_again - closed, 2),
-            rejoin_after_heal_seconds=round(rejoin, 1))
+            rejoin_after_heal=rejoin)
     # One worker was connected to the cut node, with one delivery in hand.
     assert ledger.duplicate_count() <= len(on_cut_node)
+
+
+def _rejoin(cluster, node, healed_at) -> str:
+    """Wait until the paused node is back in the cluster; say how it went.
+    RabbitMQ 3.10 on Erlang 25 can hang while a paused node restarts (its log
+    says "Global hang workaround", 1 run in 8 here): past REJOIN_BOUND the
+    node is restarted, as an operator would, and the report says so."""
+    try:
+        cluster.wait_healthy(timeout=REJOIN_BOUND)
+        return f"{time.time() - healed_at:.1f} s"
+    except AssertionError:
+        node.kill()
+        node.start(timeout=120)
+        cluster.wait_healthy(timeout=120)
+        return f"stuck, restarted by the test: healthy {time.time() - healed_at:.1f} s after the heal"
 
 
 def _leader(node, queue):

@@ -372,7 +372,7 @@ def test_one_node_partitioned_from_the_other_two(scenario):
 def _rejoin(cluster, node, healed_at) -> str:
     """Wait until the paused node is back in the cluster; say how it went.
     RabbitMQ 3.10 on Erlang 25 can hang while a paused node restarts (its log
-    says "Global hang workaround", 1 run in 8 here): past REJOIN_BOUND the
+    says "Global hang workaround", 2 runs in 10 here): past REJOIN_BOUND the
     node is restarted, as an operator would, and the report says so."""
     try:
         cluster.wait_healthy(timeout=REJOIN_BOUND)

@@ -14,10 +14,14 @@
 #   make demo     the tutorial's five messages through two wqd workers
 #   make lint     ruff, version RUFF_VERSION (installed into .venv by this target only;
 #                 its configuration, and pytest's, is in pyproject.toml)
-#   make soak     the long-running soak tests (-m soak)
+#   make soak     the long-running soak tests (-m soak), then test-partitions
+#                 (so as root)
 #   make test-deploy  as root: the unit under systemd as PID 1 (systemd-nspawn)
 #                 and the image under a Docker engine (tests/deploy; caches
 #                 under .cache/deploy)
+#   make test-partitions  as root: network partitions between a 3-node
+#                 cluster and two wqd hosts, each in a network namespace
+#                 (tests/partitions; installs Debian's nftables if missing)
 #   make bench    the benchmarks
 #   make clean
 #
@@ -38,7 +42,7 @@ OTHER_RABBITMQ_ROOT := .cache/rabbitmq-$(OTHER_RABBITMQ_SUITE)
 # Pinned: a new ruff release can add checks and fail CI with no change of ours.
 RUFF_VERSION := 0.6.9
 
-.PHONY: all venv rabbitmq promtool deploy-tools test test-rabbitmq4 test-deploy demo lint soak bench clean
+.PHONY: all venv rabbitmq promtool deploy-tools test test-rabbitmq4 test-deploy test-partitions demo lint soak bench clean
 
 all: test
 
@@ -86,8 +90,19 @@ test-deploy:
 	@bash scripts/ensure-debian-package.sh /usr/sbin/dockerd docker.io docker
 	$(VENV)/bin/pytest -q tests/deploy $(PYTEST_ARGS)
 
+# Root only: network namespaces, veth pairs and nft rules (all removed at the
+# end). Its temporary files go to .run/test-partitions (emptied at each run).
+test-partitions:
+	@if [ "$$(id -u)" != 0 ]; then echo "make test-partitions needs root: it makes network namespaces, veth pairs and nft rules, and installs Debian packages (sudo make test-partitions)." >&2; exit 1; fi
+	@$(MAKE) --no-print-directory venv rabbitmq
+	@bash scripts/ensure-debian-package.sh /usr/sbin/nft nftables
+	@bash scripts/ensure-debian-package.sh /usr/bin/ip iproute2
+	mkdir -p .run
+	$(VENV)/bin/pytest -q -rs --basetemp=.run/test-partitions tests/partitions $(PYTEST_ARGS)
+
 soak: venv rabbitmq promtool
 	$(VENV)/bin/pytest -q -rs -m soak tests $(PYTEST_ARGS)
+	@$(MAKE) --no-print-directory test-partitions
 
 lint: venv
 	test "$$($(VENV)/bin/ruff --version 2>/dev/null)" = "ruff $(RUFF_VERSION)" || \

@@ -4,7 +4,10 @@ The RabbitMQ tutorial's worker.py without the work: a BlockingConnection,
 prefetch 1, manual ack in the delivery callback, start_consuming. It declares
 the queue as wqd does (durable, no arguments), so either may come first.
 
-    python bench/baseline_consumer.py AMQP_URL QUEUE
+    python bench/baseline_consumer.py AMQP_URL QUEUE [--latency]
+
+--latency: the body is a publish time; record the pickup latency first
+(bench/latency_record.py), as the other systems' latency handlers do.
 
 SIGTERM ends it (default action: the broker requeues an unacked delivery).
 """
@@ -12,9 +15,10 @@ SIGTERM ends it (default action: the broker requeues an unacked delivery).
 import sys
 
 import pika
+from latency_record import record
 
 
-def main(url: str, queue: str) -> None:
+def main(url: str, queue: str, latency: bool = False) -> None:
     connection = pika.BlockingConnection(pika.URLParameters(url))
     channel = connection.channel()
     channel.queue_declare(queue=queue, durable=True)
@@ -23,9 +27,13 @@ def main(url: str, queue: str) -> None:
     def on_message(channel, method, properties, body):
         channel.basic_ack(delivery_tag=method.delivery_tag)
 
-    channel.basic_consume(queue=queue, on_message_callback=on_message)
+    def on_message_recorded(channel, method, properties, body):
+        record(body)
+        channel.basic_ack(delivery_tag=method.delivery_tag)
+
+    channel.basic_consume(queue=queue, on_message_callback=on_message_recorded if latency else on_message)
     channel.start_consuming()
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], latency="--latency" in sys.argv[3:])

@@ -200,6 +200,13 @@ class Wqd(PlainMessages):
         self.latency_path: Path | None = None  # set: handler bench_handlers:stamp records latencies there
 
     def start(self, workers: int, queue: str, handler: str | None = None, logging_level: str = "info") -> Wqd:
+        self.prepare(workers, queue, handler, logging_level)
+        self.runner.start(wait_ready=False)
+        _started.append(self.runner.proc)
+        return self
+
+    def prepare(self, workers: int, queue: str, handler: str | None = None, logging_level: str = "info") -> None:
+        """The runner of the next `wqd run`, its config written, not started."""
         self.runs += 1
         pythonpath = os.pathsep.join(filter(None, [str(BENCH_DIR), os.environ.get("PYTHONPATH")]))
         env = {"PYTHONPATH": pythonpath, "WQD_BENCH_RECORD": str(self.workdir / "record.txt")}
@@ -211,9 +218,6 @@ class Wqd(PlainMessages):
             self.workdir / f"{self.name}-{self.runs}", self.node.url,
             [support_daemon.pool(queue, name="bench", handler=handler, workers=workers, prefetch=1)],
             executable=self.executable, extra_env=env, logging_level=logging_level)
-        self.runner.start(wait_ready=False)
-        _started.append(self.runner.proc)
-        return self
 
     @property
     def proc(self) -> subprocess.Popen:

@@ -200,7 +200,9 @@ class WorkerCounts:
         ``max_attempts + 1`` (past the last: lost with its worker once too
         often), and the attempts of its lineage lost with a worker.
         ``delivery_count``: trust x-delivery-count (set by quorum queues)."""
-        if not isinstance(headers, dict):
+        if not headers or not isinstance(headers, dict):
+            if not redelivered:  # most deliveries: a first attempt, nothing lost, no header to parse
+                return 1, 0
             headers = {}
         first = header_number(headers, ATTEMPT_HEADER) or 1
         if not redelivered:

@@ -21,9 +21,9 @@ from bench.common import (
     cpu_ticks,
     delete_queues,
     preload,
+    process_tree,
     wait_for,
 )
-from bench.peers import process_tree
 from tests.support import procfs
 
 PSS_WORKERS = 16

@@ -130,6 +130,19 @@ def wait_for(predicate, timeout: float, what: str, interval: float = STATUS_POLL
         raise BenchError(str(exc)) from None
 
 
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (from /proc/PID/task/TID/children)."""
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as children:
+                    todo.extend(int(child) for child in children.read().split())
+    return tree
+
+
 class PlainMessages:
     """wqd's and the baseline's queue (durable, no arguments) and messages (a
     short body; a latency probe's body is its publish time)."""
@@ -146,44 +159,42 @@ class PlainMessages:
 
 
 class Baseline(PlainMessages):
-    """N processes of bench/baseline_consumer.py."""
+    """N processes of bench/baseline_consumer.py, in one session (its --processes)."""
 
     name = "baseline"
 
     def __init__(self, node: BrokerNode, workdir: Path):
         self.node = node
         self.workdir = workdir
-        self.procs: list[subprocess.Popen] = []
+        self.proc: subprocess.Popen | None = None
         self.latency_path: Path | None = None  # set: the consumers record pickup latencies there
 
     def start(self, workers: int, queue: str) -> Baseline:
-        args = [sys.executable, str(BENCH_DIR / "baseline_consumer.py"), self.node.url, queue]
+        args = [sys.executable, str(BENCH_DIR / "baseline_consumer.py"), self.node.url, queue,
+                "--processes", str(workers)]
         env = dict(os.environ)
         if self.latency_path is not None:
             args.append("--latency")
             env["WQD_BENCH_LATENCY"] = str(self.latency_path)
-        self.procs = [spawn(args, self.workdir / "baseline.log", env=env) for _ in range(workers)]
+        self.proc = spawn(args, self.workdir / "baseline.log", env=env)
         return self
 
     def check_alive(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is not None:
-                raise BenchError(f"a baseline consumer exited with {proc.returncode}; "
-                                 f"see {self.workdir / 'baseline.log'}")
+        if self.proc.poll() is not None:
+            raise BenchError(f"the baseline consumers exited with {self.proc.returncode}; "
+                             f"see {self.workdir / 'baseline.log'}")
 
     def pids(self) -> dict:
-        return {"workers": [proc.pid for proc in self.procs]}
+        return {"workers": process_tree(self.proc.pid)[1:]}
 
     def rss(self) -> dict:
-        return {"workers": [rss_kib(proc.pid) for proc in self.procs]}
+        return {"workers": [rss_kib(pid) for pid in self.pids()["workers"]]}
 
     def stop(self) -> None:
-        for proc in self.procs:
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
-        for proc in self.procs:
-            proc.wait(TIMEOUT)
-        self.procs = []
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.terminate()
+        self.proc.wait(TIMEOUT)
+        self.proc = None
 
 
 class Wqd(PlainMessages):

@@ -22,26 +22,13 @@ from pathlib import Path
 
 import pika
 
-from bench.common import BenchError
+from bench.common import BenchError, process_tree
 from tests.support.procfs import rss_kib
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 PEERS_VENV = Path(os.environ.get("WQD_BENCH_PEERS_VENV", REPO / ".cache" / "bench-peers"))
 STOP_TIMEOUT = 60.0
-
-
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and its descendants (from /proc/PID/task/TID/children)."""
-    tree, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        tree.append(current)
-        with contextlib.suppress(OSError):
-            for task in os.listdir(f"/proc/{current}/task"):
-                with open(f"/proc/{current}/task/{task}/children") as children:
-                    todo.extend(int(child) for child in children.read().split())
-    return tree
 
 
 class Peer:

@@ -64,7 +64,7 @@ def publish(node: BrokerNode, count: int) -> None:
 
 def consumer_pid(system) -> int:
     if isinstance(system, Baseline):
-        return system.procs[0].pid
+        return (system.pids()["workers"] or [system.proc.pid])[0]  # under valgrind: no launcher
     return next(iter(system.wait_consuming(1)))
 
 
@@ -76,8 +76,8 @@ def start(system, node: BrokerNode, workdir: Path, under_valgrind: bool):
     valgrind = ["valgrind", "--tool=callgrind", "--trace-children=yes",
                 f"--callgrind-out-file={workdir}/callgrind.{system.name}.%p"]
     if isinstance(system, Baseline):
-        system.procs = [spawn([*valgrind, sys.executable, str(BENCH_DIR / "baseline_consumer.py"), node.url, QUEUE],
-                              workdir / "baseline.log")]
+        system.proc = spawn([*valgrind, sys.executable, str(BENCH_DIR / "baseline_consumer.py"), node.url, QUEUE],
+                            workdir / "baseline.log")
         return
     system.prepare(1, QUEUE)
     runner = system.runner

@@ -19,7 +19,7 @@
 #                 and the image under a Docker engine (tests/deploy; caches
 #                 under .cache/deploy)
 #   make bench    the benchmarks (about 25 minutes; BENCH_QUICK=1: a smoke run
-#                 of every phase, about 5; PEERS=1 adds Celery and Dramatiq,
+#                 of every phase, about 3; PEERS=1 adds Celery and Dramatiq,
 #                 installed from bench/requirements-peers.txt into
 #                 .cache/bench-peers; BENCH_ARGS: more options of bench/run.py)
 #   make clean

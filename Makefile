@@ -22,7 +22,10 @@
 #   make test-partitions  as root: network partitions between a 3-node
 #                 cluster and two wqd hosts, each in a network namespace
 #                 (tests/partitions; installs Debian's nftables if missing)
-#   make bench    the benchmarks
+#   make bench    the benchmarks (about 25 minutes; BENCH_QUICK=1: a smoke run
+#                 of every phase, about 3; PEERS=1 adds Celery and Dramatiq,
+#                 installed from bench/requirements-peers.txt into
+#                 .cache/bench-peers; BENCH_ARGS: more options of bench/run.py)
 #   make clean
 #
 # Variables: PY (python used to create the venv), VENV, PYTEST_ARGS
@@ -31,9 +34,14 @@
 PY ?= python3
 VENV ?= .venv
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
+PEERS ?=
+BENCH_QUICK ?=
 
 VENV_PY := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.installed
+PEERS_VENV := .cache/bench-peers
+PEERS_STAMP := $(PEERS_VENV)/.installed
 RABBITMQ_SERVER := /usr/lib/rabbitmq/bin/rabbitmq-server
 PROMTOOL := /usr/bin/promtool
 # The Debian suite whose RabbitMQ differs from the host's (12.x -> trixie, 13.x -> bookworm).
@@ -114,8 +122,14 @@ lint: venv
 demo: venv rabbitmq
 	bash scripts/demo.sh
 
-bench: venv rabbitmq
-	$(VENV_PY) -m bench.run
+bench: venv rabbitmq $(if $(PEERS),$(PEERS_STAMP))
+	$(VENV_PY) -m bench.run $(if $(PEERS),--peers) $(if $(BENCH_QUICK),--quick) $(BENCH_ARGS)
+
+# Celery and Dramatiq for `make bench PEERS=1`, in a virtualenv of their own.
+$(PEERS_STAMP): bench/requirements-peers.txt
+	test -x $(PEERS_VENV)/bin/python || $(PY) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/pip install --disable-pip-version-check -q -r bench/requirements-peers.txt
+	touch $@
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .ruff_cache .run

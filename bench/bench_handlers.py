@@ -3,6 +3,8 @@
 import os
 import time
 
+from latency_record import record
+
 
 def hold(message) -> None:
     """Record when and where the task started, then hold it.
@@ -21,3 +23,9 @@ def hold(message) -> None:
         os.close(fd)
     if not message.redelivered:
         time.sleep(float(seconds))
+
+
+def stamp(message) -> None:
+    """The pickup-latency handler: the body is the publisher's monotonic time
+    (bench/latency_record.py)."""
+    record(message.body)

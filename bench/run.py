@@ -4,14 +4,22 @@ Starts its own RabbitMQ node (tests/support/broker.py, on free loopback ports) a
 measures, in one run:
 
 - throughput: the steady-state drain rate (msg/s) of a preloaded queue of
-  persistent messages, by N = 1 and N = 2 wqd workers (handler
-  wqd.examples:noop, prefetch 1, metrics on) and by N processes of
-  bench/baseline_consumer.py. Systems alternate round by round, so a load spike
-  on this shared machine hits both; the rate is taken between 10 % and 90 %
-  consumed (start-up and the tail excluded), from the queue's ready count
-  polled every POLL_INTERVAL through a passive queue.declare; and the CPU time
-  per message of the consumers, of wqd's master and of the broker (utime +
-  stime from /proc between the same two points);
+  persistent messages, by N = 1, 2, 4, 8, 16 wqd workers (handler
+  wqd.examples:noop, prefetch 1, metrics on), by N processes of
+  bench/baseline_consumer.py and, with --peers, by Celery and Dramatiq at the
+  same settings (bench/peers.py). Systems alternate round by round (the
+  order reversed every other round), so a load spike on this shared machine
+  hits all; the rate is taken between 10 % and 90 % consumed (start-up and
+  the tail excluded), from the queue's ready count polled every
+  POLL_INTERVAL through a passive queue.declare; each round's rate over that
+  round's baseline rate is a ratio (median and geometric mean reported); and
+  the CPU time per message of the consumers, of wqd's master and of the
+  broker (utime + stime from /proc between the same two points);
+- pickup latency: publish to handler start at a paced load of half the
+  baseline's drain rate (bench/latency.py), p50 and p99;
+- memory: PSS of every process after 10,000 tasks at N = 16 (bench/big_pools.py);
+- large pools: `wqd run` to 64 workers consuming, the master's CPU per
+  /metrics scrape at 64 workers, 600 workers started, SIGTERMed, gone;
 - start-up: `wqd run` until every worker consumes (N = 1, 4, 8), next to N
   baseline processes until the queue has N consumers;
 - respawn: SIGKILL of an idle worker until /status shows a new consuming pid;
@@ -22,8 +30,9 @@ measures, in one run:
 Prints a table, writes everything (raw rounds included) as JSON to
 bench/results/<timestamp>-<git short sha>.json and prints that path.
 
-    .venv/bin/python -m bench.run [--rounds 3] [--seconds 6] [--workers 1 2]
+    .venv/bin/python -m bench.run [--rounds 5] [--seconds 6] [--workers 1 2 4 8 16]
                                   [--phases PHASE...] [--wqd NAME=PATH/TO/wqd]...
+                                  [--peers] [--quick]
 
 --wqd replaces the measured wqd by one or more others (e.g. the executables
 of two checkouts' venvs), which then alternate with the baseline and each
@@ -35,6 +44,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -47,22 +57,36 @@ import time
 from pathlib import Path
 
 import pika
-import pika.exceptions
 
-from tests.support import daemon as support_daemon
-from tests.support import waiting
+from bench import big_pools, latency, peers
+from bench.common import (
+    BENCH_DIR,
+    POLL_INTERVAL,
+    REPO,
+    TIMEOUT,
+    Baseline,
+    BenchError,
+    QueueWatch,
+    Wqd,
+    cpu_ticks,
+    delete_queues,
+    kill_leftovers,
+    preload,
+    spawn,
+    wait_for,
+)
 from tests.support.broker import BrokerNode
-from tests.support.procfs import proc_stat, rss_kib
-
-BENCH_DIR = Path(__file__).resolve().parent
-REPO = BENCH_DIR.parent
 
 RESULTS_DIR = BENCH_DIR / "results"
-PHASES = ("throughput", "startup", "respawn", "redelivery", "resources")
-WORKER_COUNTS = (1, 2)          # throughput (default of --workers)
+PHASES = ("throughput", "latency", "startup", "respawn", "redelivery", "resources", "memory", "scale")
+WORKER_COUNTS = (1, 2, 4, 8, 16)  # throughput (default of --workers)
+ROUNDS = 5
+# Pickup latency: at these N, LATENCY_PROBES probes a round, published at
+# LATENCY_LOAD times the baseline's drain rate at that N.
+LATENCY_WORKER_COUNTS = (1, 4)
+LATENCY_PROBES = 2000
+LATENCY_LOAD = 0.5
 STARTUP_WORKER_COUNTS = (1, 4, 8)
-POLL_INTERVAL = 0.05            # queue length polling during a drain
-STATUS_POLL_INTERVAL = 0.01     # /status polling while timing start-up and respawn
 IDLE_CPU_SECONDS = 10.0
 # wqd's master restarts a worker that dies this soon after its start with a
 # backoff (master.EARLY_DEATH_SECONDS): kill only older ones when timing respawns.
@@ -70,269 +94,56 @@ EARLY_DEATH_SECONDS = 5.0
 # Drain sizes are calibrated from a short warm-up drain (a load spike during
 # it would make them too small: never below MIN_DRAIN_MESSAGES).
 CALIBRATION_MESSAGES = 3000
-MIN_DRAIN_MESSAGES = 15000
+MIN_DRAIN_MESSAGES = 20000
 # Messages the resources phase has its workers handle before measuring RSS.
 RESOURCES_MESSAGES = 2000
-MESSAGE_BODY = b"bench"
-TIMEOUT = 120.0
 # A drain during which no message leaves the queue for this long has failed
 # (e.g. workers that crash at start and are respawned with a backoff).
 STALL_TIMEOUT = 20.0
 
 TARGETS = {
-    "ratio": 0.90,           # wqd / baseline drain rate, N = 1 and N = 2
+    "ratio": 0.95,           # wqd / baseline drain rate at every N (median and geometric mean of the rounds)
+    "latency_p99": 1.1,      # wqd's p99 pickup latency / the baseline's
+    "pss_mib": 8.0,          # PSS per worker after PSS_MESSAGES tasks at N = 16
+    "scrape_ms": 20.0,       # master CPU per /metrics scrape with 64 workers
+    "start_64": 2.0,         # seconds, `wqd run` to 64 workers consuming
     "startup_4": 1.0,        # seconds, `wqd run` to 4 workers consuming
     "respawn": 0.5,          # seconds
     "master_idle_cpu": 1.0,  # percent of one core
 }
-
-
-class BenchError(RuntimeError):
-    """A system under test failed or did not get there in time."""
-
-
-# Every process the benchmark starts (each in a session of its own), so that
-# an error or Ctrl-C leaves none of them behind.
-_started: list[subprocess.Popen] = []
-
-
-def spawn(args: list[str], log_path: Path, **kw) -> subprocess.Popen:
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(args, stdout=log, stderr=log, start_new_session=True, **kw)
-    _started.append(proc)
-    return proc
-
-
-def kill_leftovers() -> None:
-    """SIGKILL the process group of every started process still running
-    (a wqd master leads the group of its workers)."""
-    for proc in _started:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-# --------------------------------------------------------------------------
-# the broker side
-
-
-def preload(node: BrokerNode, queue: str, count: int) -> None:
-    """Declare ``queue`` and put ``count`` persistent messages into it.
-
-    Published without confirms (fast), then the queue is polled until it
-    holds them all, so that no publishing overlaps the drain."""
-    properties = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
-    with node.connection() as connection:
-        channel = connection.channel()
-        channel.queue_declare(queue, durable=True)
-        channel.queue_purge(queue)
-        for _ in range(count):
-            channel.basic_publish("", queue, MESSAGE_BODY, properties)
-        deadline = time.monotonic() + TIMEOUT
-        while channel.queue_declare(queue, passive=True).method.message_count < count:
-            if time.monotonic() > deadline:
-                raise BenchError(f"queue {queue} did not fill up to {count} messages")
-            time.sleep(POLL_INTERVAL)
-
-
-def delete_queues(node: BrokerNode, *queues: str) -> None:
-    for queue in queues:
-        node.delete_queue(queue)
-
-
-class QueueWatch:
-    """A connection of its own that reads a queue's counts (passive declare)."""
-
-    def __init__(self, node: BrokerNode, queue: str):
-        self.queue = queue
-        self.connection = node.connection()
-        self.channel = self.connection.channel()
-
-    def counts(self) -> tuple[int, int]:
-        """(messages ready, consumers)."""
-        method = self.channel.queue_declare(self.queue, passive=True).method
-        return method.message_count, method.consumer_count
-
-    def close(self) -> None:
-        with contextlib.suppress(pika.exceptions.AMQPError):
-            self.connection.close()
-
-    def __enter__(self) -> QueueWatch:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-# --------------------------------------------------------------------------
-# the systems under test
-
-
-def cpu_ticks(pid: int) -> int:
-    """utime + stime of a process, in clock ticks."""
-    stat = proc_stat(pid)
-    if stat is None:
-        raise BenchError(f"process {pid} is gone")
-    return stat.cpu_ticks
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = STATUS_POLL_INTERVAL):
-    """The tests' wait loop, failing with a BenchError."""
-    try:
-        return waiting.wait_for(predicate, timeout, interval=interval, message=f"waiting for {what}")
-    except AssertionError as exc:
-        raise BenchError(str(exc)) from None
-
-
-class Baseline:
-    """N processes of bench/baseline_consumer.py."""
-
-    name = "baseline"
-
-    def __init__(self, node: BrokerNode, workdir: Path):
-        self.node = node
-        self.workdir = workdir
-        self.procs: list[subprocess.Popen] = []
-
-    def start(self, workers: int, queue: str) -> Baseline:
-        self.procs = [spawn([sys.executable, str(BENCH_DIR / "baseline_consumer.py"), self.node.url, queue],
-                            self.workdir / "baseline.log") for _ in range(workers)]
-        return self
-
-    def check_alive(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is not None:
-                raise BenchError(f"a baseline consumer exited with {proc.returncode}; "
-                                 f"see {self.workdir / 'baseline.log'}")
-
-    def pids(self) -> dict:
-        return {"workers": [proc.pid for proc in self.procs]}
-
-    def rss(self) -> dict:
-        return {"workers": [rss_kib(proc.pid) for proc in self.procs]}
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
-        for proc in self.procs:
-            proc.wait(TIMEOUT)
-        self.procs = []
-
-
-class Wqd:
-    """One `wqd run` at a time (the tests' runner, tests/support/daemon.py) of
-    one wqd executable, with a one-pool config and metrics on a free port."""
-
-    def __init__(self, name: str, executable: str, node: BrokerNode, workdir: Path):
-        self.name = name
-        self.executable = executable
-        self.node = node
-        self.workdir = workdir
-        self.runner: support_daemon.Wqd | None = None
-        self.runs = 0
-
-    def start(self, workers: int, queue: str, handler: str = "wqd.examples:noop") -> Wqd:
-        self.runs += 1
-        pythonpath = os.pathsep.join(filter(None, [str(BENCH_DIR), os.environ.get("PYTHONPATH")]))
-        self.runner = support_daemon.Wqd(
-            self.workdir / f"{self.name}-{self.runs}", self.node.url,
-            [support_daemon.pool(queue, name="bench", handler=handler, workers=workers, prefetch=1)],
-            executable=self.executable,
-            extra_env={"PYTHONPATH": pythonpath, "WQD_BENCH_RECORD": str(self.workdir / "record.txt")})
-        self.runner.start(wait_ready=False)
-        _started.append(self.runner.proc)
-        return self
-
-    @property
-    def proc(self) -> subprocess.Popen:
-        return self.runner.proc
-
-    @property
-    def log_path(self) -> Path:
-        return self.runner.stderr_path
-
-    def check_alive(self) -> None:
-        if self.proc.poll() is not None:
-            raise BenchError(f"{self.name} exited with {self.proc.returncode}; see {self.log_path}")
-
-    def http(self, path: str) -> tuple[int | None, bytes]:
-        return self.runner.http(path)
-
-    def status(self) -> dict | None:
-        """The pool's /status entry, None while the master does not answer."""
-        self.check_alive()
-        code, body = self.http("/status")
-        return json.loads(body)["pools"][0] if code == 200 else None
-
-    def consuming_pids(self) -> set[int]:
-        status = self.status() or {"worker_processes": []}
-        return {w["pid"] for w in status["worker_processes"]
-                if w["state"] == "consuming" and not w["stopping"]}
-
-    def wait_consuming(self, workers: int, timeout: float = TIMEOUT) -> set[int]:
-        return wait_for(lambda: (pids := self.consuming_pids()) and len(pids) == workers and pids,
-                        timeout, f"{workers} consuming workers of {self.name}")
-
-    def pids(self) -> dict:
-        status = self.status() or {"worker_processes": []}
-        return {"master": [self.proc.pid], "workers": [w["pid"] for w in status["worker_processes"]]}
-
-    def rss(self) -> dict:
-        return {role: [rss_kib(pid) for pid in pids] for role, pids in self.pids().items()}
-
-    def stop(self) -> float:
-        """SIGTERM (graceful stop); return how long the exit took."""
-        started = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(TIMEOUT)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            raise BenchError(f"{self.name} did not stop within {TIMEOUT:g} s; see {self.log_path}") from None
-        if code != 0:
-            raise BenchError(f"{self.name} exited with {code} after SIGTERM; see {self.log_path}")
-        return time.monotonic() - started
+# --quick (BENCH_QUICK=1): a smoke run of every phase, minutes instead of tens.
+QUICK = {"rounds": 2, "workers": [1, 4], "min_messages": 5000, "latency_probes": 500}
 
 
 # --------------------------------------------------------------------------
 # measurements
 
 
-def crossing_time(samples: list[tuple[float, int]], total: int, fraction: float) -> float:
-    """When (interpolated) ``fraction`` of ``total`` messages had left the queue."""
-    target = total * fraction
-    previous = None
-    for when, ready in samples:
-        consumed = total - ready
-        if consumed >= target:
-            if previous is None or consumed == previous[1]:
-                return when
-            (t0, c0) = previous
-            return t0 + (when - t0) * (target - c0) / (consumed - c0)
-        previous = (when, consumed)
-    raise BenchError(f"the queue never got to {fraction:.0%} consumed")
-
-
 def drain(node: BrokerNode, system, workers: int, queue: str, count: int) -> dict:
     """Preload ``count`` messages, let ``system`` consume them; return its rate,
-    and the CPU time its processes and the broker spent per message (between
-    the polls that saw 10 % and 90 % consumed)."""
-    preload(node, queue, count)
+    and the CPU time its processes and the broker spent per message.
+
+    Both are taken from the first poll that saw at least 10 % consumed with
+    every consumer of the system registered on the queue (so no process
+    start-up is in it: a pool that starts its workers one after another is
+    not charged for it) to the poll that saw 90 % consumed."""
+    preload(node, queue, count, system)
     watch = QueueWatch(node, queue)
     samples, cpu = [], []
+    wanted = latency.expected_consumers(system, workers)
     started = progress = time.monotonic()
     system.start(workers, queue)
     try:
         while True:
             now = time.monotonic()
-            ready, _ = watch.counts()
+            ready, consumers = watch.counts()
             if samples and ready < samples[-1][1]:
                 progress = now
             samples.append((now, ready))
-            if len(cpu) < 2 and count - ready >= count * (0.1 if not cpu else 0.9):
-                cpu.append((count - ready, cpu_snapshot(system.pids(), node)))
+            if not cpu and count - ready >= count * 0.1 and consumers >= wanted:
+                cpu.append((now, count - ready, cpu_snapshot(system.pids(), node)))
+            elif len(cpu) == 1 and count - ready >= count * 0.9:
+                cpu.append((now, count - ready, cpu_snapshot(system.pids(), node)))
             if ready == 0:
                 break
             system.check_alive()
@@ -344,12 +155,15 @@ def drain(node: BrokerNode, system, workers: int, queue: str, count: int) -> dic
     finally:
         watch.close()
         system.stop()
-    t10, t90 = crossing_time(samples, count, 0.1), crossing_time(samples, count, 0.9)
-    (consumed0, ticks0), (consumed1, ticks1) = cpu
+    if len(cpu) < 2:
+        raise BenchError(f"{system.name} had its {wanted} consumers registered only after 90 % of the "
+                         f"{count} messages were consumed: make the drains longer (--seconds, --min-messages)")
+    (t0, consumed0, ticks0), (t1, consumed1, ticks1) = cpu
     hz = os.sysconf("SC_CLK_TCK")
     cpu_us = {role: 1e6 * (ticks1[role] - ticks0[role]) / hz / (consumed1 - consumed0) for role in ticks0}
-    return {"rate": 0.8 * count / (t90 - t10), "messages": count, "seconds_10_90": t90 - t10,
-            "seconds_total": samples[-1][0] - started, "cpu_us_per_message": cpu_us, "rss_kib": rss}
+    return {"rate": (consumed1 - consumed0) / (t1 - t0), "messages": count, "window_seconds": t1 - t0,
+            "window_from": consumed0 / count, "seconds_total": samples[-1][0] - started,
+            "cpu_us_per_message": cpu_us, "rss_kib": rss}
 
 
 def cpu_snapshot(pids: dict, node: BrokerNode) -> dict:
@@ -359,15 +173,25 @@ def cpu_snapshot(pids: dict, node: BrokerNode) -> dict:
     return ticks
 
 
-def calibrate(node: BrokerNode, workdir: Path, seconds: float, worker_counts) -> dict[int, int]:
+def calibrate(node: BrokerNode, workdir: Path, seconds: float, worker_counts,
+              min_messages: int = MIN_DRAIN_MESSAGES) -> dict[int, int]:
     """Messages per drain for each N, so that a drain lasts about ``seconds``
     (from a short baseline drain, which also warms the broker up)."""
     counts = {}
     for workers in worker_counts:
         result = drain(node, Baseline(node, workdir), workers, "bench.calibrate", CALIBRATION_MESSAGES)
-        counts[workers] = max(MIN_DRAIN_MESSAGES, round(result["rate"] * seconds / 1000) * 1000)
+        counts[workers] = max(min_messages, round(result["rate"] * seconds / 1000) * 1000)
     delete_queues(node, "bench.calibrate")
     return counts
+
+
+def baseline_rate(node: BrokerNode, workdir: Path, results: dict, workers: int) -> float:
+    """The baseline's drain rate at ``workers``: the throughput phase's median, or a short drain's."""
+    if workers in results.get("throughput", {}):
+        return statistics.median(r["rate"] for r in results["throughput"][workers]["baseline"])
+    rate = drain(node, Baseline(node, workdir), workers, "bench.calibrate", CALIBRATION_MESSAGES)["rate"]
+    delete_queues(node, "bench.calibrate")
+    return rate
 
 
 def throughput(node: BrokerNode, systems: list, rounds: int, counts: dict[int, int]) -> dict:
@@ -561,6 +385,10 @@ def fmt(values: list[float], spec: str = ".0f", unit: str = "") -> str:
     return f"{s['median']:{spec}}{unit} [{s['min']:{spec}}-{s['max']:{spec}}]"
 
 
+def geomean(values: list[float]) -> float:
+    return math.exp(statistics.fmean(math.log(v) for v in values))
+
+
 def verdict(ok: bool) -> str:
     return "ok" if ok else "MISSED"
 
@@ -573,28 +401,72 @@ def report(results: dict) -> list[str]:
              f"load average {env['loadavg_start']} at start, {env['loadavg_end']} at the end.",
              "Measured: " + "; ".join(f"{name} = {w['path']} ({w['version']})" for name, w in results["wqd"].items())
              + f"; baseline = bench/baseline_consumer.py. Values: median [min-max] of {results['rounds']} rounds."]
+    systems = results["systems"]
+    others = [name for name in systems if name != "baseline"]
     if "throughput" in results:
-        lines += ["", "Throughput: steady-state drain rate, msg/s (10 % to 90 % of the queue consumed; "
-                  "handler noop, prefetch 1, persistent messages)",
-                  "  N  messages  " + "".join(f"{name:>20s}" for name in ["baseline", *names])
-                  + "".join(f"{name + '/baseline':>22s}" for name in names) + "   target"]
+        lines += ["", "Throughput: steady-state drain rate, msg/s (from 10 % consumed with every consumer "
+                  "registered, to 90 %; no-op task, prefetch 1, ack after the task, persistent messages)",
+                  "  N  messages  " + "".join(f"{name:>20s}" for name in systems),
+                  "", "Ratio to the baseline: median [min-max] of the rounds' ratios, geometric mean (gm)",
+                  "   N" + "".join(f"{name + '/baseline':>30s}" for name in others) + "   target (wqd)"]
+        rate_lines, ratio_lines = [], []
         for workers, by_system in results["throughput"].items():
             rates = {name: [r["rate"] for r in runs] for name, runs in by_system.items()}
-            ratios = {name: [w / b for w, b in zip(rates[name], rates["baseline"])] for name in names}
-            ok = all(statistics.median(r) >= TARGETS["ratio"] for r in ratios.values())
-            lines.append(f"  {workers}  {by_system['baseline'][0]['messages']:8d}  "
-                         + "".join(f"{fmt(rates[name]):>20s}" for name in ["baseline", *names])
-                         + "".join(f"{fmt(ratios[name], '.2f'):>22s}" for name in names)
-                         + f"   >= {TARGETS['ratio']:.2f} {verdict(ok)}")
-        lines += ["", "CPU time per message, microseconds (10 % to 90 % consumed; "
+            ratios = {name: [w / b for w, b in zip(rates[name], rates["baseline"])] for name in others}
+            ok = all(min(statistics.median(ratios[name]), geomean(ratios[name])) >= TARGETS["ratio"]
+                     for name in names)
+            rate_lines.append(f"  {workers:>2}  {by_system['baseline'][0]['messages']:7d}  "
+                              + "".join(f"{fmt(rates[name]):>20s}" for name in systems))
+            ratio_lines.append(f"  {workers:>2}" + "".join(
+                f"{fmt(ratios[name], '.2f') + f' gm {geomean(ratios[name]):.2f}':>30s}" for name in others)
+                + f"   >= {TARGETS['ratio']:.2f} {verdict(ok)}")
+        lines[-3:-3] = rate_lines
+        lines += ratio_lines
+        lines += ["", "CPU time per message, microseconds (the same window; "
                   "the processes of a role together)",
                   f"  N  {'system':12s}{'workers':>20s}{'master':>20s}{'broker':>20s}"]
         for workers, by_system in results["throughput"].items():
-            for name in ["baseline", *names]:
+            for name in systems:
                 per_role = [r["cpu_us_per_message"] for r in by_system[name]]
                 lines.append(f"  {workers}  {name:12s}" + "".join(
                     f"{fmt([c[role] for c in per_role]) if role in per_role[0] else '-':>20s}"
                     for role in ("workers", "master", "broker")))
+    if "latency" in results:
+        lines += ["", "Pickup latency, ms: publish to handler start, at a paced load of "
+                  f"{LATENCY_LOAD:g} x the baseline's drain rate (p50 and p99 of all rounds' probes pooled; "
+                  "per-round p99 median [min-max])",
+                  f"   N   rate  {'system':12s}{'p50':>8s}{'p99':>8s}{'round p99':>24s}{'p99/baseline':>14s}"]
+        for workers, by_system in results["latency"].items():
+            base = by_system["baseline"]["p99_ms"]
+            for name, r in by_system.items():
+                ratio = r["p99_ms"] / base
+                target = (f"   <= {TARGETS['latency_p99']:g} {verdict(ratio <= TARGETS['latency_p99'])}"
+                          if name in names else "")
+                lines.append(f"  {workers:>2} {r['rate']:6.0f}  {name:12s}{r['p50_ms']:8.2f}{r['p99_ms']:8.2f}"
+                             f"{fmt([x['p99_ms'] for x in r['rounds']], '.2f'):>24s}{ratio:14.2f}{target}")
+    if "memory" in results:
+        lines += ["", f"Memory: PSS after {big_pools.PSS_MESSAGES} tasks at N = {big_pools.PSS_WORKERS}, MiB "
+                  "(per worker: median [min-max]; master: wqd's master, a peer's parent process)"]
+        for name, r in results["memory"].items():
+            workers_mib = [kib / 1024 for kib in r["pss_kib"]["workers"]]
+            master = r["pss_kib"].get("master")
+            target = (f"   per worker <= {TARGETS['pss_mib']:g} "
+                      f"{verdict(statistics.median(workers_mib) <= TARGETS['pss_mib'])}" if name in names else "")
+            lines.append(f"  {name:12s} workers {fmt(workers_mib, '.1f')}, "
+                         + (f"master {master[0] / 1024:.1f}, " if master else "")
+                         + f"total {r['total_kib'] / 1024:.0f}{target}")
+    if "scale" in results:
+        lines += ["", "Large pools (wqd)"]
+        for name, r in results["scale"].items():
+            lines += [f"  {name}: {big_pools.SCRAPE_WORKERS} workers consuming {r['start_64_s']:.2f} s after "
+                      f"`wqd run` (target < {TARGETS['start_64']:g} s {verdict(r['start_64_s'] < TARGETS['start_64'])}); "
+                      f"/metrics at {big_pools.SCRAPE_WORKERS} workers: {r['scrape_cpu_ms']:.1f} ms of master CPU, "
+                      f"{r['scrape_wall_ms']:.1f} ms wall per scrape (target < {TARGETS['scrape_ms']:g} ms "
+                      f"{verdict(r['scrape_cpu_ms'] < TARGETS['scrape_ms'])})",
+                      f"  {name}: {big_pools.HUGE_POOL} workers consuming {r['start_600_s']:.1f} s after `wqd run` "
+                      f"({r['consumers_600']} consumers, {r['pss_600_total_mib']:.0f} MiB PSS in all); SIGTERM to "
+                      f"exit {r['exit_code_600']} in {r['stop_600_s']:.1f} s, no process left, "
+                      f"{r['consumers_after_600']} consumers after"]
     if "startup" in results:
         lines += ["", "Start-up, seconds: `wqd run` to the first worker consuming (ready) and to all "
                   "(consuming); baseline: N processes started to N consumers on the queue",
@@ -677,17 +549,31 @@ def _text(value) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=3, help="rounds per measurement (default 3)")
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help=f"rounds per measurement (default {ROUNDS})")
     parser.add_argument("--seconds", type=float, default=6.0,
                         help="about how long one throughput drain lasts (default 6)")
     parser.add_argument("--workers", nargs="+", type=int, default=list(WORKER_COUNTS), metavar="N",
-                        help="worker counts for the throughput phase (default 1 2)")
+                        help=f"worker counts for the throughput phase (default {' '.join(map(str, WORKER_COUNTS))})")
+    parser.add_argument("--min-messages", type=int, default=MIN_DRAIN_MESSAGES, metavar="COUNT",
+                        help=f"messages per drain at least (default {MIN_DRAIN_MESSAGES})")
+    parser.add_argument("--latency-probes", type=int, default=LATENCY_PROBES, metavar="COUNT",
+                        help=f"latency probes per system and round (default {LATENCY_PROBES})")
+    parser.add_argument("--peers", action="store_true",
+                        help="also measure Celery and Dramatiq (from the virtualenv `make bench PEERS=1` builds)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"a smoke run: {QUICK['rounds']} rounds, N = {' '.join(map(str, QUICK['workers']))}, "
+                             f"{QUICK['min_messages']} messages a drain, {QUICK['latency_probes']} latency probes")
     parser.add_argument("--phases", nargs="+", choices=PHASES, default=list(PHASES), metavar="PHASE",
                         help=f"what to measure (default all: {' '.join(PHASES)})")
     parser.add_argument("--wqd", action="append", default=[], metavar="NAME=PATH",
                         help="a wqd executable to measure, by name (repeatable; default: "
                              "wqd=<the wqd next to this python>)")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.rounds, args.workers = QUICK["rounds"], QUICK["workers"]
+        args.min_messages, args.latency_probes = QUICK["min_messages"], QUICK["latency_probes"]
+    if args.peers and (missing := peers.available()):
+        parser.error(f"--peers: {missing}")
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     executables = {}
@@ -715,11 +601,27 @@ def main(argv=None) -> int:
         results["wqd"] = {name: {"path": path, "version": _version(path)}
                           for name, path in args.executables.items()}
         daemons = [Wqd(name, path, node, workdir) for name, path in args.executables.items()]
+        peer_systems = [cls(node, workdir, spawn) for cls in peers.PEER_CLASSES] if args.peers else []
+        systems = [Baseline(node, workdir), *daemons, *peer_systems]
+        results["systems"] = [system.name for system in systems]
         if "throughput" in args.phases:
             print("Calibrating the drain size...", flush=True)
-            counts = calibrate(node, workdir, args.seconds, args.workers)
+            counts = calibrate(node, workdir, args.seconds, args.workers, args.min_messages)
             print("Throughput:", flush=True)
-            results["throughput"] = throughput(node, [Baseline(node, workdir), *daemons], args.rounds, counts)
+            results["throughput"] = throughput(node, systems, args.rounds, counts)
+        if "latency" in args.phases:
+            print("Pickup latency:", flush=True)
+            results["latency"] = {}
+            for workers in LATENCY_WORKER_COUNTS:
+                rate = LATENCY_LOAD * baseline_rate(node, workdir, results, workers)
+                results["latency"][workers] = latency.measure(
+                    node, systems, workdir, workers, rate, args.latency_probes, args.rounds)
+        if "memory" in args.phases:
+            print(f"Memory after {big_pools.PSS_MESSAGES} tasks at N = {big_pools.PSS_WORKERS}:", flush=True)
+            results["memory"] = big_pools.memory(node, systems)
+        if "scale" in args.phases:
+            print("Large pools:", flush=True)
+            results["scale"] = {daemon.name: big_pools.scale(node, daemon, workdir) for daemon in daemons}
         if "startup" in args.phases:
             print("Start-up:", flush=True)
             results["startup"] = startup(node, daemons, workdir, args.rounds)

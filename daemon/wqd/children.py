@@ -2,6 +2,7 @@
 every child does first: its own signal handling, and death with the master."""
 
 import ctypes
+import gc
 import logging
 import os
 import signal
@@ -26,8 +27,14 @@ def fork(child_main, description: str) -> int:
     parent = os.getpid()
     sys.stdout.flush()  # or the child would print the master's buffered output again
     sys.stderr.flush()
+    # Everything the child inherits goes to the collector's permanent
+    # generation: the child's collections never walk (and so never write to)
+    # the master's objects, whose pages stay shared copy-on-write. The master
+    # thaws its own at once, so its garbage stays collectable.
+    gc.freeze()
     pid = os.fork()
     if pid != 0:
+        gc.unfreeze()
         return pid
     code = 1
     try:

@@ -220,7 +220,9 @@ class WorkerCounts:
         the master holds it as finished here (asked only with a ``probe``,
         deduplication.Recorder.probe, on a redelivery).
         ``delivery_count``: trust x-delivery-count (set by quorum queues)."""
-        if not isinstance(headers, dict):
+        if not headers or not isinstance(headers, dict):
+            if not redelivered:  # most deliveries: a first attempt, nothing lost, no header to parse
+                return 1, 0, False
             headers = {}
         first = header_number(headers, ATTEMPT_HEADER) or 1
         finished = False

@@ -37,6 +37,8 @@ _COPY_SIZE = _NUMBERS_SIZE + KEY_BYTES
 # A reader retries only while the writer publishes again during its copy;
 # past this many tries (never seen: writes are microseconds, tasks far apart) it takes the copy.
 _READ_ATTEMPTS = 100_000
+# Where the copy of an even and of an odd generation starts.
+_COPY_OFFSETS = (_GENERATION.size, _GENERATION.size + _COPY_SIZE)
 
 
 class Snapshot:
@@ -87,10 +89,12 @@ class WorkerRecord:
 
     def _publish(self) -> None:
         generation = self._generation + 1
-        start = _copy_offset(generation)
-        self._map[start:start + _NUMBERS_SIZE] = self._numbers
-        key_start = start + _NUMBERS_SIZE
-        self._map[key_start:key_start + len(self._key)] = self._key
+        start = _COPY_OFFSETS[generation & 1]
+        numbers = self._numbers
+        self._map[start:start + _NUMBERS_SIZE] = numbers
+        if numbers[_BUSY_SINCE]:  # the key is read only while busy: an idle copy skips it
+            key_start = start + _NUMBERS_SIZE
+            self._map[key_start:key_start + len(self._key)] = self._key
         _GENERATION.pack_into(self._map, 0, generation)
         self._generation = generation
 
@@ -116,4 +120,4 @@ class WorkerRecord:
 
 
 def _copy_offset(generation: int) -> int:
-    return _GENERATION.size + (generation % 2) * _COPY_SIZE
+    return _COPY_OFFSETS[generation & 1]

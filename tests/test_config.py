@@ -52,6 +52,8 @@ def test_null_dead_letter_queue_is_kept():
     ("    queue_type: stream\n", "pools[0].queue_type: expected one of classic, quorum, got 'stream'"),
     ("    time_limit: -1\n", "pools[0].time_limit: expected a positive number of seconds, at most 31536000 (a year), got -1"),
     ("    retry_delay: {initial: 1, speed: 2}\n", "pools[0].retry_delay.speed: unknown key"),
+    ("    7: seven\n", "wqd.yaml:8: pools[0].7: unknown key"),  # keys YAML reads as other types
+    ("    ? \n", "pools[0].None: unknown key"),
 ])
 def test_pool_errors(addition, expected):
     assert expected in errors_of(GOOD + addition)

@@ -614,7 +614,10 @@ class _Validator:
             return _INVALID
 
 
-def _join(key_path: str, name: str) -> str:
+def _join(key_path: str, name: Any) -> str:
+    """A key's path for messages; a key YAML read as another type (null, a
+    number, a date) is shown as Python writes it."""
+    name = name if isinstance(name, str) else repr(name)
     return f"{key_path}.{name}" if key_path else name
 
 

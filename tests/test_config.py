@@ -52,8 +52,6 @@ def test_null_dead_letter_queue_is_kept():
     ("    queue_type: stream\n", "pools[0].queue_type: expected one of classic, quorum, got 'stream'"),
     ("    time_limit: -1\n", "pools[0].time_limit: expected a positive number of seconds, at most 31536000 (a year), got -1"),
     ("    retry_delay: {initial: 1, speed: 2}\n", "pools[0].retry_delay.speed: unknown key"),
-    ("    7: seven\n", "wqd.yaml:8: pools[0].7: unknown key"),  # keys YAML reads as other types
-    ("    ? \n", "pools[0].None: unknown key"),
 ])
 def test_pool_errors(addition, expected):
     assert expected in errors_of(GOOD + addition)
@@ -71,6 +69,13 @@ def test_missing_required_keys_and_duplicate_names_are_all_reported():
     assert "wqd.yaml:8: pools[1].name: duplicate pool name 'default' (also pools[0])" in message
     text = GOOD + "  - name: default\n    queue: other\n    handler: a:b\n"
     assert "wqd.yaml:8: pools[1].name: duplicate pool name 'default' (also pools[0])" in errors_of(text)
+
+
+@pytest.mark.parametrize("key, shown", [("7", "7"), ("null", "None"), ("2026-01-01", "datetime.date(2026, 1, 1)")])
+def test_a_key_yaml_reads_as_another_type_is_an_unknown_key(key, shown):
+    """At the top level and in a pool: the key's path is built from it."""
+    assert f"{shown}: unknown key" in errors_of(f"{key}: x\n" + GOOD)
+    assert f"pools[0].{shown}: unknown key" in errors_of(GOOD + f"    {key}: x\n")
 
 
 def test_unknown_top_level_key_and_bad_url():

@@ -78,6 +78,15 @@ def test_a_key_yaml_reads_as_another_type_is_an_unknown_key(key, shown):
     assert f"pools[0].{shown}: unknown key" in errors_of(GOOD + f"    {key}: x\n")
 
 
+def test_a_url_yaml_cut_at_its_password_hides_the_password():
+    """A space after the user's colon, in a list of URLs, makes YAML read a
+    mapping: user -> password@host."""
+    message = errors_of(GOOD.replace("url: amqp://guest:s3cret@", "url:\n  - amqp://guest: p@ss,w:rd@"))
+    assert "broker.url: expected an amqp:// or amqps:// URL" in message
+    assert "p@ss" not in message and "w:rd" not in message, message
+    assert "{'amqp://guest': '***'}" in message
+
+
 def test_unknown_top_level_key_and_bad_url():
     message = errors_of(GOOD.replace("broker:", "brokers:"))
     assert "wqd.yaml:1: brokers: unknown key" in message

@@ -64,8 +64,15 @@ def _redacted(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_redacted(item) for item in value]
     if isinstance(value, dict):
-        return {_redacted(k): _redacted(v) for k, v in value.items()}
+        return {_redacted(k): "***" if _url_cut_by_yaml(k) else _redacted(v) for k, v in value.items()}
     return value
+
+
+def _url_cut_by_yaml(key: Any) -> bool:
+    """A mapping key that starts a broker URL: "amqp://user: pass@host" (a
+    space after the colon) reads as {"amqp://user": "pass@host"}, so the
+    value may be the password and its host, which redact_url cannot tell."""
+    return isinstance(key, str) and re.match(r"amqps?://", key, re.IGNORECASE) is not None
 
 
 # -- value checks: each returns the cleaned value or raises ValueError(expected) --

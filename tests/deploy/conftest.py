@@ -24,16 +24,14 @@ from dockerd import Dockerd
 from nspawn import Machine
 from summary import timed
 
+from tests.support.root_suites import collected_only_when_named, root_only
+
 DEPLOY_DIR = Path(__file__).resolve().parent
 REPO = builds.REPO
 NOT_ROOT = ("make test-deploy needs root: it boots a container with systemd-nspawn, runs its own "
             "Docker engine and installs Debian packages. Run it as root (sudo make test-deploy).")
-
-def pytest_ignore_collect(collection_path, config):
-    named = [Path(config.invocation_params.dir, str(arg).split("::")[0]).resolve() for arg in config.args]
-    if any(path == DEPLOY_DIR or DEPLOY_DIR in path.parents for path in named):
-        return None
-    return True
+pytest_ignore_collect = collected_only_when_named(DEPLOY_DIR)
+as_root = root_only(NOT_ROOT)
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -43,10 +41,6 @@ def pytest_terminal_summary(terminalreporter):
             terminalreporter.write_line(line)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def as_root():
-    if os.geteuid() != 0:
-        pytest.fail(NOT_ROOT, pytrace=False)
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,6 @@ tests/partitions is named on the command line, so `make test` never needs
 root.
 """
 
-import os
 from pathlib import Path
 
 import pytest
@@ -19,18 +18,15 @@ from tests.partitions import ledger
 from tests.partitions.netns import Network
 from tests.partitions.nodes import NamespacedCluster
 from tests.support.broker import MISSING_RABBITMQ_MESSAGE, rabbitmq_available
+from tests.support.root_suites import collected_only_when_named, root_only
 
 PARTITIONS_DIR = Path(__file__).resolve().parent
 NOT_ROOT = ("make test-partitions needs root: it makes network namespaces, veth pairs and nft rules. "
             "Run it as root (sudo make test-partitions).")
+pytest_ignore_collect = collected_only_when_named(PARTITIONS_DIR)
+as_root = root_only(NOT_ROOT)
+
 NODE_MEMORY_MIB = 512
-
-
-def pytest_ignore_collect(collection_path, config):
-    named = [Path(config.invocation_params.dir, str(arg).split("::")[0]).resolve() for arg in config.args]
-    if any(path == PARTITIONS_DIR or PARTITIONS_DIR in path.parents for path in named):
-        return None
-    return True
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -40,10 +36,6 @@ def pytest_terminal_summary(terminalreporter):
             terminalreporter.write_line(line)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def as_root():
-    if os.geteuid() != 0:
-        pytest.fail(NOT_ROOT, pytrace=False)
     if not rabbitmq_available():
         pytest.fail(MISSING_RABBITMQ_MESSAGE, pytrace=False)
 

@@ -103,7 +103,7 @@ class WorkerRecord:
     def read(self) -> Snapshot:
         for _ in range(_READ_ATTEMPTS):
             (generation,) = _GENERATION.unpack_from(self._map, 0)
-            start = _copy_offset(generation)
+            start = _COPY_OFFSETS[generation & 1]
             copy = self._map[start:start + _COPY_SIZE]
             (after,) = _GENERATION.unpack_from(self._map, 0)
             if after == generation:
@@ -118,6 +118,3 @@ class WorkerRecord:
     def close(self) -> None:
         self._map.close()
 
-
-def _copy_offset(generation: int) -> int:
-    return _COPY_OFFSETS[generation & 1]

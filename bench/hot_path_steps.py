@@ -1,32 +1,60 @@
-"""wqd's own per-message steps in a loop, without a broker: what they cost in
-instructions, next to an empty loop.
+"""wqd's own per-message work, without a broker: the consumer's real code
+(consumer.py: _handle, the record writes, the keeper hand-over, the ack
+call) on deliveries made up in memory, acked on a stand-in channel.
 
     valgrind --tool=callgrind .venv/bin/python -m bench.hot_path_steps STEP [--count 10000]
 
-STEP: none (the loop and the imports alone), all (every step a worker takes
-per message besides pika's: consumer.py _task, _handle and _settle), key,
-attempt, started, finished. (STEP's total minus none's) / count is the
-step's cost per message; `all` matches the difference between wqd's
-consumer and the bare one in bench/profile_worker.py's callgrind counts.
+STEP: none (the loop and the set-up alone), handle (a first delivery with
+no header: the common case), handle-id (the same with a message_id, which
+duplicate suppression records before the ack), key, started, finished.
+(STEP's total minus none's) / count is the step's cost per message in
+instructions, repeatable where CPU time is not; the difference between
+wqd's consumer and the bare one in bench/profile_worker.py's callgrind
+counts is roughly handle's, plus pika's return from its dispatch.
 """
 
 import argparse
-import time
+import os
 
-from pika.spec import BasicProperties
+from pika.spec import Basic, BasicProperties
 
-from wqd import amqp, lost_attempts
-from wqd.connection_keeper import ConnectionKeeper
-from wqd.message import Message
-from wqd.routing import Task
+from wqd import config, lost_attempts, reporting
+from wqd.consumer import Consumer
+from wqd.deduplication import FinishedRing
+from wqd.quiet import QuietSwitch
 from wqd.task_stats import Outcome
+from wqd.worker import WorkerContext
 from wqd.worker_record import WorkerRecord
 
-STEPS = ("none", "all", "key", "attempt", "started", "finished")
+STEPS = ("none", "handle", "handle-id", "key", "started", "finished")
 
 
 def noop(message) -> None:
     return None
+
+
+class StandInChannel:
+    """Takes acks and stays open: what the consumer asks of its channel per task."""
+
+    is_closed = False
+
+    def basic_ack(self, delivery_tag) -> None:
+        pass
+
+
+def consumer(deduplicate: bool) -> Consumer:
+    """A worker's Consumer as the worker builds it, its channel a stand-in."""
+    pool = config.PoolConfig("bench", "bench", "m:f", deduplicate=deduplicate)
+    report_fd = os.open(os.devnull, os.O_WRONLY)
+    command_fd, _ = os.pipe()  # the master's end is never written: no counts arrive
+    ring = FinishedRing() if deduplicate else None
+    context = WorkerContext(pool=pool, broker=config.BrokerConfig(), handler=noop, slot=1, quiet=QuietSwitch(),
+                            report_fd=report_fd, command_fd=command_fd, record=WorkerRecord(),
+                            lost_attempts={}, master_pid=os.getppid(), finished_ring=ring)
+    made = Consumer(context, reporting.Reporter(report_fd))
+    made._channel = made.router._channel = StandInChannel()
+    made.keeper.lock.acquire()  # the consumer thread holds it, except around the handler
+    return made
 
 
 def main(argv=None) -> None:
@@ -34,31 +62,24 @@ def main(argv=None) -> None:
     parser.add_argument("step", choices=STEPS)
     parser.add_argument("--count", type=int, default=10000)
     args = parser.parse_args(argv)
-    properties, body = BasicProperties(delivery_mode=2), b"bench"
-    record, keeper = WorkerRecord(), ConnectionKeeper()
-    keeper.lock.acquire()  # the consumer thread holds it, except around the handler
-    counts = lost_attempts.WorkerCounts.__new__(lost_attempts.WorkerCounts)  # no master link: never asked
+    body = b"bench"
+    properties = BasicProperties(delivery_mode=2, message_id="m-1" if args.step == "handle-id" else None)
+    handling = consumer(deduplicate=True)
+    record = WorkerRecord()
     key = lost_attempts.message_key(properties, body)
-    for _ in range(args.count):
-        if args.step == "all":
-            key = lost_attempts.message_key(properties, body)
-            attempt, lost = counts.attempt(properties.headers, key, False, 4, delivery_count=False)
-            task = Task(1, Message(body, properties, False, attempt, "queue", "pool", "pool[1]"), key, lost)
-            record.task_started(task.key)
-            with keeper:
-                started = time.perf_counter()
-                noop(task.message)
-                task.duration = time.perf_counter() - started
-            keeper.take_error() or amqp.broker_closed(None)
-            record.task_finished(Outcome.SUCCEEDED, task.duration)
+    deliveries = [Basic.Deliver(delivery_tag=tag) for tag in range(1, args.count + 1)]
+    for delivery in deliveries:
+        if args.step.startswith("handle"):
+            handling._handle(delivery, properties, body)
         elif args.step == "key":
             lost_attempts.message_key(properties, body)
-        elif args.step == "attempt":
-            counts.attempt(properties.headers, key, False, 4, delivery_count=False)
         elif args.step == "started":
             record.task_started(key)
         elif args.step == "finished":
             record.task_finished(Outcome.SUCCEEDED, 0.0001)
+    if args.step.startswith("handle"):
+        outcomes = handling.record.read().outcomes
+        assert outcomes[Outcome.SUCCEEDED] == args.count, outcomes  # every delivery ran and was acked
 
 
 if __name__ == "__main__":

@@ -230,6 +230,22 @@ def test_the_wire_format_and_the_key_of_a_message_without_id():
     def key(body, message_id=None):
         return lost_attempts.message_key(pika.BasicProperties(message_id=message_id), body)
 
-    assert key(b"body").startswith("sha1:") and key(b"body") == key(b"body") != key(b"x")
+    assert key(b"body").startswith("body:") and key(b"body") == key(b"body") != key(b"x")
     assert key(b"body", "m-1") == "m-1"
     assert key(b"body", b"\xff\xfe") == key(b"body"), "an id pika could not decode is not a key"
+
+
+def test_a_forked_worker_keys_a_message_without_id_as_its_master_does():
+    """The key hashes with the interpreter's secret: a worker must share it with
+    the master and its siblings, which a fork (unlike a new interpreter) does."""
+    body = b"a body with no message id"
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(writer, lost_attempts.message_key(pika.BasicProperties(), body).encode())
+        os._exit(0)
+    os.close(writer)
+    with os.fdopen(reader, "rb") as stream:
+        in_child = stream.read().decode()
+    os.waitpid(pid, 0)
+    assert in_child == lost_attempts.message_key(pika.BasicProperties(), body)

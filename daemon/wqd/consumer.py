@@ -15,7 +15,7 @@ import inspect
 import logging
 import os
 import threading
-import time
+from time import perf_counter
 
 import pika
 import pika.exceptions
@@ -23,6 +23,7 @@ import pika.exceptions
 from wqd import amqp, backoff, deduplication, header_decoding, lost_attempts, queues, reporting
 from wqd.config import redact_url
 from wqd.connection_keeper import ConnectionKeeper
+from wqd.lost_attempts import message_key
 from wqd.message import Message
 from wqd.routing import RECOVERABLE, Router, Task
 from wqd.task_stats import Outcome
@@ -64,6 +65,7 @@ class Consumer:
         self._timeout_checked = False  # the consumer-timeout warning: the pool's first worker, once
         self._deliveries = collections.deque()  # received, not started (more than one at prefetch > 1)
         self._tasks_done = 0
+        self._recycles = bool(self.pool.max_tasks_per_child or self.pool.max_memory_per_child)
         self._failures = 0  # consecutive connection failures, for the reconnect backoff
         self.tracing = None  # tracing: enabled: a TaskTracing (tracing.py, imported only then)
         if context.tracing:
@@ -192,9 +194,13 @@ class Consumer:
         self._deliveries.append((method, properties, body))
 
     def _handle(self, method, properties, body) -> None:
-        task = self._task(method, properties, body)
-        if task is None:
-            return
+        if method.redelivered or properties.headers or self._stop_reason is not None:
+            task = self._task(method, properties, body)
+            if task is None:
+                return
+        else:  # most deliveries: a first attempt, nothing lost, no header to read, nothing to check
+            task = Task(method.delivery_tag, Message(body, properties, False, 1, self.pool.queue, self.pool.name,
+                                                     self.worker_name), message_key(properties, body))
         if self.tracing is not None:
             self.tracing.run(method, task, self._run)
         else:
@@ -204,19 +210,21 @@ class Consumer:
         """Run the handler, then settle the task; return its outcome (None while held)."""
         self.record.task_started(task.key)
         with self.keeper:  # the connection is the keeper's while the handler runs
-            started = time.perf_counter()
+            started = perf_counter()
             try:
                 result = self.handler(task.message)
                 if result is not None:  # the one check a plain handler's None costs
                     task.error = handler_result_error(result)
             except BaseException as exc:  # a handler's failure, whatever it raised, is the task's
                 task.error = exc
-            task.duration = time.perf_counter() - started
+            task.duration = perf_counter() - started
         return self._settle(task)
 
     def _task(self, method, properties, body):
-        """The Task for a delivery; None when it is not to run (returned, or lost too often)."""
-        key = lost_attempts.message_key(properties, body)
+        """The Task for a delivery that is redelivered, carries headers, or
+        arrives while stopping; None when it is not to run (returned, or lost
+        too often)."""
+        key = message_key(properties, body)
         max_attempts = self.pool.max_retries + 1
         probe = self.deduplication.probe(properties) if method.redelivered and self.deduplication else None
         attempt, lost, finished = self.lost_counts.attempt(properties.headers, key, method.redelivered, max_attempts,
@@ -251,9 +259,10 @@ class Consumer:
         if task.error is None and self.deduplication:  # the handler returned: recorded before the ack
             self.deduplication.finished(task.message.properties)
         try:
-            error = self.keeper.take_error() or amqp.broker_closed(self._channel)
-            if error is not None:  # the connection failed, or the broker closed the channel, while the handler ran
-                raise error
+            if self.keeper.error is not None or self._channel.is_closed:  # while the handler ran
+                error = self.keeper.take_error() or amqp.broker_closed(self._channel)
+                if error is not None:  # the connection failed, or the broker closed the channel
+                    raise error
             outcome = self.router.settle(task)
         except RECOVERABLE:
             log.warning("Task %s finished after its connection was lost; not acking it: "
@@ -265,11 +274,12 @@ class Consumer:
         if task.lost:  # rare: its lineage lost attempts, and ends here
             self.reporter.send(lost_attempts.CLEAR, key=task.key)
         self.record.task_finished(outcome, task.duration)
-        self._tasks_done += 1
-        self._check_recycle()
+        if self._recycles:
+            self._check_recycle()
         return outcome
 
     def _check_recycle(self) -> None:
+        self._tasks_done += 1
         limit = self.pool.max_tasks_per_child
         if limit and self._tasks_done >= limit:
             self._recycle(f"max_tasks_per_child={limit} reached")

@@ -1,0 +1,61 @@
+"""pika's plaintext transport sending at once (eager_writes.py), against a real broker."""
+
+import hashlib
+import socket
+
+import pika
+import pika.exceptions
+import pytest
+
+from wqd import eager_writes
+
+
+@pytest.fixture(autouse=True)
+def installed():
+    eager_writes.install()  # for every pika connection of this process; installing again changes nothing
+    eager_writes.install()
+
+
+def _buffered(connection) -> int:
+    """Bytes pika holds for its I/O loop to send."""
+    return connection._impl._get_write_buffer_size()
+
+
+def test_a_frame_leaves_in_the_call_that_writes_it(broker, queue_name):
+    with broker.connection() as connection:
+        channel = connection.channel()
+        channel.queue_declare(queue_name, durable=True)
+        channel._impl.basic_publish("", queue_name, b"sent at once")  # no flush: pika's loop does not run
+        assert _buffered(connection) == 0, "the frames went to the socket in the write itself"
+        method, _, body = channel.basic_get(queue_name, auto_ack=True)
+        assert body == b"sent at once" and method.message_count == 0
+
+
+def test_what_the_socket_does_not_take_at_once_follows_in_order(broker, queue_name):
+    """A socket buffer far smaller than a message: the first frames go out at
+    once, the rest is buffered behind them; the broker gets every byte in order."""
+    bodies = [bytes([n]) * 100_000 + hashlib.sha256(bytes([n])).digest() for n in range(12)]
+    with broker.connection() as connection:
+        connection._impl._transport._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        channel = connection.channel()
+        channel.queue_declare(queue_name, durable=True)
+        channel._impl.basic_publish("", queue_name, bodies[0])
+        assert _buffered(connection) > 0, "the socket took part of the message; the rest waits for the loop"
+        channel.confirm_delivery()  # confirms: the broker parsed every frame sent so far, in order
+        for body in bodies[1:]:
+            channel.basic_publish("", queue_name, body, mandatory=True)
+        assert _buffered(connection) == 0
+    assert broker.get_all(queue_name) == bodies
+
+
+def test_a_broken_connection_fails_as_pika_reports_it(broker, queue_name):
+    """A send the socket refuses (here: its sending side shut) is handed to
+    pika's own path, which closes the connection with an AMQP error."""
+    with broker.connection() as connection:
+        channel = connection.channel()
+        channel.queue_declare(queue_name, durable=True)
+        connection._impl._transport._sock.shutdown(socket.SHUT_WR)
+        with pytest.raises(pika.exceptions.AMQPError):
+            channel.basic_publish("", queue_name, b"never sent")
+            connection.process_data_events(time_limit=1)
+        assert connection.is_closed

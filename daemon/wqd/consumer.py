@@ -20,7 +20,7 @@ from time import perf_counter
 import pika
 import pika.exceptions
 
-from wqd import amqp, backoff, deduplication, eager_writes, header_decoding, lost_attempts, queues, reporting
+from wqd import amqp, backoff, deduplication, header_decoding, lost_attempts, pika_transport, queues, reporting
 from wqd.config import redact_url
 from wqd.connection_keeper import ConnectionKeeper
 from wqd.lost_attempts import message_key
@@ -38,7 +38,7 @@ class Consumer:
     def __init__(self, context, reporter: reporting.Reporter):
         """``context``: the worker's WorkerContext (worker.py)."""
         header_decoding.install()  # a header pika cannot decode must not cost the connection
-        eager_writes.install()  # an ack leaves in the call that makes it, not in the next I/O loop turn
+        pika_transport.install()  # an ack leaves in basic_ack itself; a delivery costs one recv
         self.pool = context.pool
         self.broker = context.broker
         self.handler = context.handler

@@ -1,4 +1,5 @@
-"""pika's plaintext transport sending at once (eager_writes.py), against a real broker."""
+"""pika's plaintext transport sending at once and reading until a short read
+(pika_transport.py), against a real broker."""
 
 import hashlib
 import socket
@@ -7,18 +8,36 @@ import pika
 import pika.exceptions
 import pytest
 
-from wqd import eager_writes
+from wqd import pika_transport
 
 
 @pytest.fixture(autouse=True)
 def installed():
-    eager_writes.install()  # for every pika connection of this process; installing again changes nothing
-    eager_writes.install()
+    pika_transport.install()  # for every pika connection of this process; installing again changes nothing
+    pika_transport.install()
 
 
 def _buffered(connection) -> int:
     """Bytes pika holds for its I/O loop to send."""
     return connection._impl._get_write_buffer_size()
+
+
+class CountingSocket:
+    """The transport's socket, counting the reads that found it empty."""
+
+    def __init__(self, sock):
+        self._sock = sock
+        self.empty_reads = 0
+
+    def recv(self, size):
+        try:
+            return self._sock.recv(size)
+        except BlockingIOError:
+            self.empty_reads += 1
+            raise
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
 
 
 def test_a_frame_leaves_in_the_call_that_writes_it(broker, queue_name):
@@ -58,4 +77,31 @@ def test_a_broken_connection_fails_as_pika_reports_it(broker, queue_name):
         with pytest.raises(pika.exceptions.AMQPError):
             channel.basic_publish("", queue_name, b"never sent")
             connection.process_data_events(time_limit=1)
+        assert connection.is_closed
+
+
+def test_reads_stop_at_a_short_read_and_messages_of_any_size_arrive_whole(broker, queue_name):
+    """Small deliveries cost one recv each, none of them into an empty socket;
+    a delivery many reads long (recv takes 4 KiB at a time) arrives whole."""
+    bodies = [b"small %d" % n for n in range(20)] + [hashlib.sha256(b"big").digest() * 40_000]
+    broker.publish_many(queue_name, bodies)
+    with broker.connection() as connection:
+        transport = connection._impl._transport
+        transport._sock = counting = CountingSocket(transport._sock)
+        channel = connection.channel()
+        received = []
+        for _ in bodies:
+            method, _, body = channel.basic_get(queue_name)
+            channel.basic_ack(method.delivery_tag)
+            received.append(body)
+        assert received == bodies
+        assert counting.empty_reads == 0, "a read that got less than it asked for ended the reading"
+
+
+def test_the_broker_closing_the_socket_is_still_seen(broker, queue_name):
+    with broker.connection() as connection:
+        connection.channel().queue_declare(queue_name, durable=True)
+        connection._impl._transport._sock.shutdown(socket.SHUT_RD)  # reads now find the end of the stream
+        with pytest.raises(pika.exceptions.AMQPError):
+            connection.process_data_events(time_limit=5)
         assert connection.is_closed

@@ -8,9 +8,9 @@ STEP: none (the loop and the set-up alone), handle (a first delivery with
 no header: the common case), handle-id (the same with a message_id, which
 duplicate suppression records before the ack), key, started, finished.
 (STEP's total minus none's) / count is the step's cost per message in
-instructions, repeatable where CPU time is not; the difference between
-wqd's consumer and the bare one in bench/profile_worker.py's callgrind
-counts is roughly handle's, plus pika's return from its dispatch.
+instructions, repeatable where CPU time is not: what wqd adds to each
+message, against what its transport (pika_transport.py) saves of pika's
+(bench/profile_worker.py's callgrind counts show both together).
 """
 
 import argparse

@@ -6,18 +6,32 @@ an empty queue; the benchmark then publishes latency probes at a fixed rate
 (half the bare consumer's drain rate at that N, measured in the same run),
 each body carrying its publish time on CLOCK_MONOTONIC; every system's
 handler writes that and its own start time (bench/latency_record.py). The
-first WARMUP probes (connections settling, first-call costs) are left out.
+probes of the first WARMUP_SECONDS (connections settling, first-call costs)
+are left out, and PROBES more are measured.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from pathlib import Path
 
 from bench.common import TIMEOUT, BenchError, QueueWatch, delete_queues, wait_for
 
-WARMUP = 100
+# Left out at the start of every round, for every system. A freshly forked
+# wqd worker's first deliveries pay first-call costs (among them, most
+# likely, copy-on-write faults on pages shared with the master): in 10
+# rounds of 8,000 probes at N = 1, 28 % of its probes in the first 40 ms
+# took over 2 ms, 11 % up to 100 ms, about 1 % from 100 ms to 1 s (the bare
+# consumer: 3-14 % throughout). Start-up itself is the startup and respawn
+# phases' measure.
+WARMUP_SECONDS = 0.3
+MIN_WARMUP = 100
+
+
+def warmup_probes(rate: float) -> int:
+    return max(MIN_WARMUP, math.ceil(rate * WARMUP_SECONDS))
 
 
 def expected_consumers(system, workers: int) -> int:
@@ -60,23 +74,24 @@ def _one(node, system, queue: str, path: Path, workers: int, rate: float, probes
                 wait_for(lambda: system.check_alive() or watch.counts()[1] >= wanted, TIMEOUT,
                          f"{wanted} consumers of {system.name} on {queue}")
             interval = 1.0 / rate
+            warmup = warmup_probes(rate)
             start = time.monotonic()
-            for i in range(WARMUP + probes):
+            for i in range(warmup + probes):
                 due = start + i * interval
                 delay = due - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
                 body, properties = system.message(queue, time.monotonic())
                 channel.basic_publish("", queue, body, properties)
-            wait_for(lambda: system.check_alive() or _lines(path) >= WARMUP + probes, TIMEOUT,
-                     f"{system.name} to handle {WARMUP + probes} probes")
+            wait_for(lambda: system.check_alive() or _lines(path) >= warmup + probes, TIMEOUT,
+                     f"{system.name} to handle {warmup + probes} probes")
         finally:
             system.stop()
             system.latency_path = None
     records = sorted(tuple(map(float, line.split())) for line in path.read_text().splitlines())
-    if len(records) < WARMUP + probes:
-        raise BenchError(f"{system.name} recorded {len(records)} of {WARMUP + probes} probes ({path})")
-    return [1000 * (started - published) for published, started in records[WARMUP:]]
+    if len(records) < warmup + probes:
+        raise BenchError(f"{system.name} recorded {len(records)} of {warmup + probes} probes ({path})")
+    return [1000 * (started - published) for published, started in records[warmup:]]
 
 
 def _lines(path: Path) -> int:

@@ -42,15 +42,15 @@ class StandInChannel:
         pass
 
 
-def consumer(deduplicate: bool) -> Consumer:
-    """A worker's Consumer as the worker builds it, its channel a stand-in."""
-    pool = config.PoolConfig("bench", "bench", "m:f", deduplicate=deduplicate)
+def consumer() -> Consumer:
+    """A worker's Consumer as the worker builds it (duplicate suppression on,
+    the default), its channel a stand-in."""
+    pool = config.PoolConfig("bench", "bench", "m:f")
     report_fd = os.open(os.devnull, os.O_WRONLY)
     command_fd, _ = os.pipe()  # the master's end is never written: no counts arrive
-    ring = FinishedRing() if deduplicate else None
     context = WorkerContext(pool=pool, broker=config.BrokerConfig(), handler=noop, slot=1, quiet=QuietSwitch(),
                             report_fd=report_fd, command_fd=command_fd, record=WorkerRecord(),
-                            lost_attempts={}, master_pid=os.getppid(), finished_ring=ring)
+                            lost_attempts={}, master_pid=os.getppid(), finished_ring=FinishedRing())
     made = Consumer(context, reporting.Reporter(report_fd))
     made._channel = made.router._channel = StandInChannel()
     made.keeper.lock.acquire()  # the consumer thread holds it, except around the handler
@@ -64,7 +64,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     body = b"bench"
     properties = BasicProperties(delivery_mode=2, message_id="m-1" if args.step == "handle-id" else None)
-    handling = consumer(deduplicate=True)
+    handling = consumer()
     record = WorkerRecord()
     key = lost_attempts.message_key(properties, body)
     deliveries = [Basic.Deliver(delivery_tag=tag) for tag in range(1, args.count + 1)]

@@ -195,13 +195,9 @@ class Consumer:
         self._deliveries.append((method, properties, body))
 
     def _handle(self, method, properties, body) -> None:
-        if method.redelivered or properties.headers or self._stop_reason is not None:
-            task = self._task(method, properties, body)
-            if task is None:
-                return
-        else:  # most deliveries: a first attempt, nothing lost, no header to read, nothing to check
-            task = Task(method.delivery_tag, Message(body, properties, False, 1, self.pool.queue, self.pool.name,
-                                                     self.worker_name), message_key(properties, body))
+        task = self._task(method, properties, body)
+        if task is None:
+            return
         if self.tracing is not None:
             self.tracing.run(method, task, self._run)
         else:
@@ -222,9 +218,7 @@ class Consumer:
         return self._settle(task)
 
     def _task(self, method, properties, body):
-        """The Task for a delivery that is redelivered, carries headers, or
-        arrives while stopping; None when it is not to run (returned, or lost
-        too often)."""
+        """The Task for a delivery; None when it is not to run (returned, or lost too often)."""
         key = message_key(properties, body)
         max_attempts = self.pool.max_retries + 1
         probe = self.deduplication.probe(properties) if method.redelivered and self.deduplication else None

@@ -1,29 +1,20 @@
-"""The test broker itself: isolated from the system broker, durable across a kill."""
+"""The test broker itself: isolated from the system broker, durable across a
+kill, restarted only once its ports are free."""
 
 from __future__ import annotations
 
 import os
+import socket
+import threading
 
-from tests.support.broker import epmd_names, port_open
-from tests.support.procfs import all_pids, proc_stat
+import pytest
+
+from tests.support import broker as broker_module
+from tests.support.broker import BrokerError, epmd_names, port_open
+from tests.support.procfs import proc_stat, tcp_listeners
 from tests.support.waiting import wait_for
 
 SYSTEM_AMQP_PORT = 5672
-
-
-def _listening_inode(port: int):
-    """The socket inode of the TCP listener on ``port`` (any address), or None."""
-    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(path) as f:
-                next(f)
-                for line in f:
-                    fields = line.split()
-                    if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # TCP_LISTEN
-                        return int(fields[9])
-        except OSError:
-            pass
-    return None
 
 
 def _system_broker():
@@ -31,18 +22,10 @@ def _system_broker():
     system broker's port 5672, or None when nothing listens there. Found by
     its socket, not by its name: other test sessions' nodes are beam.smp too,
     and come and go."""
-    inode = _listening_inode(SYSTEM_AMQP_PORT)
-    if inode is None:
-        return None
-    target = f"socket:[{inode}]"
-    for pid in all_pids():
-        try:
-            if any(os.readlink(f"/proc/{pid}/fd/{fd}") == target for fd in os.listdir(f"/proc/{pid}/fd")):
-                st = proc_stat(pid)
-                return (pid, st.starttime) if st else None
-        except OSError:  # gone, or a descriptor closed while we looked
-            continue
-    return ("socket of an unknown process", inode)
+    for inode, pids in tcp_listeners(SYSTEM_AMQP_PORT).items():
+        st = proc_stat(pids[0]) if pids else None
+        return (pids[0], st.starttime) if st else ("socket of an unknown process", inode)
+    return None
 
 
 def test_node_is_isolated(broker):
@@ -133,3 +116,20 @@ def test_pause_resume(broker, queue_name):
     finally:
         broker.resume()
     assert broker.get_all(queue_name) == [b"x"]
+
+
+def test_start_waits_for_a_port_still_held_and_names_who_holds_it(broker, monkeypatch):
+    broker.kill()
+    holder = socket.create_server(("127.0.0.1", broker.dist_port))
+    try:
+        monkeypatch.setattr(broker_module, "PORT_FREE_SECONDS", 0.5)
+        with pytest.raises(BrokerError, match=rf"port {broker.dist_port} of .* held by pid {os.getpid()} \("):
+            broker.start()
+        assert not broker.running
+        # Let go of it while start() waits: the node starts on its own ports.
+        monkeypatch.setattr(broker_module, "PORT_FREE_SECONDS", 60)
+        threading.Timer(1.0, holder.close).start()
+        broker.start()
+    finally:
+        holder.close()
+    assert epmd_names()[broker.name] == broker.dist_port

@@ -82,6 +82,7 @@ from pathlib import Path
 
 from tests.support.procfs import all_pids as _all_pids
 from tests.support.procfs import proc_stat as _proc_stat
+from tests.support.procfs import tcp_listeners
 
 RABBITMQ_BIN_DIR = Path(os.environ.get("WQD_RABBITMQ_BIN_DIR", "/usr/lib/rabbitmq/bin"))
 RABBITMQ_SERVER = RABBITMQ_BIN_DIR / "rabbitmq-server"
@@ -106,6 +107,8 @@ if RABBITMQ_ROOT is not None:
 # Ports the system broker and the rabbitmqctl CLI use: never hand them to a node.
 # 35672-35682 is the range rabbitmqctl's own Erlang node listens on.
 _RESERVED_PORTS = {4369, 5671, 5672, 15672, 25672, *range(35672, 35683)}
+# How long start() waits for a port of the node to be free.
+PORT_FREE_SECONDS = 15
 
 _counter = itertools.count(1)
 
@@ -199,6 +202,11 @@ def _alive(pid: int, starttime: int) -> bool:
     """The same process (pid not reused) still exists and is not a zombie."""
     st = _proc_stat(pid)
     return st is not None and st[3] == starttime and st[1] not in ("Z", "X")
+
+
+def _describe(pid: int) -> str:
+    st = _proc_stat(pid)
+    return f"pid {pid} ({st.comm if st else 'gone'})"
 
 
 def _signal_tree(tree: dict[int, tuple[str, int]], sig: int) -> None:
@@ -386,8 +394,7 @@ class BrokerNode:
         if not rabbitmq_available():
             raise BrokerError(MISSING_RABBITMQ_MESSAGE)
         for port in (self.port, self.dist_port):
-            if port_open(port):
-                raise BrokerError(f"port {port} of {self.nodename} is already in use")
+            self._wait_port_free(port)
         self._write_files()
         fresh = not any(self.mnesia_base.iterdir())
         began = time.monotonic()
@@ -416,6 +423,20 @@ class BrokerNode:
             raise
         self.last_start_seconds = time.monotonic() - began
         return self
+
+    def _wait_port_free(self, port: int) -> None:
+        """Wait until nothing accepts connections on ``port`` (in CI once, a
+        port of the node killed a moment before still did); past
+        PORT_FREE_SECONDS say who listens there."""
+        deadline = time.monotonic() + PORT_FREE_SECONDS
+        while port_open(port):
+            if time.monotonic() > deadline:
+                listeners = "; ".join(
+                    f"socket {inode} held by " + (", ".join(_describe(pid) for pid in pids) or "no process")
+                    for inode, pids in tcp_listeners(port).items()) or "no listening socket found"
+                raise BrokerError(f"port {port} of {self.nodename} is already in use after "
+                                  f"{PORT_FREE_SECONDS} s ({listeners})")
+            time.sleep(0.1)
 
     def _check_alive(self, what: str) -> None:
         assert self._proc is not None
@@ -495,15 +516,16 @@ class BrokerNode:
         self._wait_gone(deadline)
 
     def _wait_gone(self, deadline: float) -> None:
-        """Wait until the AMQP port is closed and epmd forgot the node name
+        """Wait until the node's ports are closed and epmd forgot the node name
         (else an immediate restart would fail with "node name in use")."""
         while True:
             names = epmd_names()
-            if not port_open(self.port, timeout=0.2) and (names is None or self.name not in names):
+            open_ports = [port for port in (self.port, self.dist_port) if port_open(port, timeout=0.2)]
+            if not open_ports and (names is None or self.name not in names):
                 return
             if time.monotonic() > deadline:
                 raise BrokerError(
-                    f"{self.nodename} is dead but port {self.port} still accepts "
+                    f"{self.nodename} is dead but its ports {open_ports} still accept "
                     f"connections or epmd still lists it ({names})"
                 )
             time.sleep(0.02)

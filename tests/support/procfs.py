@@ -1,6 +1,6 @@
 """The one reader of /proc for the tests and the benchmarks: process state,
-parents and groups (to find a daemon's or a broker's processes), CPU ticks
-and resident memory."""
+parents and groups (to find a daemon's or a broker's processes), CPU ticks,
+resident memory, and who listens on a port."""
 
 from __future__ import annotations
 
@@ -86,3 +86,31 @@ def age(pid: int) -> float | None:
     with open("/proc/uptime") as uptime:
         now = float(uptime.read().split()[0])
     return now - stat.starttime / os.sysconf("SC_CLK_TCK")
+
+
+def tcp_listeners(port: int) -> dict[int, list[int]]:
+    """{socket inode: pids holding it} for every TCP socket listening on ``port``
+    (any address) in the calling thread's network namespace; a socket no
+    process shows (one being closed, or another user's) has no pids."""
+    inodes = []
+    for table in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/thread-self/net/{table}") as f:
+                next(f)
+                for line in f:
+                    fields = line.split()
+                    if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # TCP_LISTEN
+                        inodes.append(int(fields[9]))
+        except OSError:
+            pass
+    holders: dict[int, list[int]] = {inode: [] for inode in inodes}
+    targets = {f"socket:[{inode}]": inode for inode in inodes}
+    for pid in all_pids() if targets else ():
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                inode = targets.get(os.readlink(f"/proc/{pid}/fd/{fd}"))
+                if inode is not None and pid not in holders[inode]:
+                    holders[inode].append(pid)
+        except OSError:  # gone, or a descriptor closed while we looked
+            continue
+    return holders

@@ -28,7 +28,7 @@
 #                 .cache/bench-peers; BENCH_ARGS: more options of bench/run.py)
 #   make clean
 #
-# Variables: PY (python used to create the venv), VENV, PYTEST_ARGS
+# Variables: PY (python used to create the venv), VENV, XDIST (pytest processes), PYTEST_ARGS
 # (e.g. make test PYTEST_ARGS='-k durability -x').
 
 PY ?= python3
@@ -80,13 +80,17 @@ deploy-tools:
 
 # --- checks ----------------------------------------------------------------
 
+# Three pytest processes, each with its own broker node: the tests mostly
+# wait on brokers, daemons and timers (two processes kept 2 cores half busy).
+XDIST ?= 3
+
 test: venv rabbitmq promtool deploy-tools
-	$(VENV)/bin/pytest -q -rs -n 2 -m 'not soak or cluster' tests $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -rs -n $(XDIST) -m 'not soak or cluster' tests $(PYTEST_ARGS)
 
 test-rabbitmq4: venv promtool deploy-tools
 	bash scripts/rabbitmq-rootfs.sh $(OTHER_RABBITMQ_SUITE) $(OTHER_RABBITMQ_ROOT) >/dev/null
 	WQD_TEST_RABBITMQ_ROOT=$(abspath $(OTHER_RABBITMQ_ROOT)) \
-		$(VENV)/bin/pytest -q -rs -n 2 -m 'not soak or cluster' tests $(PYTEST_ARGS)
+		$(VENV)/bin/pytest -q -rs -n $(XDIST) -m 'not soak or cluster' tests $(PYTEST_ARGS)
 
 # Root only: debootstrap, systemd-nspawn and a Docker engine of its own
 # (Debian's packages, installed if missing).

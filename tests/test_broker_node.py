@@ -10,7 +10,7 @@ import threading
 import pytest
 
 from tests.support import broker as broker_module
-from tests.support.broker import BrokerError, epmd_names, port_open
+from tests.support.broker import BrokerError, BrokerNode, epmd_names, port_open
 from tests.support.procfs import proc_stat, tcp_listeners
 from tests.support.waiting import wait_for
 
@@ -118,18 +118,18 @@ def test_pause_resume(broker, queue_name):
     assert broker.get_all(queue_name) == [b"x"]
 
 
-def test_start_waits_for_a_port_still_held_and_names_who_holds_it(broker, monkeypatch):
-    broker.kill()
-    holder = socket.create_server(("127.0.0.1", broker.dist_port))
+def test_start_waits_for_a_port_still_held_and_names_who_holds_it(tmp_path, monkeypatch):
+    node = BrokerNode(tmp_path)
+    holder = socket.create_server(("127.0.0.1", node.dist_port))
     try:
         monkeypatch.setattr(broker_module, "PORT_FREE_SECONDS", 0.5)
-        with pytest.raises(BrokerError, match=rf"port {broker.dist_port} of .* held by pid {os.getpid()} \("):
-            broker.start()
-        assert not broker.running
-        # Let go of it while start() waits: the node starts on its own ports.
+        with pytest.raises(BrokerError, match=rf"port {node.dist_port} of .* held by pid {os.getpid()} \("):
+            node.start()
+        assert not node.running
+        # Let go of it while the node waits (what start() does first): the wait ends.
         monkeypatch.setattr(broker_module, "PORT_FREE_SECONDS", 60)
         threading.Timer(1.0, holder.close).start()
-        broker.start()
+        node._wait_port_free(node.dist_port)
     finally:
         holder.close()
-    assert epmd_names()[broker.name] == broker.dist_port
+    assert not port_open(node.dist_port)

@@ -152,18 +152,20 @@ def test_a_quorum_task_redelivered_once_then_retried_keeps_its_attempt_count(bro
 
 def test_the_consumer_timeout_never_cuts_a_task_within_time_limit_where_the_broker_allows(
         tmp_path_factory, make_wqd):
-    """A node whose consumer_timeout is 5 s (it checks once a minute) and two
-    pools whose first delivery runs 75 s: one with time_limit 90 (its queue's
-    x-consumer-timeout, 150 s, covers it from RabbitMQ 3.11.15), one without.
-    Where the broker times a delivery out, the worker logs why and what to
-    change, reconnects, and the task runs again. About 100 s per version."""
-    node = BrokerNode(tmp_path_factory.mktemp("consumer-timeout"), extra_conf="consumer_timeout = 5000")
+    """A node whose consumer_timeout is 3 s and two pools whose first delivery
+    runs 8 s: one with time_limit 10 (its queue's x-consumer-timeout, 70 s,
+    covers it from RabbitMQ 3.11.15), one without. Where the broker times a
+    delivery out, the worker logs why and what to change, reconnects, and the
+    task runs again. The node checks consumer timeouts every 0.5 s instead of
+    once a minute (channel_tick_interval, as RabbitMQ's own tests set it)."""
+    node = BrokerNode(tmp_path_factory.mktemp("consumer-timeout"), extra_conf="consumer_timeout = 3000")
     node.start()
     try:
+        node.ctl("eval", "application:set_env(rabbit, channel_tick_interval, 500).")  # read by each new channel
         version = tuple(int(part) for part in node.ctl("version").strip().split(".")[:3])
         honoured = version >= queues.QUEUE_CONSUMER_TIMEOUT_SINCE
         handler = "rabbitmq4_handlers:long_on_first_delivery"
-        wqd = make_wqd([pool("limited", name="limited", workers=1, time_limit=90, handler=handler),
+        wqd = make_wqd([pool("limited", name="limited", workers=1, time_limit=10, handler=handler),
                         pool("unlimited", name="unlimited", workers=1, handler=handler)],
                        broker_url=node.url).start()
         for queue in ("limited", "unlimited"):
@@ -173,7 +175,7 @@ def test_the_consumer_timeout_never_cuts_a_task_within_time_limit_where_the_brok
             return node.queue_stats(queue) == {"messages_ready": 0, "messages_unacknowledged": 0, "consumers": 1}
 
         wait_for(lambda: len(wqd.records("end")) >= (3 if honoured else 4) and settled("limited")
-                 and settled("unlimited"), 180, interval=1, message=lambda: f"both tasks acked:\n{wqd.logs()}")
+                 and settled("unlimited"), 90, interval=1, message=lambda: f"both tasks acked:\n{wqd.logs()}")
         starts = {queue: [start["redelivered"] for start in wqd.records("start") if start["id"] == queue]
                   for queue in ("limited", "unlimited")}
         assert starts["unlimited"] == [False, True], starts

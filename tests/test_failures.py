@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import time
 
 from tests.support.daemon import pool, task_body
 from tests.support.queues import queue_counts, wait_queue
@@ -86,6 +87,31 @@ def test_a_hung_task_is_killed_at_time_limit_and_dead_lettered(broker, queue_nam
     assert properties.headers["x-wqd-exception"] == "WorkerLost"
     wait_for(lambda: len(wqd.worker_pids(consuming_only=True)) == 2, 30, message="pool back to 2")
     assert "exceeded time_limit=1.0s" in wqd.logs()
+
+
+def test_time_limit_bounds_the_handler_and_not_a_slow_settling_after_it(broker, queue_name, make_wqd):
+    """A handler that fails 0.5 s before its time_limit leaves its retry copy
+    to a broker frozen until 2 s past the limit: the worker is not killed (it
+    has SETTLE_TIMEOUT for the copy and the ack), and both attempts run in it."""
+    wqd = make_wqd([pool(queue_name, workers=1, time_limit=3, max_retries=1,
+                         retry_delay={"initial": 0.2, "max": 0.2})]).start()
+    (worker,) = wqd.worker_pids()
+    broker.publish(queue_name, task_body("late", sleep=2.5, action="fail").encode(), declare=False)
+    (started,) = wait_for(lambda: wqd.records("start"), 30, interval=0.02, message="the task started")
+    broker.pause()
+    try:
+        assert "failed on attempt 1" not in wqd.logs(), "the broker froze before the handler ended"
+        wait_for(lambda: "failed on attempt 1" in wqd.logs(), 30, message=lambda: f"attempt 1 failed:\n{wqd.logs()}")
+        # The master would have killed the worker at time_limit (started + 3 s).
+        time.sleep(max(0.0, started["t"] + 3 + 2 - time.time()))
+        assert wqd.worker_pids() == [worker], wqd.logs()
+    finally:
+        broker.resume()
+    wait_queue(broker, queue_name + ".dead", 60, "dead-lettered after its second attempt", messages_ready=1)
+    assert [s["attempt"] for s in wqd.records("start")] == [1, 2]
+    assert {s["pid"] for s in wqd.records("start")} == {worker}
+    assert wqd.metric("wqd_worker_restarts_total", pool="default", reason="time_limit") == 0
+    assert "exceeded time_limit" not in wqd.logs() and "did not settle" not in wqd.logs()
 
 
 def test_a_task_that_kills_its_worker_ends_in_the_dead_letter_queue(broker, queue_name, make_wqd):

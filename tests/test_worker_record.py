@@ -85,3 +85,17 @@ def test_reads_are_never_torn_by_a_busy_writer_nor_by_one_stopped_mid_write():
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
     record.close()
+
+
+def test_settling_is_shown_from_the_handlers_end_until_the_task_is_finished():
+    record = WorkerRecord()
+    record.task_started("m-1")
+    assert record.read().settling_since is None
+    record.task_settling()
+    seen = record.read()
+    assert seen.busy_since <= seen.settling_since <= time.monotonic()
+    record.task_finished(Outcome.RETRIED, 2.9)
+    assert record.read().settling_since is None and record.read().busy_since is None
+    record.task_started("m-2")  # the next task starts unsettled
+    assert record.read().settling_since is None
+    record.close()

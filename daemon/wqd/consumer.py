@@ -27,6 +27,7 @@ from wqd.lost_attempts import message_key
 from wqd.message import Message
 from wqd.routing import RECOVERABLE, Router, Task
 from wqd.task_stats import Outcome
+from wqd.worker_record import SETTLE_TIMEOUT
 
 log = logging.getLogger("wqd.worker")
 
@@ -67,6 +68,9 @@ class Consumer:
         self._deliveries = collections.deque()  # received, not started (more than one at prefetch > 1)
         self._tasks_done = 0
         self._recycles = bool(self.pool.max_tasks_per_child or self.pool.max_memory_per_child)
+        # A handler that ran longer than this leaves less than SETTLE_TIMEOUT of
+        # its time_limit for the ack or the copy: the record says it is settling.
+        self._settling_after = None if self.pool.time_limit is None else self.pool.time_limit - SETTLE_TIMEOUT
         self._failures = 0  # consecutive connection failures, for the reconnect backoff
         self.tracing = None  # tracing: enabled: a TaskTracing (tracing.py, imported only then)
         if context.tracing:
@@ -215,6 +219,8 @@ class Consumer:
             except BaseException as exc:  # a handler's failure, whatever it raised, is the task's
                 task.error = exc
             task.duration = perf_counter() - started
+        if self._settling_after is not None and task.duration > self._settling_after:
+            self.record.task_settling()  # else the master's time_limit could kill the worker mid-ack
         return self._settle(task)
 
     def _task(self, method, properties, body):

@@ -34,7 +34,7 @@ from wqd.supervision import (
 )
 from wqd.systemd import Notifier
 from wqd.task_stats import Outcome
-from wqd.worker_record import WorkerRecord
+from wqd.worker_record import SETTLE_TIMEOUT, WorkerRecord
 
 log = logging.getLogger("wqd.master")
 
@@ -427,11 +427,17 @@ class Master:
     def _enforce_time_limits(self, now: float) -> None:
         for proc in self.workers.values():
             limit = proc.pool.config.time_limit
-            busy_since = limit and proc.busy_since
-            if busy_since and now - busy_since > limit and proc.over_time_limit():
+            task = limit and proc.record.read()
+            if not (task and task.past_time_limit(limit, now) and proc.over_time_limit()):
+                continue
+            if task.settling_since is None:
                 log.warning("Worker %s (pid %d) exceeded time_limit=%ss on task %s; killing it.",
-                            proc.name, proc.pid, limit, proc.message_key)
-                self._kill(proc, signal.SIGKILL)
+                            proc.name, proc.pid, limit, task.message_key)
+            else:
+                log.warning("Worker %s (pid %d) did not settle task %s within %.0f s of its handler's end "
+                            "(time_limit=%ss); killing it.", proc.name, proc.pid, task.message_key,
+                            SETTLE_TIMEOUT, limit)
+            self._kill(proc, signal.SIGKILL)
 
     def _reap(self) -> None:
         while True:

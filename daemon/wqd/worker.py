@@ -119,5 +119,4 @@ def _orphan_must_exit(context: WorkerContext, orphaned_at: float) -> bool:
     if now - orphaned_at >= context.graceful_timeout:
         return True
     limit = context.pool.time_limit
-    busy_since = limit and context.record.read().busy_since
-    return bool(busy_since) and now - busy_since >= limit
+    return bool(limit) and context.record.read().past_time_limit(limit, now)

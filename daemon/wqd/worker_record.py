@@ -26,9 +26,11 @@ from wqd.task_stats import DURATION_BUCKETS, Outcome
 KEY_BYTES = 256  # an AMQP message_id is a shortstr: at most 255 bytes
 _GENERATION = struct.Struct("Q")  # native: one aligned 8-byte load or store
 # A copy: unsigned 64-bit numbers, then the message key's bytes. The numbers:
-# busy since (monotonic ns; 0 when idle), key length, redelivered, duration
-# sum (ns), the outcome counts, the duration bucket counts (+Inf last).
-_BUSY_SINCE, _KEY_LENGTH, _REDELIVERED, _DURATION_SUM, _FIRST_OUTCOME = range(5)
+# busy since (monotonic ns; 0 when idle), settling since (the same, once a
+# handler that ended near its time_limit left its task to be settled), key
+# length, redelivered, duration sum (ns), the outcome counts, the duration
+# bucket counts (+Inf last).
+_BUSY_SINCE, _SETTLING_SINCE, _KEY_LENGTH, _REDELIVERED, _DURATION_SUM, _FIRST_OUTCOME = range(6)
 _FIRST_BUCKET = _FIRST_OUTCOME + len(Outcome)
 _OUTCOME_INDEX = {outcome: _FIRST_OUTCOME + i for i, outcome in enumerate(Outcome)}
 _NUMBERS = _FIRST_BUCKET + len(DURATION_BUCKETS) + 1
@@ -39,18 +41,34 @@ _COPY_SIZE = _NUMBERS_SIZE + KEY_BYTES
 _READ_ATTEMPTS = 100_000
 # Where the copy of an even and of an odd generation starts.
 _COPY_OFFSETS = (_GENERATION.size, _GENERATION.size + _COPY_SIZE)
+# Seconds a worker has to ack, retry or dead-letter a task once its handler
+# ended within time_limit, before the master kills it as it would a hung
+# handler: a publish a broker alarm blocks ends at 30 s (amqp.BLOCKED_CONNECTION_TIMEOUT).
+SETTLE_TIMEOUT = 60.0
 
 
 class Snapshot:
-    __slots__ = ("busy_since", "message_key", "outcomes", "redelivered", "duration_sum", "duration_buckets")
+    __slots__ = ("busy_since", "settling_since", "message_key", "outcomes", "redelivered", "duration_sum",
+                 "duration_buckets")
 
-    def __init__(self, busy_since, message_key, outcomes, redelivered, duration_sum, duration_buckets):
+    def __init__(self, busy_since, settling_since, message_key, outcomes, redelivered, duration_sum,
+                 duration_buckets):
         self.busy_since = busy_since      # monotonic time the running task started, or None
+        self.settling_since = settling_since  # when its handler ended, if it said so (task_settling), or None
         self.message_key = message_key    # that task's message key, or None
         self.outcomes = outcomes          # Outcome -> tasks finished with it
         self.redelivered = redelivered    # deliveries the broker flagged redelivered
         self.duration_sum = duration_sum  # seconds, over the tasks whose handler ran
         self.duration_buckets = duration_buckets  # per bucket (not cumulative), +Inf last
+
+    def past_time_limit(self, limit: float, now: float) -> bool:
+        """Whether the running task outlived ``limit``: its handler did, or the
+        settling after a handler that ended near the limit outlived SETTLE_TIMEOUT."""
+        if self.busy_since is None:
+            return False
+        if self.settling_since is not None:
+            return now - self.settling_since > SETTLE_TIMEOUT
+        return now - self.busy_since > limit
 
 
 class WorkerRecord:
@@ -68,10 +86,17 @@ class WorkerRecord:
         self._numbers[_BUSY_SINCE] = time.monotonic_ns()
         self._publish()
 
+    def task_settling(self) -> None:
+        """The handler ended near time_limit: the master gives the settling
+        SETTLE_TIMEOUT instead of killing the worker at the limit."""
+        self._numbers[_SETTLING_SINCE] = time.monotonic_ns()
+        self._publish()
+
     def task_finished(self, outcome: Outcome, duration=None) -> None:
         """``duration`` is None when the handler did not run (the outcome is wqd's)."""
         numbers = self._numbers
         numbers[_BUSY_SINCE] = 0
+        numbers[_SETTLING_SINCE] = 0
         numbers[_OUTCOME_INDEX[outcome]] += 1
         if duration is not None:
             numbers[_DURATION_SUM] += int(duration * 1e9)
@@ -110,9 +135,10 @@ class WorkerRecord:
                 break
         numbers = memoryview(copy[:_NUMBERS_SIZE]).cast("Q").tolist()
         busy_since = numbers[_BUSY_SINCE] / 1e9 if numbers[_BUSY_SINCE] else None
+        settling_since = numbers[_SETTLING_SINCE] / 1e9 if busy_since and numbers[_SETTLING_SINCE] else None
         key = copy[_NUMBERS_SIZE:_NUMBERS_SIZE + numbers[_KEY_LENGTH]].decode(errors="replace") if busy_since else None
         outcomes = dict(zip(Outcome, numbers[_FIRST_OUTCOME:_FIRST_BUCKET]))
-        return Snapshot(busy_since, key, outcomes, numbers[_REDELIVERED], numbers[_DURATION_SUM] / 1e9,
+        return Snapshot(busy_since, settling_since, key, outcomes, numbers[_REDELIVERED], numbers[_DURATION_SUM] / 1e9,
                         numbers[_FIRST_BUCKET:])
 
     def close(self) -> None:

@@ -69,6 +69,7 @@ import contextlib
 import itertools
 import json
 import os
+import random
 import secrets
 import shlex
 import shutil
@@ -153,16 +154,35 @@ def in_root(argv: list[str], env: dict[str, str], shared_dirs: Iterable[Path]) -
 # small OS helpers
 
 
+def _ports_below_ephemeral() -> range:
+    """Ports no outgoing connection takes: those below the kernel's ephemeral
+    range (a node's port picked from that range can be taken as a connection's
+    source port while the node restarts its listener, and its start then
+    fails with eaddrinuse)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return range(max(1024, low - 20000), low)
+
+
 def free_port(exclude: Iterable[int] = ()) -> int:
-    """A TCP port that is free on 127.0.0.1 right now (bind to port 0)."""
+    """A TCP port below the ephemeral range that is free on 127.0.0.1 right
+    now, picked at random (so that parallel test processes rarely pick the same)."""
     exclude = set(exclude) | _RESERVED_PORTS
-    for _ in range(100):
+    candidates = _ports_below_ephemeral()
+    for _ in range(200):
+        port = random.choice(candidates)
+        if port in exclude:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in exclude:
-            return port
-    raise BrokerError("could not find a free TCP port on 127.0.0.1")
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:  # in use (also on 0.0.0.0), or lingering in TIME_WAIT
+                continue
+        return port
+    raise BrokerError(f"could not find a free TCP port on 127.0.0.1 in {candidates}")
 
 
 def port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:

@@ -91,10 +91,12 @@ def test_status_text_and_json_show_queues_workers_and_a_growing_task_age(broker,
         later = json.loads(status(wqd, tmp_path, "--json"))["pools"][0]["workers"]
         return all(w["task_age"] >= ages[w["pid"]] + 1 for w in later)
 
+    def older_in_text():  # the text was read after the JSON: its ages are awaited on their own
+        later = worker_rows(status(wqd, tmp_path))
+        return all(later[name][2] >= rows[name][2] + 1 for name in rows)
+
     wait_for(older, 10, interval=0.5, message="task ages grow")
-    # The text was read after the JSON: its ages are awaited on their own.
-    wait_for(lambda: all(later[name][2] >= rows[name][2] + 1 for later in [worker_rows(status(wqd, tmp_path))]
-                         for name in rows), 10, interval=0.5, message=lambda: f"task ages grow in the text: {rows}")
+    wait_for(older_in_text, 10, interval=0.5, message=lambda: f"task ages grow in the text: {rows}")
 
 
 def test_status_with_the_broker_down_exits_69_with_one_clear_line(make_wqd, free_tcp_port, tmp_path):

@@ -135,7 +135,7 @@ class WorkerRecord:
                 break
         numbers = memoryview(copy[:_NUMBERS_SIZE]).cast("Q").tolist()
         busy_since = numbers[_BUSY_SINCE] / 1e9 if numbers[_BUSY_SINCE] else None
-        settling_since = numbers[_SETTLING_SINCE] / 1e9 if busy_since and numbers[_SETTLING_SINCE] else None
+        settling_since = numbers[_SETTLING_SINCE] / 1e9 if numbers[_SETTLING_SINCE] else None
         key = copy[_NUMBERS_SIZE:_NUMBERS_SIZE + numbers[_KEY_LENGTH]].decode(errors="replace") if busy_since else None
         outcomes = dict(zip(Outcome, numbers[_FIRST_OUTCOME:_FIRST_BUCKET]))
         return Snapshot(busy_since, settling_since, key, outcomes, numbers[_REDELIVERED], numbers[_DURATION_SUM] / 1e9,

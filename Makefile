@@ -4,13 +4,16 @@
 #                 broker on localhost:5672), without the soak tests (the
 #                 3-node cluster test runs in both)
 #   make test-rabbitmq4
-#                 the same suite against the RabbitMQ the host's Debian does not
-#                 package: 4.0 from Debian trixie on a Debian 12 host, 3.10 from
-#                 bookworm on a Debian 13 one. Its nodes run in a chroot of a
-#                 root filesystem built once (as root, by debootstrap: about a
-#                 minute, 370 MB) into .cache/rabbitmq-<suite> and reused
-#                 (scripts/rabbitmq-rootfs.sh; delete it to rebuild);
-#                 WQD_TEST_RABBITMQ_METADATA=khepri runs the nodes on Khepri
+#   make test-rabbitmq43
+#                 the same suite against a RabbitMQ the host's Debian does not
+#                 package: test-rabbitmq4 takes 4.0 from Debian trixie on a
+#                 Debian 12 host (3.10 from bookworm on a Debian 13 one),
+#                 test-rabbitmq43 4.3 from forky. Both are test-rabbitmq-SUITE:
+#                 its nodes run in a chroot of a root filesystem built once (as
+#                 root, by debootstrap: about a minute, 400 MB) into
+#                 .cache/rabbitmq-SUITE and reused (scripts/rabbitmq-rootfs.sh;
+#                 delete it to rebuild); WQD_TEST_RABBITMQ_METADATA=khepri runs
+#                 4.0 nodes on Khepri (4.3 has nothing else)
 #   make demo     the tutorial's five messages through two wqd workers
 #   make lint     ruff, version RUFF_VERSION (installed into .venv by this target only;
 #                 its configuration, and pytest's, is in pyproject.toml)
@@ -46,11 +49,10 @@ RABBITMQ_SERVER := /usr/lib/rabbitmq/bin/rabbitmq-server
 PROMTOOL := /usr/bin/promtool
 # The Debian suite whose RabbitMQ differs from the host's (12.x -> trixie, 13.x -> bookworm).
 OTHER_RABBITMQ_SUITE := $(if $(filter 13.%,$(shell cat /etc/debian_version 2>/dev/null)),bookworm,trixie)
-OTHER_RABBITMQ_ROOT := .cache/rabbitmq-$(OTHER_RABBITMQ_SUITE)
 # Pinned: a new ruff release can add checks and fail CI with no change of ours.
 RUFF_VERSION := 0.6.9
 
-.PHONY: all venv rabbitmq promtool deploy-tools test test-rabbitmq4 test-deploy test-partitions demo lint soak bench clean
+.PHONY: all venv rabbitmq promtool deploy-tools test test-rabbitmq4 test-rabbitmq43 test-deploy test-partitions demo lint soak bench clean
 
 all: test
 
@@ -84,13 +86,19 @@ deploy-tools:
 # wait on brokers, daemons and timers (two processes kept 2 cores half busy).
 XDIST ?= 3
 
-test: venv rabbitmq promtool deploy-tools
-	$(VENV)/bin/pytest -q -rs -n $(XDIST) -m 'not soak or cluster' tests $(PYTEST_ARGS)
+SUITE_PYTEST = $(VENV)/bin/pytest -q -rs -n $(XDIST) -m 'not soak or cluster' tests $(PYTEST_ARGS)
 
-test-rabbitmq4: venv promtool deploy-tools
-	bash scripts/rabbitmq-rootfs.sh $(OTHER_RABBITMQ_SUITE) $(OTHER_RABBITMQ_ROOT) >/dev/null
-	WQD_TEST_RABBITMQ_ROOT=$(abspath $(OTHER_RABBITMQ_ROOT)) \
-		$(VENV)/bin/pytest -q -rs -n $(XDIST) -m 'not soak or cluster' tests $(PYTEST_ARGS)
+test: venv rabbitmq promtool deploy-tools
+	$(SUITE_PYTEST)
+
+# test-rabbitmq-SUITE: the suite against the RabbitMQ of Debian SUITE.
+test-rabbitmq-%: venv promtool deploy-tools
+	bash scripts/rabbitmq-rootfs.sh $* .cache/rabbitmq-$* >/dev/null
+	WQD_TEST_RABBITMQ_ROOT=$(abspath .cache/rabbitmq-$*) $(SUITE_PYTEST)
+
+test-rabbitmq4: test-rabbitmq-$(OTHER_RABBITMQ_SUITE)
+
+test-rabbitmq43: test-rabbitmq-forky
 
 # Root only: debootstrap, systemd-nspawn and a Docker engine of its own
 # (Debian's packages, installed if missing).

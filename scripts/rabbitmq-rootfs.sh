@@ -2,7 +2,8 @@
 # usage: scripts/rabbitmq-rootfs.sh SUITE DIR
 #
 # Make sure DIR is a Debian SUITE root filesystem with that suite's
-# rabbitmq-server in it (trixie: RabbitMQ 4.0, bookworm: 3.10), for running
+# rabbitmq-server in it (forky: RabbitMQ 4.3, trixie: 4.0, bookworm: 3.10),
+# for running
 # the tests against the RabbitMQ version the host does not package
 # (tests/broker.py starts its nodes in it when WQD_TEST_RABBITMQ_ROOT=DIR).
 # Prints DIR's absolute path. As root only; installs debootstrap if missing.
@@ -60,11 +61,18 @@ done
 build=$(mktemp -d "$dir.build.XXXXXX")
 trap 'remove_tree "$build"' EXIT
 echo "== building a Debian $suite root filesystem with rabbitmq-server in $dir (from $mirror)" >&2
-debootstrap --variant=minbase --include=rabbitmq-server "$suite" "$build" "$mirror" >&2
+# An older debootstrap has no script for a newer suite (bookworm's knows no
+# forky); sid's serves every suite after it.
+script=/usr/share/debootstrap/scripts/$suite
+[ -e "$script" ] || script=/usr/share/debootstrap/scripts/sid
+debootstrap --variant=minbase --include=rabbitmq-server "$suite" "$build" "$mirror" "$script" >&2
 if [ ! -x "$build/$server" ]; then
     echo "error: debootstrap finished but $server is missing in $build" >&2
     exit 1
 fi
+# forky's minbase has no /etc/hosts, and Erlang's distribution cannot
+# resolve localhost (the node name's host) without one.
+[ -e "$build/etc/hosts" ] || printf '127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' >"$build/etc/hosts"
 chroot "$build" dpkg-query -W rabbitmq-server erlang-base >&2
 mv -T "$build" "$dir"
 trap - EXIT

@@ -184,7 +184,7 @@ def test_a_deleted_queue_is_redeclared_and_consumption_resumes(broker, queue_nam
     wqd = make_wqd([pool(queue_name, workers=1)]).start()
     (worker,) = wqd.worker_pids()
     broker.delete_queue(queue_name)
-    wait_for(lambda: "the broker cancelled the consumer" in wqd.logs(), 30, message="the cancel seen and logged")
+    wait_for(lambda: "The broker cancelled the consumer on" in wqd.logs(), 30, message="the cancel seen and logged")
     wait_queue(broker, queue_name, 30, "queue re-declared and consumed again", consumers=1)
     assert wqd.worker_pids() == [worker], "the consumer restarted inside its worker"
     assert restart_counts(wqd) == {"crashed": 0, "killed": 0, "time_limit": 0, "recycled": 0}

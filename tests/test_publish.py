@@ -65,9 +65,10 @@ def test_publish_to_a_queue_of_another_type_is_a_configuration_error(broker, que
     wqd = make_wqd([pool(queue_name, workers=1, queue_type="quorum")])
     result = run_cli("publish", "-c", str(wqd.config_path), "x", env=wqd_env(tmp_path / "r"))
     assert result.returncode == 78, result.stderr
-    assert result.stderr.startswith(f"wqd: configuration error:\ncannot use queue {queue_name!r}: "
-                                    f"the broker said 406 PRECONDITION_FAILED"), result.stderr
-    assert "x-queue-type" in result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"wqd: configuration error:\nConfiguration error in pool 'default': queue "
+                                    f"{queue_name!r} already exists with other arguments than wqd declares "
+                                    f"(argument x-queue-type); the broker said: PRECONDITION_FAILED"), result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_publish_with_wrong_credentials_says_so(broker, tmp_path):

@@ -48,6 +48,39 @@ def test_the_consumer_timeout_argument_covers_time_limit_times_prefetch():
     assert queues.work_queue_arguments(longest)["x-consumer-timeout"] == 2 ** 31 - 1
 
 
+def test_from_rabbitmq_4_3_the_timeout_is_the_consumers_on_quorum_queues_and_none_on_classic_ones():
+    """4.3 classic queues refuse the argument and have no consumer timeout;
+    4.3 quorum queues compare the argument on a redeclare, so it goes on the
+    consumer, where a changed time_limit needs no new queue."""
+    limits = "    time_limit: 600\n    prefetch: 2\n"
+    classic, quorum = pool(QUORUM.replace("quorum", "classic") + limits), pool(QUORUM + limits)
+    timeout = {"x-consumer-timeout": (600 * 2 + queues.CONSUMER_TIMEOUT_MARGIN) * 1000}
+    for version in [(4, 3, 0), (4, 3, 6), (5, 0, 0)]:
+        assert queues.work_queue_arguments(classic, version) is None
+        assert queues.consumer_arguments(classic, version) is None
+        assert "x-consumer-timeout" not in queues.work_queue_arguments(quorum, version)
+        assert queues.consumer_arguments(quorum, version) == timeout
+    for version in [(), (3, 10, 8), (4, 0, 5), (4, 2, 9)]:
+        assert queues.work_queue_arguments(classic, version) == timeout
+        assert queues.consumer_arguments(quorum, version) is None
+    assert queues.consumer_arguments(pool(QUORUM), (4, 3, 6)) is None  # no time_limit: the broker's default
+
+
+@pytest.mark.parametrize("reply, kept", [
+    ("PRECONDITION_FAILED - inequivalent arg 'x-consumer-timeout' for queue 'q' in vhost '/': received none but "
+     "current is the value '120000' of type 'signedint'", 120000),
+    ("PRECONDITION_FAILED - inequivalent arg 'x-consumer-timeout' for queue 'q' in vhost '/': received '60000' "
+     "but current is '120000'", 120000),
+    ("PRECONDITION_FAILED - inequivalent arg 'x-delivery-limit' for queue 'q' in vhost '/': received '21' but "
+     "current is '12'", None),
+    ("PRECONDITION_FAILED - inequivalent arg 'x-consumer-timeout' for queue 'q' in vhost '/': received '1' but "
+     "current is the value 'x' of type 'longstr'", None),
+])
+def test_the_consumer_timeout_a_quorum_queue_keeps_is_read_from_the_brokers_refusal(reply, kept):
+    """(the two reply forms RabbitMQ 4.3.6 sends, read off a node)"""
+    assert queues.kept_consumer_timeout(reply) == kept
+
+
 def test_no_time_limit_leaves_the_broker_default():
     assert "x-consumer-timeout" not in queues.work_queue_arguments(pool())
 
@@ -60,9 +93,16 @@ def test_no_time_limit_leaves_the_broker_default():
     ("    time_limit: 3600\n", (3, 10, 8), "raise consumer_timeout in the broker's rabbitmq.conf"),
     ("    time_limit: 3600\n", (4, 0, 5), None),
     ("    time_limit: 31536000\n", (4, 0, 5), "exceeds the longest consumer timeout"),
+    ("", (4, 3, 6), "has no time_limit"),
+    ("    time_limit: 3600\n", (4, 3, 6), None),
+    ("    queue_type: classic\n", (4, 3, 6), None),  # a classic queue has no consumer timeout from 4.3
+    ("    queue_type: classic\n", (4, 0, 5), "has no time_limit"),
 ])
 def test_the_consumer_timeout_warning(addition, version, warned):
-    warning = queues.consumer_timeout_warning(pool(QUORUM + addition), version)
+    text = QUORUM + addition
+    if "queue_type: classic" in addition:
+        text = QUORUM.replace("quorum", "classic")
+    warning = queues.consumer_timeout_warning(pool(text), version)
     if warned is None:
         assert warning is None
     else:

@@ -143,6 +143,15 @@ def describe_server(connection: pika.BlockingConnection) -> str:
     return " ".join(part for part in (product, ".".join(str(n) for n in version)) if part) or "unknown"
 
 
+def server_notes(version: tuple) -> list:
+    """What of the broker's version changes wqd's promises, a few words each
+    (the connect log, `wqd status`)."""
+    if version >= (4, 3):
+        return ["metadata store Khepri (4.3 removed Mnesia)",
+                "classic queues have no consumer timeout (a classic pool's time_limit is wqd's alone)"]
+    return []
+
+
 class BrokerUnavailable(errors.BrokerUnavailable):
     """No broker URL could be connected to; str() says why, per URL."""
 

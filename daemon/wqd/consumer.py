@@ -17,9 +17,6 @@ import os
 import threading
 from time import perf_counter
 
-import pika
-import pika.exceptions
-
 from wqd import amqp, backoff, deduplication, header_decoding, lost_attempts, pika_transport, queues, reporting
 from wqd.config import redact_url
 from wqd.connection_keeper import ConnectionKeeper
@@ -60,6 +57,8 @@ class Consumer:
         self._wake = threading.Event()
         self._channel = None
         self._consumer_tag = None
+        self._broker_version = ()  # of the broker connected to, e.g. (4, 3, 6)
+        self._cancelled_by_broker = False  # the consumer was cancelled: the channel is to be replaced
         # Workers spread over the broker URLs (cluster nodes) by slot, and
         # move on to the next URL when a connection fails.
         self._url_index = (context.slot - 1) % len(self.broker.urls)
@@ -126,23 +125,30 @@ class Consumer:
     def _open(self) -> None:
         self.keeper.connection = amqp.connect(
             self.broker, self.broker.urls[self._url_index], name=f"wqd worker {self.worker_name} pid {os.getpid()}")
-        log.info("Connected to %s at %s.", amqp.describe_server(self._connection),
-                 redact_url(self.broker.urls[self._url_index]))
+        self._broker_version = amqp.server_version(self._connection)[1]
+        notes = "; ".join(amqp.server_notes(self._broker_version))
+        log.info("Connected to %s at %s%s.", amqp.describe_server(self._connection),
+                 redact_url(self.broker.urls[self._url_index]), f" ({notes})" if notes else "")
         if self._slot == 1 and not self._timeout_checked:  # one line per pool, at its first connection
             self._timeout_checked = True
-            warning = queues.consumer_timeout_warning(self.pool, amqp.server_version(self._connection)[1])
+            warning = queues.consumer_timeout_warning(self.pool, self._broker_version)
             if warning:
                 log.warning("%s", warning)
-        queues.declare_pool_queues(self._connection, self.pool)
+        queues.declare_pool_queues(self._connection, self.pool, self._broker_version)
+        self._open_channel()
+        self.reporter.send(reporting.CONNECTED)
+
+    def _open_channel(self) -> None:
         self._channel = self._connection.channel()
         self._channel.basic_qos(prefetch_count=self.pool.prefetch)
         self._channel.add_on_cancel_callback(self._on_cancelled_by_broker)
         self.router.open(self._connection, self._channel)
-        self.reporter.send(reporting.CONNECTED)
 
     def _serve(self) -> None:
         """Run deliveries and dispatch broker events until stopped (or the connection fails)."""
         while True:
+            if self._cancelled_by_broker:
+                self._renew_channel()
             if self._stop_reason is not None:
                 self._cancel_consumer()
                 if not self.router.held:
@@ -154,7 +160,8 @@ class Consumer:
                     self.reporter.send(reporting.CONNECTED)
             elif self._consumer_tag is None:
                 self._consumer_tag = self._channel.basic_consume(
-                    self.pool.queue, on_message_callback=self._on_delivery)
+                    self.pool.queue, on_message_callback=self._on_delivery,
+                    arguments=queues.consumer_arguments(self.pool, self._broker_version))
                 self._failures = 0  # reset only once consuming works, as pika's examples do
                 log.info("Consuming from %r (prefetch %d).", self.pool.queue, self.pool.prefetch)
                 self.reporter.send(reporting.CONSUMING)
@@ -166,12 +173,29 @@ class Consumer:
         self.keeper.connection = None
 
     def _on_cancelled_by_broker(self, method_frame) -> None:
-        """The queue was deleted, or (RabbitMQ 4.3+) a delivery outlived its
-        consumer timeout: start over with a fresh connection, which re-declares
-        the queue and gets the delivery again."""
-        raise pika.exceptions.ConsumerCancelled(
-            f"the broker cancelled the consumer on {self.pool.queue!r}: the queue was deleted, or (RabbitMQ "
-            f"4.3+) a delivery outlived its consumer_timeout ({amqp.CONSUMER_TIMEOUT_ADVICE})")
+        """The queue was deleted, or (RabbitMQ 4.3+, quorum queues) a delivery
+        outlived its consumer timeout. 4.3 then returns the delivery to the
+        queue but keeps the consumer suspended on the channel: an ack of it is
+        not honoured, and it sends the delivery again to the consumer it
+        cancelled. So the channel is only marked here (on whichever thread
+        serves the connection); nothing more is settled on it, and the
+        consumer thread replaces it (_renew_channel)."""
+        self._cancelled_by_broker = True
+
+    def _renew_channel(self) -> None:
+        """A new channel and consumer after the broker cancelled ours, the
+        queues declared again (one may have been deleted). Closing the old
+        channel gives its deliveries, started or not, back to the broker."""
+        self._cancelled_by_broker = False
+        self._deliveries.clear()
+        self.router.forget()
+        old, self._channel, self._consumer_tag = self._channel, None, None
+        old.close()
+        queues.declare_pool_queues(self._connection, self.pool, self._broker_version)
+        self._open_channel()
+        log.warning("The broker cancelled the consumer on %r (the queue was deleted, or a delivery outlived its "
+                    "consumer timeout: %s); consuming again on a new channel.",
+                    self.pool.queue, amqp.CONSUMER_TIMEOUT_ADVICE)
 
     def _cancel_consumer(self) -> None:
         if self._consumer_tag is None:
@@ -259,6 +283,8 @@ class Consumer:
         """Ack, retry or dead-letter a finished task; return its outcome (None while held)."""
         if task.error is None and self.deduplication:  # the handler returned: recorded before the ack
             self.deduplication.finished(task.message.properties)
+        if self._cancelled_by_broker:  # while the handler ran
+            return self._leave_to_broker(task)
         try:
             if self.keeper.error is not None or self._channel.is_closed:  # while the handler ran
                 error = self.keeper.take_error() or amqp.broker_closed(self._channel)
@@ -277,6 +303,18 @@ class Consumer:
         self.record.task_finished(outcome, task.duration)
         if self._recycles:
             self._check_recycle()
+        return outcome
+
+    def _leave_to_broker(self, task: Task):
+        """A task whose consumer the broker cancelled while it ran: its delivery
+        is the broker's again, so it is not settled here. A success was
+        recorded as finished, so its redelivery is acked as a duplicate
+        (where duplicate suppression knows it: a message id)."""
+        log.warning("Task %s finished after the broker cancelled its consumer; not settling it: the broker has "
+                    "requeued it%s.", task.message.message_id or task.delivery_tag,
+                    "" if task.error is not None else ", and duplicate suppression acks its redelivery")
+        outcome = Outcome.SUCCEEDED if task.error is None else Outcome.FAILED
+        self.record.task_finished(outcome, task.duration)
         return outcome
 
     def _check_recycle(self) -> None:

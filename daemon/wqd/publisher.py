@@ -171,7 +171,7 @@ def _while(number: int, body: bytes) -> str:
 def _declare(connection, channel, queue: str, pool) -> None:
     try:
         if pool is not None:
-            channel.queue_declare(queue, durable=True, arguments=queues.work_queue_arguments(pool))
+            queues.declare_work_queue(connection, pool, amqp.server_version(connection)[1])
             return
         try:
             channel.queue_declare(queue, passive=True)

@@ -14,20 +14,28 @@ delivery), so the broker's limit is that plus a margin for deliveries lost
 to connection failures, and a message past it lands in the dead-letter
 queue with x-death reason "delivery_limit" instead of vanishing.
 
-The work queue of a pool with a time_limit gets an x-consumer-timeout that
+The work queue of a pool with a time_limit gets a consumer timeout that
 covers it, so the broker's delivery-acknowledgement timeout never cuts a task
-the worker itself would let finish. RabbitMQ honours it from 3.11.15; older
-versions accept and ignore it, and no version compares it on a redeclare
-(measured on 3.10.8 and 4.0.5), so it cannot cause a mismatch, and an
-existing queue keeps the value it was created with.
+the worker itself would let finish. Up to RabbitMQ 4.2 it is the queue's
+x-consumer-timeout (honoured from 3.11.15; older versions accept and ignore
+it, and none compares it on a redeclare). RabbitMQ 4.3 moved consumer
+timeouts into the queues: classic queues have none at all (and from 4.3.2
+refuse the argument), so a classic pool's time_limit is wqd's alone; quorum
+queues compare the argument on a redeclare, so wqd gives it per consumer
+instead (basic.consume's x-consumer-timeout, which overrides the queue's),
+and a quorum queue an older broker created with the argument is redeclared
+with the value it has.
 """
 
+import logging
 import re
 from typing import Optional
 
 import pika.exceptions
 
 from wqd.errors import ConfigError
+
+log = logging.getLogger("wqd.queues")
 
 # Deliveries lost to connection failures (broker restarts, network) that a
 # message may suffer on top of the max_retries + 1 attempts wqd counts.
@@ -43,6 +51,9 @@ DEFAULT_CONSUMER_TIMEOUT = 30 * 60.0
 # Brokers from this version honour a queue's x-consumer-timeout; older ones
 # accept the argument and ignore it (it takes effect once they are upgraded).
 QUEUE_CONSUMER_TIMEOUT_SINCE = (3, 11, 15)
+# From this version the queue types own consumer timeouts: classic queues have
+# none, quorum queues take one per consumer (RabbitMQ 4.3.0 release notes).
+QUEUE_TYPES_OWN_CONSUMER_TIMEOUT_SINCE = (4, 3, 0)
 # The broker checks consumer timeouts once a minute, and a task cut at
 # time_limit is requeued by its worker's death: the queue's timeout leaves
 # this much on top of what the pool's tasks may take.
@@ -60,11 +71,12 @@ def delivery_limit(pool) -> int:
     return pool.max_retries + 1 + DELIVERY_LIMIT_MARGIN
 
 
-def work_queue_arguments(pool) -> Optional[dict]:
-    """Declare-time arguments of ``pool``'s work queue; None for a classic
-    queue that needs none, matching a plain declare. The same on every broker
-    version, so that a queue created before a broker upgrade has what the new
-    version honours."""
+def work_queue_arguments(pool, version: tuple = ()) -> Optional[dict]:
+    """Declare-time arguments of ``pool``'s work queue on a broker of
+    ``version`` (() when unknown); None for a classic queue that needs none,
+    matching a plain declare. Before RabbitMQ 4.3 the same on every version,
+    so that a queue created before a broker upgrade has what the new version
+    honours."""
     arguments = {}
     if pool.queue_type == "quorum":
         arguments.update({"x-queue-type": "quorum", "x-delivery-limit": delivery_limit(pool)})
@@ -75,9 +87,22 @@ def work_queue_arguments(pool) -> Optional[dict]:
             arguments.update({"x-dead-letter-exchange": "", "x-dead-letter-routing-key": pool.dead_letter_queue,
                               "x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"})
     timeout = queue_consumer_timeout(pool)
-    if timeout is not None:
+    if timeout is not None and not queue_types_own_consumer_timeout(version):
         arguments["x-consumer-timeout"] = int(timeout * 1000)
     return arguments or None
+
+
+def consumer_arguments(pool, version: tuple) -> Optional[dict]:
+    """basic.consume's arguments: on RabbitMQ 4.3+, a quorum pool with a
+    time_limit gives its consumer timeout here (it overrides the queue's)."""
+    timeout = queue_consumer_timeout(pool)
+    if timeout is None or pool.queue_type != "quorum" or not queue_types_own_consumer_timeout(version):
+        return None
+    return {"x-consumer-timeout": int(timeout * 1000)}
+
+
+def queue_types_own_consumer_timeout(version: tuple) -> bool:
+    return bool(version) and version >= QUEUE_TYPES_OWN_CONSUMER_TIMEOUT_SINCE
 
 
 def dead_letter_queue_arguments(pool) -> Optional[dict]:
@@ -98,26 +123,29 @@ def queue_consumer_timeout(pool) -> Optional[float]:
 def consumer_timeout_warning(pool, version: tuple) -> Optional[str]:
     """One line when the broker (of ``version``, () when unknown) may cut
     ``pool``'s tasks short with its delivery-acknowledgement timeout; None
-    when wqd's queue argument covers them."""
+    when wqd's queue or consumer argument covers them, or (classic queues on
+    RabbitMQ 4.3+) the queue has no consumer timeout."""
+    if pool.queue_type == "classic" and queue_types_own_consumer_timeout(version):
+        return None
     needed = None if pool.time_limit is None else pool.time_limit * pool.prefetch
-    honours_queue_argument = bool(version) and version >= QUEUE_CONSUMER_TIMEOUT_SINCE
-    if needed is not None and honours_queue_argument:
+    honours_argument = bool(version) and version >= QUEUE_CONSUMER_TIMEOUT_SINCE
+    if needed is not None and honours_argument:
         if needed + CONSUMER_TIMEOUT_MARGIN <= MAX_CONSUMER_TIMEOUT:
             return None
         return (f"pool {pool.name!r}: time_limit {pool.time_limit:g} s x prefetch {pool.prefetch} exceeds the "
                 f"longest consumer timeout a queue can have ({MAX_CONSUMER_TIMEOUT:.0f} s): the broker will "
-                f"close the channel of a task that runs longer (consumer_timeout); lower time_limit")
+                f"take back a delivery whose task runs longer (consumer_timeout); lower time_limit")
     if needed is not None and needed < DEFAULT_CONSUMER_TIMEOUT:
         return None  # within the broker's default, unless its configuration lowered it
     shown = ".".join(str(part) for part in version) or "of unknown version"
-    if honours_queue_argument:
+    if honours_argument:
         how = "set the pool's time_limit (wqd then gives its queue a consumer timeout that covers it)"
     else:
         how = (f"raise consumer_timeout in the broker's rabbitmq.conf (RabbitMQ {shown} has no per-queue "
                f"consumer timeout), or set a time_limit below it")
     what = ("has no time_limit" if needed is None else
             f"lets a delivery wait up to {needed:g} s (time_limit x prefetch)")
-    return (f"pool {pool.name!r} {what}, but the broker closes the channel of a delivery unacked longer than "
+    return (f"pool {pool.name!r} {what}, but the broker takes back a delivery unacked longer than "
             f"its consumer_timeout (default {DEFAULT_CONSUMER_TIMEOUT:.0f} s): {how}.")
 
 
@@ -125,12 +153,18 @@ class QueueMismatch(ConfigError):
     """The queue exists with other arguments: a configuration error, not a crash."""
 
 
-def declare_pool_queues(connection, pool) -> None:
-    """Declare ``pool``'s work queue and dead-letter queue, each on a channel
-    of its own (a refused declare closes its channel). Raises QueueMismatch."""
-    _declare(connection, pool, pool.queue, work_queue_arguments(pool))
+def declare_pool_queues(connection, pool, version: tuple) -> None:
+    """Declare ``pool``'s work queue and dead-letter queue on a broker of
+    ``version``, each on a channel of its own (a refused declare closes its
+    channel). Raises QueueMismatch."""
+    declare_work_queue(connection, pool, version)
     if pool.dead_letter_queue:
         _declare(connection, pool, pool.dead_letter_queue, dead_letter_queue_arguments(pool))
+
+
+def declare_work_queue(connection, pool, version: tuple) -> None:
+    """Declare ``pool``'s work queue as the pool's workers do. Raises QueueMismatch."""
+    _declare(connection, pool, pool.queue, work_queue_arguments(pool, version))
 
 
 def _declare(connection, pool, queue: str, arguments) -> None:
@@ -140,9 +174,23 @@ def _declare(connection, pool, queue: str, arguments) -> None:
     except pika.exceptions.ChannelClosedByBroker as exc:
         if exc.reply_code != 406:
             raise
+        kept = kept_consumer_timeout(exc.reply_text)
+        if kept is not None and (arguments or {}).get("x-consumer-timeout") != kept:
+            log.info("Queue %r has the consumer timeout an older broker or wqd gave it (x-consumer-timeout %d ms), "
+                     "which RabbitMQ 4.3 compares on a redeclare: declared with it (a quorum pool's consumers "
+                     "give their own timeout).", queue, kept)
+            return _declare(connection, pool, queue, {**(arguments or {}), "x-consumer-timeout": kept})
         reply = telling_reply(connection, pool, queue, exc.reply_text)
         raise QueueMismatch(describe_mismatch(pool, queue, reply)) from None
     channel.close()
+
+
+def kept_consumer_timeout(reply_text: str) -> Optional[int]:
+    """The x-consumer-timeout an existing quorum queue has, from a RabbitMQ
+    4.3 redeclare refusal that names it ("inequivalent arg
+    'x-consumer-timeout' ... current is the value '120000' ..."), else None."""
+    found = re.search(r"inequivalent arg 'x-consumer-timeout'.* current is (?:the value )?'(\d+)'", reply_text)
+    return int(found.group(1)) if found else None
 
 
 def telling_reply(connection, pool, queue: str, reply_text: str) -> str:

@@ -148,7 +148,7 @@ class Router:
                 return None
             log.error("Could not republish task %s (%s); returning it to the queue.",
                       message.message_id or "(no id)", exc)
-            self._channel.basic_nack(task.delivery_tag, requeue=True)
+            self._channel.basic_reject(task.delivery_tag, requeue=True)  # counts toward a quorum delivery limit on 4.3 (a nack does not)
             return Outcome.FAILED
         if self._finished:  # its redelivery must not make a second copy
             self._finished(message.properties)
@@ -156,9 +156,11 @@ class Router:
         return outcome
 
     def _retry_held(self, task: Task) -> None:
-        """A timer's callback: try a refused republish again."""
-        self.held.discard(task)
-        self._settle_again(task)
+        """A timer's callback: try a refused republish again, unless the task was
+        forgotten with its channel meanwhile."""
+        if task in self.held:
+            self.held.discard(task)
+            self._settle_again(task)
 
     def _reopen_publish_channel(self) -> None:
         """A channel that a quorum queue nacked during a leader election may go

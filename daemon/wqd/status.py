@@ -23,6 +23,7 @@ def gather_status(config) -> dict:
     master_pools = {pool["name"]: pool for pool in (master or {}).get("pools", [])}
     connection, index = amqp.connect_any(config.broker, name="wqd status")
     server = amqp.describe_server(connection)
+    notes = amqp.server_notes(amqp.server_version(connection)[1])
     try:
         pools = []
         for pool in config.pools:
@@ -54,6 +55,8 @@ def gather_status(config) -> dict:
         # The product and version of the node that answered, e.g. "RabbitMQ 4.0.5".
         "broker_server": server,
         "broker_answered": redact_url(config.broker.urls[index]),
+        # What of that version changes wqd's promises (amqp.server_notes), e.g. Khepri on 4.3.
+        "broker_notes": notes,
         # running: True (it answered), False (nothing listens), None (unknown: see "problem").
         "master": {"running": True if master else (False if master_problem == _NOTHING_LISTENS else None),
                    "pid": master and master["pid"], "ready": bool(master and master["ready"]),
@@ -123,7 +126,8 @@ def format_status(status: dict) -> str:
         head = "wqd is not running (nothing listens on metrics.listen); broker view only"
     else:
         head = f"wqd master: unknown, {master['problem']}; broker view only"
-    lines = [head, f"broker {status['broker']} ({status['broker_server']} at {status['broker_answered']})", ""]
+    lines = [head, f"broker {status['broker']} ({status['broker_server']} at {status['broker_answered']})"]
+    lines += [f"  {status['broker_server']}: {note}" for note in status["broker_notes"]] + [""]
     lines.append(f"{'POOL':<14}{'QUEUE':<24}{'READY':>7}{'BUSY':>6}{'CONSUMERS':>11}"
                  f"{'WORKERS':>9}{'DONE':>8}{'FAILED':>8}{'DEAD':>6}")
     for pool in status["pools"]:

@@ -44,7 +44,7 @@ used as HOME for the node and for rabbitmqctl)::
 
 Another RabbitMQ version: with ``WQD_TEST_RABBITMQ_ROOT=DIR`` in the
 environment, nodes and rabbitmqctl run the RabbitMQ of the Debian root file
-system DIR (made by scripts/rabbitmq-rootfs.sh; ``make test-rabbitmq4``), in a
+system DIR (made by scripts/rabbitmq-rootfs.sh; ``make test-rabbitmq4``, ``make test-rabbitmq43``), in a
 chroot, each process in a mount namespace of its own (``unshare --mount``)
 where /proc, /dev and the node's directories are bind-mounted into DIR at the
 same paths as on the host, on a private /tmp: the mounts exist only while that

@@ -239,7 +239,28 @@ def test_a_quorum_task_outliving_the_consumer_timeout_runs_once_and_the_worker_g
         if queues.queue_types_own_consumer_timeout(version):
             cancelled = [line for line in logs.splitlines() if "The broker cancelled the consumer on" in line]
             assert len(cancelled) == 1 and "'q-unlimited'" in cancelled[0], logs
-            assert "outlived its consumer_timeout" not in logs, logs
+            # the channel replaced, not the connection; the handler's success counted as one
+            assert "outlived its consumer_timeout" not in logs and "Broker connection lost" not in logs, logs
+            assert wqd.metric("wqd_tasks_total", pool="unlimited", outcome="succeeded") == 1
+            assert (wqd.metric("wqd_tasks_total", pool="unlimited", outcome="failed") or 0) == 0
         assert "Traceback" not in logs
     finally:
         node.stop()
+
+
+def test_a_quorum_queue_with_another_consumer_timeout_is_adopted_on_every_version(broker, queue_name, make_wqd):
+    """The queue as an older wqd or broker made it (its x-consumer-timeout from
+    another time_limit). RabbitMQ 4.3 compares the argument on a redeclare:
+    wqd redeclares with the value the queue has, says so once, and consumes."""
+    pool_config = config.parse(f"pools: [{{name: p, queue: '{queue_name}', handler: 'm:f', queue_type: quorum, "
+                               f"time_limit: 10}}]\n", "wqd.yaml").pools[0]
+    arguments = {**queues.work_queue_arguments(pool_config), "x-consumer-timeout": 999_000}
+    broker.declare_queue(queue_name, arguments=arguments)
+    wqd = make_wqd([pool(queue_name, workers=1, queue_type="quorum", time_limit=10)]).start()
+    broker.publish(queue_name, task_body("adopted").encode(), declare=False, message_id="m-adopted")
+    wait_for(lambda: wqd.ended_ids() == ["adopted"], 30, message=lambda: f"the task ran:\n{wqd.logs()}")
+    adopted = [line for line in wqd.logs().splitlines() if "x-consumer-timeout 999000 ms" in line]
+    with broker.connection() as connection:
+        compared = queues.queue_types_own_consumer_timeout(amqp.server_version(connection)[1])
+    assert len(adopted) == (1 if compared else 0), wqd.logs()
+    assert "Configuration error" not in wqd.logs()

@@ -88,7 +88,9 @@ class Master:
     # -- start and main loop --
 
     def run(self) -> None:
-        """Run until stopped; raises errors.ConfigError when every pool had a configuration error."""
+        """Run until stopped; raises errors.ConfigError when every pool had a
+        configuration error, or the state file is not a regular file."""
+        self._load_finished()  # first: a state file that is not a regular file stops the start here
         setproctitle(f"wqd: master -c {self.config.path}")
         self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self._wakeup_w)
@@ -104,7 +106,6 @@ class Master:
             log.info("Serving metrics on http://%s/metrics.", self.http.address)
         log.info("wqd master started (pid %d) with %s; pools: %s.", self.pid, self.config.path,
                  ", ".join(f"{p.config.name}={p.desired}" for p in self.pools))
-        self._load_finished()
         while True:
             self._manage()
             if self.stopping and not self.workers:

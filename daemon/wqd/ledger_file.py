@@ -63,7 +63,7 @@ def special_file(path: str) -> Optional[str]:
 def _kind(mode: int) -> Optional[str]:
     if stat.S_ISREG(mode):
         return None
-    return next((name for is_kind, name in _SPECIAL_FILES if is_kind(mode)), "not a regular file")
+    return next((name for is_kind, name in _SPECIAL_FILES if is_kind(mode)), "a special file")
 
 
 def _open(path: str):

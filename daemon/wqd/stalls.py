@@ -71,9 +71,10 @@ class StallWatch:
             silent = self._clock - self._moved[proc.pid][1]
             self._mark(proc, silent >= UNRESPONSIVE_AFTER, silent)
             if silent >= self.kill_after and proc.stall():
+                key = proc.message_key  # None when idle
                 log.warning("Worker %s (pid %d) has not run for %.0f s (stopped, or a C call that holds the "
                             "GIL); killing it%s.", proc.name, proc.pid, silent,
-                            f" (task {proc.message_key} goes back to the queue)" if proc.busy_since else "")
+                            f" (task {key} goes back to the queue)" if key else "")
                 doomed.append(proc)
         return doomed
 

@@ -33,6 +33,7 @@ def task(message: wqd.Message) -> None:
     spec = message.json()
     _record("start", message, id=spec.get("id"))
     time.sleep(spec.get("sleep", 0))
+    _spin(spec.get("spin", 0))
     action = spec.get("action")
     if action == "fail":
         raise RuntimeError(f"task {spec.get('id')} failed on purpose")
@@ -43,6 +44,13 @@ def task(message: wqd.Message) -> None:
     if action == "grow":
         _hoard.append(bytearray(spec["mib"] * 1024 * 1024))
     _record("end", message, id=spec.get("id"))
+
+
+def _spin(seconds: float) -> None:
+    """Run Python for ``seconds``: a handler that computes (it gives up the GIL every 5 ms)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        sum(range(1000))
 
 
 def exit_on_first_delivery(message: wqd.Message) -> None:

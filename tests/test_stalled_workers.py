@@ -1,9 +1,11 @@
 """Stalled workers, from outside: a real `wqd run`, a real broker, real
 signals. A worker that stops running (SIGSTOP, a C call that holds the GIL)
 is shown stalled and not ready, then killed and replaced, and the task it
-held runs on its replacement; a worker in a long sleeping handler is left alone.
+held runs on its replacement; a worker in a long handler that sleeps or runs
+Python is left alone.
 The bounds themselves are tested in process in tests/test_stalls.py."""
 
+import json
 import os
 import signal
 import time
@@ -88,10 +90,14 @@ def test_a_worker_that_stops_running_is_shown_stalled_then_replaced_and_its_task
     assert wqd.stop() == 0
 
 
-def test_a_worker_in_a_long_sleeping_handler_is_not_stalled(broker, queue_name, make_wqd):
+@pytest.mark.parametrize("spec", [
+    {"sleep": KILL_AFTER + 5},  # past the kill: the main thread stamps while the handler sleeps
+    {"spin": UNRESPONSIVE_AFTER + 5},  # past the mark: the GIL changes hands every 5 ms
+])
+def test_a_worker_in_a_long_handler_that_sleeps_or_runs_python_is_not_stalled(broker, queue_name, make_wqd, spec):
     wqd = make_wqd([pool(queue_name, workers=1)], heartbeat=HEARTBEAT).start()
     (worker,) = wqd.worker_pids(consuming_only=True)
-    broker.publish(queue_name, f'{{"id": "long", "sleep": {KILL_AFTER + 5}}}'.encode())
+    broker.publish(queue_name, json.dumps({"id": "long", **spec}).encode())
     states = set()
 
     def ended() -> bool:

@@ -6,6 +6,7 @@ with pid and time), so a test can see which worker ran what, when, and how
 often. O_APPEND writes of one short line are atomic across processes.
 """
 
+import ctypes
 import json
 import os
 import signal
@@ -32,6 +33,7 @@ def task(message: wqd.Message) -> None:
     spec = message.json()
     _record("start", message, id=spec.get("id"))
     time.sleep(spec.get("sleep", 0))
+    _spin(spec.get("spin", 0))
     action = spec.get("action")
     if action == "fail":
         raise RuntimeError(f"task {spec.get('id')} failed on purpose")
@@ -42,6 +44,13 @@ def task(message: wqd.Message) -> None:
     if action == "grow":
         _hoard.append(bytearray(spec["mib"] * 1024 * 1024))
     _record("end", message, id=spec.get("id"))
+
+
+def _spin(seconds: float) -> None:
+    """Run Python for ``seconds``: a handler that computes (it gives up the GIL every 5 ms)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        sum(range(1000))
 
 
 def exit_on_first_delivery(message: wqd.Message) -> None:
@@ -113,3 +122,19 @@ def settle_and_die(message: wqd.Message) -> None:
     if spec.get("fail") and message.attempt == 1:
         raise RuntimeError("failed on purpose on the first attempt")
     _record("end", message, id=spec["id"])
+
+
+# -- stalled workers (tests/test_stalled_workers.py) --
+
+
+def hang_on_first_delivery(message: wqd.Message) -> None:
+    """On a first delivery, hangs for an hour: the body "gil" in a C call that
+    holds the GIL (libc's sleep through ctypes.PyDLL), any other body in
+    time.sleep (the test SIGSTOPs the worker meanwhile). A redelivery runs at once."""
+    _record("start", message, id=message.text)
+    if not message.redelivered:
+        if message.body == b"gil":
+            ctypes.PyDLL(None).sleep(3600)
+        else:
+            time.sleep(3600)
+    _record("end", message, id=message.text)

@@ -14,7 +14,7 @@ FAST_RETRY = {"initial": 0.5, "max": 5, "factor": 2}
 
 def restart_counts(wqd) -> dict:
     return {reason: wqd.metric("wqd_worker_restarts_total", pool="default", reason=reason)
-            for reason in ("crashed", "killed", "time_limit", "recycled")}
+            for reason in ("crashed", "killed", "time_limit", "stalled", "recycled")}
 
 
 def _dead_letters(broker, queue):
@@ -151,7 +151,7 @@ def test_wrong_credentials_are_reported_clearly_and_retried(broker, queue_name, 
     assert "Wr0ngPass" not in logs and "Traceback" not in logs
     assert wqd.proc.poll() is None and wqd.http("/readyz")[0] == 503
     assert wqd.all_worker_pids() == first, "the worker retries; it is not respawned"
-    assert restart_counts(wqd) == {"crashed": 0, "killed": 0, "time_limit": 0, "recycled": 0}
+    assert restart_counts(wqd) == {"crashed": 0, "killed": 0, "time_limit": 0, "stalled": 0, "recycled": 0}
 
 
 def test_recycling_by_task_count(broker, queue_name, make_wqd):
@@ -187,7 +187,7 @@ def test_a_deleted_queue_is_redeclared_and_consumption_resumes(broker, queue_nam
     wait_for(lambda: "The broker cancelled the consumer on" in wqd.logs(), 30, message="the cancel seen and logged")
     wait_queue(broker, queue_name, 30, "queue re-declared and consumed again", consumers=1)
     assert wqd.worker_pids() == [worker], "the consumer restarted inside its worker"
-    assert restart_counts(wqd) == {"crashed": 0, "killed": 0, "time_limit": 0, "recycled": 0}
+    assert restart_counts(wqd) == {"crashed": 0, "killed": 0, "time_limit": 0, "stalled": 0, "recycled": 0}
     broker.publish_many(queue_name, [task_body(f"again-{n}") for n in range(5)], declare=False)
     wait_for(lambda: len(wqd.ended_ids()) == 5, 30, message="processed after re-declare")
     assert sorted(wqd.ended_ids()) == [f"again-{n}" for n in range(5)], "each ran exactly once"

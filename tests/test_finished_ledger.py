@@ -5,6 +5,8 @@ import ctypes
 import logging
 import os
 import random
+import socket
+import threading
 
 import pika
 import pytest
@@ -218,6 +220,59 @@ def test_the_deduplication_keys_refuse_what_cannot_work(text, error, monkeypatch
     with pytest.raises(config.ConfigError) as raised:
         _config(text, {}, monkeypatch)
     assert error in str(raised.value)
+
+
+def _special_files(tmp_path) -> dict:
+    """A path of each kind the state file must not be -> the words that name it."""
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "directory").mkdir()
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(tmp_path / "socket"))
+    listener.close()  # the socket file stays
+    os.symlink(tmp_path / "fifo", tmp_path / "link-to-fifo")
+    return {str(tmp_path / "fifo"): "a FIFO (named pipe)", str(tmp_path / "directory"): "a directory",
+            str(tmp_path / "socket"): "a socket", "/dev/zero": "a character device",
+            str(tmp_path / "link-to-fifo"): "a FIFO (named pipe)"}
+
+
+def test_a_state_file_that_is_not_a_regular_file_is_refused_by_the_config(tmp_path, monkeypatch):
+    for path, kind in _special_files(tmp_path).items():
+        with pytest.raises(config.ConfigError) as raised:
+            _config(f"deduplication: {{state_file: {path}}}", {}, monkeypatch)
+        assert str(raised.value) == (f"wqd.yaml:2: deduplication.state_file: expected a regular file or a path "
+                                     f"where none exists yet, not {kind}, got {path!r}")
+    (tmp_path / "regular").write_bytes(b"")
+    os.symlink(tmp_path / "regular", tmp_path / "link-to-regular")
+    for path in ("regular", "link-to-regular", "not-yet", "dangling-link"):
+        if path == "dangling-link":
+            os.symlink(tmp_path / "gone", tmp_path / path)
+        text = f"deduplication: {{state_file: {tmp_path / path}}}"
+        assert _config(text, {}, monkeypatch).deduplication.state_file == str(tmp_path / path)
+
+
+def test_reading_a_state_file_that_is_not_a_regular_file_never_waits_and_is_a_configuration_error(tmp_path):
+    """What $STATE_DIRECTORY's default (which the config does not check) or a
+    file swapped after the check meets at start: opening a FIFO with no writer
+    for reading would wait for one."""
+    for path, kind in _special_files(tmp_path).items():
+        raised = []
+
+        def load(path=path):
+            try:
+                ledger_file.load(CompactLedger(capacity=10), path)
+            except ledger_file.NotARegularFile as exc:
+                raised.append(exc)
+
+        reader = threading.Thread(target=load, daemon=True)
+        reader.start()
+        reader.join(10)
+        if reader.is_alive():  # let the blocked open go, and fail
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        assert not reader.is_alive(), f"reading {path} blocked"
+        assert [str(exc) for exc in raised] == [
+            f"deduplication.state_file: {path} is {kind}, not a regular file. wqd reads its ledger of finished "
+            f"messages from that file at start and replaces it at stop: remove what is there, or name another path."]
+        assert isinstance(raised[0], config.ConfigError)
 
 
 def test_deduplicate_is_a_boolean(monkeypatch):

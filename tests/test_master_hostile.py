@@ -1,6 +1,7 @@
 """The master against hostile or careless input: a reload that is slow or
-costly to load never stalls supervision, and a worker's exit is reported
-for what it was (never "Perhaps out of memory?" when wqd or the handler ended it)."""
+costly to load never stalls supervision, a state file that is not a regular
+file never blocks its start, and a worker's exit is reported for what it was
+(never "Perhaps out of memory?" when wqd or the handler ended it)."""
 
 import os
 import re
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.daemon import http_get, pool, task_body, wait_gone
+from tests.support.daemon import http_get, pool, run_cli, task_body, wait_gone
 from tests.support.waiting import wait_for
 from wqd.http_endpoint import CLIENT_TIMEOUT, MAX_CLIENTS
 from wqd.reloading import MAX_ERROR_CHARS, RELOAD_TIMEOUT
@@ -153,6 +154,43 @@ def test_a_reload_error_is_logged_in_one_bounded_line(broker, queue_name, make_w
     assert "pools[1].workers: expected a positive integer, got 'many'" in failed.group(1)
     assert len(failed.group(1)) == MAX_ERROR_CHARS < int(failed.group(2))
     assert wqd.http("/readyz")[0] == 200
+
+
+# --------------------------------------------------------------------------
+# the state file
+
+
+@pytest.mark.parametrize("kind, words", [("fifo", "a FIFO (named pipe)"), ("directory", "a directory")])
+@pytest.mark.parametrize("named_by", ["config", "STATE_DIRECTORY"])
+def test_a_state_file_that_is_not_a_regular_file_stops_the_start_at_once_with_exit_78(
+        queue_name, make_wqd, tmp_path, kind, words, named_by):
+    """Opening a FIFO for reading waits for a writer: a master waiting there
+    answered no /healthz and, its handlers installed, ignored SIGTERM."""
+    state_directory = tmp_path / "state"
+    state_directory.mkdir()
+    path = state_directory / "finished-ids"  # the name under $STATE_DIRECTORY, which the config does not check
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.mkdir()
+    by_environment = named_by == "STATE_DIRECTORY"
+    wqd = make_wqd([pool(queue_name, workers=1)],
+                   extra_env={"STATE_DIRECTORY": str(state_directory)} if by_environment else None)
+    if not by_environment:
+        wqd.config["deduplication"] = {"state_file": str(path)}
+        wqd.write_config()
+    started = time.monotonic()
+    wqd.start(wait_ready=False)
+    assert wqd.wait_exit(15) == 78
+    print(f"{kind} named by {named_by}: exit 78 after {time.monotonic() - started:.2f} s")
+    expected = (f"deduplication.state_file: {path} is {words}, not a regular file" if by_environment else
+                f"deduplication.state_file: expected a regular file or a path where none exists yet, not {words}, "
+                f"got '{path}'")
+    assert expected in _stderr(wqd), wqd.logs()
+    assert "Traceback" not in _stderr(wqd) and not wqd.all_worker_pids()
+    if not by_environment:
+        checked = run_cli("check", "-c", str(wqd.config_path), env=wqd.env, timeout=15)
+        assert checked.returncode == 78 and expected in checked.stderr, checked
 
 
 # --------------------------------------------------------------------------

@@ -54,7 +54,7 @@ def outcome_counts(wqd) -> dict:
 def restart_counts(wqd) -> dict:
     samples = wqd.metrics()
     return {reason: samples.get(("wqd_worker_restarts_total", frozenset({"pool": "default", "reason": reason}.items())))
-            for reason in ("crashed", "killed", "time_limit", "recycled")}
+            for reason in ("crashed", "killed", "time_limit", "stalled", "recycled")}
 
 
 # --------------------------------------------------------------------------
@@ -107,7 +107,7 @@ def test_a_worker_killed_during_a_task_counts_failed_killed_and_a_redelivery(bro
     wait_for(lambda: wqd.ended_ids() == ["victim"], 30, message="redelivered and done on another worker")
     wait_for(lambda: tasks(wqd, "succeeded") == 1, 10, message="success counted")
     assert outcome_counts(wqd) == {"succeeded": 1, "retried": 0, "dead_lettered": 0, "failed": 1}
-    assert restart_counts(wqd) == {"crashed": 0, "killed": 1, "time_limit": 0, "recycled": 0}
+    assert restart_counts(wqd) == {"crashed": 0, "killed": 1, "time_limit": 0, "stalled": 0, "recycled": 0}
     assert wqd.metric("wqd_messages_redelivered_total", pool="default") == 1
     # Only the attempt that finished has a duration; the killed one has none.
     assert wqd.metric("wqd_task_duration_seconds_count", pool="default") == 1
@@ -197,7 +197,7 @@ def test_50_worker_kills_leave_the_master_bounded_and_counters_monotonic(broker,
              and wqd.metric("wqd_workers", pool="default") == workers, 30, message="all slots refilled")
     restarts.append(wqd.metric("wqd_worker_restarts_total", pool="default", reason="killed"))
     assert restarts == sorted(restarts), f"the restart counter went down: {restarts}"
-    assert restart_counts(wqd) == {"crashed": 0, "killed": kills, "time_limit": 0, "recycled": 0}
+    assert restart_counts(wqd) == {"crashed": 0, "killed": kills, "time_limit": 0, "stalled": 0, "recycled": 0}
     assert outcome_counts(wqd) == {"succeeded": 0, "retried": 0, "dead_lettered": 0, "failed": 0}, \
         "idle workers had no task to fail"
     assert not set(wqd.worker_pids()) & killed
@@ -238,7 +238,7 @@ def test_broker_connected_and_readyz_follow_a_broker_kill_and_restart(broker, qu
     wait_for(lambda: wqd.metric("wqd_broker_connected", pool="default") == 2, 60, message="reconnected")
     wait_for(lambda: wqd.http("/readyz")[0] == 200, 30, message="ready again")
     assert wqd.metric("wqd_ready") == 1
-    assert restart_counts(wqd) == {"crashed": 0, "killed": 0, "time_limit": 0, "recycled": 0}
+    assert restart_counts(wqd) == {"crashed": 0, "killed": 0, "time_limit": 0, "stalled": 0, "recycled": 0}
 
 
 def test_a_slow_http_client_cannot_stall_the_master(broker, queue_name, make_wqd):

@@ -69,7 +69,7 @@ def test_tstp_quiets_every_worker_after_its_task_and_cont_resumes(broker, queue_
     assert wqd.metric("wqd_quiet") == 0 and wqd.metric("wqd_ready") == 1
     assert wqd.metric("wqd_messages_redelivered_total", pool="default") == 0
     assert set(wqd.metric("wqd_worker_restarts_total", pool="default", reason=reason)
-               for reason in ("crashed", "killed", "time_limit", "recycled")) == {0}
+               for reason in ("crashed", "killed", "time_limit", "stalled", "recycled")) == {0}
     assert wqd.stop() == 0
 
 
@@ -161,7 +161,7 @@ def test_a_backlog_grows_the_pool_to_max_and_idle_workers_retire_down_to_min(bro
     assert _gauge(wqd, "wqd_pool_saturation") == 0
     assert "idle for 3 s; retiring it" in wqd.logs()
     assert set(wqd.metric("wqd_worker_restarts_total", pool="default", reason=reason)
-               for reason in ("crashed", "killed", "time_limit", "recycled")) == {0}
+               for reason in ("crashed", "killed", "time_limit", "stalled", "recycled")) == {0}
     assert wqd.metric("wqd_tasks_total", pool="default", outcome="succeeded") == 200
     assert wqd.stop() == 0
 

@@ -19,7 +19,7 @@ def _worker(wqd, name):
 
 def _restart_counts(wqd) -> dict:
     return {reason: wqd.metric("wqd_worker_restarts_total", pool="default", reason=reason)
-            for reason in ("crashed", "killed", "time_limit", "recycled")}
+            for reason in ("crashed", "killed", "time_limit", "stalled", "recycled")}
 
 
 def test_hup_below_a_busy_slot_retires_its_worker_after_its_task(broker, queue_name, make_wqd):
@@ -51,7 +51,7 @@ def test_hup_below_a_busy_slot_retires_its_worker_after_its_task(broker, queue_n
     wait_for(_consuming(wqd, 1), 15, message="1 worker left")
     assert wqd.worker_pids() == [keeper]
     assert wqd.metric("wqd_messages_redelivered_total", pool="default") == 0
-    assert _restart_counts(wqd) == {"crashed": 0, "killed": 0, "time_limit": 0, "recycled": 0}
+    assert _restart_counts(wqd) == {"crashed": 0, "killed": 0, "time_limit": 0, "stalled": 0, "recycled": 0}
     wait_queue(broker, queue_name, 10, "acked", messages_ready=0, messages_unacknowledged=0, consumers=1)
     assert wqd.stop() == 0
 

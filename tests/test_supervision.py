@@ -15,6 +15,7 @@ from wqd.supervision import (
     KILLED,
     RECYCLED,
     RESPAWN_BACKOFF_MAX,
+    STALLED,
     TIME_LIMIT,
     Connection,
     Pool,
@@ -61,6 +62,8 @@ def killed_by(signum: int) -> int:
     (killed_by(signal.SIGKILL), State.RECYCLING, False, KILLED),
     (killed_by(signal.SIGKILL), State.TIMED_OUT, True, TIME_LIMIT),
     (exited(0), State.TIMED_OUT, False, TIME_LIMIT),  # finished just before the SIGKILL landed
+    (killed_by(signal.SIGKILL), State.STALLED, True, STALLED),
+    (killed_by(signal.SIGKILL), State.STALLED, False, STALLED),  # not the OOM killer's: wqd's
     (exited(0), State.RETIRING, False, None),
     (exited(1), State.RETIRING, True, None),
     (killed_by(signal.SIGKILL), State.RETIRING, True, None),  # past its stop deadline (a stop's graceful_timeout)
@@ -83,6 +86,7 @@ UNASKED = (": wqd did not ask it to stop (a SIGTERM from elsewhere, an operator'
     (killed_by(signal.SIGKILL), State.RUNNING, False, "", True),
     (exited(0), State.RECYCLING, False, "", False),
     (killed_by(signal.SIGKILL), State.TIMED_OUT, True, "", False),
+    (killed_by(signal.SIGKILL), State.STALLED, False, "", False),
     (killed_by(signal.SIGKILL), State.RETIRING, True, "; it was stopping, so it is not replaced", False),
     (exited(0), State.RETIRING, False, "; it was stopping, so it is not replaced", False),
 ])
@@ -132,6 +136,22 @@ def test_a_worker_over_its_time_limit_is_killed_once():
     assert proc.over_time_limit()
     assert proc.state is State.TIMED_OUT
     assert not proc.over_time_limit(), "SIGKILLed once"
+
+
+def test_a_stalled_worker_is_killed_once_and_not_again_over_its_time_limit():
+    proc = worker()
+    assert proc.stall()
+    assert proc.state is State.STALLED
+    assert not proc.stall() and not proc.over_time_limit(), "SIGKILLed once"
+    assert proc.state is State.STALLED
+
+
+def test_a_worker_killed_over_its_time_limit_or_retiring_is_not_killed_as_stalled():
+    timed_out, retiring = worker(), worker()
+    timed_out.over_time_limit()
+    retiring.retire(kill_at=10.0)
+    assert not timed_out.stall() and timed_out.state is State.TIMED_OUT
+    assert not retiring.stall() and retiring.state is State.RETIRING, "killed at its deadline, not replaced"
 
 
 def test_a_retiring_worker_is_killed_once_at_its_deadline_and_stays_retiring():

@@ -18,7 +18,7 @@ from urllib.parse import quote, urlsplit
 import pika
 import yaml
 
-from wqd import queues
+from wqd import ledger_file, queues
 from wqd.errors import ConfigError  # noqa: F401  (raised here; callers catch it from here too)
 from wqd.http_endpoint import parse_listen
 
@@ -152,13 +152,17 @@ def boolean(value: Any) -> bool:
 
 
 def state_file_path(value: Any) -> str:
-    """An absolute path in a directory that exists now: a wrong path fails
-    `wqd check`, not the write at the next stop."""
+    """An absolute path in a directory that exists now, of a regular file or
+    of nothing yet: a wrong path fails `wqd check`, not the write at the next
+    stop (or the read at start: a FIFO would block it, ledger_file.py)."""
     value = non_empty_str(value)
     if "\0" in value or not os.path.isabs(value):
         raise ValueError("expected an absolute path")
     if not os.path.isdir(os.path.dirname(value)):
         raise ValueError("expected a path in an existing directory")
+    special = ledger_file.special_file(value)
+    if special is not None:
+        raise ValueError(f"expected a regular file or a path where none exists yet, not {special}")
     return value
 
 

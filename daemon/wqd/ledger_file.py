@@ -10,13 +10,23 @@ one. Reading is bounded (at most the entries the file says it holds, and no
 more than MAX_ENTRIES); a file that is unreadable, truncated, of another
 version or corrupt is reported in one warning and the ledger starts empty:
 a bad file costs duplicates, never a crash loop.
+
+The path must name a regular file (or nothing yet). Anything else is a
+configuration error (exit 78), found by the config's check and again when the
+file is opened, without blocking: opening a FIFO for reading waits for a
+writer, and a master waiting there before its loop starts would serve no
+/healthz and act on no SIGTERM.
 """
 
 import hashlib
 import logging
 import os
+import stat
 import struct
 import tempfile
+from typing import Optional
+
+from wqd.errors import ConfigError
 
 log = logging.getLogger("wqd.master")
 
@@ -30,6 +40,53 @@ MAX_ENTRIES = 50_000_000  # the largest capacity the configuration accepts
 
 class BadFile(Exception):
     pass
+
+
+class NotARegularFile(ConfigError):
+    pass
+
+
+_SPECIAL_FILES = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                  (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def special_file(path: str) -> Optional[str]:
+    """What ``path`` names when it is there and not a regular file ("a FIFO
+    (named pipe)", ...), following symbolic links; None otherwise (a regular
+    file, nothing, or what cannot be looked at: reading it says why)."""
+    try:
+        return _kind(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return None
+
+
+def _kind(mode: int) -> Optional[str]:
+    if stat.S_ISREG(mode):
+        return None
+    return next((name for is_kind, name in _SPECIAL_FILES if is_kind(mode)), "a special file")
+
+
+def _open(path: str):
+    """``path`` opened for reading without waiting for anyone; NotARegularFile
+    when it is not a regular file."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        _refuse(path, special_file(path))  # a socket cannot be opened at all
+        raise
+    try:
+        _refuse(path, _kind(os.fstat(descriptor).st_mode))
+    except NotARegularFile:
+        os.close(descriptor)
+        raise
+    return os.fdopen(descriptor, "rb")
+
+
+def _refuse(path: str, kind: Optional[str]) -> None:
+    if kind is not None:
+        raise NotARegularFile(f"deduplication.state_file: {path} is {kind}, not a regular file. wqd reads its "
+                              f"ledger of finished messages from that file at start and replaces it at stop: "
+                              f"remove what is there, or name another path.")
 
 
 def save(ledger, path: str) -> int:
@@ -59,8 +116,9 @@ def save(ledger, path: str) -> int:
 
 def read(path: str):
     """The entries of the file at ``path``, oldest first; FileNotFoundError
-    when there is none; BadFile or OSError when it cannot be used."""
-    with open(path, "rb") as stream:
+    when there is none; BadFile or OSError when it cannot be used;
+    NotARegularFile when it must not be used."""
+    with _open(path) as stream:
         header = stream.read(_HEADER.size)
         if len(header) < _HEADER.size:
             raise BadFile(f"it is shorter ({len(header)} bytes) than the header")
@@ -82,7 +140,8 @@ def read(path: str):
 
 
 def load(ledger, path: str) -> None:
-    """Fill the empty ledger from ``path``; log what happened, raise nothing."""
+    """Fill the empty ledger from ``path``; log what happened, raise only
+    NotARegularFile (a configuration error)."""
     try:
         entries = read(path)
     except FileNotFoundError:

@@ -21,6 +21,7 @@ from wqd.http_endpoint import HTTPEndpoint
 from wqd.metrics import Metrics
 from wqd.queue_monitor import QueueMonitor
 from wqd.quiet import QuietSwitch
+from wqd.stalls import StallWatch, kill_after
 from wqd.supervision import (
     EARLY_DEATH_SECONDS,
     RECYCLED,
@@ -65,6 +66,7 @@ class Master:
         self.stopping = False
         self.fast_stop = False
         self.quiet = QuietSwitch()  # TSTP turns it on, CONT off; every worker reads it
+        self.stalls = StallWatch(config.broker.heartbeat)  # workers that stopped running
         self.autoscaled_at = 0.0  # monotonic time of the autoscaler's last look
         self.config_error = None  # why every pool failed: run() raises it once stopped
         self.was_ready = False
@@ -86,7 +88,9 @@ class Master:
     # -- start and main loop --
 
     def run(self) -> None:
-        """Run until stopped; raises errors.ConfigError when every pool had a configuration error."""
+        """Run until stopped; raises errors.ConfigError when every pool had a
+        configuration error, or the state file is not a regular file."""
+        self._load_finished()  # first: a state file that is not a regular file stops the start here
         setproctitle(f"wqd: master -c {self.config.path}")
         self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self._wakeup_w)
@@ -102,7 +106,6 @@ class Master:
             log.info("Serving metrics on http://%s/metrics.", self.http.address)
         log.info("wqd master started (pid %d) with %s; pools: %s.", self.pid, self.config.path,
                  ", ".join(f"{p.config.name}={p.desired}" for p in self.pools))
-        self._load_finished()
         while True:
             self._manage()
             if self.stopping and not self.workers:
@@ -185,6 +188,8 @@ class Master:
         if self.stopping:
             return
         self._enforce_time_limits(now)
+        for proc in self.stalls.look(now, self.workers.values()):
+            self._kill(proc, signal.SIGKILL)
         self._autoscale(now)
         self._keep_worker_count(now)
         self.queue_monitor.tick(now, self._close_master_fds)
@@ -314,6 +319,7 @@ class Master:
         self.pools = pools
         self.config = new_config
         self.queue_monitor.configure(new_config.broker, new_config.pools)
+        self.stalls.kill_after = kill_after(new_config.broker.heartbeat)
         self.was_ready = False  # READY=1 again once every pool consumes
         log.info("Reloaded %s; pools: %s.", self.config.path,
                  ", ".join(f"{p.config.name}={p.desired}" for p in self.pools))
@@ -524,10 +530,10 @@ class Master:
             "min": pool.config.workers.min,
             "max": pool.config.workers.max,
             "workers": len(procs),
-            "consuming": sum(p.connection is Connection.CONSUMING for p in procs),
+            "consuming": sum(p.seen_connection is Connection.CONSUMING for p in procs),
             "busy": busy,
             "saturation": busy / len(procs) if procs else 0.0,
-            "connected": sum(p.connection in (Connection.CONNECTED, Connection.CONSUMING) for p in procs),
+            "connected": sum(p.seen_connection in (Connection.CONNECTED, Connection.CONSUMING) for p in procs),
             "failed": pool.failed,
         }
 
@@ -538,7 +544,7 @@ class Master:
     def _workers_up(self) -> bool:
         """Every pool has a worker consuming, or connected while quiet: READY=1 for systemd."""
         up = (Connection.CONNECTED, Connection.CONSUMING) if self.quiet.on else (Connection.CONSUMING,)
-        return all(any(p.pool is pool and p.connection in up for p in self.workers.values())
+        return all(any(p.pool is pool and p.seen_connection in up for p in self.workers.values())
                    for pool in self.pools) and not self.stopping
 
     def _live_records(self):
@@ -613,8 +619,12 @@ class Master:
 
 def _worker_status(proc: WorkerProcess, now: float, quiet: bool) -> dict:
     busy_since = proc.busy_since
-    # Connected and not consuming while wqd is quiet: quiet, not about to consume.
-    state = "quiet" if quiet and proc.connection is Connection.CONNECTED else proc.connection.value
+    if proc.stalled:  # not run for a while (stalls.py), whatever it last reported
+        state = "stalled"
+    elif quiet and proc.connection is Connection.CONNECTED:  # consuming nothing while quiet, not about to
+        state = "quiet"
+    else:
+        state = proc.connection.value
     return {"pid": proc.pid, "name": proc.name, "state": state, "busy": busy_since is not None,
             "task_age": round(now - busy_since, 3) if busy_since else None,
             "stopping": proc.retiring}

@@ -14,7 +14,7 @@ from prometheus_client.utils import floatToGoString
 
 from wqd.task_stats import DURATION_BUCKETS, Outcome
 
-RESTART_REASONS = ("crashed", "killed", "time_limit", "recycled")
+RESTART_REASONS = ("crashed", "killed", "time_limit", "stalled", "recycled")
 # The *_created series double every counter and no dashboard of ours reads them.
 prometheus_client.disable_created_metrics()
 

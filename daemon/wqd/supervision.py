@@ -27,6 +27,7 @@ RESPAWN_BACKOFF_MAX = 60.0
 CRASHED = "crashed"        # exited with an error, or during a task, or killed by a signal other than SIGKILL
 KILLED = "killed"          # ended from outside wqd: SIGKILL (an operator, the OOM killer), or a clean exit unasked
 TIME_LIMIT = "time_limit"  # the master SIGKILLed it: its task ran longer than time_limit
+STALLED = "stalled"        # the master SIGKILLed it: it had stopped running (stalls.py)
 RECYCLED = "recycled"      # exited 0 after max_tasks_per_child or max_memory_per_child
 
 
@@ -36,6 +37,7 @@ class State(enum.Enum):
     RUNNING = "running"      # working (or trying to reach the broker): replaced if it exits
     RECYCLING = "recycling"  # said it exits after its task (max_tasks/max_memory): replaced
     TIMED_OUT = "timed_out"  # SIGKILLed by the master over its time_limit: replaced
+    STALLED = "stalled"      # SIGKILLed by the master: it had stopped running (stalls.py): replaced
     RETIRING = "retiring"    # asked to stop (TERM, or QUIT in a fast stop): not replaced
 
 
@@ -103,6 +105,8 @@ def classify_exit(status: int, state: State, busy: bool) -> Optional[str]:
         return None
     if state is State.TIMED_OUT:
         return TIME_LIMIT
+    if state is State.STALLED:
+        return STALLED
     if busy:
         # Not SIGKILLed from outside, it ended during a task, however cleanly
         # (a handler's os._exit(0)): a worker asked to stop finishes its task first.
@@ -207,6 +211,7 @@ class WorkerProcess:
         self.state = State.RUNNING
         self.connection = Connection.STARTING
         self.kill_at = None  # RETIRING: when it gets SIGKILL; None once it got it
+        self.stalled = False  # it has not run for a while (stalls.py): its connection is not vouched for
         self.activity = Activity(started_at)  # busy or idle, for the autoscaler
 
     @property
@@ -226,6 +231,12 @@ class WorkerProcess:
     def retiring(self) -> bool:
         return self.state is State.RETIRING
 
+    @property
+    def seen_connection(self) -> Optional[Connection]:
+        """Its connection as the master can count it: None while it is stalled
+        (the broker has dropped it, or will)."""
+        return None if self.stalled else self.connection
+
     def reported(self, event: str) -> None:
         """A connection event from the worker (reporting.CONNECTED, ...)."""
         # STARTING/CONNECTED/CONSUMING/DISCONNECTED -> CONNECTED/CONSUMING/DISCONNECTED, in any State
@@ -239,7 +250,7 @@ class WorkerProcess:
 
     def retire(self, kill_at: float) -> None:
         """The master asked it to stop (the caller signals it); it is not replaced."""
-        # RUNNING/RECYCLING/TIMED_OUT -> RETIRING; RETIRING -> RETIRING with a new deadline (a fast stop)
+        # RUNNING/RECYCLING/TIMED_OUT/STALLED -> RETIRING; RETIRING -> RETIRING with a new deadline (a fast stop)
         self.state = State.RETIRING
         self.kill_at = kill_at
 
@@ -253,12 +264,20 @@ class WorkerProcess:
     def over_time_limit(self) -> bool:
         """Its task ran past time_limit; True when the master must SIGKILL it now
         (False when it already did)."""
-        if self.state is State.TIMED_OUT:
-            return False
+        if self.state in (State.TIMED_OUT, State.STALLED):
+            return False  # SIGKILLed already
         if self.state is State.RETIRING:
             if self.kill_at is None:
                 return False
             self.kill_at = None  # RETIRING -> RETIRING, SIGKILLed: still not replaced
             return True
         self.state = State.TIMED_OUT  # RUNNING/RECYCLING -> TIMED_OUT
+        return True
+
+    def stall(self) -> bool:
+        """It stopped running; True when the master must SIGKILL it now (False
+        when it already did, or will at its stop deadline)."""
+        if self.state not in (State.RUNNING, State.RECYCLING):
+            return False  # TIMED_OUT or STALLED: killed already; RETIRING: killed at kill_at
+        self.state = State.STALLED  # RUNNING/RECYCLING -> STALLED
         return True

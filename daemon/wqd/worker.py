@@ -4,7 +4,9 @@ Threads: the main thread waits for signals (they are blocked in every thread
 and taken with sigtimedwait, so no Python signal handler ever runs in the
 middle of pika code); the consumer thread runs the Consumer: the connection
 and the handlers; the keeper thread serves the connection while a handler runs
-long; a thread reads the master's pipe. TERM makes the consumer stop
+long; a thread reads the master's pipe. The main thread also stamps the
+record at every turn of its wait, so the master sees that the process still
+runs (stalls.py). TERM makes the consumer stop
 gracefully; QUIT exits at once; TSTP and CONT (quiet and resume, from the
 master) make it look at the master's quiet switch.
 """
@@ -29,7 +31,8 @@ from wqd.worker_record import WorkerRecord
 
 log = logging.getLogger("wqd.worker")
 
-# How often the main thread checks that the master is still its parent.
+# How often the main thread checks that the master is still its parent, and
+# at least how often it stamps its record as alive (stalls.py counts on it).
 PARENT_CHECK_INTERVAL = 1.0
 # The consumer thread sends this to the main thread when it is done, ending the wait at once.
 IO_THREAD_DONE = signal.SIGUSR1
@@ -62,6 +65,7 @@ class WorkerContext:
 def run(context: WorkerContext) -> int:
     """Run the worker; return its exit code (the caller os._exit()s with it)."""
     name = context.name
+    context.record.stamp_alive()  # from here on the master watches for stalls
     setproctitle(f"wqd: worker {name}")
     logs.set_process_name(f"worker {name}")
     # children.fork() reset the master's signal handlers and asked for SIGTERM
@@ -90,6 +94,7 @@ def run(context: WorkerContext) -> int:
     consumer_thread.start()
     orphaned_at = None  # monotonic time the master was found gone
     while consumer_thread.is_alive():
+        context.record.stamp_alive()
         signum = signal.sigtimedwait(WAITED_SIGNALS, PARENT_CHECK_INTERVAL)
         signo = signum.si_signo if signum else None
         consumer.set_quiet(context.quiet.on)  # TSTP and CONT only wake this wait: the switch says which

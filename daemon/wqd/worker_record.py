@@ -13,6 +13,11 @@ generation (one aligned 8-byte store), so a writer stopped or killed
 mid-write leaves the last published copy intact. The reader copies the
 current one and checks that the generation has not moved meanwhile (when it
 has, the writer may be overwriting that copy, and the reader reads again).
+
+Beside the copies, one word the worker's main thread stamps at least once a
+second whatever its other threads do (stamp_alive): the master watches it move
+to tell a worker that stopped running from one that is busy (stalls.py). A
+single aligned 8-byte store, like the generation, so it needs neither copy.
 """
 
 import array
@@ -25,6 +30,7 @@ from wqd.task_stats import DURATION_BUCKETS, Outcome
 
 KEY_BYTES = 256  # an AMQP message_id is a shortstr: at most 255 bytes
 _GENERATION = struct.Struct("Q")  # native: one aligned 8-byte load or store
+_ALIVE = struct.Struct("Q")  # the same, for the alive stamp
 # A copy: unsigned 64-bit numbers, then the message key's bytes. The numbers:
 # busy since (monotonic ns; 0 when idle), settling since (the same, once a
 # handler that ended near its time_limit left its task to be settled), key
@@ -41,6 +47,8 @@ _COPY_SIZE = _NUMBERS_SIZE + KEY_BYTES
 _READ_ATTEMPTS = 100_000
 # Where the copy of an even and of an odd generation starts.
 _COPY_OFFSETS = (_GENERATION.size, _GENERATION.size + _COPY_SIZE)
+# The alive stamp, after the copies (8-byte aligned: a copy is whole 8-byte words).
+_ALIVE_OFFSET = _GENERATION.size + 2 * _COPY_SIZE
 # Seconds a worker has to ack, retry or dead-letter a task once its handler
 # ended within time_limit, before the master kills it as it would a hung
 # handler: a publish a broker alarm blocks ends at 30 s (amqp.BLOCKED_CONNECTION_TIMEOUT).
@@ -73,7 +81,7 @@ class Snapshot:
 
 class WorkerRecord:
     def __init__(self):
-        self._map = mmap.mmap(-1, _GENERATION.size + 2 * _COPY_SIZE)  # anonymous: shared across a fork
+        self._map = mmap.mmap(-1, _ALIVE_OFFSET + _ALIVE.size)  # anonymous: shared across a fork
         self._generation = 0
         self._numbers = array.array("Q", bytes(_NUMBERS_SIZE))  # copied as they are: no packing
         self._key = b""
@@ -108,6 +116,11 @@ class WorkerRecord:
         """When the running task started (monotonic ns, as read() gives it in s); 0 when idle."""
         return self._numbers[_BUSY_SINCE]
 
+    def stamp_alive(self) -> None:
+        """The worker's main thread, at least once a second: it still runs Python.
+        Written by that thread alone, outside the copies the task's thread writes."""
+        _ALIVE.pack_into(self._map, _ALIVE_OFFSET, time.monotonic_ns())
+
     def redelivered(self) -> None:
         self._numbers[_REDELIVERED] += 1
         self._publish()
@@ -140,6 +153,10 @@ class WorkerRecord:
         outcomes = dict(zip(Outcome, numbers[_FIRST_OUTCOME:_FIRST_BUCKET]))
         return Snapshot(busy_since, settling_since, key, outcomes, numbers[_REDELIVERED], numbers[_DURATION_SUM] / 1e9,
                         numbers[_FIRST_BUCKET:])
+
+    def alive_stamp(self) -> int:
+        """The worker's last stamp_alive (monotonic ns); 0 before its first."""
+        return _ALIVE.unpack_from(self._map, _ALIVE_OFFSET)[0]
 
     def close(self) -> None:
         self._map.close()

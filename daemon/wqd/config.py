@@ -24,6 +24,9 @@ from wqd.http_endpoint import parse_listen
 
 DEFAULT_CONFIG_PATH = "/etc/wqd/wqd.yaml"
 DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672/%2F"
+# The environment variables that hold a broker password. The commands exec
+# handlers run never see them (exec_handler.inherited_environment).
+SECRET_VARIABLES = ("WQD_BROKER_URL",)
 
 # Limits on the file, so that loading it (at check, start and reload) takes
 # bounded time and memory whatever it holds: its size, the size of the

@@ -32,7 +32,7 @@ import stat
 import time
 from typing import Callable, Optional
 
-from wqd.config import ExecHandler, PoolConfig
+from wqd.config import SECRET_VARIABLES, ExecHandler, PoolConfig
 from wqd.errors import ConfigError
 from wqd.message import Message, Reject
 
@@ -106,8 +106,15 @@ def kill_deadline(started: float, time_limit: Optional[float]) -> Optional[float
 # -- what the command is told about the message --
 
 
+def inherited_environment() -> dict:
+    """wqd's environment less its secrets (config.SECRET_VARIABLES): a command
+    works on what publishers sent, and what that makes it do must not be done
+    with the broker's password."""
+    return {name: value for name, value in os.environ.items() if name not in SECRET_VARIABLES}
+
+
 def environment(message: Message) -> dict:
-    """The WQD_* variables a one-shot command gets besides wqd's environment,
+    """The WQD_* variables a one-shot command gets besides inherited_environment(),
     and TRACEPARENT/TRACESTATE, the message's trace context (with tracing on,
     the task's span) as OpenTelemetry hands one to a process."""
     return {
@@ -437,7 +444,7 @@ class OneShot:
         started = time.monotonic()
         output = TaskOutput(_task_id(message))
         try:
-            command = Command(self.program, self.argv, {**os.environ, **environment(message)})
+            command = Command(self.program, self.argv, {**inherited_environment(), **environment(message)})
         except OSError as exc:
             raise CommandFailed(f"cannot start {self.program}: {exc.strerror or exc}") from None
         ended = "exited"
@@ -506,7 +513,7 @@ class Persistent:
         if self._command is not None:
             code = self._stop(output.feed)
             log.warning("The persistent command %s %s between tasks; starting it again.", self.program, _died(code))
-        env = {**os.environ, "WQD_QUEUE": message.queue, "WQD_POOL": message.pool, "WQD_WORKER": message.worker}
+        env = {**inherited_environment(), "WQD_QUEUE": message.queue, "WQD_POOL": message.pool, "WQD_WORKER": message.worker}
         try:
             self._command = Command(self.program, self.argv, env)
         except OSError as exc:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A persistent exec handler for tests/test_exec_handlers.py: one JSON request
 per line on stdin, one JSON answer per line on stdout. The body is an action
-("ok", "error", "reject", "die", "hang", "noise"); every request is recorded
+("ok", "error", "reject", "die", "hang", "noise", "env"); every request is recorded
 in $WQD_TEST_RECORD with this process's pid."""
 
 import base64
@@ -43,6 +43,9 @@ for line in sys.stdin:
         child = subprocess.Popen(["sleep", "600"])
         record("child", request, child=child.pid)
         time.sleep(600)
+    if action == "env":  # its environment, as the lines `env` prints
+        with open(os.path.join(os.path.dirname(os.environ["WQD_TEST_RECORD"]), "env-" + request["message_id"]), "w") as dump:
+            dump.writelines(f"{name}={value}\n" for name, value in os.environ.items())
     if action == "noise":
         print("a line of output on stdout", flush=True)
         for number in range(int(argument or 10)):

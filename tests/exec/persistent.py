@@ -83,7 +83,8 @@ for line in sys.stdin:
         record("child", request, child=child.pid)
         time.sleep(600)
     if action == "env":  # its environment, as the lines `env` prints
-        with open(os.path.join(os.path.dirname(os.environ["WQD_TEST_RECORD"]), "env-" + request["message_id"]), "w") as dump:
+        dump_path = os.path.join(os.path.dirname(os.environ["WQD_TEST_RECORD"]), "env-" + request["message_id"])
+        with open(dump_path, "w") as dump:
             dump.writelines(f"{name}={value}\n" for name, value in os.environ.items())
     if action == "noise":
         print("a line of output on stdout", flush=True)

@@ -279,9 +279,9 @@ def test_a_reload_turns_a_pool_into_an_exec_pool(broker, queue_name, make_wqd):
 
 def test_no_command_sees_the_broker_password(broker, queue_name, make_wqd):
     """$WQD_BROKER_URL, the README's way to give wqd its password, reaches
-    neither a one-shot nor a persistent command (each dumps its environment):
-    a command works on what publishers sent, and must not hold the broker's
-    credentials."""
+    neither a one-shot nor a persistent command (each dumps its environment),
+    nor does $WQD_BROKER_PASSWORD: a command works on what publishers sent,
+    and must not hold the broker's credentials."""
     user, password = f"exec-{queue_name[-8:]}", "S3CRET-in-wqd-environment-only"
     broker.ctl("add_user", user, password)
     queues = [queue_name, queue_name + ".persistent"]
@@ -293,14 +293,14 @@ def test_no_command_sees_the_broker_password(broker, queue_name, make_wqd):
                         pool(queues[1], name="persistent", handler={"exec": [PERSISTENT_PY], "persistent": True},
                              workers=1)],
                        broker_url=broker.url.replace("guest:guest", f"{user}:wrong"),
-                       extra_env={"WQD_BROKER_URL": url}).start()
+                       extra_env={"WQD_BROKER_URL": url, "WQD_BROKER_PASSWORD": password}).start()
         for queue in queues:
             broker.publish(queue, b"env", declare=False, message_id=f"m-env-{queue}")
         for queue in queues:
             wait_for(lambda: runs(wqd, f"m-env-{queue}", "end"), 30, message=lambda: f"{queue}'s command ran")
             dumped = (wqd.workdir / f"env-m-env-{queue}").read_text()
             assert f"WQD_TEST_RECORD={wqd.record}\n" in dumped, "the dump is the command's environment"
-            assert "WQD_BROKER_URL" not in dumped and password not in dumped, dumped
+            assert "WQD_BROKER" not in dumped and password not in dumped, dumped
     finally:
         for queue in (queues[1], queues[1] + ".dead"):
             broker.delete_queue(queue)

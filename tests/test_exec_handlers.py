@@ -368,7 +368,7 @@ def test_a_persistent_command_that_breaks_the_protocol_fails_the_task_it_answere
     answer from a new command."""
     wqd = make_wqd([pool(queue_name, handler={"exec": [PERSISTENT_PY], "persistent": True}, workers=1,
                          max_retries=1, retry_delay=FAST_RETRY)]).start()
-    broken = ["twice", "wrong-id", "no-id", "garbage", "long"]
+    broken = ["twice", "wrong-id", "no-id", "garbage", "deep", "long"]
     for action in broken:
         broker.publish(queue_name, action.encode(), declare=False, message_id=f"m-{action}")
         broker.publish(queue_name, b"ok", declare=False, message_id=f"m-after-{action}")
@@ -384,6 +384,7 @@ def test_a_persistent_command_that_breaks_the_protocol_fails_the_task_it_answere
                          ("no-id", rf"an answer does not echo its request's id \({request_id}\): "
                                    rf"'{{\"status\": \"ok\"}}'"),
                          ("garbage", r"a stdout line that starts with '\{' \(an answer\) is not a JSON object: "),
+                         ("deep", r"a stdout line that starts with '\{' \(an answer\) is not a JSON object: "),
                          ("long", r"an answer is longer than 65536 bytes: '\{\"id\": .*'\.\.\.")]:
         assert re.fullmatch(rf"the persistent command broke the protocol: {what}.*; it was killed, and a new one "
                             rf"starts for the next task", reasons[action]), (action, reasons[action])

@@ -608,7 +608,7 @@ def _answer(line: bytes, request_id: str) -> dict:
         raise ValueError(f"an answer is longer than {ANSWER_LIMIT} bytes: {_quoted(line)}")
     try:
         answer = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
         answer = None
     if not isinstance(answer, dict):
         raise ValueError(f"a stdout line that starts with '{{' (an answer) is not a JSON object: {_quoted(line)}")

@@ -3,7 +3,7 @@
 per line on stdin, one JSON answer per line on stdout, echoing the request's
 id. The body is an action ("ok", "error", "reject", "die", "hang", "noise",
 "env", or one that breaks the protocol: "twice", "error-then-ok",
-"wrong-id", "no-id", "garbage", "long"); every request is recorded in
+"wrong-id", "no-id", "garbage", "deep", "long"); every request is recorded in
 $WQD_TEST_RECORD with this process's pid."""
 
 import array
@@ -49,6 +49,7 @@ BROKEN = {
     "wrong-id": lambda request: json.dumps({"id": request["id"][::-1], "status": "ok"}) + "\n",
     "no-id": lambda request: json.dumps({"status": "ok"}) + "\n",
     "garbage": lambda request: '{"id": "' + request["id"] + '", "status": "ok"\n',
+    "deep": lambda request: '{"id": "' + request["id"] + '", "status": "ok", "reason": ' + "[" * 50000 + "\n",
     "long": lambda request: json.dumps({"id": request["id"], "status": "ok", "reason": "x" * 70000}) + "\n",
 }
 

@@ -380,7 +380,7 @@ def test_a_persistent_command_that_breaks_the_protocol_fails_the_task_it_answere
     assert {headers["x-wqd-exception"] for headers, _ in dead.values()} == {"ProtocolViolation"}
     request_id = r"'[0-9a-f]{16}'"
     for action, what in [("twice", rf"it answered request {request_id} a second time: '\{{\"id\""),
-                         ("wrong-id", rf"an answer is for another request than this task's \({request_id}\): "),
+                         ("wrong-id", rf"an answer does not echo its request's id \({request_id}\): '\{{\"id\""),
                          ("no-id", rf"an answer does not echo its request's id \({request_id}\): "
                                    rf"'{{\"status\": \"ok\"}}'"),
                          ("garbage", r"a stdout line that starts with '\{' \(an answer\) is not a JSON object: "),

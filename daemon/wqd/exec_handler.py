@@ -612,10 +612,8 @@ def _answer(line: bytes, request_id: str) -> dict:
         answer = None
     if not isinstance(answer, dict):
         raise ValueError(f"a stdout line that starts with '{{' (an answer) is not a JSON object: {_quoted(line)}")
-    if "id" not in answer:
+    if answer.get("id") != request_id:  # none (the protocol before ids), or another request's
         raise ValueError(f"an answer does not echo its request's id ({request_id!r}): {_quoted(line)}")
-    if answer["id"] != request_id:
-        raise ValueError(f"an answer is for another request than this task's ({request_id!r}): {_quoted(line)}")
     if answer.get("status") not in ("ok", "reject", "error"):
         raise ValueError(f"an answer's status is not ok, reject or error: {_quoted(line)}")
     return answer

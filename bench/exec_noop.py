@@ -1,7 +1,8 @@
-"""A persistent exec handler that does nothing: one {"status": "ok"} per request line."""
+"""A persistent exec handler that does nothing: one {"id": ..., "status": "ok"} per request line."""
 
+import json
 import sys
 
-for _request in sys.stdin:
-    sys.stdout.write('{"status": "ok"}\n')
+for line in sys.stdin:
+    sys.stdout.write(json.dumps({"id": json.loads(line)["id"], "status": "ok"}) + "\n")
     sys.stdout.flush()

@@ -9,7 +9,7 @@ wqd's cost per task for each kind:
 - exec:       {exec: [/bin/true]}, one process per message;
 - exec-sh:    {exec: [/bin/sh, -c, "cat > /dev/null"]}, a shell that reads the body;
 - persistent: {exec: [python, bench/exec_noop.py], persistent: true}, one
-              process per worker answering {"status": "ok"} per line.
+              process per worker answering {"id": ..., "status": "ok"} per line.
 
 Prints figures (no targets asserted; a shared machine makes them noisy):
 

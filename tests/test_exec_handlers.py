@@ -6,6 +6,7 @@ examples in shell and Node, and `wqd check` on a command that cannot run."""
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 from pathlib import Path
@@ -83,11 +84,12 @@ def _message(body: bytes, **properties) -> Message:
 
 
 def test_a_request_carries_text_as_text_and_other_bytes_as_base64():
-    text = json.loads(exec_handler.request(_message("été".encode(), message_id="m", headers={"raw": b"\xff"})))
-    assert text == {"message_id": "m", "attempt": 2, "redelivered": True, "queue": "q", "pool": "p",
+    text = json.loads(exec_handler.request(_message("été".encode(), message_id="m", headers={"raw": b"\xff"}),
+                                           "r-1"))
+    assert text == {"id": "r-1", "message_id": "m", "attempt": 2, "redelivered": True, "queue": "q", "pool": "p",
                     "worker": "p[1]", "content_type": None, "headers": {"raw": {"base64": "/w=="}},
                     "encoding": "utf-8", "body": "été"}
-    binary = json.loads(exec_handler.request(_message(b"\xff\x00")))
+    binary = json.loads(exec_handler.request(_message(b"\xff\x00"), "r-2"))
     assert (binary["encoding"], binary["body"]) == ("base64", "/wA=")
     environment = exec_handler.environment(_message(b"", headers={"n": 1, "s": b"text"}))
     assert environment["WQD_REDELIVERED"] == "1" and environment["WQD_ATTEMPT"] == "2"
@@ -275,6 +277,36 @@ def test_a_reload_turns_a_pool_into_an_exec_pool(broker, queue_name, make_wqd):
     wait_for(lambda: runs(wqd, "m-reloaded", "end"), 30, message=lambda: f"the command ran\n{wqd.logs()}")
 
 
+def test_no_command_sees_the_broker_password(broker, queue_name, make_wqd):
+    """$WQD_BROKER_URL, the README's way to give wqd its password, reaches
+    neither a one-shot nor a persistent command (each dumps its environment),
+    nor does $WQD_BROKER_PASSWORD: a command works on what publishers sent,
+    and must not hold the broker's credentials."""
+    user, password = f"exec-{queue_name[-8:]}", "S3CRET-in-wqd-environment-only"
+    broker.ctl("add_user", user, password)
+    queues = [queue_name, queue_name + ".persistent"]
+    try:
+        broker.ctl("set_permissions", "-p", "/", user, ".*", ".*", ".*")
+        url = broker.url.replace("guest:guest", f"{user}:{password}")
+        # The file's URL cannot log in: wqd works only because it has the environment's.
+        wqd = make_wqd([pool(queues[0], name="one-shot", handler={"exec": [TASK_SH]}, workers=1),
+                        pool(queues[1], name="persistent", handler={"exec": [PERSISTENT_PY], "persistent": True},
+                             workers=1)],
+                       broker_url=broker.url.replace("guest:guest", f"{user}:wrong"),
+                       extra_env={"WQD_BROKER_URL": url, "WQD_BROKER_PASSWORD": password}).start()
+        for queue in queues:
+            broker.publish(queue, b"env", declare=False, message_id=f"m-env-{queue}")
+        for queue in queues:
+            wait_for(lambda: runs(wqd, f"m-env-{queue}", "end"), 30, message=lambda: f"{queue}'s command ran")
+            dumped = (wqd.workdir / f"env-m-env-{queue}").read_text()
+            assert f"WQD_TEST_RECORD={wqd.record}\n" in dumped, "the dump is the command's environment"
+            assert "WQD_BROKER" not in dumped and password not in dumped, dumped
+    finally:
+        for queue in (queues[1], queues[1] + ".dead"):
+            broker.delete_queue(queue)
+        broker.ctl("delete_user", user)
+
+
 # -- one process per worker --
 
 
@@ -326,6 +358,70 @@ def test_a_persistent_command_that_dies_or_hangs_is_started_again(broker, queue_
     assert pids[0] != pids[1] == pids[2] != pids[3], pids
     wait_gone(pids[2], 10)
     assert wqd.metric("wqd_worker_restarts_total", pool="default", reason="time_limit") == 0
+
+
+def test_a_persistent_command_that_breaks_the_protocol_fails_the_task_it_answered(broker, queue_name, make_wqd):
+    """Two answers to one request, an answer for another request or without
+    the request's id, a line that starts like an answer and is not one, an
+    answer too long: each fails its task (retried, then dead-lettered,
+    never acked) and the command is killed; the task after it gets its own
+    answer from a new command."""
+    wqd = make_wqd([pool(queue_name, handler={"exec": [PERSISTENT_PY], "persistent": True}, workers=1,
+                         max_retries=1, retry_delay=FAST_RETRY)]).start()
+    broken = ["twice", "wrong-id", "no-id", "garbage", "deep", "long"]
+    for action in broken:
+        broker.publish(queue_name, action.encode(), declare=False, message_id=f"m-{action}")
+        broker.publish(queue_name, b"ok", declare=False, message_id=f"m-after-{action}")
+    wait_queue(broker, queue_name + ".dead", 60, "every broken answer's task dead-lettered",
+               messages_ready=len(broken))
+    dead = dead_letters(broker, queue_name)
+    assert sorted(dead) == sorted(f"m-{action}" for action in broken)
+    reasons = {message_id.removeprefix("m-"): headers["x-wqd-error"] for message_id, (headers, _) in dead.items()}
+    assert {headers["x-wqd-exception"] for headers, _ in dead.values()} == {"ProtocolViolation"}
+    request_id = r"'[0-9a-f]{16}'"
+    for action, what in [("twice", rf"it answered request {request_id} a second time: '\{{\"id\""),
+                         ("wrong-id", rf"an answer does not echo its request's id \({request_id}\): '\{{\"id\""),
+                         ("no-id", rf"an answer does not echo its request's id \({request_id}\): "
+                                   rf"'{{\"status\": \"ok\"}}'"),
+                         ("garbage", r"a stdout line that starts with '\{' \(an answer\) is not a JSON object: "),
+                         ("deep", r"a stdout line that starts with '\{' \(an answer\) is not a JSON object: "),
+                         ("long", r"an answer is longer than 65536 bytes: '\{\"id\": .*'\.\.\.")]:
+        assert re.fullmatch(rf"the persistent command broke the protocol: {what}.*; it was killed, and a new one "
+                            rf"starts for the next task", reasons[action]), (action, reasons[action])
+        attempts = runs(wqd, f"m-{action}")
+        assert [run["attempt"] for run in attempts] == [1, 2]
+        for run in attempts:
+            wait_gone(run["pid"], 10)
+        (after,) = runs(wqd, f"m-after-{action}", "end")
+        assert after["attempt"] == 1 and after["pid"] != attempts[0]["pid"]
+    wait_for(lambda: wqd.metric("wqd_tasks_total", pool="default", outcome="succeeded") == len(broken), 30,
+             message="each task after a broken one acked")
+    assert wqd.metric("wqd_worker_restarts_total", pool="default", reason="crashed") == 0
+
+
+def test_an_answer_too_many_is_never_taken_for_the_next_tasks(broker, queue_name, make_wqd):
+    """The command answers error, then, in a write of its own, ok: the task
+    fails, and the extra ok is credited to no other task (issue 24: it was
+    taken as the next one's answer, and every answer after it was off by
+    one). Found before the next request is sent, it costs the next task
+    nothing: that task runs on a new command."""
+    wqd = make_wqd([pool(queue_name, handler={"exec": [PERSISTENT_PY], "persistent": True}, workers=1,
+                         max_retries=0)]).start()
+    broker.publish(queue_name, b"error-then-ok", declare=False, message_id="m-extra")
+    wait_for(lambda: runs(wqd, "m-extra", "extra"), 30, message="the extra answer written")
+    assert runs(wqd, "m-extra", "read")[0]["read"], "wqd read the first answer before the extra one was written"
+    broker.publish(queue_name, b"error", declare=False, message_id="m-error")
+    broker.publish(queue_name, b"ok", declare=False, message_id="m-ok")
+    wait_queue(broker, queue_name + ".dead", 60, "both failing tasks dead-lettered", messages_ready=2)
+    dead = dead_letters(broker, queue_name)
+    assert dead["m-extra"][0]["x-wqd-error"] == "the first answer"
+    assert dead["m-error"][0]["x-wqd-error"] == "task m-error failed on purpose"
+    wait_for(lambda: wqd.metric("wqd_tasks_total", pool="default", outcome="succeeded") == 1, 30,
+             message="the ok task acked")
+    assert "The persistent command %s broke the protocol after it answered its last task: it answered request" \
+        % PERSISTENT_PY in wqd.logs()
+    assert runs(wqd, "m-extra")[0]["pid"] != runs(wqd, "m-error")[0]["pid"] == runs(wqd, "m-ok")[0]["pid"]
+    assert [run["attempt"] for run in runs(wqd, "m-ok", "end")] == [1]
 
 
 # -- the examples, in shell and Node --

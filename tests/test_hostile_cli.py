@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from tests.support.broker import BrokerNode
-from tests.support.daemon import WQD, pool, run_cli, wqd_env
+from tests.support.daemon import WQD, pool, run_cli, url_option, wqd_env
 from tests.support.waiting import wait_for
 from wqd import amqp
 
@@ -86,7 +86,9 @@ def test_a_password_with_any_characters_connects_and_is_never_shown(broker, queu
         result = run_cli("publish", "-c", str(config), "two", env=env)
         assert result.returncode == 0, result.stderr
         del env["WQD_BROKER_URL"]
-        result = run_cli("publish", "--url", f"{url},{url}", "--queue", queue_name, "three", env=env)
+        without_password, password_env = url_option(url)
+        result = run_cli("publish", "--url", f"{without_password},{without_password}", "--queue", queue_name,
+                         "three", env={**env, **password_env})
         assert result.returncode == 0, result.stderr
         assert broker.get_all(queue_name) == [b"one", b"two", b"three"]
         wrong = url.replace("a/b@c", "A/B@C")
@@ -138,8 +140,9 @@ def test_a_metrics_listen_that_cannot_be_bound_fails_check_too(tmp_path, command
 
 def test_a_stdin_line_that_is_not_utf8_stops_publish_there(broker, queue_name, tmp_path):
     """Lines before it are sent (and confirmed), it and the lines after it are not: exit 65."""
-    result = subprocess.run([WQD, "publish", "--url", broker.url, "--queue", queue_name],
-                            input=b"one\ntwo\nth\xffree\nfour\n", capture_output=True, env=wqd_env(tmp_path / "r"))
+    url, password = url_option(broker.url)
+    result = subprocess.run([WQD, "publish", "--url", url, "--queue", queue_name], input=b"one\ntwo\nth\xffree\nfour\n",
+                            capture_output=True, env=wqd_env(tmp_path / "r", password))
     result.stdout, result.stderr = result.stdout.decode(), result.stderr.decode()
     error = _one_paragraph(result, EX_DATAERR)
     assert result.stdout.splitlines() == [" [x] Sent 'one'", " [x] Sent 'two'"]
@@ -154,8 +157,9 @@ def test_a_message_above_the_brokers_default_limit_is_refused_before_it_is_sent(
     major = int(broker.ctl("version").strip().split(".")[0])
     limit = (16 if major >= 4 else 128) * 1024 * 1024
     lines = b"first\n" + b"x" * (limit + 1) + b"\nlast\n"
-    result = subprocess.run([WQD, "publish", "--url", broker.url, "--queue", queue_name], input=lines,
-                            capture_output=True, env=wqd_env(tmp_path / "r"), timeout=120)
+    url, password = url_option(broker.url)
+    result = subprocess.run([WQD, "publish", "--url", url, "--queue", queue_name], input=lines,
+                            capture_output=True, env=wqd_env(tmp_path / "r", password), timeout=120)
     result.stdout, result.stderr = result.stdout.decode(), result.stderr.decode()
     error = _one_paragraph(result, EX_DATAERR)
     assert f"stdin line 2 is larger than the broker takes: RabbitMQ {major}." in error
@@ -177,8 +181,9 @@ def test_a_message_above_a_configured_limit_is_named_with_that_limit(small_messa
     """The broker does not announce a lower max_message_size; its refusal names it."""
     node = small_message_broker
     bodies = ["small", "x" * (2 * 1024 * 1024), "after"]
-    result = run_cli("publish", "--url", node.url, "--queue", "limited", "-",
-                     input="\n".join(bodies) + "\n", env=wqd_env(tmp_path / "r"))
+    url, password = url_option(node.url)
+    result = run_cli("publish", "--url", url, "--queue", "limited", "-",
+                     input="\n".join(bodies) + "\n", env=wqd_env(tmp_path / "r", password))
     error = _one_paragraph(result, EX_DATAERR)
     assert result.stdout.splitlines() == [" [x] Sent 'small'"]
     assert error == ("wqd publish: the broker refused message 2 (2097152 bytes, 'xxxxxxxxxxxxxxxxxxxxxxxxxxxx"
@@ -223,9 +228,9 @@ class ResettingProxy:
 
 def test_a_connection_reset_while_publishing_is_one_paragraph(broker, queue_name, tmp_path):
     proxy = ResettingProxy(broker.port, after=256 * 1024)
-    url = f"amqp://guest:guest@127.0.0.1:{proxy.address[1]}/%2F"
+    url, password = url_option(f"amqp://guest:guest@127.0.0.1:{proxy.address[1]}/%2F")
     result = run_cli("publish", "--url", url, "--queue", queue_name, "-", input="x" * (1024 * 1024) + "\n",
-                     env=wqd_env(tmp_path / "r"))
+                     env=wqd_env(tmp_path / "r", password))
     error = _one_paragraph(result, EX_UNAVAILABLE)
     assert error.startswith("wqd publish: while sending message 1 (1048576 bytes, 'xxx"), error
     assert f"at amqp://guest:***@127.0.0.1:{proxy.address[1]}/%2F" in error

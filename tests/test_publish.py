@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tests.support.daemon import pool, run_cli, wqd_env
+from tests.support.daemon import pool, run_cli, url_option, wqd_env
 from tests.support.waiting import wait_for
 from wqd import errors
 from wqd.config import BrokerConfig
@@ -14,8 +14,8 @@ TUTORIAL = ["First message.", "Second message..", "Third message...", "Fourth me
 
 
 def test_publish_prints_the_tutorial_lines_and_messages_are_persistent(broker, queue_name, tmp_path):
-    result = run_cli("publish", "--url", broker.url, "--queue", queue_name, *TUTORIAL,
-                     env=wqd_env(tmp_path / "r"))
+    url, password = url_option(broker.url)
+    result = run_cli("publish", "--url", url, "--queue", queue_name, *TUTORIAL, env=wqd_env(tmp_path / "r", password))
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [f" [x] Sent {m!r}" for m in TUTORIAL]
     connection = broker.connection()
@@ -41,7 +41,8 @@ def test_publish_reads_stdin_and_uses_the_config(broker, queue_name, tmp_path, m
 def test_publish_and_status_exit_69_when_the_broker_is_unreachable(tmp_path, make_wqd, free_tcp_port):
     url = f"amqp://guest:hidden@127.0.0.1:{free_tcp_port}/%2F"
     env = wqd_env(tmp_path / "r")
-    result = run_cli("publish", "--url", url, "--queue", "q", "hello", env=env)
+    without_password, password = url_option(url)
+    result = run_cli("publish", "--url", without_password, "--queue", "q", "hello", env={**env, **password})
     assert result.returncode == 69
     assert f"cannot reach the broker at amqp://guest:***@127.0.0.1:{free_tcp_port}/%2F" in result.stderr
     assert "hidden" not in result.stderr and "Traceback" not in result.stderr
@@ -72,10 +73,46 @@ def test_publish_to_a_queue_of_another_type_is_a_configuration_error(broker, que
 
 
 def test_publish_with_wrong_credentials_says_so(broker, tmp_path):
-    url = broker.url.replace("guest:guest", "guest:wrong")
-    result = run_cli("publish", "--url", url, "--queue", "q", "x", env=wqd_env(tmp_path / "r"))
+    url, password = url_option(broker.url.replace("guest:guest", "guest:wrong"))
+    result = run_cli("publish", "--url", url, "--queue", "q", "x", env=wqd_env(tmp_path / "r", password))
     assert result.returncode == 69
     assert "refused the credentials" in result.stderr and "wrong" not in result.stderr
+
+
+def test_publish_url_takes_its_password_from_the_environment_never_the_command_line(broker, queue_name, tmp_path):
+    """Every local user can read a command line (/proc/PID/cmdline): --url
+    refuses a password, sending nothing, and takes it from
+    $WQD_BROKER_PASSWORD, every character as it is."""
+    user, password = f"pub-{queue_name[-8:]}", "p@ss/w:rd%41 ,amqp:// S3CR"
+    broker.ctl("add_user", user, password)
+    try:
+        broker.ctl("set_permissions", "-p", "/", user, ".*", ".*", ".*")
+        url = f"amqp://{user}@127.0.0.1:{broker.port}/%2F"
+        env = wqd_env(tmp_path / "r")
+        result = run_cli("publish", "--url", url, "--queue", queue_name, "sent",
+                         env={**env, "WQD_BROKER_PASSWORD": password})
+        assert (result.returncode, result.stdout) == (0, " [x] Sent 'sent'\n"), result.stderr
+
+        on_the_command_line = url.replace("@", ":S3CR-typed@", 1)
+        result = run_cli("publish", "--url", on_the_command_line, "--queue", queue_name, "refused",
+                         env={**env, "WQD_BROKER_PASSWORD": password})
+        assert (result.returncode, result.stdout) == (1, "")
+        assert result.stderr == (
+            f"wqd publish: --url holds a password (amqp://{user}:***@127.0.0.1:{broker.port}/%2F), and every user "
+            f"of this machine can read a command line (ps, /proc/PID/cmdline); nothing was sent. Give the URL "
+            f"without it (amqp://USER@HOST/VHOST) and the password in $WQD_BROKER_PASSWORD, or use -c CONFIG "
+            f"(whose broker.url $WQD_BROKER_URL overrides); and change that password if others can log in here\n")
+
+        result = run_cli("publish", "--url", url, "--queue", queue_name, "no password", env=env)
+        assert (result.returncode, result.stderr) == (
+            1, "wqd publish: --url names a user, and $WQD_BROKER_PASSWORD, which gives its password, is not set\n")
+        result = run_cli("publish", "--url", url, "--queue", queue_name, "wrong",
+                         env={**env, "WQD_BROKER_PASSWORD": "S3CR-wrong"})
+        assert result.returncode == 69 and "refused the credentials" in result.stderr, result.stderr
+        assert "S3CR" not in result.stderr
+        assert broker.get_all(queue_name) == [b"sent"]
+    finally:
+        broker.ctl("delete_user", user)
 
 
 def test_status_against_a_running_daemon(broker, queue_name, make_wqd, tmp_path):
@@ -100,8 +137,9 @@ def test_publish_under_a_broker_memory_alarm_fails_after_the_blocked_timeout(bro
     """connection.blocked: publishing must end with a clear error, not hang."""
     broker.ctl("set_vm_memory_high_watermark", "0.000001")
     try:
-        result = run_cli("publish", "--url", broker.url, "--queue", queue_name, "blocked",
-                         env=wqd_env(tmp_path / "r"), timeout=90)
+        url, password = url_option(broker.url)
+        result = run_cli("publish", "--url", url, "--queue", queue_name, "blocked",
+                         env=wqd_env(tmp_path / "r", password), timeout=90)
     finally:
         broker.ctl("set_vm_memory_high_watermark", "0.4")
     assert result.returncode == 69, result.stderr

@@ -19,7 +19,7 @@ import pika
 import pytest
 
 from tests.support.broker import MISSING_RABBITMQ_MESSAGE, BrokerNode, free_port, port_open, rabbitmq_available
-from tests.support.daemon import Wqd, pool, run_cli, task_body, wqd_env
+from tests.support.daemon import Wqd, pool, run_cli, task_body, url_option, wqd_env
 from tests.support.waiting import wait_for
 from wqd import amqp
 from wqd.config import BrokerConfig, TLSConfig
@@ -149,8 +149,9 @@ def test_publish_and_run_with_the_configured_ca_and_client_certificate(tls_broke
 
 
 def test_publish_url_trusts_the_system_cas_which_ssl_cert_file_can_name(tls_broker, pki, tmp_path):
-    args = ("publish", "--url", _url(tls_broker), "--queue", "tls.url", "hello")
-    env = wqd_env(tmp_path / "r", {"SSL_CERT_FILE": str(pki / "ca.pem")})
+    url, password = url_option(_url(tls_broker))
+    args = ("publish", "--url", url, "--queue", "tls.url", "hello")
+    env = wqd_env(tmp_path / "r", {"SSL_CERT_FILE": str(pki / "ca.pem"), **password})
     published = run_cli(*args, env=env)
     assert published.returncode == 0 and " [x] Sent 'hello'" in published.stdout, published
 

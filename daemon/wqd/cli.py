@@ -80,7 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     publish = add("publish", cmd_publish, "publish persistent messages with publisher confirms; a message "
                   "that is not UTF-8 or larger than the broker takes stops the run with exit 65 (those "
                   "before it were sent, it and those after it are not)")
-    publish.add_argument("--url", help="broker URL (instead of the config's broker.url)")
+    publish.add_argument("--url", help="broker URL (instead of the config's broker.url), without its password: "
+                         "that comes from $WQD_BROKER_PASSWORD")
     publish.add_argument("--queue", help="target queue (default: the config's first pool)")
     publish.add_argument("--transient", action="store_true", help="publish non-persistent messages")
     publish.add_argument("--header", action="append", default=[], metavar="K=V", help="add a header")
@@ -173,10 +174,7 @@ def cmd_run(args) -> int:
 def cmd_publish(args) -> int:
     if args.url:
         config = None
-        try:
-            broker = config_module.BrokerConfig(urls=config_module.broker_urls(config_module.split_urls(args.url)))
-        except ValueError as exc:
-            raise errors.WqdError(f"--url: {exc}") from None
+        broker = config_module.BrokerConfig(urls=_url_option(args.url))
     else:
         config, _ = _load(args, import_handlers=False)
         broker = config.broker
@@ -211,6 +209,27 @@ def cmd_publish(args) -> int:
         if tracing is not None:
             tracing.shutdown()
     return EXIT_OK
+
+
+def _url_option(text: str) -> tuple:
+    """--url's URLs, their password from $WQD_BROKER_PASSWORD: one on the
+    command line is refused, as every local user can read it there."""
+    urls = config_module.split_urls(text)
+    variable = config_module.BROKER_PASSWORD_VARIABLE
+    if any(config_module.url_password(url) for url in urls):
+        raise errors.WqdError(
+            f"--url holds a password ({', '.join(map(config_module.redact_url, urls))}), and every user of this "
+            f"machine can read a command line (ps, /proc/PID/cmdline); nothing was sent. Give the URL without it "
+            f"(amqp://USER@HOST/VHOST) and the password in ${variable}, or use -c CONFIG (whose broker.url "
+            f"$WQD_BROKER_URL overrides); and change that password if others can log in here")
+    password = os.environ.get(variable)
+    if not password and any("@" in url for url in urls):
+        raise errors.WqdError(f"--url names a user, and ${variable}, which gives its password, is not set")
+    try:
+        return config_module.broker_urls([config_module.with_password(url, password) for url in urls]
+                                         if password else urls)
+    except ValueError as exc:
+        raise errors.WqdError(f"--url: {exc}") from None
 
 
 def cmd_status(args) -> int:

@@ -24,6 +24,11 @@ from wqd.http_endpoint import parse_listen
 
 DEFAULT_CONFIG_PATH = "/etc/wqd/wqd.yaml"
 DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672/%2F"
+# `wqd publish --url`'s password: a command line is readable by every local user.
+BROKER_PASSWORD_VARIABLE = "WQD_BROKER_PASSWORD"
+# The environment variables that hold a broker password. The commands exec
+# handlers run never see them (exec_handler.inherited_environment).
+SECRET_VARIABLES = ("WQD_BROKER_URL", BROKER_PASSWORD_VARIABLE)
 
 # Limits on the file, so that loading it (at check, start and reload) takes
 # bounded time and memory whatever it holds: its size, the size of the
@@ -775,6 +780,20 @@ def _without_secrets(text: str, data: Any) -> str:
 
 
 # -- URLs and their passwords --
+
+
+def url_password(url: str) -> Optional[str]:
+    """The password a URL holds (None or "": none)."""
+    return _split_userinfo(url)[2]
+
+
+def with_password(url: str, password: str) -> str:
+    """``url`` with ``password``, every character of it taken as it is;
+    ValueError when the URL names no user to give it to."""
+    prefix, user, _, rest = _split_userinfo(url)
+    if rest is None:
+        raise ValueError("names no user for the password: write amqp://USER@HOST/...")
+    return f"{prefix}{user}:{quote(password, safe='')}@{rest}"
 
 
 def _split_userinfo(url: str):

@@ -5,9 +5,10 @@ the message described in WQD_* environment variables, and its exit code
 decides: 0 succeeded, 65 (EX_DATAERR) rejected (dead-lettered at once), any
 other code or a signal failed (retried). Persistent (``persistent: true``):
 one long-lived process per worker, started at its first message, reads one
-JSON request per line on stdin and answers one JSON line on stdout (the
-README documents both). Either way the handler is a plain callable taking a
-wqd.Message, so the consumer runs it like any other handler.
+JSON request per line on stdin and answers each with one JSON line on stdout
+that echoes the request's id (the README documents both). Either way the
+handler is a plain callable taking a wqd.Message, so the consumer runs it
+like any other handler.
 
 A command runs in a session of its own: the worker's signals (a graceful
 stop's SIGTERM, a terminal's Ctrl-C) do not reach it, and its whole process
@@ -24,6 +25,7 @@ import decimal
 import json
 import logging
 import os
+import secrets
 import select
 import selectors
 import shutil
@@ -32,7 +34,7 @@ import stat
 import time
 from typing import Callable, Optional
 
-from wqd.config import ExecHandler, PoolConfig
+from wqd.config import SECRET_VARIABLES, ExecHandler, PoolConfig
 from wqd.errors import ConfigError
 from wqd.message import Message, Reject
 
@@ -47,7 +49,7 @@ TAIL_LINES = 5
 TAIL_LINE_LIMIT = 200
 # A reason a persistent command answers is cut to this many characters.
 REASON_LIMIT = 1000
-# A stdout line of a persistent command longer than this is not an answer.
+# A persistent command's answer (a stdout line that starts with "{") is at most this long.
 ANSWER_LIMIT = 64 * 1024
 # The command is killed this long before time_limit (at most 10% of it), so
 # that the task is settled before the master would SIGKILL the worker.
@@ -67,6 +69,11 @@ class CommandFailed(Exception):
 
 class CommandTimedOut(CommandFailed):
     """The command ran past the pool's time_limit and was killed with its process group."""
+
+
+class ProtocolViolation(CommandFailed):
+    """A persistent command wrote what is not the one answer to its request: it
+    was killed, and the task is retried (never taken for a success)."""
 
 
 def build(pool: PoolConfig) -> Callable[[Message], None]:
@@ -106,8 +113,15 @@ def kill_deadline(started: float, time_limit: Optional[float]) -> Optional[float
 # -- what the command is told about the message --
 
 
+def inherited_environment() -> dict:
+    """wqd's environment less its secrets (config.SECRET_VARIABLES): a command
+    works on what publishers sent, and what that makes it do must not be done
+    with the broker's password."""
+    return {name: value for name, value in os.environ.items() if name not in SECRET_VARIABLES}
+
+
 def environment(message: Message) -> dict:
-    """The WQD_* variables a one-shot command gets besides wqd's environment,
+    """The WQD_* variables a one-shot command gets besides inherited_environment(),
     and TRACEPARENT/TRACESTATE, the message's trace context (with tracing on,
     the task's span) as OpenTelemetry hands one to a process."""
     return {
@@ -135,15 +149,16 @@ def trace_context(headers: dict) -> dict:
     return found
 
 
-def request(message: Message) -> bytes:
-    """One line of the persistent protocol: the message as a JSON object."""
+def request(message: Message, request_id: str) -> bytes:
+    """One line of the persistent protocol: the message as a JSON object, with
+    the id its answer must echo."""
     try:
         body, encoding = message.body.decode("utf-8"), "utf-8"
     except UnicodeDecodeError:
         body, encoding = base64.b64encode(message.body).decode("ascii"), "base64"
     fields = {
-        "message_id": message.message_id, "attempt": message.attempt, "redelivered": message.redelivered,
-        "queue": message.queue, "pool": message.pool, "worker": message.worker,
+        "id": request_id, "message_id": message.message_id, "attempt": message.attempt,
+        "redelivered": message.redelivered, "queue": message.queue, "pool": message.pool, "worker": message.worker,
         "content_type": message.properties.content_type, "headers": message.headers,
         "encoding": encoding, "body": body,
     }
@@ -372,6 +387,12 @@ class Command:
             return
         on_output(self._streams[fd], data)
 
+    def read_ready(self, on_output) -> None:
+        """Pass on what the command wrote and was not read yet, without waiting."""
+        for selected, _ in self._selector.select(0):
+            if selected.fd in self._streams:
+                self._read(selected.fd, on_output)
+
     def running(self) -> bool:
         """False once the command has exited (it is not reaped here: see the class)."""
         if self.exited:
@@ -437,7 +458,7 @@ class OneShot:
         started = time.monotonic()
         output = TaskOutput(_task_id(message))
         try:
-            command = Command(self.program, self.argv, {**os.environ, **environment(message)})
+            command = Command(self.program, self.argv, {**inherited_environment(), **environment(message)})
         except OSError as exc:
             raise CommandFailed(f"cannot start {self.program}: {exc.strerror or exc}") from None
         ended = "exited"
@@ -459,8 +480,9 @@ class OneShot:
 
 class Persistent:
     """``{exec: [...], persistent: true}``: one long-lived process per worker,
-    started at its first message (after the fork) and again after it died,
-    speaking line-delimited JSON (see ``request`` and the README)."""
+    started at its first message (after the fork) and again after it died or
+    broke the protocol, speaking line-delimited JSON (see ``request``,
+    ``Reply`` and the README)."""
 
     def __init__(self, program: str, argv: tuple, time_limit: Optional[float]):
         self.program = program
@@ -469,13 +491,11 @@ class Persistent:
         self._command: Optional[Command] = None
         self._stdout = b""  # stdout read but not yet split into lines
         self._skipping = False  # in the middle of a stdout line too long to be an answer
-        self._answer: Optional[dict] = None
+        self._reply = Reply("")  # what stdout said to the last request (none yet)
 
     def __call__(self, message: Message) -> None:
         started = time.monotonic()
         output = TaskOutput(_task_id(message))
-        command = self._running(message, output)
-        self._answer = None
 
         def on_output(stream: str, data: bytes) -> None:
             if stream == "stdout":
@@ -483,30 +503,43 @@ class Persistent:
             else:
                 output.feed(stream, data)
 
+        command = self._running(message, on_output)
+        reply = self._reply = Reply(secrets.token_hex(8))
+        code = None
         try:
-            ended = command.exchange(request(message), on_output, kill_deadline(started, self.time_limit),
-                                     until=lambda: self._answer is not None)
-            if ended != "done":  # it died, or ran out of time: the next message starts another
+            ended = command.exchange(request(message, reply.request_id), on_output,
+                                     kill_deadline(started, self.time_limit), until=reply.complete)
+            if ended != "done" or reply.violation:  # the next message starts another command
                 code = self._stop(on_output)
-                if ended == "deadline":
-                    raise CommandTimedOut(
-                        f"the persistent command did not answer within the pool's time_limit "
-                        f"({self.time_limit:g} s) and was killed with its process group; a new one starts "
-                        f"for the next task{output.tail()}")
-                if self._answer is None:
-                    raise CommandFailed(f"the persistent command {_died(code)} before it answered{output.tail()}")
         finally:
             output.finish()
-        self._settle(self._answer)
+        if ended == "deadline":
+            raise CommandTimedOut(
+                f"the persistent command did not answer within the pool's time_limit ({self.time_limit:g} s) "
+                f"and was killed with its process group; a new one starts for the next task{output.tail()}")
+        if reply.violation:
+            raise ProtocolViolation(f"the persistent command broke the protocol: {reply.violation}; it was killed, "
+                                    f"and a new one starts for the next task{output.tail()}")
+        if reply.answer is None:
+            raise CommandFailed(f"the persistent command {_died(code)} before it answered{output.tail()}")
+        _settle(reply.answer)
 
-    def _running(self, message: Message, output: TaskOutput) -> Command:
-        """The command, started now if it is not running."""
-        if self._command is not None and self._command.running():
-            return self._command
+    def _running(self, message: Message, on_output) -> Command:
+        """The command, started now if it is not running, or if it wrote on
+        stdout, since its last answer, another line for the protocol."""
         if self._command is not None:
-            code = self._stop(output.feed)
-            log.warning("The persistent command %s %s between tasks; starting it again.", self.program, _died(code))
-        env = {**os.environ, "WQD_QUEUE": message.queue, "WQD_POOL": message.pool, "WQD_WORKER": message.worker}
+            self._command.read_ready(on_output)
+            if self._command.running() and not self._reply.violation:
+                return self._command
+            code = self._stop(on_output)
+            if self._reply.violation:
+                log.warning("The persistent command %s broke the protocol after it answered its last task: %s; "
+                            "starting it again.", self.program, self._reply.violation)
+            else:
+                log.warning("The persistent command %s %s between tasks; starting it again.",
+                            self.program, _died(code))
+        env = {**inherited_environment(), "WQD_QUEUE": message.queue, "WQD_POOL": message.pool,
+               "WQD_WORKER": message.worker}
         try:
             self._command = Command(self.program, self.argv, env)
         except OSError as exc:
@@ -521,42 +554,80 @@ class Persistent:
         return code
 
     def _take_stdout(self, data: bytes, output: TaskOutput) -> None:
-        """Find the answer in stdout; other lines are the command's output, logged."""
+        """Pass the lines that start with "{" to the reply: they are the
+        protocol's; other lines are the command's output, logged."""
         lines = (self._stdout + data).split(b"\n")
         rest = lines.pop()
-        for index, line in enumerate(lines):
-            if self._skipping:  # the end of a line already logged as cut
+        for line in lines:
+            if self._skipping:  # the end of a line already taken as cut
                 self._skipping = False
-                continue
-            answer = _parse_answer(line)
-            if answer is not None and self._answer is None:
-                self._answer = answer
-                rest = b"\n".join([*lines[index + 1:], rest])  # output after it belongs to the next task
-                break
-            output.line("stdout", line)
+            elif line.lstrip().startswith(b"{"):
+                self._reply.take(line)
+            else:
+                output.line("stdout", line)
         if len(rest) > ANSWER_LIMIT and not self._skipping:
-            output.line("stdout", rest)
+            if rest.lstrip().startswith(b"{"):
+                self._reply.take(rest)
+            else:
+                output.line("stdout", rest)
             self._skipping = True
         self._stdout = b"" if self._skipping else rest
 
-    def _settle(self, answer: dict) -> None:
-        status, reason = answer.get("status"), str(answer.get("reason") or "")[:REASON_LIMIT]
-        if status == "ok":
+
+class Reply:
+    """What a persistent command wrote on stdout in answer to one request: its
+    answer, or the first way it broke the protocol. An answer counts only for
+    the request whose (random) id it echoes, so that no answer can be credited
+    to another task: not an extra one, nor a message body a command prints."""
+
+    def __init__(self, request_id: str):
+        self.request_id = request_id
+        self.answer: Optional[dict] = None
+        self.violation = ""
+
+    def complete(self) -> bool:
+        return self.answer is not None or bool(self.violation)
+
+    def take(self, line: bytes) -> None:
+        """A stdout line that starts with "{"."""
+        if self.violation:
             return
-        if status == "reject":
-            raise Reject(reason or "the persistent command rejected the message")
-        if status == "error":
-            raise CommandFailed(reason or "the persistent command answered an error")
-        raise CommandFailed(f"the persistent command answered an unknown status {str(status)[:100]!r} "
-                            f"(expected ok, reject or error)")
+        if self.answer is not None:
+            self.violation = f"it answered request {self.request_id!r} a second time: {_quoted(line)}"
+            return
+        try:
+            self.answer = _answer(line, self.request_id)
+        except ValueError as exc:
+            self.violation = str(exc)
 
 
-def _parse_answer(line: bytes) -> Optional[dict]:
-    """The answer object a line holds, or None for a line that is plain output."""
-    if not line.lstrip().startswith(b"{"):
-        return None
+def _answer(line: bytes, request_id: str) -> dict:
+    """The answer ``line`` holds to request ``request_id``; ValueError saying
+    how it breaks the protocol otherwise."""
+    if len(line) > ANSWER_LIMIT:
+        raise ValueError(f"an answer is longer than {ANSWER_LIMIT} bytes: {_quoted(line)}")
     try:
         answer = json.loads(line)
-    except ValueError:
-        return None
-    return answer if isinstance(answer, dict) and "status" in answer else None
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
+        answer = None
+    if not isinstance(answer, dict):
+        raise ValueError(f"a stdout line that starts with '{{' (an answer) is not a JSON object: {_quoted(line)}")
+    if answer.get("id") != request_id:  # none (the protocol before ids), or another request's
+        raise ValueError(f"an answer does not echo its request's id ({request_id!r}): {_quoted(line)}")
+    if answer.get("status") not in ("ok", "reject", "error"):
+        raise ValueError(f"an answer's status is not ok, reject or error: {_quoted(line)}")
+    return answer
+
+
+def _quoted(line: bytes) -> str:
+    """The start of a stdout line, for a reason."""
+    text = line[:100].decode("utf-8", "replace")
+    return repr(text) + ("..." if len(line) > 100 else "")
+
+
+def _settle(answer: dict) -> None:
+    reason = str(answer.get("reason") or "")[:REASON_LIMIT]
+    if answer["status"] == "reject":
+        raise Reject(reason or "the persistent command rejected the message")
+    if answer["status"] == "error":
+        raise CommandFailed(reason or "the persistent command answered an error")

@@ -21,6 +21,7 @@ case "$1" in
     long) head -c "$2" /dev/zero | tr '\0' 'z'; echo; echo "after the long line" ;;
     sleep) sleep "$2" ;;
     tick) i=0; while [ $i -lt 300 ]; do echo tick; sleep 0.2; i=$((i + 1)); done ;;
+    env) env > "$(dirname "$WQD_TEST_RECORD")/env-$WQD_MESSAGE_ID" ;;
     body) printf '%s' "$body" > "$(dirname "$WQD_TEST_RECORD")/body-$WQD_MESSAGE_ID" ;;
 esac
 record end

@@ -40,9 +40,19 @@ def wqd_env(record: Path, extra=None) -> dict:
     env["PYTHONPATH"] = str(TESTS_DIR)
     env["WQD_TEST_RECORD"] = str(record)
     env.pop("WQD_BROKER_URL", None)
+    env.pop("WQD_BROKER_PASSWORD", None)
     env.pop("NOTIFY_SOCKET", None)
     env.update(extra or {})
     return env
+
+
+def url_option(url: str) -> tuple:
+    """(``url`` without its password, for `wqd publish --url`; the environment
+    that gives the password, which --url refuses)."""
+    scheme, _, rest = url.partition("://")
+    userinfo, _, host = rest.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    return f"{scheme}://{user}@{host}", {"WQD_BROKER_PASSWORD": password}
 
 
 def run_cli(*args, env=None, input=None, timeout=60) -> subprocess.CompletedProcess:

@@ -118,6 +118,7 @@ def test_pause_resume(broker, queue_name):
     assert broker.get_all(queue_name) == [b"x"]
 
 
+@pytest.mark.broker
 def test_start_waits_for_a_port_still_held_and_names_who_holds_it(tmp_path, monkeypatch):
     node = BrokerNode(tmp_path)
     holder = socket.create_server(("127.0.0.1", node.dist_port))

@@ -411,6 +411,9 @@ class BrokerNode:
         """Start the node; return when AMQP connections and rabbitmqctl work."""
         if self.running:
             raise BrokerError(f"{self.nodename} is already running")
+        if os.environ.get("WQD_TEST_UNIT"):
+            raise BrokerError("`make test-unit` runs no broker: mark a test that starts a node itself "
+                              "@pytest.mark.broker (tests that ask for the broker fixture are marked already)")
         if not rabbitmq_available():
             raise BrokerError(MISSING_RABBITMQ_MESSAGE)
         for port in (self.port, self.dist_port):

@@ -13,6 +13,16 @@ import pytest
 from tests.support.broker import MISSING_RABBITMQ_MESSAGE, BrokerNode, rabbitmq_available
 from tests.support.daemon import Wqd, free_port
 
+# A test that asks for one of these needs a RabbitMQ node: marked ``broker``,
+# it is left out of `make test-unit` (-m "not broker").
+BROKER_FIXTURES = {"broker", "queue_name", "make_wqd", "tls_broker", "small_message_broker"}
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        if BROKER_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.broker)
+
 
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory) -> Iterator[BrokerNode]:

@@ -151,21 +151,38 @@ def test_a_message_that_killed_its_workers_is_replayed_as_a_first_attempt(broker
     assert wqd.stop(30) == 0
 
 
-def test_replay_killed_midway_loses_and_duplicates_nothing(broker, queue_name, make_wqd, tmp_path):
-    """No daemon runs: the work queue keeps what the replay put there."""
-    wqd = make_wqd([pool(queue_name)])
-    dlq, count = f"{queue_name}.dead", 400
+HEADERS = {"x-wqd-exception": "ValueError", "x-wqd-error": "bad", "x-wqd-attempts": 4, "x-wqd-attempt": 4,
+           "x-wqd-lost": 1, "x-wqd-failed-at": "2026-01-01T00:00:00Z"}
+
+
+def fill_dead_letter_queue(broker, queue_name: str, count: int) -> str:
+    """The work queue, and its dead-letter queue with ``count`` letters named 0, 1, ..."""
+    dlq = f"{queue_name}.dead"
     broker.declare_queue(queue_name)
-    headers = {"x-wqd-exception": "ValueError", "x-wqd-error": "bad", "x-wqd-attempts": 4,
-               "x-wqd-attempt": 4, "x-wqd-lost": 1, "x-wqd-failed-at": "2026-01-01T00:00:00Z"}
     with broker.connection() as connection:
         channel = connection.channel()
         channel.queue_declare(dlq, durable=True)
         channel.confirm_delivery()
         for number in range(count):
             channel.basic_publish("", dlq, f"task {number}".encode() * 20, pika.BasicProperties(
-                message_id=str(number), headers=headers, delivery_mode=2))
+                message_id=str(number), headers=HEADERS, delivery_mode=2))
+    return dlq
 
+
+def assert_replayed_copies(moved) -> None:
+    for body, props in moved:
+        assert body == f"task {props.message_id}".encode() * 20 and props.delivery_mode == 2
+        assert props.headers["x-wqd-replays"] == 1 and props.headers["x-wqd-replayed-at"].startswith("20")
+        assert len(props.headers) == 2, props.headers
+
+
+def test_replay_killed_midway_loses_nothing_and_doubles_at_most_the_message_in_flight(broker, queue_name, make_wqd,
+                                                                                      tmp_path):
+    """No daemon runs: the work queue keeps what the replay put there. A kill
+    between a copy's confirm and its original's ack leaves that one in both."""
+    wqd = make_wqd([pool(queue_name)])
+    count = 400
+    dlq = fill_dead_letter_queue(broker, queue_name, count)
     replay = subprocess.Popen([WQD, "dead", "replay", "--all", "-c", str(wqd.config_path)],
                               env=wqd_env(tmp_path / "record"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -184,13 +201,65 @@ def test_replay_killed_midway_loses_and_duplicates_nothing(broker, queue_name, m
     moved_ids = [props.message_id for _, props in moved]
     left_ids = [props.message_id for _, props in left]
     assert moved_ids and left_ids, f"the kill came midway ({len(moved_ids)} moved, {len(left_ids)} left)"
-    # Each message in exactly one queue, both in their old order.
+    # Each message in one queue, both in their old order; the one in flight may be in both.
+    if moved_ids[-1] == left_ids[0]:
+        left_ids = left_ids[1:]
     assert moved_ids + left_ids == [str(number) for number in range(count)]
-    for body, props in moved:
-        assert body == f"task {props.message_id}".encode() * 20 and props.delivery_mode == 2
-        assert props.headers["x-wqd-replays"] == 1 and props.headers["x-wqd-replayed-at"].startswith("20")
-        assert len(props.headers) == 2, props.headers
-    assert all(props.headers == headers for _, props in left)
+    assert_replayed_copies(moved)
+    assert all(props.headers == HEADERS for _, props in left)
+
+
+def test_replay_into_a_full_work_queue_moves_what_fits_and_keeps_the_rest(broker, queue_name, make_wqd, tmp_path):
+    """A max-length policy with overflow reject-publish: the broker nacks the
+    copies past the limit, and their originals stay (exit 69, as wqd publish)."""
+    wqd = make_wqd([pool(queue_name)])
+    policy = f"cap-{queue_name}"
+    broker.ctl("set_policy", policy, "^" + queue_name.replace(".", "\\.") + "$",
+               '{"max-length": 298, "overflow": "reject-publish"}', "--apply-to", "queues")
+    try:
+        dlq = fill_dead_letter_queue(broker, queue_name, 300)
+        result = dead(wqd, tmp_path, "replay", "--all", expect=69)
+        moved = broker.get_all_messages(queue_name)
+    finally:
+        broker.ctl("clear_policy", policy)
+    lines = result.stdout.splitlines()
+    assert lines[:298] == [f"Replayed {number} (ValueError) to {queue_name}" for number in range(298)], lines[:3]
+    assert lines[298:] == [f"Not replayed {number} (ValueError): the broker refused its copy (basic.nack: is the "
+                           f"work queue {queue_name!r} full, with overflow reject-publish?); it is still in {dlq}"
+                           for number in (298, 299)], lines[298:]
+    assert result.stderr == ("wqd dead: replayed 298 of 300 messages; 2 were refused by the broker (2 nacked: see "
+                             "the lines above) and are still in the dead-letter queue\n"), result.stderr
+    assert [props.message_id for _, props in moved] == [str(number) for number in range(298)]
+    assert_replayed_copies(moved)
+    left = broker.get_all_messages(dlq)
+    assert [(props.message_id, props.headers) for _, props in left] == [("298", HEADERS), ("299", HEADERS)]
+
+
+def test_replay_into_a_work_queue_deleted_meanwhile_keeps_every_letter(broker, queue_name, make_wqd, tmp_path):
+    """The replay is held at its first publish by a memory alarm while its work
+    queue is deleted: the broker returns every copy, and every letter stays."""
+    wqd = make_wqd([pool(queue_name)])
+    dlq = fill_dead_letter_queue(broker, queue_name, 300)
+    broker.ctl("set_vm_memory_high_watermark", "0.000001")
+    try:
+        wait_for(lambda: "memory" in broker.ctl("eval", "rabbit_alarm:get_alarms()."), 30, message="memory alarm")
+        replay = subprocess.Popen([WQD, "dead", "replay", "--all", "-c", str(wqd.config_path)],
+                                  env=wqd_env(tmp_path / "record"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True)
+        wait_for(lambda: broker.queue_stats(dlq)["messages_unacknowledged"] == 1, 30,
+                 message="the replay took its first letter")
+        broker.delete_queue(queue_name)
+    finally:
+        broker.ctl("set_vm_memory_high_watermark", "0.4")
+    stdout, stderr = replay.communicate(timeout=60)
+    assert replay.returncode == 1, (stdout, stderr)
+    assert stderr == ("wqd dead: replayed 0 of 300 messages; 300 were refused by the broker (300 returned: see "
+                      "the lines above) and are still in the dead-letter queue\n"), stderr
+    assert stdout.splitlines()[0] == (f"Not replayed 0 (ValueError): the broker returned its copy (312 NO_ROUTE: "
+                                      f"does the work queue {queue_name!r} still exist?); it is still in {dlq}")
+    assert len(stdout.splitlines()) == 300 and "Traceback" not in stderr
+    left = broker.get_all_messages(dlq)
+    assert [(props.message_id, props.headers) for _, props in left] == [(str(n), HEADERS) for n in range(300)]
 
 
 def test_quorum_queues_keep_every_message_on_reading_and_replay_in_transactions(broker, queue_name, make_wqd,

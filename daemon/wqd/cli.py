@@ -268,15 +268,37 @@ def cmd_dead_replay(args) -> int:
         raise errors.WqdError("name the messages to replay: IDs, --exception NAME, or --all")
     config, _ = _load(args, import_handlers=False)
     pools = dead_letters.pools_with_dead_letters(config, args.pool)
-    replayed = 0
+    replayed, refused = 0, []
     with dead_letters.DeadLetterQueues(config) as queues:
         for pool in pools:
             limit = None if args.limit is None else args.limit - replayed
-            for letter in queues.replay(pool, lambda letter: letter.matches(args.ids, args.exception), limit):
-                replayed += 1
-                print(_safe(f"Replayed {letter.id} ({letter.exception}) to {pool.queue}"), flush=True)
+            for letter, refusal in queues.replay(pool, lambda letter: letter.matches(args.ids, args.exception),
+                                                 limit):
+                if refusal is None:
+                    replayed += 1
+                    print(_safe(f"Replayed {letter.id} ({letter.exception}) to {pool.queue}"), flush=True)
+                else:
+                    refused.append(refusal)
+                    print(_safe(f"Not replayed {letter.id} ({letter.exception}): {refusal.reason}; it is still "
+                                f"in {pool.dead_letter_queue}"), flush=True)
+    if refused:
+        raise _replay_incomplete(replayed, refused)
     print(f"Replayed {replayed} message{'' if replayed == 1 else 's'}.")
     return EXIT_OK
+
+
+def _replay_incomplete(replayed: int, refused: list) -> errors.WqdError:
+    """The error that ends a replay the broker did not take every copy of:
+    exit 69 when it nacked one (as `wqd publish`), else 1 (a copy no queue took,
+    as a missing work queue)."""
+    nacked = sum(1 for refusal in refused if refusal.nacked)
+    kinds = ", ".join(f"{count} {kind}" for count, kind in ((nacked, "nacked"), (len(refused) - nacked, "returned"))
+                      if count)
+    error = errors.BrokerUnavailable if nacked else errors.WqdError
+    were = "was" if len(refused) == 1 else "were"
+    return error(f"replayed {replayed} of {replayed + len(refused)} messages; {len(refused)} {were} refused by the "
+                 f"broker ({kinds}: see the lines above) and {'is' if len(refused) == 1 else 'are'} still in the "
+                 f"dead-letter queue")
 
 
 def cmd_dead_purge(args) -> int:

@@ -5,20 +5,23 @@ Reading takes every message with basic.get and no ack, up to the count the
 queue had when the command began, then closes the channel: the broker takes
 every unacked message back, and a classic queue puts each at its old position.
 
-A replay moves one message at a time inside an AMQP transaction on one
-channel: basic.get from the dead-letter queue, publish the copy to the work
-queue, ack the original, tx.commit. The broker applies the publish and the ack
-together at commit (tx.commit-ok is the publisher confirm: a channel cannot
-have both), and a channel that closes before commit discards the publish and
-takes the delivery back. So `wqd dead replay` killed at any point leaves each
-message in exactly one of the two queues.
+A replay moves one message at a time on one channel in confirm mode:
+basic.get from the dead-letter queue, publish the copy to the work queue with
+mandatory set, wait for the broker's confirm, and only then ack the original.
+A copy the broker returns (no queue took it: the work queue was deleted) or
+nacks (a full queue with overflow reject-publish) is not a move: its original
+stays unacked and goes back to the dead-letter queue when the channel closes.
+(A transaction cannot do this: RabbitMQ commits the ack even when the publish
+in the same transaction went to no queue or was refused.) So a replay never
+loses a message; one killed between a confirm and its ack leaves that one
+message in both queues.
 """
 
 import dataclasses
 import datetime
 import hashlib
 import time
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Tuple
 
 import pika
 import pika.exceptions
@@ -132,6 +135,13 @@ class DeadLetter:
         return deaths[0] if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict) else {}
 
 
+@dataclasses.dataclass
+class Refusal:
+    """Why the broker did not take a replayed copy."""
+    nacked: bool  # else returned: no queue took it
+    reason: str
+
+
 def _text(value) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
@@ -189,24 +199,25 @@ class DeadLetterQueues:
             channel.close()  # the broker takes every message back, unacked
 
     def replay(self, pool: PoolConfig, select: Callable[[DeadLetter], bool], limit: Optional[int],
-               now: Callable[[], float] = time.time) -> Iterator[DeadLetter]:
-        """Move the selected messages (at most ``limit``) to the pool's work
-        queue, one transaction each; yield each once it is committed."""
+               now: Callable[[], float] = time.time) -> Iterator[Tuple[DeadLetter, Optional[Refusal]]]:
+        """Copy the selected messages to the pool's work queue until ``limit`` of
+        them moved; yield (letter, None) for each one moved, (letter, refusal)
+        for each the broker did not take (it stays in the dead-letter queue)."""
         if self._message_count(pool.queue) is None:
             raise errors.WqdError(f"the work queue {pool.queue!r} does not exist; start wqd once to declare it")
         count = self._message_count(pool.dead_letter_queue)
         channel = self._connection.channel()
-        channel.tx_select()
+        channel.confirm_delivery()
         moved = 0
         try:
             for delivery_tag, letter in self._get(channel, pool, count if limit != 0 else 0):
                 if not select(letter):
                     continue  # stays unacked: back in its place when the channel closes
-                channel.basic_publish("", pool.queue, letter.body, replay_properties(letter, now()))
-                channel.basic_ack(delivery_tag)
-                channel.tx_commit()
-                moved += 1
-                yield letter
+                refusal = _publish_copy(channel, pool.queue, letter, now())
+                if refusal is None:
+                    channel.basic_ack(delivery_tag)  # only now: a queue holds the copy
+                    moved += 1
+                yield letter, refusal
                 if limit is not None and moved >= limit:
                     break
         finally:
@@ -245,6 +256,20 @@ class DeadLetterQueues:
             raise
         channel.close()
         return count
+
+
+def _publish_copy(channel, queue: str, letter: DeadLetter, now: float) -> Optional[Refusal]:
+    """Publish the letter's copy (mandatory, confirmed); None once a queue holds it."""
+    try:
+        channel.basic_publish("", queue, letter.body, replay_properties(letter, now), mandatory=True)
+    except pika.exceptions.UnroutableError as exc:
+        returned = exc.messages[0].method
+        return Refusal(False, f"the broker returned its copy ({returned.reply_code} {returned.reply_text}: "
+                              f"does the work queue {queue!r} still exist?)")
+    except pika.exceptions.NackError:
+        return Refusal(True, f"the broker refused its copy (basic.nack: is the work queue {queue!r} full, "
+                             f"with overflow reject-publish?)")
+    return None
 
 
 def replay_properties(letter: DeadLetter, now: float) -> pika.BasicProperties:

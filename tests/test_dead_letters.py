@@ -262,6 +262,85 @@ def test_replay_into_a_work_queue_deleted_meanwhile_keeps_every_letter(broker, q
     assert [(props.message_id, props.headers) for _, props in left] == [(str(n), HEADERS) for n in range(300)]
 
 
+def publish_letters(broker, dlq: str, letters) -> None:
+    """Publish (body, properties) pairs as they are (bytes names and ids
+    included) to ``dlq``, declared durable, with confirms."""
+    with broker.connection() as connection:
+        channel = connection.channel()
+        channel.queue_declare(dlq, durable=True)
+        channel.confirm_delivery()
+        for letter_body, properties in letters:
+            channel.basic_publish("", dlq, letter_body, properties, mandatory=True)
+
+
+HOSTILE = [  # (message id as shown, properties): each once crashed every `wqd dead` command
+    ("bad\\xffid", pika.BasicProperties(message_id=b"bad\xffid", headers={"x-wqd-exception": b"Key\xfeError"})),
+    ("top-name", pika.BasicProperties(message_id="top-name", headers={b"\xfe-name": b"v\xfd", "\\xfe-name": 1,
+                                                                      "a": None})),
+    ("nested-name", pika.BasicProperties(message_id="nested-name", headers={
+        "x-death": [{b"\xfdreason": "x", "reason": b"expired\xfc", "count": 3}], "table": {b"\xfc": [{b"\xfb": 1}]}})),
+    ("max-replays", pika.BasicProperties(message_id="max-replays", headers={"x-wqd-replays": 2**63 - 1})),
+    ("absurd", pika.BasicProperties(message_id="absurd", headers={
+        "x-wqd-replays": -5, "x-wqd-attempts": decimal.Decimal("-1.5"), "x-wqd-failed-at": True,
+        "x-wqd-error": ["\x1b[2J", {b"\xff": decimal.Decimal("1.5")}]})),
+    ("digits", pika.BasicProperties(message_id="digits", headers={"x-wqd-replays": "9" * 30, "x-wqd-attempts": "9" * 30})),
+    ("props", pika.BasicProperties(message_id="props", content_type=b"\xff/x", reply_to=b"\xfe", type=b"\x80",
+                                   app_id=b"\x81", correlation_id=b"\x82", timestamp=2**64 - 1, headers={})),
+    ("-dash\\x1b", pika.BasicProperties(message_id="-dash\x1b", headers={"CC": ["wqdtest.cc"]})),
+]
+
+
+def test_every_dead_command_takes_any_bytes_a_publisher_sends(broker, queue_name, make_wqd, tmp_path):
+    """Ids and header names that are not UTF-8 (at the top and nested), replay
+    counters at 2**63 - 1 and of the wrong kind, properties of any bytes: shown
+    escaped, named by what `list` shows (or the bytes themselves), replayed."""
+    wqd = make_wqd([pool(queue_name)])
+    dlq = f"{queue_name}.dead"
+    broker.declare_queue(queue_name)
+    broker.purge_queue("wqdtest.cc")
+    broker.declare_queue("wqdtest.cc")  # a CC header routes a message there too
+    publish_letters(broker, dlq, [(f"body {number}".encode(), props) for number, (_, props) in enumerate(HOSTILE)])
+    assert ready(broker, "wqdtest.cc") == 1
+    ids = [shown for shown, _ in HOSTILE]
+
+    listing = dead(wqd, tmp_path, "list")
+    assert [line.split()[1] for line in listing.stdout.splitlines()[1:]] == ids, listing.stdout
+    assert "Key\\xfeError" in listing.stdout and "\x1b" not in listing.stdout and listing.stderr == ""
+    entries = {entry["id"]: entry for entry in listed(wqd, tmp_path)}
+    assert list(entries) == ids
+    assert entries["bad\\xffid"]["message_id"] == "bad\\xffid" and entries["bad\\xffid"]["exception"] == "Key\\xfeError"
+    assert entries["max-replays"]["replays"] == 2**63 - 1 and entries["absurd"]["replays"] == 0
+    assert (entries["absurd"]["attempts"], entries["absurd"]["failed_at"]) == (None, "true")
+    assert entries["nested-name"]["exception"] == "(broker: expired\\xfc)" and entries["nested-name"]["attempts"] == 3
+    assert entries["digits"]["replays"] == 0 and entries["digits"]["attempts"] is None
+
+    for shown in ids:
+        text = dead(wqd, tmp_path, "show", "--", shown).stdout
+        assert text.startswith(f"Message {shown} (pool default") and "\x1b" not in text, text
+    by_bytes = dead(wqd, tmp_path, "show", "--", b"bad\xffid").stdout  # the id as the publisher sent it
+    assert "  message_id: bad\\xffid\n" in by_bytes and "  x-wqd-exception: Key\\xfeError\n" in by_bytes, by_bytes
+    shown = dead(wqd, tmp_path, "show", "top-name").stdout
+    assert "  \\xfe-name: v\\xfd\n  \\xfe-name: 1\n" in shown and "  a: null\n" in shown, shown
+    shown = dead(wqd, tmp_path, "show", "nested-name").stdout
+    assert '  table: {"\\\\xfc": [{"\\\\xfb": 1}]}' in shown, shown
+    shown = dead(wqd, tmp_path, "show", "props").stdout
+    assert "  content_type: \\xff/x\n" in shown and "  type: \\x80\n" in shown and "  reply_to: \\xfe" in shown
+    assert ready(broker, dlq) == len(HOSTILE)
+
+    replayed = dead(wqd, tmp_path, "replay", "--all").stdout
+    assert replayed.splitlines()[-1] == f"Replayed {len(HOSTILE)} messages.", replayed
+    assert ready(broker, dlq) == 0 and ready(broker, "wqdtest.cc") == 1, "CC is not copied"
+    copies = {props.message_id: props for _, props in broker.get_all_messages(queue_name)}
+    assert len(copies) == len(HOSTILE)
+    assert copies["max-replays"].headers["x-wqd-replays"] == 2**63 - 1, "the counter stays at its largest"
+    assert copies["absurd"].headers["x-wqd-replays"] == copies["digits"].headers["x-wqd-replays"] == 1
+    assert copies[b"bad\xffid"].headers["x-wqd-replays"] == 1
+    assert copies["top-name"].headers[b"\xfe-name"] == b"v\xfd" and copies["top-name"].headers["\\xfe-name"] == 1
+    assert copies["nested-name"].headers["table"] == {b"\xfc": [{b"\xfb": 1}]}
+    assert copies["props"].content_type == b"\xff/x" and copies["props"].timestamp == 2**64 - 1
+    broker.delete_queue("wqdtest.cc")
+
+
 def test_quorum_queues_keep_every_message_on_reading_and_replay_in_transactions(broker, queue_name, make_wqd,
                                                                                    tmp_path):
     """A quorum queue counts a read as a delivery and may reorder (README), but loses nothing."""
@@ -320,7 +399,7 @@ def test_headers_of_the_wrong_types_give_unknowns_not_errors():
     summary = hostile.summary(time.time())
     json.dumps(summary)
     assert (summary["attempts"], summary["replays"], summary["age_seconds"]) == (None, 0, None)
-    assert summary["exception"] == "Bad\ufffdName" and summary["failed_at"] == "1.5"
+    assert summary["exception"] == "Bad\\xffName" and summary["failed_at"] == "1.5"
     copy = dead_letters.replay_properties(hostile, 0)
     assert copy.headers == {"x-wqd-replays": 1, "x-wqd-replayed-at": "1970-01-01T00:00:00Z"}
     assert letter(None).summary(0)["exception"] == "(unknown)"

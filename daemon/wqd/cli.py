@@ -12,6 +12,7 @@ import wqd
 from wqd import config as config_module
 from wqd import dead_letters, errors, logs
 from wqd import handlers as handlers_module
+from wqd.dead_letters import printable
 from wqd.publisher import publish_lines, utf8_body
 from wqd.status import format_status, gather_status
 
@@ -238,8 +239,8 @@ def cmd_dead_list(args) -> int:
         return EXIT_OK
     rows = [("POOL", "ID", "AGE", "ATTEMPTS", "BYTES", "EXCEPTION", "ERROR")]
     for letter in letters:
-        rows.append((letter.pool, _safe(letter.id), _age(letter.age(now)), str(letter.attempts or "?"),
-                     str(len(letter.body)), _safe(letter.exception), _safe(_one_line(letter.error, 100))))
+        rows.append((letter.pool, letter.id, _age(letter.age(now)), str(letter.attempts or "?"), str(len(letter.body)),
+                     printable(letter.exception), printable(_one_line(letter.error, 100))))
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
@@ -276,11 +277,11 @@ def cmd_dead_replay(args) -> int:
                                                  limit):
                 if refusal is None:
                     replayed += 1
-                    print(_safe(f"Replayed {letter.id} ({letter.exception}) to {pool.queue}"), flush=True)
+                    print(printable(f"Replayed {letter.id} ({letter.exception}) to {pool.queue}"), flush=True)
                 else:
                     refused.append(refusal)
-                    print(_safe(f"Not replayed {letter.id} ({letter.exception}): {refusal.reason}; it is still "
-                                f"in {pool.dead_letter_queue}"), flush=True)
+                    print(printable(f"Not replayed {letter.id} ({letter.exception}): {refusal.reason}; it is "
+                                    f"still in {pool.dead_letter_queue}"), flush=True)
     if refused:
         raise _replay_incomplete(replayed, refused)
     print(f"Replayed {replayed} message{'' if replayed == 1 else 's'}.")
@@ -349,30 +350,27 @@ def _describe(letter, now: float, max_bytes: int) -> str:
                  "app_id", "priority", "delivery_mode", "expiration", "reply_to"):
         value = getattr(properties, name)
         if value is not None:
-            lines.append(f"  {name}: {value}")
+            lines.append(f"  {name}: {dead_letters.text(value)}")
     lines.append("Headers:")
-    for key, value in sorted(letter.headers.items()):
-        if key != "x-wqd-traceback":
-            lines.append(f"  {key}: {_header_text(value)}")
+    headers = sorted(((dead_letters.text(name), value) for name, value in letter.headers.items()),
+                     key=lambda header: header[0])  # names of bytes and str: compared as shown
+    for name, value in headers:
+        if name != "x-wqd-traceback":
+            lines.append(f"  {name}: {dead_letters.text(value)}")
     traceback_text = letter.header("x-wqd-traceback")
     if traceback_text:
         lines.append("Traceback:")
-        lines.extend("  " + line for line in str(traceback_text).rstrip("\n").splitlines())
+        lines.extend("  " + line for line in traceback_text.rstrip("\n").splitlines())
     body = letter.body[:max_bytes]
     cut = f", first {len(body)} shown" if len(body) < len(letter.body) else ""
     text = _as_text(body, cut=bool(cut))
     lines.append(f"Body ({len(letter.body)} bytes{cut}, {'text' if text is not None else 'hex'}):")
-    lines = [_safe(line) for line in lines]  # what a publisher or a handler wrote may hold escape sequences
+    lines = [printable(line) for line in lines]  # what a publisher or a handler wrote may hold escape sequences
     if text is not None:
         lines.append(text)
     else:
         lines.extend(f"  {offset:08x}  {body[offset:offset + 16].hex(' ')}" for offset in range(0, len(body), 16))
     return "\n".join(lines)
-
-
-def _safe(text: str) -> str:
-    """``text`` with control characters (a terminal's escape sequences) spelled out."""
-    return "".join(char if char.isprintable() else char.encode("unicode_escape").decode("ascii") for char in text)
 
 
 def _as_text(body: bytes, cut: bool):
@@ -383,14 +381,6 @@ def _as_text(body: bytes, cut: bool):
             text = body[:len(body) - trim].decode("utf-8")
         except UnicodeDecodeError:
             continue
-        printable = all(char.isprintable() or char in "\n\t" for char in text.replace("\r\n", "\n"))
-        return text if printable else None
+        readable = all(char.isprintable() or char in "\n\t" for char in text.replace("\r\n", "\n"))
+        return text if readable else None
     return None
-
-
-def _header_text(value) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, (list, dict)):
-        return json.dumps(value, default=str)
-    return str(value)

@@ -20,24 +20,31 @@ message in both queues.
 import dataclasses
 import datetime
 import hashlib
+import json
+import math
+import os
 import time
 from typing import Callable, Iterator, Optional, Tuple
 
 import pika
 import pika.exceptions
 
-from wqd import amqp, errors, header_decoding, lost_attempts
+from wqd import amqp, errors, header_decoding, lost_attempts, routing
 from wqd.config import Config, PoolConfig
 
 # Headers a replayed copy does not keep: its attempt count starts again, and
-# the failure they describe is the old one.
+# the failure they describe is the old one; CC and BCC would route it to other
+# queues as well.
 _RESET_PREFIXES = ("x-wqd-",)
-_BROKER_HEADERS = ("x-death", "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason",
-                   "x-last-death-exchange", "x-last-death-queue", "x-last-death-reason",
-                   lost_attempts.DELIVERY_COUNT_HEADER)
+_NOT_COPIED = ("CC", "BCC", "x-death", "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason",
+               "x-last-death-exchange", "x-last-death-queue", "x-last-death-reason",
+               lost_attempts.DELIVERY_COUNT_HEADER)
 REPLAYS_HEADER = "x-wqd-replays"
 REPLAYED_AT_HEADER = "x-wqd-replayed-at"
 _SHORT_KEY = len("sha1:") + 12  # a message without an id is named by its body's hash, this long
+_MAX_DEPTH = 32  # tables and arrays shown nested at most this deep
+# The largest AMQP long (a signed 64-bit header value): the replay counter stays there.
+REPLAYS_MAX = 2**63 - 1
 
 
 @dataclasses.dataclass
@@ -53,51 +60,49 @@ class DeadLetter:
 
     @property
     def id(self) -> str:
-        """The message id, or (none given) a prefix of its body's hash."""
-        return self.properties.message_id or ("sha1:" + hashlib.sha1(self.body).hexdigest())[:_SHORT_KEY]
+        """How the commands show and name it: its message id, printable (see
+        printable()), or (none given) a prefix of its body's hash."""
+        if self.properties.message_id:
+            return printable(text(self.properties.message_id))
+        return ("sha1:" + hashlib.sha1(self.body).hexdigest())[:_SHORT_KEY]
 
-    def header(self, name: str):
+    def header(self, name: str) -> Optional[str]:
+        """Header ``name`` as text (see text()), None when it is absent."""
         value = self.headers.get(name)
-        return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+        return None if value is None else text(value)
 
     @property
     def exception(self) -> str:
         """The handler's exception type; for a message the broker dead-lettered
         (e.g. a quorum queue's delivery limit), its reason."""
         if self.header("x-wqd-exception"):
-            return str(self.header("x-wqd-exception"))
+            return self.header("x-wqd-exception")
         death = self._first_death()
-        return f"(broker: {_text(death.get('reason'))})" if death.get("reason") else "(unknown)"
+        return f"(broker: {text(death.get('reason'))})" if death.get("reason") else "(unknown)"
 
     @property
     def error(self) -> str:
-        return str(self.header("x-wqd-error") or "")
+        return self.header("x-wqd-error") or ""
 
     @property
     def attempts(self) -> Optional[int]:
-        value = self.header("x-wqd-attempts")
-        if value is None and self._first_death():
-            value = self._first_death().get("count")
-        try:
-            return int(value) if value is not None else None
-        except (TypeError, ValueError):
-            return None
+        attempts = lost_attempts.header_number(self.headers, "x-wqd-attempts")
+        return attempts if attempts is not None else lost_attempts.header_number(self._first_death(), "count")
 
     @property
     def failed_at(self) -> Optional[float]:
         """When it was given up on (epoch seconds): wqd's header, the broker's
         dead-lettering time, else the time it was published; None if unknown."""
-        text = self.header("x-wqd-failed-at")
-        if text:
+        stamp = self.header("x-wqd-failed-at")
+        if stamp:
             try:
-                return datetime.datetime.strptime(str(text), "%Y-%m-%dT%H:%M:%SZ").replace(
+                return datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(
                     tzinfo=datetime.timezone.utc).timestamp()
             except ValueError:
                 pass
-        death = self._first_death()
-        stamp = death.get("time") if death else None
-        if isinstance(stamp, datetime.datetime):
-            return stamp.replace(tzinfo=stamp.tzinfo or datetime.timezone.utc).timestamp()
+        death = self._first_death().get("time")
+        if isinstance(death, datetime.datetime):
+            return death.replace(tzinfo=death.tzinfo or datetime.timezone.utc).timestamp()
         if self.properties.timestamp:
             return float(self.properties.timestamp)
         return None
@@ -108,27 +113,34 @@ class DeadLetter:
 
     def matches(self, ids, exception: Optional[str]) -> bool:
         """Named by one of ``ids`` (any when empty) and, when given, of the exception type."""
-        if ids and not any(self.id == wanted or (self.properties.message_id is None and len(wanted) >= 9
-                                                 and self.id.startswith(wanted)) for wanted in ids):
+        if ids and not any(self.named(wanted) for wanted in ids):
             return False
         return exception is None or self.exception == exception
 
+    def named(self, wanted: str) -> bool:
+        """Whether a command-line argument names it: its id as shown, its message
+        id as sent (a byte that is not UTF-8 comes in surrogate-escaped), or
+        9 characters or more of a body hash's id."""
+        message_id = self.properties.message_id
+        if not message_id:
+            return len(wanted) >= 9 and self.id.startswith(wanted)
+        sent = message_id if isinstance(message_id, bytes) else message_id.encode()
+        return wanted == self.id or os.fsencode(wanted) == sent
+
     def summary(self, now: float) -> dict:
         """What `wqd dead list --json` prints of it."""
-        failed_at = self.header("x-wqd-failed-at")
+        message_id = self.properties.message_id
         return {"pool": self.pool, "dead_letter_queue": self.queue, "id": self.id,
-                "message_id": self.properties.message_id, "age_seconds": _round(self.age(now)),
-                "failed_at": None if failed_at is None else str(failed_at), "attempts": self.attempts,
+                "message_id": None if message_id is None else text(message_id), "age_seconds": _round(self.age(now)),
+                "failed_at": self.header("x-wqd-failed-at"), "attempts": self.attempts,
                 "exception": self.exception, "error": self.error, "body_bytes": len(self.body),
                 "replays": self.replays}
 
     @property
     def replays(self) -> int:
-        """How often it was replayed before (0 when the header is missing or not a number)."""
-        try:
-            return int(self.headers.get(REPLAYS_HEADER, 0))
-        except (TypeError, ValueError):
-            return 0
+        """How often it was replayed before: 0 when the header is missing or not
+        a whole number >= 0 (any publisher may set it)."""
+        return lost_attempts.header_number(self.headers, REPLAYS_HEADER) or 0
 
     def _first_death(self) -> dict:
         deaths = self.headers.get("x-death")
@@ -142,8 +154,40 @@ class Refusal:
     reason: str
 
 
-def _text(value) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+def text(value) -> str:
+    """Any value pika decoded, as text: bytes that are not UTF-8 with \\xNN
+    escapes, tables and arrays as JSON (see jsonable()), None as null."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    shown = jsonable(value)
+    return shown if isinstance(shown, str) else json.dumps(shown)
+
+
+def jsonable(value, depth: int = 0):
+    """``value`` as json.dumps takes it: names and strings as text(), numbers
+    that are not finite, decimals and timestamps as strings, tables and arrays
+    nested deeper than _MAX_DEPTH as "..."."""
+    if value is None or isinstance(value, (bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, (str, bytes)):
+        return text(value)
+    if isinstance(value, (dict, list)) and depth >= _MAX_DEPTH:
+        return "..."
+    if isinstance(value, dict):
+        return {text(name): jsonable(item, depth + 1) for name, item in value.items()}
+    if isinstance(value, list):
+        return [jsonable(item, depth + 1) for item in value]
+    return str(value)
+
+
+def printable(value: str) -> str:
+    """``value`` with what is not printable (a terminal's escape sequences, a
+    line break) spelled out as Python would: \\x1b, \\n, \\u200b."""
+    return "".join(char if char.isprintable() else char.encode("unicode_escape").decode("ascii") for char in value)
 
 
 def _round(value):
@@ -274,15 +318,19 @@ def _publish_copy(channel, queue: str, letter: DeadLetter, now: float) -> Option
 
 def replay_properties(letter: DeadLetter, now: float) -> pika.BasicProperties:
     """The replayed copy's properties: a first attempt again, saying when it was
-    replayed and how often it has been."""
-    properties, old = letter.properties, letter.headers
-    headers = {key: value for key, value in old.items()
-               if not key.startswith(_RESET_PREFIXES) and key not in _BROKER_HEADERS}
-    headers[REPLAYS_HEADER] = letter.replays + 1
+    replayed and how often it has been (at most REPLAYS_MAX), with no value
+    pika cannot encode again."""
+    properties = letter.properties
+    headers = {name: value for name, value in letter.headers.items() if not _reset(text(name))}
+    headers[REPLAYS_HEADER] = min(letter.replays + 1, REPLAYS_MAX)
     headers[REPLAYED_AT_HEADER] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
-    return pika.BasicProperties(
+    return routing.encodable(pika.BasicProperties(
         content_type=properties.content_type, content_encoding=properties.content_encoding,
         headers=headers, delivery_mode=pika.DeliveryMode.Persistent.value, priority=properties.priority,
         correlation_id=properties.correlation_id, reply_to=properties.reply_to,
         message_id=properties.message_id, timestamp=properties.timestamp, type=properties.type,
-        app_id=properties.app_id)  # not user_id: the broker refuses one that is not the replaying user
+        app_id=properties.app_id))  # not user_id: the broker refuses one that is not the replaying user
+
+
+def _reset(name: str) -> bool:
+    return name.startswith(_RESET_PREFIXES) or name in _NOT_COPIED

@@ -7,12 +7,14 @@ import decimal
 import hashlib
 import json
 import signal
+import struct
 import subprocess
 import time
 
 import pika
 
 from tests.support.daemon import WQD, pool, run_cli, wqd_env
+from tests.support.dead_letters import RawValue, publish_letters
 from tests.support.waiting import wait_for
 from wqd import dead_letters
 
@@ -262,26 +264,16 @@ def test_replay_into_a_work_queue_deleted_meanwhile_keeps_every_letter(broker, q
     assert [(props.message_id, props.headers) for _, props in left] == [(str(n), HEADERS) for n in range(300)]
 
 
-def publish_letters(broker, dlq: str, letters) -> None:
-    """Publish (body, properties) pairs as they are (bytes names and ids
-    included) to ``dlq``, declared durable, with confirms."""
-    with broker.connection() as connection:
-        channel = connection.channel()
-        channel.queue_declare(dlq, durable=True)
-        channel.confirm_delivery()
-        for letter_body, properties in letters:
-            channel.basic_publish("", dlq, letter_body, properties, mandatory=True)
-
-
 HOSTILE = [  # (message id as shown, properties): each once crashed every `wqd dead` command
     ("bad\\xffid", pika.BasicProperties(message_id=b"bad\xffid", headers={"x-wqd-exception": b"Key\xfeError"})),
     ("top-name", pika.BasicProperties(message_id="top-name", headers={b"\xfe-name": b"v\xfd", "\\xfe-name": 1,
-                                                                      "a": None})),
+                                                                      "a": None, "x-wqd-replays": -5})),
     ("nested-name", pika.BasicProperties(message_id="nested-name", headers={
         "x-death": [{b"\xfdreason": "x", "reason": b"expired\xfc", "count": 3}], "table": {b"\xfc": [{b"\xfb": 1}]}})),
     ("max-replays", pika.BasicProperties(message_id="max-replays", headers={"x-wqd-replays": 2**63 - 1})),
     ("absurd", pika.BasicProperties(message_id="absurd", headers={
-        "x-wqd-replays": -5, "x-wqd-attempts": decimal.Decimal("-1.5"), "x-wqd-failed-at": True,
+        "x-wqd-replays": RawValue(b"d" + struct.pack(">d", 1e300)),  # pika decodes a double as an int
+        "x-wqd-attempts": -5, "x-wqd-failed-at": RawValue(b"T" + struct.pack(">Q", 2**64 - 1)),  # past year 9999
         "x-wqd-error": ["\x1b[2J", {b"\xff": decimal.Decimal("1.5")}]})),
     ("digits", pika.BasicProperties(message_id="digits", headers={"x-wqd-replays": "9" * 30, "x-wqd-attempts": "9" * 30})),
     ("props", pika.BasicProperties(message_id="props", content_type=b"\xff/x", reply_to=b"\xfe", type=b"\x80",
@@ -309,8 +301,8 @@ def test_every_dead_command_takes_any_bytes_a_publisher_sends(broker, queue_name
     entries = {entry["id"]: entry for entry in listed(wqd, tmp_path)}
     assert list(entries) == ids
     assert entries["bad\\xffid"]["message_id"] == "bad\\xffid" and entries["bad\\xffid"]["exception"] == "Key\\xfeError"
-    assert entries["max-replays"]["replays"] == 2**63 - 1 and entries["absurd"]["replays"] == 0
-    assert (entries["absurd"]["attempts"], entries["absurd"]["failed_at"]) == (None, "true")
+    assert entries["max-replays"]["replays"] == 2**63 - 1 and entries["absurd"]["replays"] == int(1e300)
+    assert (entries["absurd"]["attempts"], entries["absurd"]["failed_at"]) == (None, None)
     assert entries["nested-name"]["exception"] == "(broker: expired\\xfc)" and entries["nested-name"]["attempts"] == 3
     assert entries["digits"]["replays"] == 0 and entries["digits"]["attempts"] is None
 
@@ -325,7 +317,7 @@ def test_every_dead_command_takes_any_bytes_a_publisher_sends(broker, queue_name
     assert '  table: {"\\\\xfc": [{"\\\\xfb": 1}]}' in shown, shown
     shown = dead(wqd, tmp_path, "show", "props").stdout
     assert "  content_type: \\xff/x\n" in shown and "  type: \\x80\n" in shown and "  reply_to: \\xfe" in shown
-    assert ready(broker, dlq) == len(HOSTILE)
+    wait_for(lambda: ready(broker, dlq) == len(HOSTILE), 30, message="every letter back in the dead-letter queue")
 
     replayed = dead(wqd, tmp_path, "replay", "--all").stdout
     assert replayed.splitlines()[-1] == f"Replayed {len(HOSTILE)} messages.", replayed
@@ -333,7 +325,8 @@ def test_every_dead_command_takes_any_bytes_a_publisher_sends(broker, queue_name
     copies = {props.message_id: props for _, props in broker.get_all_messages(queue_name)}
     assert len(copies) == len(HOSTILE)
     assert copies["max-replays"].headers["x-wqd-replays"] == 2**63 - 1, "the counter stays at its largest"
-    assert copies["absurd"].headers["x-wqd-replays"] == copies["digits"].headers["x-wqd-replays"] == 1
+    assert copies["absurd"].headers["x-wqd-replays"] == 2**63 - 1
+    assert copies["top-name"].headers["x-wqd-replays"] == copies["digits"].headers["x-wqd-replays"] == 1
     assert copies[b"bad\xffid"].headers["x-wqd-replays"] == 1
     assert copies["top-name"].headers[b"\xfe-name"] == b"v\xfd" and copies["top-name"].headers["\\xfe-name"] == 1
     assert copies["nested-name"].headers["table"] == {b"\xfc": [{b"\xfb": 1}]}

@@ -12,11 +12,12 @@ import subprocess
 import time
 
 import pika
+import pytest
 
 from tests.support.daemon import WQD, pool, run_cli, wqd_env
 from tests.support.dead_letters import RawValue, publish_letters
 from tests.support.waiting import wait_for
-from wqd import dead_letters
+from wqd import dead_letters, errors
 
 KINDS = {"ValueError": ["v1", "v2", "v3"], "KeyError": ["k1", "k2"], "ZeroDivisionError": ["z1", "z2"]}
 
@@ -334,6 +335,45 @@ def test_every_dead_command_takes_any_bytes_a_publisher_sends(broker, queue_name
     broker.delete_queue("wqdtest.cc")
 
 
+def test_show_by_prefix_replay_of_a_missing_id_several_exceptions_and_a_reader_gone(broker, queue_name, make_wqd,
+                                                                                     tmp_path):
+    """Issue 28: an ID's unique start names it; a replay of an unknown ID says
+    "not found" (exit 1); --exception repeated takes any of them; a command
+    whose stdout reader goes away (`| head`) ends quietly, losing nothing."""
+    wqd = make_wqd([pool(queue_name)])
+    dlq = fill_dead_letter_queue(broker, queue_name, 400)  # ids 0 to 399, ValueError: 140 KB of JSON
+    named = {"o-1041": "KeyError", "o-1042": "KeyError", "o-0977": "ZeroDivisionError"}
+    publish_letters(broker, dlq, [(b"{}", pika.BasicProperties(message_id=task_id, headers={
+        "x-wqd-exception": exception})) for task_id, exception in named.items()])
+
+    assert dead(wqd, tmp_path, "show", "o-09").stdout.startswith("Message o-0977 ")
+    assert dead(wqd, tmp_path, "show", "1").stdout.startswith("Message 1 "), "a whole id before a prefix"
+    ambiguous = dead(wqd, tmp_path, "show", "o-10", expect=1)
+    assert ambiguous.stderr == (f"wqd dead: 'o-10' is the start of 2 dead messages' ids in {dlq}: o-1041, o-1042; "
+                                f"give more of the ID\n"), ambiguous.stderr
+    many = dead(wqd, tmp_path, "show", "o-", expect=1).stderr
+    assert f"'o-' is the start of 3 dead messages' ids in {dlq}: o-1041, o-1042, o-0977; give" in many, many
+
+    missing = dead(wqd, tmp_path, "replay", "nosuchid", expect=1)
+    assert missing.stdout == "" and missing.stderr == f"wqd dead: replayed 0 messages; not found in {dlq}: 'nosuchid'\n"
+    missing = dead(wqd, tmp_path, "replay", "o-1041", "nosuchid", expect=1)
+    assert missing.stdout == f"Replayed o-1041 (KeyError) to {queue_name}\n", missing.stdout
+    assert missing.stderr == f"wqd dead: replayed 1 message; not found in {dlq}: 'nosuchid'\n", missing.stderr
+    either = dead(wqd, tmp_path, "replay", "--exception", "KeyError", "--exception", "ZeroDivisionError").stdout
+    assert either.splitlines() == [f"Replayed o-1042 (KeyError) to {queue_name}",
+                                   f"Replayed o-0977 (ZeroDivisionError) to {queue_name}", "Replayed 2 messages."]
+    wait_for(lambda: (ready(broker, dlq), ready(broker, queue_name)) == (400, 3), 30, message="400 left, 3 moved")
+
+    for command in (["list", "--json"], ["replay", "--all"]):
+        reader_gone = subprocess.Popen([WQD, "dead", *command, "-c", str(wqd.config_path)], stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, env=wqd_env(tmp_path / "record"))
+        assert reader_gone.stdout.readline()
+        reader_gone.stdout.close()  # as `| head -1` does
+        assert reader_gone.wait(60) == 128 + signal.SIGPIPE and reader_gone.stderr.read() == b"", command
+    wait_for(lambda: ready(broker, dlq) + ready(broker, queue_name) == 403 and ready(broker, dlq) < 400, 30,
+             message="the replay moved some before its reader went, and lost none")
+
+
 def test_quorum_queues_keep_every_message_on_reading_and_replay_in_transactions(broker, queue_name, make_wqd,
                                                                                    tmp_path):
     """A quorum queue counts a read as a delivery and may reorder (README), but loses nothing."""
@@ -396,3 +436,14 @@ def test_headers_of_the_wrong_types_give_unknowns_not_errors():
     copy = dead_letters.replay_properties(hostile, 0)
     assert copy.headers == {"x-wqd-replays": 1, "x-wqd-replayed-at": "1970-01-01T00:00:00Z"}
     assert letter(None).summary(0)["exception"] == "(unknown)"
+
+
+def test_an_ambiguous_start_of_an_id_lists_ten_of_the_ids_it_names():
+    letters = [letter({}, message_id=f"m-{number}") for number in range(12)] + [letter({}, message_id="m-0")]
+    with pytest.raises(errors.WqdError) as refused:
+        dead_letters.named_by(letters, "m-")
+    assert str(refused.value) == ("'m-' is the start of 12 dead messages' ids in q.dead: m-0, m-1, m-2, m-3, m-4, "
+                                  "m-5, m-6, m-7, m-8, m-9 and 2 more; give more of the ID")
+    assert [entry.id for entry in dead_letters.named_by(letters, "m-1")] == ["m-1"], "a whole id first"
+    assert [entry.id for entry in dead_letters.named_by(letters[:3] + letters[-1:], "m-0")] == ["m-0", "m-0"]
+    assert [entry.id for entry in dead_letters.named_by(letters[10:11], "m-1")] == ["m-10"], "a unique start"

@@ -4,6 +4,7 @@ import argparse
 import errno
 import json
 import os
+import signal
 import socket
 import sys
 import time
@@ -12,7 +13,7 @@ import wqd
 from wqd import config as config_module
 from wqd import dead_letters, errors, logs
 from wqd import handlers as handlers_module
-from wqd.dead_letters import printable
+from wqd.dead_letters import printable, quoted
 from wqd.publisher import publish_lines, utf8_body
 from wqd.status import format_status, gather_status
 
@@ -27,6 +28,9 @@ EXIT_CODES = (
     (errors.BrokerUnavailable, os.EX_UNAVAILABLE),
     (errors.InputError, os.EX_DATAERR),
 )
+# A command whose reader went away (`wqd dead list --json | head`) ends as one
+# killed by SIGPIPE would: the shell's 128 + 13.
+EXIT_STDOUT_CLOSED = 128 + signal.SIGPIPE
 # Why binding metrics.listen can fail that the configuration can fix.
 _LISTEN_ERRNOS = (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES)
 
@@ -47,6 +51,10 @@ def run_command(args) -> int:
     except errors.WqdError as exc:
         print(failure_message(args.command, exc), file=sys.stderr)
         return exit_code(exc)
+    except BrokenPipeError:
+        # Quietly: stdout goes to /dev/null, so the interpreter's last flush has nowhere to fail.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_STDOUT_CLOSED
 
 
 def exit_code(exc: BaseException) -> int:
@@ -108,13 +116,15 @@ def _add_dead_commands(dead) -> None:
     listing = add("list", cmd_dead_list, "one line per dead message (the queue is left as it was)")
     listing.add_argument("--json", action="store_true", help="print JSON")
     show = add("show", cmd_dead_show, "a dead message's headers, traceback and body")
-    show.add_argument("id", metavar="ID", help="message id (as `wqd dead list` shows it)")
+    show.add_argument("id", metavar="ID", help="message id (as `wqd dead list` shows it), or its start when that "
+                                               "names one id")
     show.add_argument("--max-bytes", type=_non_negative, default=4096, metavar="N",
                       help="show at most N bytes of the body (default 4096)")
     replay = add("replay", cmd_dead_replay, "put dead messages back on their work queue, as first attempts")
     replay.add_argument("ids", nargs="*", metavar="ID", help="message ids (as `wqd dead list` shows them)")
     replay.add_argument("--all", action="store_true", help="every dead message (of --exception, if given)")
-    replay.add_argument("--exception", metavar="NAME", help="only messages that failed with this exception type")
+    replay.add_argument("--exception", metavar="NAME", action="append", default=[],
+                        help="only messages that failed with this exception type (repeated: any of them)")
     replay.add_argument("--limit", type=_non_negative, metavar="N", help="replay at most N messages")
     purge = add("purge", cmd_dead_purge, "delete dead messages for good")
     purge.add_argument("--yes", action="store_true", help="yes, delete them")
@@ -251,9 +261,10 @@ def cmd_dead_show(args) -> int:
     config, _ = _load(args, import_handlers=False)
     pools = dead_letters.pools_with_dead_letters(config, args.pool)
     with dead_letters.DeadLetterQueues(config) as queues:
-        found = [letter for pool in pools for letter in queues.browse(pool) if letter.matches([args.id], None)]
+        letters = [letter for pool in pools for letter in queues.browse(pool)]
+    found = dead_letters.named_by(letters, args.id)
     if not found:
-        raise errors.WqdError(f"no dead message {args.id!r} in {', '.join(p.dead_letter_queue for p in pools)}")
+        raise errors.WqdError(f"no dead message {quoted(args.id)} in {', '.join(p.dead_letter_queue for p in pools)}")
     now = time.time()
     for number, letter in enumerate(found):
         if number:
@@ -269,12 +280,17 @@ def cmd_dead_replay(args) -> int:
         raise errors.WqdError("name the messages to replay: IDs, --exception NAME, or --all")
     config, _ = _load(args, import_handlers=False)
     pools = dead_letters.pools_with_dead_letters(config, args.pool)
+    named = set()  # the IDs given that name a letter read
+
+    def select(letter) -> bool:
+        named.update(wanted for wanted in args.ids if letter.named(wanted))
+        return letter.matches(args.ids, args.exception)
+
     replayed, refused = 0, []
     with dead_letters.DeadLetterQueues(config) as queues:
         for pool in pools:
             limit = None if args.limit is None else args.limit - replayed
-            for letter, refusal in queues.replay(pool, lambda letter: letter.matches(args.ids, args.exception),
-                                                 limit):
+            for letter, refusal in queues.replay(pool, select, limit):
                 if refusal is None:
                     replayed += 1
                     print(printable(f"Replayed {letter.id} ({letter.exception}) to {pool.queue}"), flush=True)
@@ -284,8 +300,17 @@ def cmd_dead_replay(args) -> int:
                                     f"still in {pool.dead_letter_queue}"), flush=True)
     if refused:
         raise _replay_incomplete(replayed, refused)
-    print(f"Replayed {replayed} message{'' if replayed == 1 else 's'}.")
+    missing = [wanted for wanted in args.ids if wanted not in named]
+    if missing and (args.limit is None or replayed < args.limit):  # a limit reached leaves letters unread
+        raise errors.WqdError(f"replayed {_messages(replayed)}; not found in "
+                              f"{', '.join(p.dead_letter_queue for p in pools)}: "
+                              f"{', '.join(quoted(wanted) for wanted in missing)}")
+    print(f"Replayed {_messages(replayed)}.")
     return EXIT_OK
+
+
+def _messages(count: int) -> str:
+    return f"{count} message{'' if count == 1 else 's'}"
 
 
 def _replay_incomplete(replayed: int, refused: list) -> errors.WqdError:

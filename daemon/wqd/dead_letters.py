@@ -43,6 +43,7 @@ REPLAYS_HEADER = "x-wqd-replays"
 REPLAYED_AT_HEADER = "x-wqd-replayed-at"
 _SHORT_KEY = len("sha1:") + 12  # a message without an id is named by its body's hash, this long
 _MAX_DEPTH = 32  # tables and arrays shown nested at most this deep
+_CANDIDATES_SHOWN = 10  # the ids an ambiguous prefix starts that an error lists
 # The largest AMQP long (a signed 64-bit header value): the replay counter stays there.
 REPLAYS_MAX = 2**63 - 1
 
@@ -111,11 +112,11 @@ class DeadLetter:
         failed = self.failed_at
         return None if failed is None else max(0.0, now - failed)
 
-    def matches(self, ids, exception: Optional[str]) -> bool:
-        """Named by one of ``ids`` (any when empty) and, when given, of the exception type."""
+    def matches(self, ids, exceptions) -> bool:
+        """Named by one of ``ids`` and of one of the ``exceptions`` types (either: any when empty)."""
         if ids and not any(self.named(wanted) for wanted in ids):
             return False
-        return exception is None or self.exception == exception
+        return not exceptions or self.exception in exceptions
 
     def named(self, wanted: str) -> bool:
         """Whether a command-line argument names it: its id as shown, its message
@@ -184,6 +185,11 @@ def jsonable(value, depth: int = 0):
     return str(value)
 
 
+def quoted(value: str) -> str:
+    """``value`` printable, between single quotes (repr() would double its escapes)."""
+    return f"'{printable(value)}'"
+
+
 def printable(value: str) -> str:
     """``value`` with what is not printable (a terminal's escape sequences, a
     line break) spelled out as Python would: \\x1b, \\n, \\u200b."""
@@ -192,6 +198,23 @@ def printable(value: str) -> str:
 
 def _round(value):
     return None if value is None else round(value, 1)
+
+
+def named_by(letters: list, wanted: str) -> list:
+    """The letters ``wanted`` names: those it names exactly, else those whose
+    id starts with it, when they share one id; raise WqdError listing the ids
+    when it starts several."""
+    exact = [letter for letter in letters if letter.named(wanted)]
+    if exact or not wanted:
+        return exact
+    found = [letter for letter in letters if letter.id.startswith(wanted)]
+    ids = list(dict.fromkeys(letter.id for letter in found))
+    if len(ids) > 1:
+        queues = ", ".join(dict.fromkeys(letter.queue for letter in found))
+        more = f" and {len(ids) - _CANDIDATES_SHOWN} more" if len(ids) > _CANDIDATES_SHOWN else ""
+        raise errors.WqdError(f"{quoted(wanted)} is the start of {len(ids)} dead messages' ids in {queues}: "
+                              f"{', '.join(ids[:_CANDIDATES_SHOWN])}{more}; give more of the ID")
+    return found
 
 
 def pools_with_dead_letters(config: Config, pool_name: Optional[str]) -> list:
@@ -229,7 +252,8 @@ class DeadLetterQueues:
                 self._connection.close()
             except (pika.exceptions.AMQPError, OSError):
                 pass
-        if isinstance(exc, (pika.exceptions.AMQPError, OSError)):
+        if isinstance(exc, (pika.exceptions.AMQPError, OSError)) and not isinstance(exc, BrokenPipeError):
+            # (pika reports a lost broker socket as its own error: a broken pipe is stdout's reader gone)
             raise errors.BrokerUnavailable(amqp.describe_error(exc, self._url)) from None
 
     def browse(self, pool: PoolConfig) -> list:

@@ -182,7 +182,8 @@ def assert_replayed_copies(moved) -> None:
 def test_replay_killed_midway_loses_nothing_and_doubles_at_most_the_message_in_flight(broker, queue_name, make_wqd,
                                                                                       tmp_path):
     """No daemon runs: the work queue keeps what the replay put there. A kill
-    between a copy's confirm and its original's ack leaves that one in both."""
+    while a copy is in flight (published, its original not yet acked) leaves
+    that one in both."""
     wqd = make_wqd([pool(queue_name)])
     count = 400
     dlq = fill_dead_letter_queue(broker, queue_name, count)

@@ -13,8 +13,8 @@ nacks (a full queue with overflow reject-publish) is not a move: its original
 stays unacked and goes back to the dead-letter queue when the channel closes.
 (A transaction cannot do this: RabbitMQ commits the ack even when the publish
 in the same transaction went to no queue or was refused.) So a replay never
-loses a message; one killed between a confirm and its ack leaves that one
-message in both queues.
+loses a message; one killed while a copy is in flight (published, its
+original not yet acked) leaves that one message in both queues.
 """
 
 import dataclasses

@@ -232,7 +232,7 @@ def test_replay_into_a_full_work_queue_moves_what_fits_and_keeps_the_rest(broker
                            f"work queue {queue_name!r} full, with overflow reject-publish?); it is still in {dlq}"
                            for number in (298, 299)], lines[298:]
     assert result.stderr == ("wqd dead: replayed 298 of 300 messages; 2 were refused by the broker (2 nacked: see "
-                             "the lines above) and are still in the dead-letter queue\n"), result.stderr
+                             f"the lines above) and are still in {dlq}\n"), result.stderr
     assert [props.message_id for _, props in moved] == [str(number) for number in range(298)]
     assert_replayed_copies(moved)
     left = broker.get_all_messages(dlq)
@@ -258,7 +258,7 @@ def test_replay_into_a_work_queue_deleted_meanwhile_keeps_every_letter(broker, q
     stdout, stderr = replay.communicate(timeout=60)
     assert replay.returncode == 1, (stdout, stderr)
     assert stderr == ("wqd dead: replayed 0 of 300 messages; 300 were refused by the broker (300 returned: see "
-                      "the lines above) and are still in the dead-letter queue\n"), stderr
+                      f"the lines above) and are still in {dlq}\n"), stderr
     assert stdout.splitlines()[0] == (f"Not replayed 0 (ValueError): the broker returned its copy (312 NO_ROUTE: "
                                       f"does the work queue {queue_name!r} still exist?); it is still in {dlq}")
     assert len(stdout.splitlines()) == 300 and "Traceback" not in stderr

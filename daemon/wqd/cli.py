@@ -295,7 +295,7 @@ def cmd_dead_replay(args) -> int:
                     replayed += 1
                     print(printable(f"Replayed {letter.id} ({letter.exception}) to {pool.queue}"), flush=True)
                 else:
-                    refused.append(refusal)
+                    refused.append((letter.queue, refusal))
                     print(printable(f"Not replayed {letter.id} ({letter.exception}): {refusal.reason}; it is "
                                     f"still in {pool.dead_letter_queue}"), flush=True)
     if refused:
@@ -314,17 +314,17 @@ def _messages(count: int) -> str:
 
 
 def _replay_incomplete(replayed: int, refused: list) -> errors.WqdError:
-    """The error that ends a replay the broker did not take every copy of:
-    exit 69 when it nacked one (as `wqd publish`), else 1 (a copy no queue took,
-    as a missing work queue)."""
-    nacked = sum(1 for refusal in refused if refusal.nacked)
+    """The error that ends a replay the broker did not take every copy of
+    (``refused``: (dead-letter queue, Refusal) pairs): exit 69 when it nacked
+    one (as `wqd publish`), else 1 (a copy no queue took, as a missing work queue)."""
+    nacked = sum(1 for _, refusal in refused if refusal.nacked)
     kinds = ", ".join(f"{count} {kind}" for count, kind in ((nacked, "nacked"), (len(refused) - nacked, "returned"))
                       if count)
+    queues = ", ".join(dict.fromkeys(queue for queue, _ in refused))
     error = errors.BrokerUnavailable if nacked else errors.WqdError
-    were = "was" if len(refused) == 1 else "were"
+    were, are = ("was", "is") if len(refused) == 1 else ("were", "are")
     return error(f"replayed {replayed} of {replayed + len(refused)} messages; {len(refused)} {were} refused by the "
-                 f"broker ({kinds}: see the lines above) and {'is' if len(refused) == 1 else 'are'} still in the "
-                 f"dead-letter queue")
+                 f"broker ({kinds}: see the lines above) and {are} still in {queues}")
 
 
 def cmd_dead_purge(args) -> int:

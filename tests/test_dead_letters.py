@@ -319,6 +319,7 @@ def test_every_dead_command_takes_any_bytes_a_publisher_sends(broker, queue_name
     assert '  table: {"\\\\xfc": [{"\\\\xfb": 1}]}' in shown, shown
     shown = dead(wqd, tmp_path, "show", "props").stdout
     assert "  content_type: \\xff/x\n" in shown and "  type: \\x80\n" in shown and "  reply_to: \\xfe" in shown
+    assert dead(wqd, tmp_path, "purge", "--yes", "--older-than", str(10**10)).stdout == "Deleted 0 dead messages.\n"
     wait_for(lambda: ready(broker, dlq) == len(HOSTILE), 30, message="every letter back in the dead-letter queue")
 
     replayed = dead(wqd, tmp_path, "replay", "--all").stdout

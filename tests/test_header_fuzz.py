@@ -4,10 +4,11 @@ exception escapes and the attempt number stays within [1, max_retries + 2],
 where max_retries + 2 means "lost once too often: dead-letter without running".
 Also: every decoded table survives the trip through pika's encoder (a retried
 or dead-lettered copy), including values pika's own decoder chokes on. And
-`wqd dead list`, `list --json`, `show` and `replay --all`, run as commands
-against a real broker's dead-letter queue of fuzzed letters (names, ids and
-properties of any bytes, raw values pika does not write), exit 0 without a
-traceback and leave every letter in one of the two queues."""
+`wqd dead list`, `list --json`, `show`, `purge --older-than` and `replay
+--all`, run as commands against a real broker's dead-letter queue of fuzzed
+letters (names, ids and properties of any bytes, raw values pika does not
+write), exit 0 without a traceback and leave every letter in one of the two
+queues."""
 
 import datetime
 import decimal
@@ -178,6 +179,7 @@ def test_the_dead_letter_commands_take_any_dead_letter(broker, queue_name, make_
     assert len(entries) == count
     for entry in entries:
         assert dead("show", "--", entry["id"]).startswith(f"Message {entry['id']} (pool default")
+    assert dead("purge", "--yes", "--older-than", str(10**10)) == "Deleted 0 dead messages.\n", "none is 300 years old"
     wait_for(lambda: in_queues(count, 0), 30, message="every letter back in the dead-letter queue")
     replayed = dead("replay", "--all").splitlines()
     assert replayed[-1] == f"Replayed {count} message{'' if count == 1 else 's'}.", replayed

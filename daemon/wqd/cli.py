@@ -4,6 +4,7 @@ import argparse
 import errno
 import json
 import os
+import signal
 import socket
 import sys
 import time
@@ -12,6 +13,7 @@ import wqd
 from wqd import config as config_module
 from wqd import dead_letters, errors, logs
 from wqd import handlers as handlers_module
+from wqd.dead_letters import printable, quoted
 from wqd.publisher import publish_lines, utf8_body
 from wqd.status import format_status, gather_status
 
@@ -26,6 +28,9 @@ EXIT_CODES = (
     (errors.BrokerUnavailable, os.EX_UNAVAILABLE),
     (errors.InputError, os.EX_DATAERR),
 )
+# A command whose reader went away (`wqd dead list --json | head`) ends as one
+# killed by SIGPIPE would: the shell's 128 + 13.
+EXIT_STDOUT_CLOSED = 128 + signal.SIGPIPE
 # Why binding metrics.listen can fail that the configuration can fix.
 _LISTEN_ERRNOS = (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES)
 
@@ -46,6 +51,10 @@ def run_command(args) -> int:
     except errors.WqdError as exc:
         print(failure_message(args.command, exc), file=sys.stderr)
         return exit_code(exc)
+    except BrokenPipeError:
+        # Quietly: stdout goes to /dev/null, so the interpreter's last flush has nowhere to fail.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_STDOUT_CLOSED
 
 
 def exit_code(exc: BaseException) -> int:
@@ -108,13 +117,15 @@ def _add_dead_commands(dead) -> None:
     listing = add("list", cmd_dead_list, "one line per dead message (the queue is left as it was)")
     listing.add_argument("--json", action="store_true", help="print JSON")
     show = add("show", cmd_dead_show, "a dead message's headers, traceback and body")
-    show.add_argument("id", metavar="ID", help="message id (as `wqd dead list` shows it)")
+    show.add_argument("id", metavar="ID", help="message id (as `wqd dead list` shows it), or its start when that "
+                                               "names one id")
     show.add_argument("--max-bytes", type=_non_negative, default=4096, metavar="N",
                       help="show at most N bytes of the body (default 4096)")
     replay = add("replay", cmd_dead_replay, "put dead messages back on their work queue, as first attempts")
     replay.add_argument("ids", nargs="*", metavar="ID", help="message ids (as `wqd dead list` shows them)")
     replay.add_argument("--all", action="store_true", help="every dead message (of --exception, if given)")
-    replay.add_argument("--exception", metavar="NAME", help="only messages that failed with this exception type")
+    replay.add_argument("--exception", metavar="NAME", action="append", default=[],
+                        help="only messages that failed with this exception type (repeated: any of them)")
     replay.add_argument("--limit", type=_non_negative, metavar="N", help="replay at most N messages")
     purge = add("purge", cmd_dead_purge, "delete dead messages for good")
     purge.add_argument("--yes", action="store_true", help="yes, delete them")
@@ -257,8 +268,8 @@ def cmd_dead_list(args) -> int:
         return EXIT_OK
     rows = [("POOL", "ID", "AGE", "ATTEMPTS", "BYTES", "EXCEPTION", "ERROR")]
     for letter in letters:
-        rows.append((letter.pool, _safe(letter.id), _age(letter.age(now)), str(letter.attempts or "?"),
-                     str(len(letter.body)), _safe(letter.exception), _safe(_one_line(letter.error, 100))))
+        rows.append((letter.pool, letter.id, _age(letter.age(now)), str(letter.attempts or "?"), str(len(letter.body)),
+                     printable(letter.exception), printable(_one_line(letter.error, 100))))
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
@@ -269,9 +280,10 @@ def cmd_dead_show(args) -> int:
     config, _ = _load(args, import_handlers=False)
     pools = dead_letters.pools_with_dead_letters(config, args.pool)
     with dead_letters.DeadLetterQueues(config) as queues:
-        found = [letter for pool in pools for letter in queues.browse(pool) if letter.matches([args.id], None)]
+        letters = [letter for pool in pools for letter in queues.browse(pool)]
+    found = dead_letters.named_by(letters, args.id)
     if not found:
-        raise errors.WqdError(f"no dead message {args.id!r} in {', '.join(p.dead_letter_queue for p in pools)}")
+        raise errors.WqdError(f"no dead message {quoted(args.id)} in {', '.join(p.dead_letter_queue for p in pools)}")
     now = time.time()
     for number, letter in enumerate(found):
         if number:
@@ -287,15 +299,51 @@ def cmd_dead_replay(args) -> int:
         raise errors.WqdError("name the messages to replay: IDs, --exception NAME, or --all")
     config, _ = _load(args, import_handlers=False)
     pools = dead_letters.pools_with_dead_letters(config, args.pool)
-    replayed = 0
+    named = set()  # the IDs given that name a letter read
+
+    def select(letter) -> bool:
+        named.update(wanted for wanted in args.ids if letter.named(wanted))
+        return letter.matches(args.ids, args.exception)
+
+    replayed, refused = 0, []
     with dead_letters.DeadLetterQueues(config) as queues:
         for pool in pools:
             limit = None if args.limit is None else args.limit - replayed
-            for letter in queues.replay(pool, lambda letter: letter.matches(args.ids, args.exception), limit):
-                replayed += 1
-                print(_safe(f"Replayed {letter.id} ({letter.exception}) to {pool.queue}"), flush=True)
-    print(f"Replayed {replayed} message{'' if replayed == 1 else 's'}.")
+            for letter, refusal in queues.replay(pool, select, limit):
+                if refusal is None:
+                    replayed += 1
+                    print(printable(f"Replayed {letter.id} ({letter.exception}) to {pool.queue}"), flush=True)
+                else:
+                    refused.append((letter.queue, refusal))
+                    print(printable(f"Not replayed {letter.id} ({letter.exception}): {refusal.reason}; it is "
+                                    f"still in {pool.dead_letter_queue}"), flush=True)
+    if refused:
+        raise _replay_incomplete(replayed, refused)
+    missing = [wanted for wanted in args.ids if wanted not in named]
+    if missing and (args.limit is None or replayed < args.limit):  # a limit reached leaves letters unread
+        raise errors.WqdError(f"replayed {_messages(replayed)}; not found in "
+                              f"{', '.join(p.dead_letter_queue for p in pools)}: "
+                              f"{', '.join(quoted(wanted) for wanted in missing)}")
+    print(f"Replayed {_messages(replayed)}.")
     return EXIT_OK
+
+
+def _messages(count: int) -> str:
+    return f"{count} message{'' if count == 1 else 's'}"
+
+
+def _replay_incomplete(replayed: int, refused: list) -> errors.WqdError:
+    """The error that ends a replay the broker did not take every copy of
+    (``refused``: (dead-letter queue, Refusal) pairs): exit 69 when it nacked
+    one (as `wqd publish`), else 1 (a copy no queue took, as a missing work queue)."""
+    nacked = sum(1 for _, refusal in refused if refusal.nacked)
+    kinds = ", ".join(f"{count} {kind}" for count, kind in ((nacked, "nacked"), (len(refused) - nacked, "returned"))
+                      if count)
+    queues = ", ".join(dict.fromkeys(queue for queue, _ in refused))
+    error = errors.BrokerUnavailable if nacked else errors.WqdError
+    were, are = ("was", "is") if len(refused) == 1 else ("were", "are")
+    return error(f"replayed {replayed} of {replayed + len(refused)} messages; {len(refused)} {were} refused by the "
+                 f"broker ({kinds}: see the lines above) and {are} still in {queues}")
 
 
 def cmd_dead_purge(args) -> int:
@@ -346,30 +394,27 @@ def _describe(letter, now: float, max_bytes: int) -> str:
                  "app_id", "priority", "delivery_mode", "expiration", "reply_to"):
         value = getattr(properties, name)
         if value is not None:
-            lines.append(f"  {name}: {value}")
+            lines.append(f"  {name}: {dead_letters.text(value)}")
     lines.append("Headers:")
-    for key, value in sorted(letter.headers.items()):
-        if key != "x-wqd-traceback":
-            lines.append(f"  {key}: {_header_text(value)}")
+    headers = sorted(((dead_letters.text(name), value) for name, value in letter.headers.items()),
+                     key=lambda header: header[0])  # names of bytes and str: compared as shown
+    for name, value in headers:
+        if name != "x-wqd-traceback":
+            lines.append(f"  {name}: {dead_letters.text(value)}")
     traceback_text = letter.header("x-wqd-traceback")
     if traceback_text:
         lines.append("Traceback:")
-        lines.extend("  " + line for line in str(traceback_text).rstrip("\n").splitlines())
+        lines.extend("  " + line for line in traceback_text.rstrip("\n").splitlines())
     body = letter.body[:max_bytes]
     cut = f", first {len(body)} shown" if len(body) < len(letter.body) else ""
     text = _as_text(body, cut=bool(cut))
     lines.append(f"Body ({len(letter.body)} bytes{cut}, {'text' if text is not None else 'hex'}):")
-    lines = [_safe(line) for line in lines]  # what a publisher or a handler wrote may hold escape sequences
+    lines = [printable(line) for line in lines]  # what a publisher or a handler wrote may hold escape sequences
     if text is not None:
         lines.append(text)
     else:
         lines.extend(f"  {offset:08x}  {body[offset:offset + 16].hex(' ')}" for offset in range(0, len(body), 16))
     return "\n".join(lines)
-
-
-def _safe(text: str) -> str:
-    """``text`` with control characters (a terminal's escape sequences) spelled out."""
-    return "".join(char if char.isprintable() else char.encode("unicode_escape").decode("ascii") for char in text)
 
 
 def _as_text(body: bytes, cut: bool):
@@ -380,14 +425,6 @@ def _as_text(body: bytes, cut: bool):
             text = body[:len(body) - trim].decode("utf-8")
         except UnicodeDecodeError:
             continue
-        printable = all(char.isprintable() or char in "\n\t" for char in text.replace("\r\n", "\n"))
-        return text if printable else None
+        readable = all(char.isprintable() or char in "\n\t" for char in text.replace("\r\n", "\n"))
+        return text if readable else None
     return None
-
-
-def _header_text(value) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, (list, dict)):
-        return json.dumps(value, default=str)
-    return str(value)

@@ -5,36 +5,47 @@ Reading takes every message with basic.get and no ack, up to the count the
 queue had when the command began, then closes the channel: the broker takes
 every unacked message back, and a classic queue puts each at its old position.
 
-A replay moves one message at a time inside an AMQP transaction on one
-channel: basic.get from the dead-letter queue, publish the copy to the work
-queue, ack the original, tx.commit. The broker applies the publish and the ack
-together at commit (tx.commit-ok is the publisher confirm: a channel cannot
-have both), and a channel that closes before commit discards the publish and
-takes the delivery back. So `wqd dead replay` killed at any point leaves each
-message in exactly one of the two queues.
+A replay moves one message at a time on one channel in confirm mode:
+basic.get from the dead-letter queue, publish the copy to the work queue with
+mandatory set, wait for the broker's confirm, and only then ack the original.
+A copy the broker returns (no queue took it: the work queue was deleted) or
+nacks (a full queue with overflow reject-publish) is not a move: its original
+stays unacked and goes back to the dead-letter queue when the channel closes.
+(A transaction cannot do this: RabbitMQ commits the ack even when the publish
+in the same transaction went to no queue or was refused.) So a replay never
+loses a message; one killed while a copy is in flight (published, its
+original not yet acked) leaves that one message in both queues.
 """
 
 import dataclasses
 import datetime
 import hashlib
+import json
+import math
+import os
 import time
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Tuple
 
 import pika
 import pika.exceptions
 
-from wqd import amqp, errors, header_decoding, lost_attempts
+from wqd import amqp, errors, header_decoding, lost_attempts, routing
 from wqd.config import Config, PoolConfig
 
 # Headers a replayed copy does not keep: its attempt count starts again, and
-# the failure they describe is the old one.
+# the failure they describe is the old one; CC and BCC would route it to other
+# queues as well.
 _RESET_PREFIXES = ("x-wqd-",)
-_BROKER_HEADERS = ("x-death", "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason",
-                   "x-last-death-exchange", "x-last-death-queue", "x-last-death-reason",
-                   lost_attempts.DELIVERY_COUNT_HEADER)
+_NOT_COPIED = ("CC", "BCC", "x-death", "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason",
+               "x-last-death-exchange", "x-last-death-queue", "x-last-death-reason",
+               lost_attempts.DELIVERY_COUNT_HEADER)
 REPLAYS_HEADER = "x-wqd-replays"
 REPLAYED_AT_HEADER = "x-wqd-replayed-at"
 _SHORT_KEY = len("sha1:") + 12  # a message without an id is named by its body's hash, this long
+_MAX_DEPTH = 32  # tables and arrays shown nested at most this deep
+_CANDIDATES_SHOWN = 10  # the ids an ambiguous prefix starts that an error lists
+# The largest AMQP long (a signed 64-bit header value): the replay counter stays there.
+REPLAYS_MAX = 2**63 - 1
 
 
 @dataclasses.dataclass
@@ -50,51 +61,49 @@ class DeadLetter:
 
     @property
     def id(self) -> str:
-        """The message id, or (none given) a prefix of its body's hash."""
-        return self.properties.message_id or ("sha1:" + hashlib.sha1(self.body).hexdigest())[:_SHORT_KEY]
+        """How the commands show and name it: its message id, printable (see
+        printable()), or (none given) a prefix of its body's hash."""
+        if self.properties.message_id:
+            return printable(text(self.properties.message_id))
+        return ("sha1:" + hashlib.sha1(self.body).hexdigest())[:_SHORT_KEY]
 
-    def header(self, name: str):
+    def header(self, name: str) -> Optional[str]:
+        """Header ``name`` as text (see text()), None when it is absent."""
         value = self.headers.get(name)
-        return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+        return None if value is None else text(value)
 
     @property
     def exception(self) -> str:
         """The handler's exception type; for a message the broker dead-lettered
         (e.g. a quorum queue's delivery limit), its reason."""
         if self.header("x-wqd-exception"):
-            return str(self.header("x-wqd-exception"))
+            return self.header("x-wqd-exception")
         death = self._first_death()
-        return f"(broker: {_text(death.get('reason'))})" if death.get("reason") else "(unknown)"
+        return f"(broker: {text(death.get('reason'))})" if death.get("reason") else "(unknown)"
 
     @property
     def error(self) -> str:
-        return str(self.header("x-wqd-error") or "")
+        return self.header("x-wqd-error") or ""
 
     @property
     def attempts(self) -> Optional[int]:
-        value = self.header("x-wqd-attempts")
-        if value is None and self._first_death():
-            value = self._first_death().get("count")
-        try:
-            return int(value) if value is not None else None
-        except (TypeError, ValueError):
-            return None
+        attempts = lost_attempts.header_number(self.headers, "x-wqd-attempts")
+        return attempts if attempts is not None else lost_attempts.header_number(self._first_death(), "count")
 
     @property
     def failed_at(self) -> Optional[float]:
         """When it was given up on (epoch seconds): wqd's header, the broker's
         dead-lettering time, else the time it was published; None if unknown."""
-        text = self.header("x-wqd-failed-at")
-        if text:
+        stamp = self.header("x-wqd-failed-at")
+        if stamp:
             try:
-                return datetime.datetime.strptime(str(text), "%Y-%m-%dT%H:%M:%SZ").replace(
+                return datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(
                     tzinfo=datetime.timezone.utc).timestamp()
             except ValueError:
                 pass
-        death = self._first_death()
-        stamp = death.get("time") if death else None
-        if isinstance(stamp, datetime.datetime):
-            return stamp.replace(tzinfo=stamp.tzinfo or datetime.timezone.utc).timestamp()
+        death = self._first_death().get("time")
+        if isinstance(death, datetime.datetime):
+            return death.replace(tzinfo=death.tzinfo or datetime.timezone.utc).timestamp()
         if self.properties.timestamp:
             return float(self.properties.timestamp)
         return None
@@ -103,41 +112,109 @@ class DeadLetter:
         failed = self.failed_at
         return None if failed is None else max(0.0, now - failed)
 
-    def matches(self, ids, exception: Optional[str]) -> bool:
-        """Named by one of ``ids`` (any when empty) and, when given, of the exception type."""
-        if ids and not any(self.id == wanted or (self.properties.message_id is None and len(wanted) >= 9
-                                                 and self.id.startswith(wanted)) for wanted in ids):
+    def matches(self, ids, exceptions) -> bool:
+        """Named by one of ``ids`` and of one of the ``exceptions`` types (either: any when empty)."""
+        if ids and not any(self.named(wanted) for wanted in ids):
             return False
-        return exception is None or self.exception == exception
+        return not exceptions or self.exception in exceptions
+
+    def named(self, wanted: str) -> bool:
+        """Whether a command-line argument names it: its id as shown, its message
+        id as sent (a byte that is not UTF-8 comes in surrogate-escaped), or
+        9 characters or more of a body hash's id."""
+        message_id = self.properties.message_id
+        if not message_id:
+            return len(wanted) >= 9 and self.id.startswith(wanted)
+        sent = message_id if isinstance(message_id, bytes) else message_id.encode()
+        return wanted == self.id or os.fsencode(wanted) == sent
 
     def summary(self, now: float) -> dict:
         """What `wqd dead list --json` prints of it."""
-        failed_at = self.header("x-wqd-failed-at")
+        message_id = self.properties.message_id
         return {"pool": self.pool, "dead_letter_queue": self.queue, "id": self.id,
-                "message_id": self.properties.message_id, "age_seconds": _round(self.age(now)),
-                "failed_at": None if failed_at is None else str(failed_at), "attempts": self.attempts,
+                "message_id": None if message_id is None else text(message_id), "age_seconds": _round(self.age(now)),
+                "failed_at": self.header("x-wqd-failed-at"), "attempts": self.attempts,
                 "exception": self.exception, "error": self.error, "body_bytes": len(self.body),
                 "replays": self.replays}
 
     @property
     def replays(self) -> int:
-        """How often it was replayed before (0 when the header is missing or not a number)."""
-        try:
-            return int(self.headers.get(REPLAYS_HEADER, 0))
-        except (TypeError, ValueError):
-            return 0
+        """How often it was replayed before: 0 when the header is missing or not
+        a whole number >= 0 (any publisher may set it)."""
+        return lost_attempts.header_number(self.headers, REPLAYS_HEADER) or 0
 
     def _first_death(self) -> dict:
         deaths = self.headers.get("x-death")
         return deaths[0] if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict) else {}
 
 
-def _text(value) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+@dataclasses.dataclass
+class Refusal:
+    """Why the broker did not take a replayed copy."""
+    nacked: bool  # else returned: no queue took it
+    reason: str
+
+
+def text(value) -> str:
+    """Any value pika decoded, as text: bytes that are not UTF-8 with \\xNN
+    escapes, tables and arrays as JSON (see jsonable()), None as null."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    shown = jsonable(value)
+    return shown if isinstance(shown, str) else json.dumps(shown)
+
+
+def jsonable(value, depth: int = 0):
+    """``value`` as json.dumps takes it: names and strings as text(), numbers
+    that are not finite, decimals and timestamps as strings, tables and arrays
+    nested deeper than _MAX_DEPTH as "..."."""
+    if value is None or isinstance(value, (bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, (str, bytes)):
+        return text(value)
+    if isinstance(value, (dict, list)) and depth >= _MAX_DEPTH:
+        return "..."
+    if isinstance(value, dict):
+        return {text(name): jsonable(item, depth + 1) for name, item in value.items()}
+    if isinstance(value, list):
+        return [jsonable(item, depth + 1) for item in value]
+    return str(value)
+
+
+def quoted(value: str) -> str:
+    """``value`` printable, between single quotes (repr() would double its escapes)."""
+    return f"'{printable(value)}'"
+
+
+def printable(value: str) -> str:
+    """``value`` with what is not printable (a terminal's escape sequences, a
+    line break) spelled out as Python would: \\x1b, \\n, \\u200b."""
+    return "".join(char if char.isprintable() else char.encode("unicode_escape").decode("ascii") for char in value)
 
 
 def _round(value):
     return None if value is None else round(value, 1)
+
+
+def named_by(letters: list, wanted: str) -> list:
+    """The letters ``wanted`` names: those it names exactly, else those whose
+    id starts with it, when they share one id; raise WqdError listing the ids
+    when it starts several."""
+    exact = [letter for letter in letters if letter.named(wanted)]
+    if exact or not wanted:
+        return exact
+    found = [letter for letter in letters if letter.id.startswith(wanted)]
+    ids = list(dict.fromkeys(letter.id for letter in found))
+    if len(ids) > 1:
+        queues = ", ".join(dict.fromkeys(letter.queue for letter in found))
+        more = f" and {len(ids) - _CANDIDATES_SHOWN} more" if len(ids) > _CANDIDATES_SHOWN else ""
+        raise errors.WqdError(f"{quoted(wanted)} is the start of {len(ids)} dead messages' ids in {queues}: "
+                              f"{', '.join(ids[:_CANDIDATES_SHOWN])}{more}; give more of the ID")
+    return found
 
 
 def pools_with_dead_letters(config: Config, pool_name: Optional[str]) -> list:
@@ -175,7 +252,8 @@ class DeadLetterQueues:
                 self._connection.close()
             except (pika.exceptions.AMQPError, OSError):
                 pass
-        if isinstance(exc, (pika.exceptions.AMQPError, OSError)):
+        if isinstance(exc, (pika.exceptions.AMQPError, OSError)) and not isinstance(exc, BrokenPipeError):
+            # (pika reports a lost broker socket as its own error: a broken pipe is stdout's reader gone)
             raise errors.BrokerUnavailable(amqp.describe_error(exc, self._url)) from None
 
     def browse(self, pool: PoolConfig) -> list:
@@ -189,24 +267,25 @@ class DeadLetterQueues:
             channel.close()  # the broker takes every message back, unacked
 
     def replay(self, pool: PoolConfig, select: Callable[[DeadLetter], bool], limit: Optional[int],
-               now: Callable[[], float] = time.time) -> Iterator[DeadLetter]:
-        """Move the selected messages (at most ``limit``) to the pool's work
-        queue, one transaction each; yield each once it is committed."""
+               now: Callable[[], float] = time.time) -> Iterator[Tuple[DeadLetter, Optional[Refusal]]]:
+        """Copy the selected messages to the pool's work queue until ``limit`` of
+        them moved; yield (letter, None) for each one moved, (letter, refusal)
+        for each the broker did not take (it stays in the dead-letter queue)."""
         if self._message_count(pool.queue) is None:
             raise errors.WqdError(f"the work queue {pool.queue!r} does not exist; start wqd once to declare it")
         count = self._message_count(pool.dead_letter_queue)
         channel = self._connection.channel()
-        channel.tx_select()
+        channel.confirm_delivery()
         moved = 0
         try:
             for delivery_tag, letter in self._get(channel, pool, count if limit != 0 else 0):
                 if not select(letter):
                     continue  # stays unacked: back in its place when the channel closes
-                channel.basic_publish("", pool.queue, letter.body, replay_properties(letter, now()))
-                channel.basic_ack(delivery_tag)
-                channel.tx_commit()
-                moved += 1
-                yield letter
+                refusal = _publish_copy(channel, pool.queue, letter, now())
+                if refusal is None:
+                    channel.basic_ack(delivery_tag)  # only now: a queue holds the copy
+                    moved += 1
+                yield letter, refusal
                 if limit is not None and moved >= limit:
                     break
         finally:
@@ -247,17 +326,35 @@ class DeadLetterQueues:
         return count
 
 
+def _publish_copy(channel, queue: str, letter: DeadLetter, now: float) -> Optional[Refusal]:
+    """Publish the letter's copy (mandatory, confirmed); None once a queue holds it."""
+    try:
+        channel.basic_publish("", queue, letter.body, replay_properties(letter, now), mandatory=True)
+    except pika.exceptions.UnroutableError as exc:
+        returned = exc.messages[0].method
+        return Refusal(False, f"the broker returned its copy ({returned.reply_code} {returned.reply_text}: "
+                              f"does the work queue {queue!r} still exist?)")
+    except pika.exceptions.NackError:
+        return Refusal(True, f"the broker refused its copy (basic.nack: is the work queue {queue!r} full, "
+                             f"with overflow reject-publish?)")
+    return None
+
+
 def replay_properties(letter: DeadLetter, now: float) -> pika.BasicProperties:
     """The replayed copy's properties: a first attempt again, saying when it was
-    replayed and how often it has been."""
-    properties, old = letter.properties, letter.headers
-    headers = {key: value for key, value in old.items()
-               if not key.startswith(_RESET_PREFIXES) and key not in _BROKER_HEADERS}
-    headers[REPLAYS_HEADER] = letter.replays + 1
+    replayed and how often it has been (at most REPLAYS_MAX), with no value
+    pika cannot encode again."""
+    properties = letter.properties
+    headers = {name: value for name, value in letter.headers.items() if not _reset(text(name))}
+    headers[REPLAYS_HEADER] = min(letter.replays + 1, REPLAYS_MAX)
     headers[REPLAYED_AT_HEADER] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
-    return pika.BasicProperties(
+    return routing.encodable(pika.BasicProperties(
         content_type=properties.content_type, content_encoding=properties.content_encoding,
         headers=headers, delivery_mode=pika.DeliveryMode.Persistent.value, priority=properties.priority,
         correlation_id=properties.correlation_id, reply_to=properties.reply_to,
         message_id=properties.message_id, timestamp=properties.timestamp, type=properties.type,
-        app_id=properties.app_id)  # not user_id: the broker refuses one that is not the replaying user
+        app_id=properties.app_id))  # not user_id: the broker refuses one that is not the replaying user
+
+
+def _reset(name: str) -> bool:
+    return name.startswith(_RESET_PREFIXES) or name in _NOT_COPIED

@@ -3,6 +3,7 @@
 #   make test     the test suite (against throwaway RabbitMQ nodes; never the
 #                 broker on localhost:5672), without the soak tests (the
 #                 3-node cluster test runs in both)
+#   make test-unit  the tests that need no broker (about 20 s)
 #   make test-rabbitmq4
 #   make test-rabbitmq43
 #                 the same suite against a RabbitMQ the host's Debian does not
@@ -15,6 +16,8 @@
 #                 delete it to rebuild); WQD_TEST_RABBITMQ_METADATA=khepri runs
 #                 4.0 nodes on Khepri (4.3 has nothing else)
 #   make demo     the tutorial's five messages through two wqd workers
+#   make docs     the documentation site (MkDocs, --strict) into .cache/site;
+#                 fails when the generated configuration reference is stale
 #   make lint     ruff, version RUFF_VERSION (installed into .venv by this target only;
 #                 its configuration, and pytest's, is in pyproject.toml)
 #   make soak     the long-running soak tests (-m soak), then test-partitions
@@ -52,7 +55,7 @@ OTHER_RABBITMQ_SUITE := $(if $(filter 13.%,$(shell cat /etc/debian_version 2>/de
 # Pinned: a new ruff release can add checks and fail CI with no change of ours.
 RUFF_VERSION := 0.6.9
 
-.PHONY: all venv rabbitmq promtool deploy-tools test test-rabbitmq4 test-rabbitmq43 test-deploy test-partitions demo lint soak bench clean
+.PHONY: all venv rabbitmq promtool deploy-tools docs test test-unit test-rabbitmq4 test-rabbitmq43 test-deploy test-partitions demo lint soak bench clean
 
 all: test
 
@@ -91,6 +94,11 @@ SUITE_PYTEST = $(VENV)/bin/pytest -q -rs -n $(XDIST) -m 'not soak or cluster' te
 test: venv rabbitmq promtool deploy-tools
 	$(SUITE_PYTEST)
 
+# The tests that need no broker (not marked broker: tests/support/fixtures.py),
+# in seconds; WQD_TEST_UNIT makes a node started anyway an error.
+test-unit: venv
+	WQD_TEST_UNIT=1 $(VENV)/bin/pytest -q -n 2 -m 'not broker and not soak and not cluster' tests $(PYTEST_ARGS)
+
 # test-rabbitmq-SUITE: the suite against the RabbitMQ of Debian SUITE.
 test-rabbitmq-%: venv promtool deploy-tools
 	bash scripts/rabbitmq-rootfs.sh $* .cache/rabbitmq-$* >/dev/null
@@ -123,6 +131,20 @@ test-partitions:
 soak: venv rabbitmq promtool
 	$(VENV)/bin/pytest -q -rs -m soak tests $(PYTEST_ARGS)
 	@$(MAKE) --no-print-directory test-partitions
+
+# The documentation site (MkDocs, Material theme), built with --strict so that
+# a broken link or anchor fails; its tools in a venv of their own, pinned.
+DOCS_VENV := .cache/docs-venv
+DOCS_STAMP := $(DOCS_VENV)/.installed
+
+$(DOCS_STAMP): docs/requirements.txt
+	test -x $(DOCS_VENV)/bin/python || $(PY) -m venv $(DOCS_VENV)
+	$(DOCS_VENV)/bin/pip install --disable-pip-version-check -q -r docs/requirements.txt
+	touch $@
+
+docs: $(DOCS_STAMP) venv
+	$(VENV_PY) -m wqd.config_docs --check
+	$(DOCS_VENV)/bin/mkdocs build --strict
 
 lint: venv
 	test "$$($(VENV)/bin/ruff --version 2>/dev/null)" = "ruff $(RUFF_VERSION)" || \

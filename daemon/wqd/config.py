@@ -322,7 +322,8 @@ class SectionList:
 
 
 def key(check, default: Any = dataclasses.MISSING, *, doc: str, name: Optional[str] = None,
-        env: Optional[str] = None, when_absent: Optional[Callable[[dict], Any]] = None):
+        env: Optional[str] = None, when_absent: Optional[Callable[[dict], Any]] = None,
+        shown: Optional[str] = None, example: Any = None):
     """Declare a configuration key as a dataclass field; the validator walks these.
 
     ``check`` returns the cleaned value or raises ValueError saying what was
@@ -331,10 +332,13 @@ def key(check, default: Any = dataclasses.MISSING, *, doc: str, name: Optional[s
     ``env`` names an environment variable that overrides the file, split into
     a list of URLs (see split_urls). ``when_absent(values)`` computes the value
     of a key the file leaves out from its section's other values (the dataclass
-    default then serves only code that builds the section itself).
+    default then serves only code that builds the section itself). The
+    generated reference and etc/wqd.yaml (config_docs.py) show ``shown`` as
+    the default of such a key, and ``example`` as the value of a required one.
     """
     return dataclasses.field(default=default, metadata={
-        "check": check, "doc": doc, "name": name, "env": env, "when_absent": when_absent})
+        "check": check, "doc": doc, "name": name, "env": env, "when_absent": when_absent,
+        "shown": shown, "example": example})
 
 
 def declared_keys(cls: type):
@@ -359,10 +363,11 @@ class TLSConfig:
 @dataclasses.dataclass(frozen=True)
 class BrokerConfig:
     urls: tuple = key(broker_urls, (DEFAULT_BROKER_URL,), name="url", env="WQD_BROKER_URL",
-                      doc="a URL, or a list of them (one per cluster node; workers spread over them)")
-    heartbeat: int = key(amqp_short(non_negative_int), 60, doc="AMQP heartbeat, seconds (0 disables)")
+                      doc="a URL, or a list of them (one per cluster node; workers spread over them); amqps:// for TLS; "
+                          "the password may hold any character and is never printed")
+    heartbeat: int = key(amqp_short(non_negative_int), 60, doc="AMQP heartbeat, seconds (0 disables; at most 65535)")
     tls: Optional[TLSConfig] = key(Section(TLSConfig, nullable=True), None,
-                                   doc="{ca_file, cert_file, key_file} for amqps:// URLs")
+                                   doc="{ca_file, cert_file, key_file} for amqps:// URLs (see TLS to the broker)")
 
     @property
     def url(self) -> str:
@@ -418,8 +423,10 @@ class TracingConfig:
 @dataclasses.dataclass(frozen=True)
 class DeduplicationConfig:
     capacity: int = key(at_most(MAX_DEDUPLICATION_CAPACITY, positive_int), 1_000_000,
-                        doc="finished message ids the master remembers (about 32 bytes each); the oldest go first")
+                        doc="finished message ids the master remembers, the oldest forgotten first (about 32 "
+                            "bytes each: 31 MiB at the default; at most 50,000,000)")
     state_file: Optional[str] = key(optional(state_file_path), None, when_absent=default_state_file,
+                                    shown="$STATE_DIRECTORY/finished-ids",
                                     doc="where they are kept across restarts (written at stop, read at start); "
                                         "default $STATE_DIRECTORY/finished-ids under systemd, else not kept")
 
@@ -475,21 +482,26 @@ def worker_count(value: Any) -> WorkerBounds:
 
 @dataclasses.dataclass(frozen=True)
 class PoolConfig:
-    name: str = key(non_empty_str, doc="unique; the label in metrics, logs and process titles")
-    queue: str = key(non_empty_str, doc="the work queue, declared durable")
+    name: str = key(non_empty_str, example="default", doc="unique; the label in metrics, logs and process titles")
+    queue: str = key(non_empty_str, example="task_queue", doc="the work queue, declared durable")
     handler: Union[str, ExecHandler] = key(
-        handler_ref, doc='"module:callable" run for each message, or {exec: [command, ...], persistent: false}')
+        handler_ref, example="wqd.examples:sleep_dots",
+        doc='"module:callable" run for each message, or {exec: [command, ...], persistent: false}')
     workers: WorkerBounds = key(worker_count, WorkerBounds(1, 1),
-                                doc="worker processes: a number, or {min, max, idle_timeout} to autoscale")
-    prefetch: int = key(amqp_short(positive_int), 1, doc="unacked messages per worker; 1 = fair dispatch")
+                                doc="worker processes (at most 1000): a number, or {min, max, idle_timeout} to "
+                                    "autoscale between min and max")
+    prefetch: int = key(amqp_short(positive_int), 1, doc="unacked messages per worker; 1 = fair dispatch (at most 65535)")
     queue_type: str = key(one_of("classic", "quorum"), "classic", doc="classic, or quorum (for clusters)")
     max_retries: int = key(non_negative_int, 3, doc="retries after the first failed attempt; then dead-letter")
-    retry_delay: RetryDelay = key(Section(RetryDelay), RetryDelay(), doc="the delay before each retry")
+    retry_delay: RetryDelay = key(Section(RetryDelay), RetryDelay(), doc="retry n waits initial x factor^(n-1) seconds, capped at max, minus up to 10% "
+                                                                          "jitter; initial and max at most 24 days, factor 1 to 100")
     dead_letter_queue: Optional[str] = key(optional(non_empty_str), None,
-                                           when_absent=lambda values: values["queue"] + ".dead",
+                                           when_absent=lambda values: values["queue"] + ".dead", shown="<queue>.dead",
                                            doc="where given-up messages go (default <queue>.dead); null drops them")
     time_limit: Optional[float] = key(optional(positive_number), None,
-                                      doc="seconds a task may run before its worker is killed and replaced")
+                                      doc="seconds a task's handler may run before its worker is killed and replaced "
+                                          "(the attempt failed); a handler that ends within it has up to 60 s more to "
+                                          "ack, retry or dead-letter the task")
     max_tasks_per_child: Optional[int] = key(optional(positive_int), None,
                                              doc="recycle a worker after this many tasks")
     max_memory_per_child: Optional[int] = key(optional(positive_int), None,

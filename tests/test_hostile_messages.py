@@ -307,25 +307,3 @@ def test_header_values_pika_cannot_decode_never_crash_a_worker(broker, queue_nam
     wqd.stop()
     assert "Traceback" not in wqd.logs()
 
-
-def test_a_copy_the_broker_refuses_never_loses_the_original(broker, queue_name, make_wqd):
-    """The broker closes the publishing channel on a copy larger than its
-    max_message_size (lowered here after the original was accepted)."""
-    broker.declare_queue(queue_name)
-    body = task_body("big", action="fail").encode() + b" " * 5000
-    broker.publish(queue_name, body, declare=False, message_id="m-big")
-    original_limit = _max_message_size(broker)
-    _set_max_message_size(broker, 1024)
-    try:
-        wqd = make_wqd([pool(queue_name, workers=1, max_retries=3, retry_delay=FAST_RETRY)],
-                       graceful_timeout=2).start()
-        wait_for(lambda: "Could not republish task m-big" in wqd.logs(), 30, message=lambda: wqd.logs())
-        assert "PRECONDITION_FAILED" in wqd.logs()
-        assert _restarts(wqd) == 0
-        wqd.stop()
-    finally:
-        _set_max_message_size(broker, original_limit)
-    wait_for(lambda: _ready(broker, queue_name) == 1, 15, message="the original back in the queue")
-    ((got, properties),) = broker.get_all_messages(queue_name)
-    assert got == body and properties.message_id == "m-big"
-    assert "Traceback" not in wqd.logs()

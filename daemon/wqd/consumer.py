@@ -25,6 +25,7 @@ from wqd.config import redact_url
 from wqd.connection_keeper import ConnectionKeeper
 from wqd.lost_attempts import message_key
 from wqd.message import Message
+from wqd.refused_copies import MAX_PARKED
 from wqd.routing import RECOVERABLE, Router, Task
 from wqd.task_stats import Outcome
 from wqd.worker_record import SETTLE_TIMEOUT
@@ -246,10 +247,13 @@ class Consumer:
             self.router.return_unstarted(method.delivery_tag, properties, body)
             return None
         if attempt > max_attempts:
-            # It was lost on every attempt so far: give up without running it
-            # again, so a poison message cannot take the pool down.
-            task.error = lost_attempts.WorkerLost(_lost_reason(self.pool.queue_type, lost))
-            log.warning("Task %s given up without running it again: %s.", message.message_id or key, task.error)
+            # It was lost (or parked: its copies refused, said once) on every
+            # attempt so far: give up without running it again, so a poison
+            # message cannot take the pool down.
+            task.error = self.router.parking.refused(key)
+            if task.error is None:
+                task.error = lost_attempts.WorkerLost(_lost_reason(self.pool.queue_type, lost))
+                log.warning("Task %s given up without running it again: %s.", message.message_id or key, task.error)
             message.attempt = max_attempts  # the last attempt that ran
             self._settle(task)
             return None
@@ -272,12 +276,24 @@ class Consumer:
             raise
         if outcome is None:  # held until the republish is tried again
             return None
-        if task.lost:  # rare: its lineage lost attempts, and ends here
+        if task.parked:  # rare: no copy could be made; it goes back to its queue
+            self._parked(task)
+        elif task.lost:  # rare: its lineage lost attempts, and ends here
             self.reporter.send(lost_attempts.CLEAR, key=task.key)
         self.record.task_finished(outcome, task.duration)
         if self._recycles:
             self._check_recycle()
         return outcome
+
+    def _parked(self, task: Task) -> None:
+        """The master counts the attempt (its lineage goes on), and a new
+        consumer gets a prefetch window of its own: the parked delivery keeps
+        its slot until its hold ends, and the next messages must not wait."""
+        self.reporter.send(lost_attempts.RETURNED, key=task.key)
+        self.record.copy_refused()
+        if self._consumer_tag is not None and len(self.router.parking) <= MAX_PARKED:
+            self._cancel_consumer()
+            self._consumer_tag = self._channel.basic_consume(self.pool.queue, on_message_callback=self._on_delivery)
 
     def _check_recycle(self) -> None:
         self._tasks_done += 1

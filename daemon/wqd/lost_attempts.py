@@ -42,6 +42,9 @@ DELIVERY_COUNT_HEADER = "x-delivery-count"  # quorum queues: deliveries before t
 LINEAGE_HEADERS = (ATTEMPT_HEADER, LOST_HEADER, DELIVERY_COUNT_HEADER)
 QUERY = "lost?"  # a worker's report, with ``key``: how many attempts of it died with a worker?
 CLEAR = "settled"  # a worker's report, with ``key``: a lineage that lost attempts ended
+# A worker's report, with ``key``: an attempt ended with its message parked
+# (no copy of it could be published, refused_copies.py): counted as lost.
+RETURNED = "returned"
 # Longest numeric header string read (a count of ten digits is far past any limit).
 NUMBER_DIGITS = 10
 # Messages whose lost attempts the master remembers (the oldest are forgotten).

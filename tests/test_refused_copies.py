@@ -1,0 +1,132 @@
+"""Failed attempts whose copy (a retry, a dead letter) the broker will not take
+as it is: a dead-letter queue deleted while wqd runs, a delay queue that
+exists with other arguments, a body over a max_message_size lowered since it
+was queued, headers that leave a dead letter no room in a frame. Each ends in
+a bounded number of handler runs, and a one-worker pool goes on with the next
+message. Driven from outside: a real broker, `wqd run`."""
+
+import pika
+
+from tests.support.daemon import pool, task_body
+from tests.support.queues import queue_counts, wait_queue
+from tests.support.waiting import wait_for
+
+FAST_RETRY = {"initial": 0.2, "max": 0.2}  # delay queue <queue>.delay.200; a parked message is held 1 s
+FRAME_MAX = 131072  # what pika and the broker negotiate by default
+HEADER_FRAME_OVERHEAD = 20
+
+
+def _ready(broker, queue):
+    counts = queue_counts(broker, queue)
+    return counts["messages_ready"] if counts else 0
+
+
+def _runs(wqd, task_id):
+    return [start["attempt"] for start in wqd.records("start") if start["id"] == task_id]
+
+
+def _processes_the_next_message(broker, queue, wqd):
+    """A message published now is run by the same (one) worker."""
+    (worker,) = wqd.worker_pids()
+    broker.publish(queue, task_body("next").encode(), declare=False)
+    wait_for(lambda: "next" in wqd.ended_ids(), 30, message=lambda: wqd.logs())
+    assert [end["pid"] for end in wqd.records("end") if end["id"] == "next"] == [worker]
+
+
+def _max_message_size(broker) -> int:
+    answer = broker.ctl("eval", "{ok, Size} = application:get_env(rabbit, max_message_size), Size.")
+    return int(answer.strip())
+
+
+def _set_max_message_size(broker, size: int) -> None:
+    """RabbitMQ 3.x reads max_message_size from the application environment at
+    each publish; 4.0 from a persistent term it writes once at boot: set both."""
+    broker.ctl("eval", f"application:set_env(rabbit, max_message_size, {size}), "
+                       f"persistent_term:put(max_message_size, {size}).")
+
+
+def test_a_dead_letter_queue_deleted_while_wqd_runs_is_declared_again(broker, queue_name, make_wqd):
+    wqd = make_wqd([pool(queue_name, workers=1, max_retries=0)]).start()
+    broker.delete_queue(queue_name + ".dead")
+    broker.publish(queue_name, task_body("doomed", action="fail").encode(), declare=False, message_id="m-1")
+    wait_queue(broker, queue_name + ".dead", 30, "dead-lettered into the queue declared again", messages_ready=1)
+    assert _runs(wqd, "doomed") == [1]
+    assert f"Queue '{queue_name}.dead' is gone; declaring it again." in wqd.logs()
+    _processes_the_next_message(broker, queue_name, wqd)
+    assert _runs(wqd, "doomed") == [1]
+    assert wqd.metric("wqd_tasks_total", pool="default", outcome="dead_lettered") == 1
+    assert wqd.metric("wqd_copies_refused_total", pool="default") == 0
+
+
+def test_a_delay_queue_with_other_arguments_dead_letters_at_once_saying_why(broker, queue_name, make_wqd):
+    delay_queue = queue_name + ".delay.200"
+    broker.declare_queue(delay_queue)  # without the dead-letter arguments wqd gives it
+    try:
+        wqd = make_wqd([pool(queue_name, workers=1, max_retries=3, retry_delay=FAST_RETRY)]).start()
+        broker.publish(queue_name, task_body("doomed", action="fail").encode(), declare=False, message_id="m-1")
+        wait_queue(broker, queue_name + ".dead", 30, "dead-lettered", messages_ready=1)
+        ((_, properties),) = broker.get_all_messages(queue_name + ".dead")
+        assert properties.headers["x-wqd-exception"] == "RuntimeError"
+        reason = properties.headers["x-wqd-reason"]
+        assert reason.startswith(f"its delay queue '{delay_queue}' cannot be declared: 406 PRECONDITION_FAILED"), \
+            reason
+        assert "Task m-1 cannot be retried" in wqd.logs()
+        _processes_the_next_message(broker, queue_name, wqd)
+        assert _runs(wqd, "doomed") == [1]
+        assert _ready(broker, delay_queue) == 0
+    finally:
+        broker.delete_queue(delay_queue)
+
+
+def test_a_body_over_max_message_size_stays_in_its_queue_and_runs_a_bounded_number_of_times(
+        broker, queue_name, make_wqd):
+    """No copy of it can be published anywhere: it is parked (held, then
+    returned, each time counted as an attempt), never lost, logged once."""
+    broker.declare_queue(queue_name)
+    body = task_body("big", action="fail").encode() + b" " * 5000
+    broker.publish(queue_name, body, declare=False, message_id="m-big")
+    original_limit = _max_message_size(broker)
+    _set_max_message_size(broker, 1024)
+    try:
+        wqd = make_wqd([pool(queue_name, workers=1, max_retries=2, retry_delay=FAST_RETRY)]).start()
+        # Its three attempts run, then two parkings without a run (held 1 s each).
+        wait_for(lambda: wqd.metric("wqd_copies_refused_total", pool="default") >= 5, 60,
+                 message=lambda: wqd.logs())
+        _processes_the_next_message(broker, queue_name, wqd)
+        assert _runs(wqd, "big") == [1, 2, 3]
+        logs = wqd.logs()
+        assert logs.count("Task m-big cannot be copied") == 1, logs
+        assert "message size" in logs and "max_message_size" in logs
+        assert "given up without running" not in logs
+        wqd.stop()
+    finally:
+        _set_max_message_size(broker, original_limit)
+    wait_for(lambda: _ready(broker, queue_name) == 1, 15, message="the original back in the queue")
+    ((got, properties),) = broker.get_all_messages(queue_name)
+    assert got == body and properties.message_id == "m-big"
+    assert _ready(broker, queue_name + ".dead") == 0
+    assert "Traceback" not in wqd.logs()
+
+
+def test_headers_that_nearly_fill_a_frame_get_a_dead_letter_trimmed_to_fit(broker, queue_name, make_wqd):
+    """wqd's dead-letter headers (the traceback) would make its header frame
+    larger than the connection's frame_max, and the broker would drop the
+    connection: they are shortened instead."""
+    wqd = make_wqd([pool(queue_name, workers=1, max_retries=0)]).start()
+    properties = pika.BasicProperties(delivery_mode=2, message_id="m-wide", headers={"pad": ""})
+    room = FRAME_MAX - HEADER_FRAME_OVERHEAD - len(b"".join(properties.encode()))
+    properties.headers["pad"] = "p" * (room - 500)  # 500 bytes left: less than wqd's headers take
+    with broker.connection() as connection:
+        channel = connection.channel()
+        channel.confirm_delivery()
+        channel.basic_publish("", queue_name, task_body("wide", action="fail").encode(), properties, mandatory=True)
+    wait_queue(broker, queue_name + ".dead", 30, "dead-lettered", messages_ready=1)
+    ((_, dead),) = broker.get_all_messages(queue_name + ".dead")
+    assert dead.headers["pad"] == properties.headers["pad"]
+    assert dead.headers["x-wqd-exception"] == "RuntimeError"
+    assert FRAME_MAX - HEADER_FRAME_OVERHEAD - 4 <= len(b"".join(dead.encode())) <= FRAME_MAX - HEADER_FRAME_OVERHEAD
+    assert len(dead.headers["x-wqd-traceback"]) < 500
+    assert dead.headers["x-wqd-traceback"].endswith("RuntimeError: task wide failed on purpose\n")
+    _processes_the_next_message(broker, queue_name, wqd)
+    assert _runs(wqd, "wide") == [1]
+    assert "connection lost" not in wqd.logs()

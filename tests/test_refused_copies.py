@@ -89,11 +89,12 @@ def test_a_body_over_max_message_size_stays_in_its_queue_and_runs_a_bounded_numb
     _set_max_message_size(broker, 1024)
     try:
         wqd = make_wqd([pool(queue_name, workers=1, max_retries=2, retry_delay=FAST_RETRY)]).start()
-        # Its three attempts run, then two parkings without a run (held 1 s each).
-        wait_for(lambda: wqd.metric("wqd_copies_refused_total", pool="default") >= 5, 60,
+        # Its three attempts run (each parked 1 s), then it is parked without a run (for 60 s).
+        wait_for(lambda: wqd.metric("wqd_copies_refused_total", pool="default") == 4, 60,
                  message=lambda: wqd.logs())
         _processes_the_next_message(broker, queue_name, wqd)
         assert _runs(wqd, "big") == [1, 2, 3]
+        assert wqd.metric("wqd_copies_refused_total", pool="default") == 4, "held, not spinning"
         logs = wqd.logs()
         assert logs.count("Task m-big cannot be copied") == 1, logs
         assert "message size" in logs and "max_message_size" in logs

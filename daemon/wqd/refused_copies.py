@@ -111,9 +111,12 @@ def fit_dead_letter(properties, frame_max: int):
                      f"even without wqd's traceback and error text")
 
 
-def hold_seconds(retry_delay: float) -> float:
-    """How long a parked delivery is held before it goes back: its retry delay, within bounds."""
-    return min(max(retry_delay, PARK_MIN), PARK_MAX)
+def hold_seconds(retry_delay: float, ran: bool) -> float:
+    """How long a parked delivery is held before it goes back: its retry
+    delay, within bounds, while its handler ran; PARK_MAX once it is given up
+    without running and only tried as a dead letter (its whole body sent
+    again each time)."""
+    return min(max(retry_delay, PARK_MIN), PARK_MAX) if ran else PARK_MAX
 
 
 class Parking:

@@ -217,7 +217,7 @@ class Router:
 
     def _park(self, task: Task, reason: str):
         """No copy can be made: hold the original, then return it to its queue (refused_copies.py)."""
-        hold = refused_copies.hold_seconds(retry_delay(self.pool, task.message.attempt))
+        hold = refused_copies.hold_seconds(retry_delay(self.pool, task.message.attempt), ran=task.duration is not None)
         self.parking.park(self._connection, self._channel, task, reason, hold)
         task.parked = True
         return Outcome.FAILED

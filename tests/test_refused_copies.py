@@ -6,6 +6,7 @@ a bounded number of handler runs, and a one-worker pool goes on with the next
 message. Driven from outside: a real broker, `wqd run`."""
 
 import pika
+import pytest
 
 from tests.support.daemon import pool, task_body
 from tests.support.queues import queue_counts, wait_queue
@@ -109,14 +110,16 @@ def test_a_body_over_max_message_size_stays_in_its_queue_and_runs_a_bounded_numb
     assert "Traceback" not in wqd.logs()
 
 
-def test_headers_that_nearly_fill_a_frame_get_a_dead_letter_trimmed_to_fit(broker, queue_name, make_wqd):
-    """wqd's dead-letter headers (the traceback) would make its header frame
-    larger than the connection's frame_max, and the broker would drop the
-    connection: they are shortened instead."""
+@pytest.mark.parametrize("left", [500, 100])
+def test_headers_that_nearly_fill_a_frame_get_a_dead_letter_that_fits(broker, queue_name, make_wqd, left):
+    """wqd's dead-letter headers would make its header frame larger than the
+    connection's frame_max, and the broker would drop the connection: they
+    give way instead (the traceback shortened; with less room, removed, and
+    the other texts with it)."""
     wqd = make_wqd([pool(queue_name, workers=1, max_retries=0)]).start()
     properties = pika.BasicProperties(delivery_mode=2, message_id="m-wide", headers={"pad": ""})
     room = FRAME_MAX - HEADER_FRAME_OVERHEAD - len(b"".join(properties.encode()))
-    properties.headers["pad"] = "p" * (room - 500)  # 500 bytes left: less than wqd's headers take
+    properties.headers["pad"] = "p" * (room - left)  # less room than wqd's headers take
     with broker.connection() as connection:
         channel = connection.channel()
         channel.confirm_delivery()
@@ -124,10 +127,13 @@ def test_headers_that_nearly_fill_a_frame_get_a_dead_letter_trimmed_to_fit(broke
     wait_queue(broker, queue_name + ".dead", 30, "dead-lettered", messages_ready=1)
     ((_, dead),) = broker.get_all_messages(queue_name + ".dead")
     assert dead.headers["pad"] == properties.headers["pad"]
-    assert dead.headers["x-wqd-exception"] == "RuntimeError"
-    assert FRAME_MAX - HEADER_FRAME_OVERHEAD - 4 <= len(b"".join(dead.encode())) <= FRAME_MAX - HEADER_FRAME_OVERHEAD
-    assert len(dead.headers["x-wqd-traceback"]) < 500
-    assert dead.headers["x-wqd-traceback"].endswith("RuntimeError: task wide failed on purpose\n")
+    assert dead.headers["x-wqd-exception"] == "RuntimeError" and dead.headers["x-wqd-attempts"] == 1
+    assert len(b"".join(dead.encode())) <= FRAME_MAX - HEADER_FRAME_OVERHEAD
+    if left == 500:
+        assert len(b"".join(dead.encode())) >= FRAME_MAX - HEADER_FRAME_OVERHEAD - 4, "shortened, not removed"
+        assert dead.headers["x-wqd-traceback"].endswith("RuntimeError: task wide failed on purpose\n")
+    else:
+        assert "x-wqd-traceback" not in dead.headers
     _processes_the_next_message(broker, queue_name, wqd)
     assert _runs(wqd, "wide") == [1]
     assert "connection lost" not in wqd.logs()

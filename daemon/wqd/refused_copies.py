@@ -10,7 +10,8 @@ handler run again and again (routing.py publishes the copies):
   ``x-wqd-reason`` saying why (RetryImpossible);
 - a dead letter's header block would not fit the connection's frame
   (frame_max; a broker closes the connection on a larger frame): wqd's own
-  ``x-wqd-traceback`` and ``x-wqd-error`` are shortened until it does;
+  headers give way until it does (GIVE_WAY: the traceback and error text
+  shortened first);
 - no copy can be published at all (its body is over the broker's
   max_message_size, the dead-letter queue refuses it, or the broker refused
   it ROUTE_ATTEMPTS times): the original is *parked* (Parking). It stays
@@ -33,9 +34,12 @@ log = logging.getLogger("wqd.worker")
 # A content header frame: frame type, channel and size (7 bytes) and the frame
 # end (1), then class id, weight and body size (12) before the properties.
 HEADER_FRAME_OVERHEAD = 20
-# wqd's own dead-letter headers that may be shortened to fit a frame, and
-# which end of each says most (a traceback's last lines, an error's first words).
-TRIMMABLE = (("x-wqd-traceback", "end"), ("x-wqd-error", "start"))
+# wqd's own dead-letter headers, in the order they give way when the header
+# block would not fit a frame: a text is shortened (a traceback keeps its last
+# lines, the others their first words), the rest removed. x-wqd-exception and
+# x-wqd-attempts stay: `wqd dead` needs no more.
+GIVE_WAY = (("x-wqd-traceback", "end"), ("x-wqd-error", "start"), ("x-wqd-reason", "start"),
+            ("x-wqd-host", None), ("x-wqd-queue", None), ("x-wqd-pool", None), ("x-wqd-failed-at", None))
 PARK_MIN = 1.0  # seconds a parked delivery is held at least: its return is no busy loop
 # Held at most this long: below any consumer timeout wqd gives a queue
 # (time_limit x prefetch + 60 s) and the broker's default (30 min), which
@@ -94,21 +98,26 @@ def check_retry_fits(properties, frame_max: int) -> None:
 
 
 def fit_dead_letter(properties, frame_max: int):
-    """The dead letter's properties, wqd's longest headers shortened until its
-    header block fits a frame; raises Uncopyable when even that is too large."""
-    excess = header_block_size(properties) - frame_room(frame_max)
-    if excess <= 0:
-        return properties
+    """The dead letter's properties, wqd's own headers shortened or removed
+    (GIVE_WAY) until its header block fits a frame; raises Uncopyable when
+    even the message's own headers do not leave room."""
     headers = properties.headers
-    for name, keep in TRIMMABLE:
-        encoded = str(headers.get(name, "")).encode()
-        kept = max(0, len(encoded) - excess)
-        headers[name] = (encoded[len(encoded) - kept:] if keep == "end" else encoded[:kept]).decode(errors="ignore")
+    for name, keep in GIVE_WAY:
         excess = header_block_size(properties) - frame_room(frame_max)
         if excess <= 0:
             return properties
-    raise Uncopyable(f"its header block would not fit the connection's frame (frame_max {frame_max} bytes) "
-                     f"even without wqd's traceback and error text")
+        if name not in headers:
+            continue
+        encoded = str(headers[name]).encode()
+        kept = len(encoded) - excess
+        if keep is None or kept <= 0:
+            del headers[name]
+        else:
+            headers[name] = (encoded[-kept:] if keep == "end" else encoded[:kept]).decode(errors="ignore")
+    if header_block_size(properties) <= frame_room(frame_max):
+        return properties
+    raise Uncopyable(f"its own headers leave no room for wqd's in the connection's frame (frame_max {frame_max} "
+                     f"bytes)")
 
 
 def hold_seconds(retry_delay: float, ran: bool) -> float:

@@ -6,11 +6,13 @@ a bounded number of handler runs, and a one-worker pool goes on with the next
 message. Driven from outside: a real broker, `wqd run`."""
 
 import pika
+import pika.exceptions
 import pytest
 
 from tests.support.daemon import pool, task_body
 from tests.support.queues import queue_counts, wait_queue
 from tests.support.waiting import wait_for
+from wqd import refused_copies
 
 FAST_RETRY = {"initial": 0.2, "max": 0.2}  # delay queue <queue>.delay.200; a parked message is held 1 s
 FRAME_MAX = 131072  # what pika and the broker negotiate by default
@@ -137,3 +139,68 @@ def test_headers_that_nearly_fill_a_frame_get_a_dead_letter_that_fits(broker, qu
     _processes_the_next_message(broker, queue_name, wqd)
     assert _runs(wqd, "wide") == [1]
     assert "connection lost" not in wqd.logs()
+
+
+# -- the pieces, without a broker --
+
+
+def _dead_letter_properties(pad: int):
+    return pika.BasicProperties(message_id="m-1", headers={
+        "pad": "p" * pad, "x-wqd-exception": "RuntimeError", "x-wqd-error": "E" * 300,
+        "x-wqd-traceback": "T" * 2000 + "last line\n", "x-wqd-attempts": 4, "x-wqd-pool": "default",
+        "x-wqd-queue": "q", "x-wqd-host": "h", "x-wqd-failed-at": "2026-12-07T09:00:00Z"})
+
+
+def _room_left(properties, frame_max=4096):
+    return refused_copies.frame_room(frame_max) - refused_copies.header_block_size(properties)
+
+
+def _with_room(left: int):
+    """A dead letter whose header block leaves ``left`` bytes of a 4,096-byte frame (negative: too many)."""
+    properties = _dead_letter_properties(pad=10)
+    properties.headers["pad"] = "p" * (10 + _room_left(properties) - left)
+    assert _room_left(properties) == left
+    return properties
+
+
+def test_a_dead_letter_that_fits_is_left_as_it_is():
+    properties = _with_room(0)
+    before = dict(properties.headers)
+    assert refused_copies.fit_dead_letter(properties, 4096).headers == before
+
+
+def test_a_dead_letter_gives_way_traceback_first_keeping_its_end():
+    fitted = refused_copies.fit_dead_letter(_with_room(-1000), 4096)
+    assert 0 <= _room_left(fitted) <= 4
+    assert fitted.headers["x-wqd-traceback"].endswith("last line\n")
+    assert fitted.headers["x-wqd-error"] == "E" * 300 and fitted.headers["x-wqd-host"] == "h"
+
+
+def test_with_less_room_the_texts_go_then_the_names_and_exception_and_attempts_stay():
+    fitted = refused_copies.fit_dead_letter(_with_room(-2400), 4096)
+    assert _room_left(fitted) >= 0
+    assert {"x-wqd-traceback", "x-wqd-error", "x-wqd-host"}.isdisjoint(fitted.headers)
+    assert fitted.headers["x-wqd-exception"] == "RuntimeError" and fitted.headers["x-wqd-attempts"] == 4
+    assert fitted.headers["pad"]
+
+
+def test_a_message_whose_own_headers_fill_the_frame_cannot_be_dead_lettered():
+    properties = _dead_letter_properties(pad=4096)
+    with pytest.raises(refused_copies.Uncopyable, match="leave no room"):
+        refused_copies.fit_dead_letter(properties, 4096)
+
+
+@pytest.mark.parametrize("exc, lasting", [
+    (pika.exceptions.ChannelClosedByBroker(406, "PRECONDITION_FAILED - message size 5043 is larger"), True),
+    (pika.exceptions.ChannelClosedByBroker(403, "ACCESS_REFUSED - access to queue"), True),
+    (pika.exceptions.ChannelClosedByBroker(404, "NOT_FOUND - no exchange"), False),
+    (pika.exceptions.NackError([]), False),
+    (pika.exceptions.UnroutableError([]), False),
+])
+def test_which_refusals_last(exc, lasting):
+    assert refused_copies.for_good(exc) is lasting
+
+
+@pytest.mark.parametrize("delay, ran, held", [(0.2, True, 1.0), (8, True, 8), (300, True, 60), (0.2, False, 60)])
+def test_a_parked_delivery_is_held_within_bounds(delay, ran, held):
+    assert refused_copies.hold_seconds(delay, ran) == held

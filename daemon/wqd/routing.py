@@ -92,7 +92,7 @@ class Router:
         self._channel = channel
         self._publish_channel = connection.channel()
         self._publish_channel.confirm_delivery()
-        self._frame_max = connection._impl.params.frame_max
+        self._frame_max = connection._impl.params.frame_max  # pika stores the negotiated value only there
 
     def forget(self) -> None:
         """The connection is gone: its unacked deliveries, and the held tasks'

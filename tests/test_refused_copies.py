@@ -112,6 +112,33 @@ def test_a_body_over_max_message_size_stays_in_its_queue_and_runs_a_bounded_numb
     assert "Traceback" not in wqd.logs()
 
 
+@pytest.mark.parametrize("workers, queue_type", [(2, "classic"), (1, "quorum")])
+def test_a_message_too_large_to_copy_runs_a_bounded_number_of_times_in_a_larger_pool_or_a_quorum_queue(
+        broker, queue_name, make_wqd, workers, queue_type):
+    """The master counts each parking for every worker (classic queues); a
+    quorum queue counts each return in x-delivery-count."""
+    settings = {"workers": workers, "max_retries": 2, "retry_delay": FAST_RETRY, "queue_type": queue_type}
+    make_wqd([pool(queue_name, **settings)]).start().stop()  # the queues, declared as the pool declares them
+    body = task_body("big", action="fail").encode() + b" " * 5000
+    broker.publish(queue_name, body, declare=False, message_id="m-big")
+    original_limit = _max_message_size(broker)
+    _set_max_message_size(broker, 1024)
+    try:
+        wqd = make_wqd([pool(queue_name, **settings)]).start()
+        wait_for(lambda: wqd.metric("wqd_copies_refused_total", pool="default") == 4, 60,
+                 message=lambda: wqd.logs())
+        broker.publish(queue_name, task_body("next").encode(), declare=False)
+        wait_for(lambda: "next" in wqd.ended_ids(), 30, message=lambda: wqd.logs())
+        assert sorted(_runs(wqd, "big")) == [1, 2, 3]
+        assert wqd.metric("wqd_copies_refused_total", pool="default") == 4, "held, not spinning"
+        wqd.stop()
+    finally:
+        _set_max_message_size(broker, original_limit)
+    wait_for(lambda: _ready(broker, queue_name) == 1, 15, message="the original back in the queue")
+    ((got, _),) = broker.get_all_messages(queue_name)
+    assert got == body
+
+
 @pytest.mark.parametrize("left", [500, 100])
 def test_headers_that_nearly_fill_a_frame_get_a_dead_letter_that_fits(broker, queue_name, make_wqd, left):
     """wqd's dead-letter headers would make its header frame larger than the

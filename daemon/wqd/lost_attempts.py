@@ -237,9 +237,15 @@ class WorkerCounts:
         if not redelivered:
             lost = 0  # a lineage's first delivery: nothing of it died yet
         elif delivery_count:
+            # The broker counts deliveries that were not settled; the master
+            # counts parkings too (refused_copies.py), which RabbitMQ 4.3 no
+            # longer counts as a requeue. A worker's death is in both: the larger.
             lost = header_number(headers, DELIVERY_COUNT_HEADER) or 0
             if probe is not None:
-                finished = self._ask(key, probe)[1]
+                counted, finished = self._ask(key, probe)
+            else:
+                counted = self._counts.get(key, 0)
+            lost = max(lost, counted)
         else:
             lost, finished = self._ask(key, probe)
         return min(min(first, max_attempts) + lost, max_attempts + 1), lost, finished

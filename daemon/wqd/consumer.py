@@ -286,15 +286,15 @@ class Consumer:
         return outcome
 
     def _parked(self, task: Task) -> None:
-        """The master counts the attempt (its lineage goes on), and a new
-        consumer gets a prefetch window of its own: the parked delivery keeps
-        its slot until its hold ends, and the next messages must not wait.
-        Not while deliveries wait here: giving them back would republish them."""
+        """The master counts the attempt (its lineage goes on), and the
+        consumer is cancelled: _serve consumes anew, and a new consumer has a
+        prefetch window of its own, as the parked delivery keeps its slot
+        until its hold ends and the next messages must not wait. Not while
+        deliveries wait here: giving them back would republish them."""
         self.reporter.send(lost_attempts.RETURNED, key=task.key)
         self.record.copy_refused()
-        if self._consumer_tag is not None and not self._deliveries and len(self.router.parking) <= MAX_PARKED:
+        if not self._deliveries and len(self.router.parking) <= MAX_PARKED:
             self._cancel_consumer()
-            self._consumer_tag = self._channel.basic_consume(self.pool.queue, on_message_callback=self._on_delivery)
 
     def _check_recycle(self) -> None:
         self._tasks_done += 1

@@ -17,11 +17,12 @@ handler run again and again (routing.py publishes the copies):
   it ROUTE_ATTEMPTS times): the original is *parked* (Parking). It stays
   unacked, so nothing is lost, while its worker consumes on with a new
   consumer (a prefetch window of its own); after a hold of at most PARK_MAX
-  it goes back to its queue. Each parking counts as an attempt (the master's
-  count, as for an attempt that died with its worker), so its handler runs no
-  more often than max_retries allows: then its redeliveries are given up
-  without running, and each tries its dead letter once more (it may fit
-  after the operator raised the limit) and is parked again.
+  it goes back to its queue (a reject, which a quorum queue's delivery limit
+  counts). Each parking counts as an attempt (the master's count, as for an
+  attempt that died with its worker), so its handler runs no more often than
+  max_retries allows: then its redeliveries are given up without running,
+  and each tries its dead letter once more (it may fit after the operator
+  raised the limit) and is parked again.
 """
 
 import collections
@@ -163,8 +164,8 @@ class Parking:
         """A timer's callback: back to the queue, unless its channel is gone (the broker requeued it then)."""
         if self._held.get(delivery_tag) is channel:
             del self._held[delivery_tag]
-            if channel.is_open:
-                channel.basic_nack(delivery_tag, requeue=True)
+            if channel.is_open:  # a reject, not a nack: RabbitMQ 4.3 counts only a reject in x-delivery-count
+                channel.basic_reject(delivery_tag, requeue=True)
 
     def forget(self) -> None:
         """The connection is gone, and the broker requeued every held delivery."""

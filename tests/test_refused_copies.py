@@ -5,6 +5,8 @@ was queued, headers that leave a dead letter no room in a frame. Each ends in
 a bounded number of handler runs, and a one-worker pool goes on with the next
 message. Driven from outside: a real broker, `wqd run`."""
 
+import signal
+
 import pika
 import pika.exceptions
 import pytest
@@ -137,6 +139,32 @@ def test_a_message_too_large_to_copy_runs_a_bounded_number_of_times_in_a_larger_
     wait_for(lambda: _ready(broker, queue_name) == 1, 15, message="the original back in the queue")
     ((got, _),) = broker.get_all_messages(queue_name)
     assert got == body
+
+
+def test_an_unstarted_delivery_too_large_to_give_back_as_it_came_goes_back_as_a_redelivery(
+        broker, queue_name, make_wqd):
+    """At a quiet (or a stop) with prefetch above 1, a delivery that never
+    started is republished as it came; one over max_message_size is returned
+    with a reject instead, and the connection stays up."""
+    broker.declare_queue(queue_name)
+    broker.publish(queue_name, task_body("running", sleep=3).encode(), declare=False)
+    body = task_body("big").encode() + b" " * 5000
+    broker.publish(queue_name, body, declare=False, message_id="m-big")
+    original_limit = _max_message_size(broker)
+    _set_max_message_size(broker, 1024)
+    try:
+        wqd = make_wqd([pool(queue_name, workers=1, prefetch=2)]).start()
+        wait_for(lambda: _runs(wqd, "running") == [1], 30, message=lambda: wqd.logs())
+        wqd.signal(signal.SIGTSTP)
+        wait_for(lambda: _ready(broker, queue_name) == 1 and "running" in wqd.ended_ids(), 30,
+                 message=lambda: wqd.logs())
+        assert "Could not give back delivery m-big as it came" in wqd.logs()
+    finally:
+        _set_max_message_size(broker, original_limit)
+    wqd.signal(signal.SIGCONT)
+    wait_for(lambda: "big" in wqd.ended_ids(), 30, message=lambda: wqd.logs())
+    assert _runs(wqd, "big") == [1] and _runs(wqd, "running") == [1]
+    assert "connection lost" not in wqd.logs()
 
 
 @pytest.mark.parametrize("left", [500, 100])

@@ -103,9 +103,17 @@ class Router:
 
     def return_unstarted(self, delivery_tag, properties, body) -> None:
         """Give a delivery that never started back as it came, not as a redelivery
-        (a redelivery would count as a failed attempt)."""
-        self._publish_channel.basic_publish("", self.pool.queue, body,
-                                            encodable(republished_properties(properties)), mandatory=True)
+        (a redelivery would count as a failed attempt). One the broker refuses
+        as a copy (a body over max_message_size) goes back as a redelivery."""
+        try:
+            self._publish_channel.basic_publish("", self.pool.queue, body,
+                                                encodable(republished_properties(properties)), mandatory=True)
+        except REFUSALS as exc:
+            log.warning("Could not give back delivery %s as it came (%s); returning it as a redelivery.",
+                        properties.message_id or delivery_tag, refused_copies.describe(exc))
+            self._reopen_publish_channel()
+            self._channel.basic_reject(delivery_tag, requeue=True)
+            return
         self._channel.basic_ack(delivery_tag)
 
     def settle(self, task: Task):

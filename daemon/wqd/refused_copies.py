@@ -150,9 +150,10 @@ class Parking:
         Logs one line the first time a message is parked here."""
         if task.key not in self._reasons:
             log.error("Task %s cannot be copied to a delay or dead-letter queue (%s); it stays in its queue, "
-                      "held %g s at a time, and its handler runs no more than its attempts allow "
+                      "held at most %g s at a time, and its handler runs no more than its attempts allow "
                       "(wqd_copies_refused_total). Fix the cause (e.g. raise the broker's max_message_size) "
-                      "or take the message out of the queue.", task.message.message_id or task.key, reason, hold)
+                      "or take the message out of the queue.", task.message.message_id or task.key, reason,
+                      PARK_MAX)
         self._reasons[task.key] = reason
         self._reasons.move_to_end(task.key)
         if len(self._reasons) > REMEMBERED:
@@ -168,5 +169,5 @@ class Parking:
                 channel.basic_reject(delivery_tag, requeue=True)
 
     def forget(self) -> None:
-        """The connection is gone, and the broker requeued every held delivery."""
+        """The channel is gone (with its connection): the broker requeued every held delivery."""
         self._held.clear()

@@ -51,18 +51,6 @@ def _restarts(wqd):
     return sum(value for (name, _), value in wqd.metrics().items() if name == "wqd_worker_restarts_total")
 
 
-def _max_message_size(broker) -> int:
-    answer = broker.ctl("eval", "{ok, Size} = application:get_env(rabbit, max_message_size), Size.")
-    return int(answer.strip())
-
-
-def _set_max_message_size(broker, size: int) -> None:
-    """RabbitMQ 3.x reads max_message_size from the application environment at
-    each publish; 4.0 from a persistent term it writes once at boot: set both."""
-    broker.ctl("eval", f"application:set_env(rabbit, max_message_size, {size}), "
-                       f"persistent_term:put(max_message_size, {size}).")
-
-
 @pytest.mark.parametrize("handler", ["handlers:returns_coroutine", "handlers:returns_generator"])
 def test_a_handler_that_returns_a_coroutine_or_generator_fails_without_its_body_counted_done(
         broker, queue_name, make_wqd, handler):

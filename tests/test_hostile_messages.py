@@ -51,18 +51,6 @@ def _restarts(wqd):
     return sum(value for (name, _), value in wqd.metrics().items() if name == "wqd_worker_restarts_total")
 
 
-def _max_message_size(broker) -> int:
-    answer = broker.ctl("eval", "{ok, Size} = application:get_env(rabbit, max_message_size), Size.")
-    return int(answer.strip())
-
-
-def _set_max_message_size(broker, size: int) -> None:
-    """RabbitMQ 3.x reads max_message_size from the application environment at
-    each publish; 4.0 from a persistent term it writes once at boot: set both."""
-    broker.ctl("eval", f"application:set_env(rabbit, max_message_size, {size}), "
-                       f"persistent_term:put(max_message_size, {size}).")
-
-
 @pytest.mark.parametrize("handler", ["handlers:returns_coroutine", "handlers:returns_generator"])
 def test_a_handler_that_returns_a_coroutine_or_generator_fails_without_its_body_counted_done(
         broker, queue_name, make_wqd, handler):
@@ -307,25 +295,3 @@ def test_header_values_pika_cannot_decode_never_crash_a_worker(broker, queue_nam
     wqd.stop()
     assert "Traceback" not in wqd.logs()
 
-
-def test_a_copy_the_broker_refuses_never_loses_the_original(broker, queue_name, make_wqd):
-    """The broker closes the publishing channel on a copy larger than its
-    max_message_size (lowered here after the original was accepted)."""
-    broker.declare_queue(queue_name)
-    body = task_body("big", action="fail").encode() + b" " * 5000
-    broker.publish(queue_name, body, declare=False, message_id="m-big")
-    original_limit = _max_message_size(broker)
-    _set_max_message_size(broker, 1024)
-    try:
-        wqd = make_wqd([pool(queue_name, workers=1, max_retries=3, retry_delay=FAST_RETRY)],
-                       graceful_timeout=2).start()
-        wait_for(lambda: "Could not republish task m-big" in wqd.logs(), 30, message=lambda: wqd.logs())
-        assert "PRECONDITION_FAILED" in wqd.logs()
-        assert _restarts(wqd) == 0
-        wqd.stop()
-    finally:
-        _set_max_message_size(broker, original_limit)
-    wait_for(lambda: _ready(broker, queue_name) == 1, 15, message="the original back in the queue")
-    ((got, properties),) = broker.get_all_messages(queue_name)
-    assert got == body and properties.message_id == "m-big"
-    assert "Traceback" not in wqd.logs()

@@ -205,6 +205,17 @@ def test_quorum_queues_count_lost_attempts_themselves_on_redeliveries_only():
     master.close()
 
 
+def test_a_quorum_redelivery_counts_the_masters_parkings_when_the_broker_did_not_count_them():
+    """RabbitMQ 4.3 does not count a requeue in x-delivery-count; the master
+    counts each parking (refused_copies.py). A death is in both: not twice."""
+    master = FakeMaster(count=9)
+    counts = _worker_counts(master, known={"m-1": 2, "m-2": 1})
+    assert counts.attempt({"x-delivery-count": 0}, "m-1", True, 9, True) == (3, 2, False)
+    assert counts.attempt({"x-delivery-count": 1}, "m-2", True, 9, True) == (2, 1, False)
+    assert master.queries == [], "what the master told every worker: no question asked"
+    master.close()
+
+
 def test_the_ledger_clears_a_settled_lineage_and_tells_every_worker(workers):
     ledger, first, second = MasterLedger(), workers(), workers()
     ledger.count_lost("m-1", [])

@@ -22,6 +22,7 @@ from wqd.config import redact_url
 from wqd.connection_keeper import ConnectionKeeper
 from wqd.lost_attempts import message_key
 from wqd.message import Message
+from wqd.refused_copies import MAX_PARKED
 from wqd.routing import RECOVERABLE, Router, Task
 from wqd.task_stats import Outcome
 from wqd.worker_record import SETTLE_TIMEOUT
@@ -270,10 +271,13 @@ class Consumer:
             self.router.return_unstarted(method.delivery_tag, properties, body)
             return None
         if attempt > max_attempts:
-            # It was lost on every attempt so far: give up without running it
-            # again, so a poison message cannot take the pool down.
-            task.error = lost_attempts.WorkerLost(_lost_reason(self.pool.queue_type, lost))
-            log.warning("Task %s given up without running it again: %s.", message.message_id or key, task.error)
+            # It was lost (or parked: its copies refused, said once) on every
+            # attempt so far: give up without running it again, so a poison
+            # message cannot take the pool down.
+            task.error = self.router.parking.refused(key)
+            if task.error is None:
+                task.error = lost_attempts.WorkerLost(_lost_reason(self.pool.queue_type, lost))
+                log.warning("Task %s given up without running it again: %s.", message.message_id or key, task.error)
             message.attempt = max_attempts  # the last attempt that ran
             self._settle(task)
             return None
@@ -298,7 +302,9 @@ class Consumer:
             raise
         if outcome is None:  # held until the republish is tried again
             return None
-        if task.lost:  # rare: its lineage lost attempts, and ends here
+        if task.parked:  # rare: no copy could be made; it goes back to its queue
+            self._parked(task)
+        elif task.lost:  # rare: its lineage lost attempts, and ends here
             self.reporter.send(lost_attempts.CLEAR, key=task.key)
         self.record.task_finished(outcome, task.duration)
         if self._recycles:
@@ -316,6 +322,16 @@ class Consumer:
         outcome = Outcome.SUCCEEDED if task.error is None else Outcome.FAILED
         self.record.task_finished(outcome, task.duration)
         return outcome
+    def _parked(self, task: Task) -> None:
+        """The master counts the attempt (its lineage goes on), and the
+        consumer is cancelled: _serve consumes anew, and a new consumer has a
+        prefetch window of its own, as the parked delivery keeps its slot
+        until its hold ends and the next messages must not wait. Not while
+        deliveries wait here: giving them back would republish them."""
+        self.reporter.send(lost_attempts.RETURNED, key=task.key)
+        self.record.copy_refused()
+        if not self._deliveries and len(self.router.parking) <= MAX_PARKED:
+            self._cancel_consumer()
 
     def _check_recycle(self) -> None:
         self._tasks_done += 1

@@ -42,6 +42,9 @@ DELIVERY_COUNT_HEADER = "x-delivery-count"  # quorum queues: deliveries before t
 LINEAGE_HEADERS = (ATTEMPT_HEADER, LOST_HEADER, DELIVERY_COUNT_HEADER)
 QUERY = "lost?"  # a worker's report, with ``key``: how many attempts of it died with a worker?
 CLEAR = "settled"  # a worker's report, with ``key``: a lineage that lost attempts ended
+# A worker's report, with ``key``: an attempt ended with its message parked
+# (no copy of it could be published, refused_copies.py): counted as lost.
+RETURNED = "returned"
 # Longest numeric header string read (a count of ten digits is far past any limit).
 NUMBER_DIGITS = 10
 # Messages whose lost attempts the master remembers (the oldest are forgotten).
@@ -234,9 +237,15 @@ class WorkerCounts:
         if not redelivered:
             lost = 0  # a lineage's first delivery: nothing of it died yet
         elif delivery_count:
+            # The broker counts deliveries that were not settled; the master
+            # counts parkings too (refused_copies.py), which RabbitMQ 4.3 no
+            # longer counts as a requeue. A worker's death is in both: the larger.
             lost = header_number(headers, DELIVERY_COUNT_HEADER) or 0
             if probe is not None:
-                finished = self._ask(key, probe)[1]
+                counted, finished = self._ask(key, probe)
+            else:
+                counted = self._counts.get(key, 0)
+            lost = max(lost, counted)
         else:
             lost, finished = self._ask(key, probe)
         return min(min(first, max_attempts) + lost, max_attempts + 1), lost, finished

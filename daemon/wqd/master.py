@@ -511,6 +511,8 @@ class Master:
                 proc.reported(event)
             elif event == lost_attempts.QUERY:
                 self.lost_attempts.query(proc, fields["key"], time.monotonic(), fields.get("finished"))
+            elif event == lost_attempts.RETURNED:
+                self._count_lost_attempt(fields["key"])
             elif event == lost_attempts.CLEAR:
                 self.lost_attempts.clear(fields["key"], self.workers.values())
             elif event == reporting.RECYCLING:

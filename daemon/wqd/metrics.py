@@ -25,6 +25,7 @@ class TaskTotals:
     def __init__(self):
         self.outcomes = dict.fromkeys(Outcome, 0)
         self.redelivered = 0
+        self.copies_refused = 0
         self.duration_sum = 0.0
         self.duration_buckets = [0] * (len(DURATION_BUCKETS) + 1)
 
@@ -32,6 +33,7 @@ class TaskTotals:
         for outcome, count in snapshot.outcomes.items():
             self.outcomes[outcome] += count
         self.redelivered += snapshot.redelivered
+        self.copies_refused += snapshot.copies_refused
         self.duration_sum += snapshot.duration_sum
         self.duration_buckets = [a + b for a, b in zip(self.duration_buckets, snapshot.duration_buckets)]
 
@@ -89,6 +91,9 @@ class _TaskCollector:
         tasks = CounterMetricFamily("wqd_tasks", "Tasks finished, by outcome.", labels=["pool", "outcome"])
         redelivered = CounterMetricFamily("wqd_messages_redelivered",
                                           "Deliveries flagged redelivered by the broker.", labels=["pool"])
+        refused = CounterMetricFamily("wqd_copies_refused",
+                                      "Failed attempts whose retry or dead-letter copy the broker would not take: "
+                                      "the message stayed in its queue (parked, then returned).", labels=["pool"])
         duration = HistogramMetricFamily("wqd_task_duration_seconds", "Handler run time per task.",
                                          labels=["pool"])
         bounds = [floatToGoString(bound) for bound in DURATION_BUCKETS] + ["+Inf"]
@@ -96,12 +101,13 @@ class _TaskCollector:
             for outcome, count in totals.outcomes.items():
                 tasks.add_metric([pool, outcome.value], count)
             redelivered.add_metric([pool], totals.redelivered)
+            refused.add_metric([pool], totals.copies_refused)
             cumulative, buckets = 0, []
             for bound, count in zip(bounds, totals.duration_buckets):
                 cumulative += count
                 buckets.append((bound, cumulative))
             duration.add_metric([pool], buckets, totals.duration_sum)
-        yield from (tasks, duration, redelivered)
+        yield from (tasks, duration, redelivered, refused)
 
 
 class _LiveCollector:

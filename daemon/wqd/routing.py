@@ -8,12 +8,12 @@ to the work queue. One delay queue per delay keeps expiry FIFO-correct, and
 
 Republishes go through a channel of their own with publisher confirms, and the
 original is acked only once the broker confirmed the copy. A copy the broker
-refuses (nack, e.g. while a quorum queue elects a new leader) is published
-again after a backoff, the original held unacked meanwhile; after
-ROUTE_ATTEMPTS refusals the original goes back to the queue. A refusal that
-closes the publishing channel (a copy larger than the broker's
-max_message_size, a delay queue the user may not declare) counts the same:
-the original is never acked without its copy.
+refuses for now (a nack, e.g. while a quorum queue elects a new leader) is
+published again after a backoff, the original held unacked meanwhile. A copy
+it refuses for good, or ROUTE_ATTEMPTS times, is dealt with in
+refused_copies.py: the queue declared again, the message dead-lettered
+instead of retried, or the original parked and returned to its queue. The
+original is never acked without its copy.
 """
 
 import copy
@@ -29,9 +29,10 @@ import pika.data
 import pika.exceptions
 from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
-from wqd import backoff, lost_attempts
+from wqd import backoff, lost_attempts, queues, refused_copies
 from wqd.config import PoolConfig
 from wqd.message import Reject
+from wqd.refused_copies import RetryImpossible, Uncopyable
 from wqd.task_stats import Outcome
 
 log = logging.getLogger("wqd.worker")
@@ -44,13 +45,16 @@ ROUTE_RETRY_MAX = 8.0
 # connection workflow's errors (a broker that accepts TCP and never answers:
 # AMQPConnectorStackTimeout) outside its AMQPError hierarchy.
 RECOVERABLE = (pika.exceptions.AMQPError, OSError, AMQPConnectorException)
+# How the broker refuses a copy: a nack, a return (no such queue), a closed channel.
+REFUSALS = (pika.exceptions.UnroutableError, pika.exceptions.NackError, pika.exceptions.ChannelClosedByBroker)
 # Looked up once, as every successful task returns it: reading an enum member
 # off its class costs about 90 ns on Python 3.11, a module global about 10 ns.
 _SUCCEEDED = Outcome.SUCCEEDED
 
 
 class Task:
-    __slots__ = ("delivery_tag", "message", "key", "lost", "duration", "error", "route_failures")
+    __slots__ = ("delivery_tag", "message", "key", "lost", "duration", "error", "route_failures", "retry_refused",
+                 "parked")
 
     def __init__(self, delivery_tag, message, key, lost=0):
         self.delivery_tag = delivery_tag
@@ -60,6 +64,8 @@ class Task:
         self.duration = None  # seconds the handler ran; None when it did not run
         self.error = None
         self.route_failures = 0  # republishes (retry or dead letter) the broker refused
+        self.retry_refused = None  # why no retry copy can be made: dead-lettered instead
+        self.parked = False  # no copy could be made: held, then returned to its queue
 
 
 class Router:
@@ -78,24 +84,36 @@ class Router:
         self._channel = None  # the consuming channel: acks and nacks go on it
         self._publish_channel = None
         self.held = set()  # failed tasks whose republish the broker refused, to be tried again
+        self.parking = refused_copies.Parking()  # originals no copy of which could be made
+        self._frame_max = None  # the connection's, as negotiated: a copy's header block must fit one frame
 
     def open(self, connection, channel) -> None:
         self._connection = connection
         self._channel = channel
         self._publish_channel = connection.channel()
         self._publish_channel.confirm_delivery()
+        self._frame_max = connection._impl.params.frame_max  # pika stores the negotiated value only there
 
     def forget(self) -> None:
         """The connection is gone: its unacked deliveries, and the held tasks'
         republish timers, went with it."""
         self._connection = self._channel = self._publish_channel = None
         self.held.clear()
+        self.parking.forget()
 
     def return_unstarted(self, delivery_tag, properties, body) -> None:
         """Give a delivery that never started back as it came, not as a redelivery
-        (a redelivery would count as a failed attempt)."""
-        self._publish_channel.basic_publish("", self.pool.queue, body,
-                                            encodable(republished_properties(properties)), mandatory=True)
+        (a redelivery would count as a failed attempt). One the broker refuses
+        as a copy (a body over max_message_size) goes back as a redelivery."""
+        try:
+            self._publish_channel.basic_publish("", self.pool.queue, body,
+                                                encodable(republished_properties(properties)), mandatory=True)
+        except REFUSALS as exc:
+            log.warning("Could not give back delivery %s as it came (%s); returning it as a redelivery.",
+                        properties.message_id or delivery_tag, refused_copies.describe(exc))
+            self._reopen_publish_channel()
+            self._channel.basic_reject(delivery_tag, requeue=True)
+            return
         self._channel.basic_ack(delivery_tag)
 
     def settle(self, task: Task):
@@ -113,47 +131,104 @@ class Router:
         """Send a failed attempt to a delay queue or the dead-letter queue (publisher
         confirms), then ack the original; return the outcome."""
         message, error = task.message, task.error
-        final = isinstance(error, (Reject, lost_attempts.WorkerLost)) or message.attempt > self.pool.max_retries
-        properties = copy_properties(message.properties)
+        final = (task.retry_refused is not None or isinstance(error, (Reject, lost_attempts.WorkerLost))
+                 or message.attempt > self.pool.max_retries)
         try:
             if not final:
-                delay = retry_delay(self.pool, message.attempt)
-                queue, arguments, delay_ms = delay_queue(self.pool, delay)
-                self._publish_channel.queue_declare(queue=queue, durable=True, arguments=arguments)
-                properties.headers = lost_attempts.retry_headers(properties.headers, message.attempt)
-                properties.expiration = jittered_expiration(delay_ms)
-                self._publish_channel.basic_publish("", queue, message.body, encodable(properties), mandatory=True)
+                self._retry(task)
                 outcome = Outcome.RETRIED
             elif self.pool.dead_letter_queue:
-                properties.headers = dead_letter_headers(properties.headers, self.pool, message.attempt, error)
-                self._publish_channel.basic_publish("", self.pool.dead_letter_queue, message.body,
-                                                    encodable(properties), mandatory=True)
+                self._dead_letter(task)
                 outcome = Outcome.DEAD_LETTERED
+            elif task.retry_refused is not None:  # dropping it before its retries would lose it
+                raise Uncopyable(f"no retry copy can be made ({task.retry_refused}) and dead_letter_queue is null")
             else:
                 log.error("Task %s dropped after %d attempts (dead_letter_queue is null).",
                           message.message_id or "(no id)", message.attempt)
                 outcome = Outcome.FAILED
-        except (pika.exceptions.UnroutableError, pika.exceptions.NackError,
-                pika.exceptions.ChannelClosedByBroker) as exc:  # a copy refused (e.g. larger than max_message_size)
-            task.route_failures += 1
-            if task.route_failures < ROUTE_ATTEMPTS:
-                # Not a requeue: its redelivery would come at once, count as an
-                # attempt, and fail the same way, burning every retry in a few ms.
-                delay = backoff.exponential(task.route_failures, ROUTE_RETRY_INITIAL, ROUTE_RETRY_MAX)
-                log.warning("Could not republish task %s (%s); trying again in %.1f s.",
-                            message.message_id or "(no id)", exc, delay)
-                self._reopen_publish_channel()
-                self.held.add(task)
-                self._connection.call_later(delay, functools.partial(self._retry_held, task))
-                return None
-            log.error("Could not republish task %s (%s); returning it to the queue.",
-                      message.message_id or "(no id)", exc)
-            self._channel.basic_reject(task.delivery_tag, requeue=True)  # counts toward a quorum delivery limit on 4.3 (a nack does not)
-            return Outcome.FAILED
+        except RetryImpossible as exc:
+            return self._instead_of_retry(task, str(exc))
+        except Uncopyable as exc:
+            return self._park(task, str(exc))
+        except REFUSALS as exc:
+            return self._refused(task, final, exc)
         if self._finished:  # its redelivery must not make a second copy
             self._finished(message.properties)
         self._channel.basic_ack(task.delivery_tag)
         return outcome
+
+    def _retry(self, task: Task) -> None:
+        """Publish the retry copy to its delay queue; RetryImpossible when it cannot be made."""
+        message = task.message
+        delay = retry_delay(self.pool, message.attempt)
+        queue, arguments, delay_ms = delay_queue(self.pool, delay)
+        properties = copy_properties(message.properties)
+        properties.headers = lost_attempts.retry_headers(properties.headers, message.attempt)
+        properties.expiration = jittered_expiration(delay_ms)
+        properties = encodable(properties)
+        refused_copies.check_retry_fits(properties, self._frame_max)
+        try:
+            self._publish_channel.queue_declare(queue=queue, durable=True, arguments=arguments)
+        except pika.exceptions.ChannelClosedByBroker as exc:  # it exists with other arguments, or is not ours
+            self._reopen_publish_channel()
+            raise RetryImpossible(f"its delay queue {queue!r} cannot be declared: {exc.reply_code} "
+                                  f"{exc.reply_text}") from None
+        self._publish(queue, arguments, message.body, properties)
+
+    def _dead_letter(self, task: Task) -> None:
+        """Publish the dead letter, wqd's headers shortened to fit a frame; Uncopyable when they cannot."""
+        message = task.message
+        properties = copy_properties(message.properties)
+        properties.headers = dead_letter_headers(properties.headers, self.pool, message.attempt, task.error,
+                                                 task.retry_refused)
+        properties = refused_copies.fit_dead_letter(encodable(properties), self._frame_max)
+        self._publish(self.pool.dead_letter_queue, queues.dead_letter_queue_arguments(self.pool), message.body,
+                      properties)
+
+    def _publish(self, queue: str, arguments, body: bytes, properties) -> None:
+        """Publish a copy, confirmed. A queue deleted since wqd declared it (the
+        copy comes back unroutable) is declared again as wqd declares it, and
+        the copy published once more."""
+        try:
+            self._publish_channel.basic_publish("", queue, body, properties, mandatory=True)
+        except pika.exceptions.UnroutableError:
+            log.warning("Queue %r is gone; declaring it again.", queue)
+            self._publish_channel.queue_declare(queue=queue, durable=True, arguments=arguments)
+            self._publish_channel.basic_publish("", queue, body, properties, mandatory=True)
+
+    def _refused(self, task: Task, final: bool, exc):
+        """The broker refused a copy: try again later, dead-letter instead of
+        retrying, or park the original; return the outcome (None while held)."""
+        task.route_failures += 1
+        message = task.message
+        self._reopen_publish_channel()
+        if refused_copies.for_good(exc):
+            if not final:
+                return self._instead_of_retry(task, f"its retry copy was refused: {refused_copies.describe(exc)}")
+            return self._park(task, refused_copies.describe(exc))
+        if task.route_failures >= ROUTE_ATTEMPTS:
+            return self._park(task, f"{refused_copies.describe(exc)}, {task.route_failures} times")
+        # Not a requeue: its redelivery would come at once and fail the same way.
+        delay = backoff.exponential(task.route_failures, ROUTE_RETRY_INITIAL, ROUTE_RETRY_MAX)
+        log.warning("Could not republish task %s (%s); trying again in %.1f s.",
+                    message.message_id or "(no id)", refused_copies.describe(exc), delay)
+        self.held.add(task)
+        self._connection.call_later(delay, functools.partial(self._retry_held, task))
+        return None
+
+    def _instead_of_retry(self, task: Task, reason: str):
+        """No retry copy can be made: dead-letter the message now, saying why."""
+        log.warning("Task %s cannot be retried (%s); trying the dead-letter queue instead.",
+                    task.message.message_id or "(no id)", reason)
+        task.retry_refused = reason
+        return self._route_failure(task)
+
+    def _park(self, task: Task, reason: str):
+        """No copy can be made: hold the original, then return it to its queue (refused_copies.py)."""
+        hold = refused_copies.hold_seconds(retry_delay(self.pool, task.message.attempt), ran=task.duration is not None)
+        self.parking.park(self._connection, self._channel, task, reason, hold)
+        task.parked = True
+        return Outcome.FAILED
 
     def _retry_held(self, task: Task) -> None:
         """A timer's callback: try a refused republish again, unless the task was
@@ -252,9 +327,10 @@ def encodable(properties):
     return copied
 
 
-def dead_letter_headers(headers: dict, pool: PoolConfig, attempts: int, exc: BaseException) -> dict:
-    """The original headers plus why the message was given up on; without the
-    counts of its last lineage, so a copy shovelled back starts over."""
+def dead_letter_headers(headers: dict, pool: PoolConfig, attempts: int, exc: BaseException, reason=None) -> dict:
+    """The original headers plus why the message was given up on (``reason``:
+    why before its last attempt); without the counts of its last lineage, so a
+    copy shovelled back starts over."""
     updated = lost_attempts.without_lineage(headers)
     updated.update({
         "x-wqd-exception": type(exc).__name__,
@@ -266,4 +342,6 @@ def dead_letter_headers(headers: dict, pool: PoolConfig, attempts: int, exc: Bas
         "x-wqd-host": socket.gethostname(),
         "x-wqd-failed-at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     })
+    if reason is not None:
+        updated["x-wqd-reason"] = reason[:1000]
     return updated

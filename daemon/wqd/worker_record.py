@@ -34,9 +34,9 @@ _ALIVE = struct.Struct("Q")  # the same, for the alive stamp
 # A copy: unsigned 64-bit numbers, then the message key's bytes. The numbers:
 # busy since (monotonic ns; 0 when idle), settling since (the same, once a
 # handler that ended near its time_limit left its task to be settled), key
-# length, redelivered, duration sum (ns), the outcome counts, the duration
-# bucket counts (+Inf last).
-_BUSY_SINCE, _SETTLING_SINCE, _KEY_LENGTH, _REDELIVERED, _DURATION_SUM, _FIRST_OUTCOME = range(6)
+# length, redelivered, copies refused (attempts parked), duration sum (ns),
+# the outcome counts, the duration bucket counts (+Inf last).
+_BUSY_SINCE, _SETTLING_SINCE, _KEY_LENGTH, _REDELIVERED, _COPIES_REFUSED, _DURATION_SUM, _FIRST_OUTCOME = range(7)
 _FIRST_BUCKET = _FIRST_OUTCOME + len(Outcome)
 _OUTCOME_INDEX = {outcome: _FIRST_OUTCOME + i for i, outcome in enumerate(Outcome)}
 _NUMBERS = _FIRST_BUCKET + len(DURATION_BUCKETS) + 1
@@ -56,16 +56,17 @@ SETTLE_TIMEOUT = 60.0
 
 
 class Snapshot:
-    __slots__ = ("busy_since", "settling_since", "message_key", "outcomes", "redelivered", "duration_sum",
-                 "duration_buckets")
+    __slots__ = ("busy_since", "settling_since", "message_key", "outcomes", "redelivered", "copies_refused",
+                 "duration_sum", "duration_buckets")
 
-    def __init__(self, busy_since, settling_since, message_key, outcomes, redelivered, duration_sum,
-                 duration_buckets):
+    def __init__(self, busy_since, settling_since, message_key, outcomes, redelivered, copies_refused,
+                 duration_sum, duration_buckets):
         self.busy_since = busy_since      # monotonic time the running task started, or None
         self.settling_since = settling_since  # when its handler ended, if it said so (task_settling), or None
         self.message_key = message_key    # that task's message key, or None
         self.outcomes = outcomes          # Outcome -> tasks finished with it
         self.redelivered = redelivered    # deliveries the broker flagged redelivered
+        self.copies_refused = copies_refused  # attempts parked: no copy of their message could be made
         self.duration_sum = duration_sum  # seconds, over the tasks whose handler ran
         self.duration_buckets = duration_buckets  # per bucket (not cumulative), +Inf last
 
@@ -125,6 +126,10 @@ class WorkerRecord:
         self._numbers[_REDELIVERED] += 1
         self._publish()
 
+    def copy_refused(self) -> None:
+        self._numbers[_COPIES_REFUSED] += 1
+        self._publish()
+
     def _publish(self) -> None:
         generation = self._generation + 1
         start = _COPY_OFFSETS[generation & 1]
@@ -151,8 +156,8 @@ class WorkerRecord:
         settling_since = numbers[_SETTLING_SINCE] / 1e9 if numbers[_SETTLING_SINCE] else None
         key = copy[_NUMBERS_SIZE:_NUMBERS_SIZE + numbers[_KEY_LENGTH]].decode(errors="replace") if busy_since else None
         outcomes = dict(zip(Outcome, numbers[_FIRST_OUTCOME:_FIRST_BUCKET]))
-        return Snapshot(busy_since, settling_since, key, outcomes, numbers[_REDELIVERED], numbers[_DURATION_SUM] / 1e9,
-                        numbers[_FIRST_BUCKET:])
+        return Snapshot(busy_since, settling_since, key, outcomes, numbers[_REDELIVERED], numbers[_COPIES_REFUSED],
+                        numbers[_DURATION_SUM] / 1e9, numbers[_FIRST_BUCKET:])
 
     def alive_stamp(self) -> int:
         """The worker's last stamp_alive (monotonic ns); 0 before its first."""

@@ -6,7 +6,7 @@
 # /var/lib/wqd at stop: it survives `docker restart`; for it to survive a new
 # container too, mount a volume there (-v wqd-state:/var/lib/wqd).
 # Handlers: build FROM this image and pip install the package that holds them
-# (see README.md, "Deployment"). Give `docker stop` more than graceful_timeout
+# (see docs/deployment.md). Give `docker stop` more than graceful_timeout
 # (--stop-timeout 45, compose stop_grace_period: 45s, Kubernetes
 # terminationGracePeriodSeconds: 45): its default of 10 s cuts long tasks short.
 # BuildKit builds it (RUN --mount): the default since Docker 23, DOCKER_BUILDKIT=1

@@ -144,7 +144,7 @@ $(DOCS_STAMP): docs/requirements.txt
 
 docs: $(DOCS_STAMP) venv
 	$(VENV_PY) -m wqd.config_docs --check
-	$(DOCS_VENV)/bin/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(DOCS_VENV)/bin/mkdocs build --strict
 
 lint: venv
 	test "$$($(VENV)/bin/ruff --version 2>/dev/null)" = "ruff $(RUFF_VERSION)" || \

@@ -18,7 +18,7 @@ def test_chaos_1000_tasks_10_worker_kills_and_a_broker_crash(broker, queue_name,
 @pytest.mark.parametrize("queue_type", ["classic", "quorum"])
 @pytest.mark.parametrize("deduplicate", [True, False], ids=["deduplicate", "no-deduplicate"])
 def test_chaos_figures(broker, queue_name, make_wqd, deduplicate, queue_type):
-    """`make soak`: the README's figures, with and without duplicate suppression,
+    """`make soak`: the figures in docs/performance-history.md and docs/delivery-guarantees.md, with and without duplicate suppression,
     on both queue types: 1,500 tasks of 40 ms on 3 workers, 12 worker SIGKILLs
     and one broker SIGKILL (tasks long enough that the last fault strikes
     while tasks still run)."""

@@ -1,8 +1,6 @@
 """Configuration validation: exact error text, exit 78, no secrets, no tracebacks."""
 
 import dataclasses
-import re
-from pathlib import Path
 
 import pytest
 import yaml
@@ -114,19 +112,6 @@ def test_redact_url():
     assert config.redact_url("amqp://host/") == "amqp://host/"
 
 
-def _key_paths(cls, prefix=""):
-    """Every declared key path, as the README's table names them."""
-    for name, field in config.declared_keys(cls):
-        path = f"{prefix}{name}"
-        check = field.metadata["check"]
-        if isinstance(check, config.SectionList):
-            yield from _key_paths(check.cls, f"{path}[].")
-        elif isinstance(check, config.Section) and check.cls not in (config.TLSConfig, config.RetryDelay):
-            yield from _key_paths(check.cls, f"{path}.")
-        else:
-            yield path
-
-
 def test_every_key_is_declared_with_a_check_and_a_doc():
     sections = [config.Config, config.BrokerConfig, config.TLSConfig, config.MetricsConfig, config.LoggingConfig,
                 config.ShutdownConfig, config.TracingConfig, config.PoolConfig, config.RetryDelay, config.DeduplicationConfig]
@@ -139,13 +124,6 @@ def test_every_key_is_declared_with_a_check_and_a_doc():
                 field.metadata["check"], (config.Section, config.SectionList)), name
         undeclared = {f.name for f in dataclasses.fields(section)} - {f.name for _, f in keys}
         assert undeclared == ({"path"} if section is config.Config else set()), section
-
-
-def test_the_readme_documents_exactly_the_declared_keys():
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    table = readme.split("| key | default | meaning |\n", 1)[1].split("\n\n", 1)[0]
-    documented = re.findall(r"^\| `([\w.\[\]]+)` \|", table, re.MULTILINE)
-    assert sorted(documented) == sorted(_key_paths(config.Config))
 
 
 def test_defaults_in_the_dataclasses_are_the_ones_a_file_gets():

@@ -379,7 +379,7 @@ def test_show_by_prefix_replay_of_a_missing_id_several_exceptions_and_a_reader_g
 
 def test_quorum_queues_keep_every_message_on_reading_and_replay_in_transactions(broker, queue_name, make_wqd,
                                                                                    tmp_path):
-    """A quorum queue counts a read as a delivery and may reorder (README), but loses nothing."""
+    """A quorum queue counts a read as a delivery and may reorder (docs/dead-letters.md), but loses nothing."""
     wqd = make_wqd([pool(queue_name, queue_type="quorum")])
     dlq, ids = f"{queue_name}.dead", [f"q{number}" for number in range(6)]
     for queue in (queue_name, dlq):

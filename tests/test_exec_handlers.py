@@ -278,7 +278,7 @@ def test_a_reload_turns_a_pool_into_an_exec_pool(broker, queue_name, make_wqd):
 
 
 def test_no_command_sees_the_broker_password(broker, queue_name, make_wqd):
-    """$WQD_BROKER_URL, the README's way to give wqd its password, reaches
+    """$WQD_BROKER_URL, the documented way to give wqd its password, reaches
     neither a one-shot nor a persistent command (each dumps its environment),
     nor does $WQD_BROKER_PASSWORD: a command works on what publishers sent,
     and must not hold the broker's credentials."""

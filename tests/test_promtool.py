@@ -17,7 +17,7 @@ ALERTS = REPO / "etc/prometheus/alerts.yml"
 ALERT_TESTS = REPO / "etc/prometheus/alerts_test.yml"
 PROMETHEUS_CONFIG = REPO / "etc/prometheus/prometheus.yml"
 DASHBOARD = REPO / "etc/grafana/wqd-dashboard.json"
-DOCS = REPO / "README.md"
+DOCS = REPO / "docs" / "observability.md"
 PROMTOOL = "/usr/bin/promtool"
 # Series that Prometheus itself makes for each target, not wqd.
 PROMETHEUS_SERIES = {"up"}

@@ -35,7 +35,7 @@ _SSL_REASON_HINTS = {
 }
 
 
-# What to change when the broker timed a delivery out (README: Delivery guarantees).
+# What to change when the broker timed a delivery out (docs/delivery-guarantees.md).
 CONSUMER_TIMEOUT_ADVICE = (
     "give the pool a time_limit (on RabbitMQ 3.11.15+ wqd then creates its queue with a consumer timeout "
     "that covers it; for an existing queue set a consumer-timeout policy), or raise consumer_timeout in "

@@ -6,7 +6,7 @@ decides: 0 succeeded, 65 (EX_DATAERR) rejected (dead-lettered at once), any
 other code or a signal failed (retried). Persistent (``persistent: true``):
 one long-lived process per worker, started at its first message, reads one
 JSON request per line on stdin and answers each with one JSON line on stdout
-that echoes the request's id (the README documents both). Either way the
+that echoes the request's id (docs/handlers.md documents both). Either way the
 handler is a plain callable taking a wqd.Message, so the consumer runs it
 like any other handler.
 
@@ -482,7 +482,7 @@ class Persistent:
     """``{exec: [...], persistent: true}``: one long-lived process per worker,
     started at its first message (after the fork) and again after it died or
     broke the protocol, speaking line-delimited JSON (see ``request``,
-    ``Reply`` and the README)."""
+    ``Reply`` and docs/handlers.md)."""
 
     def __init__(self, program: str, argv: tuple, time_limit: Optional[float]):
         self.program = program

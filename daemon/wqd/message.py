@@ -12,7 +12,7 @@ class Message:
     """One delivery, as handed to ``handle(message)``.
 
     ``attempt`` is 1 on the first delivery and counts retries and redeliveries
-    as far as the broker lets wqd know (see the README's delivery guarantees).
+    as far as the broker lets wqd know (see docs/delivery-guarantees.md).
     """
 
     __slots__ = ("body", "properties", "redelivered", "attempt", "queue", "pool", "worker")

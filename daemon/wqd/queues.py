@@ -219,7 +219,7 @@ def describe_mismatch(pool, queue: str, reply_text: str) -> str:
         fix = ("wqd declares a quorum work queue with a delivery limit and its dead-letter queue as "
                "dead-letter target, so that a message redelivered too often is dead-lettered, not dropped; "
                "a quorum queue's arguments cannot be changed: re-create the queue (see \"Migrating a quorum "
-               "queue\" in the README), or use another queue name")
+               "queue\" in docs/clusters.md), or use another queue name")
     else:
         fix = "change the pool's queue_type or queue name to match, or delete the queue"
     differs = f" (argument {argument})" if argument else ""

@@ -1,5 +1,5 @@
 """The unit under systemd as PID 1: wqd installed in a booted Debian bookworm
-container the way README.md's "systemd" section says, then driven with
+container the way docs/deployment.md's "systemd" section says, then driven with
 systemctl against the test broker on loopback.
 
 systemd/wqd.service and systemd/wqd.sysusers.conf are installed unchanged;
@@ -18,7 +18,7 @@ from deploy_tasks import records
 
 from tests.support.waiting import wait_for
 
-# The README's commands, run in the container from the checkout (mounted on
+# The commands of docs/deployment.md, run in the container from the checkout (mounted on
 # /srv/wqd) with the wheel and the wheelhouse of its dependencies.
 INSTALL = """
 cd /srv/wqd

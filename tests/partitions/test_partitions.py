@@ -9,7 +9,7 @@ hand when the fault began (at most one per delivery in hand on the cut
 connections: workers x prefetch); how long until the cut host's tasks ran
 again elsewhere; no stale ack (the node log line of an unknown delivery tag, whose
 detection the cluster fixture demonstrates); every worker consuming again
-after the heal. The figures are printed at the end of the run; README.md
+after the heal. The figures are printed at the end of the run; docs/clusters.md
 ("Partitions between hosts") gives those of several runs.
 """
 

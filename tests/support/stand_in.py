@@ -13,6 +13,10 @@ from wqd.worker import WorkerContext
 from wqd.worker_record import WorkerRecord
 
 
+# The frame size pika negotiates with RabbitMQ by default (a copy's headers must fit one).
+FRAME_MAX = 131072
+
+
 class StandInChannel:
     """Takes acks, rejects, declares and publishes, and stays open; ``calls``
     lists them, unless ``recording`` is off (the benchmark's hot path)."""
@@ -51,5 +55,6 @@ def consumer(handler, pool=None, recording: bool = True) -> Consumer:
     made = Consumer(context, reporting.Reporter(report_fd))
     made._channel = made.router._channel = StandInChannel(recording)
     made.router._publish_channel = StandInChannel(recording)
+    made.router._frame_max = FRAME_MAX
     made.keeper.lock.acquire()  # the consumer thread holds it, except around the handler
     return made

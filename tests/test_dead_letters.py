@@ -314,7 +314,8 @@ def test_every_dead_command_takes_any_bytes_a_publisher_sends(broker, queue_name
     by_bytes = dead(wqd, tmp_path, "show", "--", b"bad\xffid").stdout  # the id as the publisher sent it
     assert "  message_id: bad\\xffid\n" in by_bytes and "  x-wqd-exception: Key\\xfeError\n" in by_bytes, by_bytes
     shown = dead(wqd, tmp_path, "show", "top-name").stdout
-    assert "  \\xfe-name: v\\xfd\n  \\xfe-name: 1\n" in shown and "  a: null\n" in shown, shown
+    # (both names shown as \xfe-name; in the order the broker keeps them: RabbitMQ 4.3 sorts a table's keys)
+    assert "  \\xfe-name: v\\xfd\n" in shown and "  \\xfe-name: 1\n" in shown and "  a: null\n" in shown, shown
     shown = dead(wqd, tmp_path, "show", "nested-name").stdout
     assert '  table: {"\\\\xfc": [{"\\\\xfb": 1}]}' in shown, shown
     shown = dead(wqd, tmp_path, "show", "props").stdout

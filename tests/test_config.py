@@ -1,6 +1,7 @@
 """Configuration validation: exact error text, exit 78, no secrets, no tracebacks."""
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import yaml
@@ -198,8 +199,9 @@ def test_cli_names_a_missing_handler_module(tmp_path):
     result = _check(tmp_path, GOOD.replace("wqd.examples:sleep_dots", "no_such_module:handle"))
     assert result.returncode == 78
     assert "pools[0].handler: cannot import 'no_such_module:handle' from module 'no_such_module': " \
-           "ModuleNotFoundError: No module named 'no_such_module'" in result.stderr
-    assert "Traceback" not in result.stderr
+           "ModuleNotFoundError: No module named 'no_such_module'; modules are looked up in the working " \
+           f"directory ({Path.cwd()}) and PYTHONPATH (" in result.stderr
+    assert "WorkingDirectory= under systemd" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_cli_names_a_handler_module_that_raises_at_import(tmp_path):

@@ -61,6 +61,9 @@ def test_a_failing_task_is_retried_with_growing_delays_then_dead_lettered(broker
     assert wqd.metric("wqd_tasks_total", pool="default", outcome="retried") == 2
     assert wqd.metric("wqd_tasks_total", pool="default", outcome="dead_lettered") == 1
     assert "Task m-1 failed on attempt 1: RuntimeError: task doomed failed on purpose" in wqd.logs()
+    # the last attempt's failure, then what became of the message
+    assert (f"Task m-1 dead-lettered to '{queue_name}.dead' after 3 attempts: its retries are used up "
+            f"(max_retries 2).") in wqd.logs()
     assert broker.queue_stats(queue_name)["messages_ready"] == 0
 
 
@@ -72,6 +75,8 @@ def test_reject_dead_letters_at_once(broker, queue_name, make_wqd):
     ((properties, _),) = _dead_letters(broker, queue_name)
     assert properties.headers["x-wqd-exception"] == "Reject"
     assert properties.headers["x-wqd-attempts"] == 1
+    assert f"dead-lettered to '{queue_name}.dead' after 1 attempt: its handler rejected it (wqd.Reject)." \
+        in wqd.logs()
 
 
 def test_a_hung_task_is_killed_at_time_limit_and_dead_lettered(broker, queue_name, make_wqd):

@@ -81,8 +81,8 @@ def test_status_text_and_json_show_queues_workers_and_a_growing_task_age(broker,
     assert f"wqd master pid {wqd.proc.pid}, ready" in text
     assert "guest:***@" in text and ":guest@" not in text, "the broker URL is shown without its password"
     (row,) = [line.split() for line in text.splitlines() if line.startswith("default ")]
-    # POOL QUEUE READY BUSY CONSUMERS WORKERS DONE FAILED DEAD
-    assert row == ["default", queue_name, "3", "2", "2", "2/2", "2", "1", "1"], text
+    # POOL QUEUE READY BUSY CONSUMERS WORKERS DONE RETRIED FAILED DEAD: FAILED as outcome="failed" in the metrics
+    assert row == ["default", queue_name, "3", "2", "2", "2/2", "2", "0", "0", "1"], text
     rows = worker_rows(text)
     assert sorted(rows) == ["default[1]", "default[2]"], text
     assert {state for _, state, _ in rows.values()} == {"busy"}, text

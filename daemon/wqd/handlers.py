@@ -2,6 +2,7 @@
 "module:callable", or check that an exec handler's command can run."""
 
 import inspect
+import os
 import pkgutil
 import traceback
 from typing import Callable, Optional
@@ -70,10 +71,22 @@ def load_all(config) -> dict:
         except Exception as exc:  # any import-time failure of user code is a config error
             module_name = pool.handler.partition(":")[0]
             errors.append(f"{config.path}: pools[{index}].handler: cannot import {pool.handler!r} "
-                          f"from module {module_name!r}: {type(exc).__name__}: {exc}{_origin(exc)}")
+                          f"from module {module_name!r}: {type(exc).__name__}: {exc}{_origin(exc)}"
+                          f"{_search_path_hint(exc)}")
     if errors:
         raise ConfigError("\n".join(errors))
     return handlers
+
+
+def _search_path_hint(exc: Exception) -> str:
+    """Where Python looked, when the module itself was not found: handlers are
+    imported relative to the working directory (as gunicorn does) and
+    PYTHONPATH, which under systemd or supervisord is not the shell's."""
+    if not isinstance(exc, ModuleNotFoundError):
+        return ""
+    return (f"; modules are looked up in the working directory ({os.getcwd()}) and PYTHONPATH "
+            f"({os.environ.get('PYTHONPATH') or 'not set'}), then the installed packages: start wqd where the "
+            f"module is (WorkingDirectory= under systemd) or add its directory to PYTHONPATH")
 
 
 def _origin(exc: Exception) -> str:

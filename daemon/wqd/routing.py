@@ -139,6 +139,9 @@ class Router:
                 outcome = Outcome.RETRIED
             elif self.pool.dead_letter_queue:
                 self._dead_letter(task)
+                log.warning("Task %s dead-lettered to %r after %d attempt%s: %s.", message.message_id or "(no id)",
+                            self.pool.dead_letter_queue, message.attempt, "s" if message.attempt != 1 else "",
+                            self._why_final(task))
                 outcome = Outcome.DEAD_LETTERED
             elif task.retry_refused is not None:  # dropping it before its retries would lose it
                 raise Uncopyable(f"no retry copy can be made ({task.retry_refused}) and dead_letter_queue is null")
@@ -156,6 +159,16 @@ class Router:
             self._finished(message.properties)
         self._channel.basic_ack(task.delivery_tag)
         return outcome
+
+    def _why_final(self, task: Task) -> str:
+        """Why a failed attempt is its message's last, in words."""
+        if task.retry_refused is not None:
+            return f"no retry copy can be made ({task.retry_refused})"
+        if isinstance(task.error, Reject):
+            return "its handler rejected it (wqd.Reject)"
+        if isinstance(task.error, lost_attempts.WorkerLost):
+            return str(task.error)
+        return f"its retries are used up (max_retries {self.pool.max_retries})"
 
     def _retry(self, task: Task) -> None:
         """Publish the retry copy to its delay queue; RetryImpossible when it cannot be made."""

@@ -126,19 +126,22 @@ def format_status(status: dict) -> str:
         head = "wqd is not running (nothing listens on metrics.listen); broker view only"
     else:
         head = f"wqd master: unknown, {master['problem']}; broker view only"
-    lines = [head, f"broker {status['broker']} ({status['broker_server']} at {status['broker_answered']})"]
+    answered = f"{status['broker_server']} at {status['broker_answered']}"
+    others = status["broker"] != status["broker_answered"]  # several URLs: all of them, then the one that answered
+    lines = [head, f"broker {status['broker']} ({answered})" if others else f"broker {answered}"]
     lines += [f"  {status['broker_server']}: {note}" for note in status["broker_notes"]] + [""]
     lines.append(f"{'POOL':<14}{'QUEUE':<24}{'READY':>7}{'BUSY':>6}{'CONSUMERS':>11}"
-                 f"{'WORKERS':>9}{'DONE':>8}{'FAILED':>8}{'DEAD':>6}")
+                 f"{'WORKERS':>9}{'DONE':>8}{'RETRIED':>9}{'FAILED':>8}{'DEAD':>6}")
     for pool in status["pools"]:
         tasks = pool["tasks"] or {}
-        failed = sum(tasks.get(k, 0) for k in ("failed", "retried", "dead_lettered")) if tasks else "-"
         lines.append(
             f"{pool['pool']:<14}{pool['queue']:<24}{_show(pool['messages_ready']):>7}"
             f"{pool['in_progress']:>6}{_show(pool['consumers']):>11}"
             + f"{pool['workers_live']}/{pool['workers_desired']}".rjust(9)
-            + f"{_show(tasks.get('succeeded') if tasks else None):>8}{_show(failed):>8}"
-            f"{_show(pool['dead_lettered_messages']):>6}")
+            # the outcomes of wqd_tasks_total: FAILED is `failed` there too (the attempt did not end normally)
+            + "".join(f"{_show(tasks.get(outcome) if tasks else None):>{width}}"
+                      for outcome, width in (("succeeded", 8), ("retried", 9), ("failed", 8)))
+            + f"{_show(pool['dead_lettered_messages']):>6}")
     workers = [(pool["pool"], w) for pool in status["pools"] for w in pool["workers"]]
     if workers:
         lines += ["", f"{'WORKER':<20}{'PID':>8}  {'STATE':<14}{'TASK AGE':>9}"]

@@ -12,7 +12,6 @@ from wqd.quiet import QuietSwitch
 from wqd.worker import WorkerContext
 from wqd.worker_record import WorkerRecord
 
-
 # The frame size pika negotiates with RabbitMQ by default (a copy's headers must fit one).
 FRAME_MAX = 131072
 

@@ -131,5 +131,42 @@ def test_a_mismatch_names_the_argument_and_how_to_migrate():
     error = queues.describe_mismatch(pool(), "jobs", text)
     assert "queue 'jobs' already exists with other arguments than wqd declares (argument x-delivery-limit)" in error
     assert "re-create the queue" in error and "Migrating a quorum queue" in error and text in error
+    assert "declare: passive" in error
     other = queues.describe_mismatch(pool(), "jobs", "PRECONDITION_FAILED - inequivalent arg 'x-queue-type' ...")
-    assert "(argument x-queue-type)" in other and "change the pool's queue_type" in other
+    assert "(argument x-queue-type)" in other and "set queue_type to the queue's type" in other
+
+
+def test_a_mismatch_on_a_classic_pool_never_suggests_a_quorum_queue():
+    """A hand-written worker's queue with its own arguments: the fix names them, with the queue's value."""
+    classic = pool(QUORUM.replace("quorum", "classic"))
+    text = ("PRECONDITION_FAILED - inequivalent arg 'x-max-priority' for queue 'jobs' in vhost '/': received none "
+            "but current is the value '10' of type 'byte'")
+    error = queues.describe_mismatch(classic, "jobs", text)
+    assert "queue_arguments: {x-max-priority: 10}" in error and "declare: passive" in error
+    assert "quorum" not in error.replace(text, "")
+    legacy_dlx = queues.describe_mismatch(classic, "jobs", "PRECONDITION_FAILED - inequivalent arg "
+                                          "'x-dead-letter-exchange' for queue 'jobs' in vhost '/': received none but "
+                                          "current is the value 'legacy.dlx' of type 'longstr'")
+    assert "queue_arguments: {x-dead-letter-exchange: legacy.dlx}" in legacy_dlx and "re-create" not in legacy_dlx
+
+
+def test_queue_arguments_are_declared_with_the_queue_and_cannot_name_wqds_own():
+    extra = pool(QUORUM.replace("quorum", "classic") + "    queue_arguments: {x-max-priority: 10}\n")
+    assert queues.work_queue_arguments(extra, (4, 3, 6)) == {"x-max-priority": 10}
+    quorum = pool(QUORUM + "    queue_arguments: {x-max-priority: 10}\n")
+    assert queues.work_queue_arguments(quorum)["x-max-priority"] == 10
+    assert queues.work_queue_arguments(quorum)["x-queue-type"] == "quorum"
+    for text, named in [(QUORUM + "    queue_arguments: {x-delivery-limit: 5}\n", "x-delivery-limit"),
+                        (QUORUM + "    queue_arguments: {x-queue-type: classic}\n", "x-queue-type")]:
+        with pytest.raises(config.ConfigError) as caught:
+            pool(text)
+        assert f"pools[0].queue_arguments: names {named}, which wqd sets itself" in str(caught.value)
+    for bad, said in [("[1]", "expected a mapping of queue arguments"), ("{max-priority: 1}", "start with x-"),
+                      ("{x-a: [1]}", "expected a number, a string or a boolean")]:
+        with pytest.raises(config.ConfigError) as caught:
+            pool(QUORUM + f"    queue_arguments: {bad}\n")
+        assert said in str(caught.value)
+    with pytest.raises(config.ConfigError) as caught:
+        pool(QUORUM + "    declare: false\n")
+    assert "pools[0].declare: expected true or passive" in str(caught.value)
+    assert pool(QUORUM + "    declare: passive\n").declare == "passive"

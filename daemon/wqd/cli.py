@@ -10,8 +10,8 @@ import sys
 import time
 
 import wqd
+from wqd import amqp, dead_letters, errors, logs, queues
 from wqd import config as config_module
-from wqd import dead_letters, errors, logs
 from wqd import handlers as handlers_module
 from wqd.dead_letters import printable, quoted
 from wqd.publisher import publish_lines, utf8_body
@@ -85,7 +85,10 @@ def _parser() -> argparse.ArgumentParser:
         return command
 
     add("run", cmd_run, "run the daemon in the foreground")
-    add("check", cmd_check, "validate the config and import the handlers")
+    check = add("check", cmd_check, "validate the config and import the handlers")
+    check.add_argument("--broker", action="store_true",
+                       help="also compare each pool's queues on the broker with what wqd declares (creates nothing); "
+                            "exit 78 on a difference")
     publish = add("publish", cmd_publish, "publish persistent messages with publisher confirms; a message "
                   "that is not UTF-8 or larger than the broker takes stops the run with exit 65 (those "
                   "before it were sent, it and those after it are not)")
@@ -162,6 +165,23 @@ def cmd_check(args) -> int:
         from wqd.tracing import destination  # imported only when tracing is enabled
         tracing = f"; spans to {destination()}"
     print(f"{config.path}: OK; broker {brokers}; pools: {pools}{tracing}")
+    return _check_broker(config) if args.broker else EXIT_OK
+
+
+def _check_broker(config) -> int:
+    """`wqd check --broker`: each pool's queues against what wqd would declare."""
+    connection, _ = amqp.connect_any(config.broker, name="wqd check")
+    try:
+        version = amqp.server_version(connection)[1]
+        found = [line for pool in config.pools for line in queues.compare_pool_queues(connection, pool, version)]
+    finally:
+        if connection.is_open:
+            connection.close()
+    for line, _ in found:
+        print(line)
+    differences = [line for line, differs in found if differs]
+    if differences:
+        raise errors.ConfigError(f"{len(differences)} queue(s) differ from what wqd declares: see above")
     return EXIT_OK
 
 

@@ -8,6 +8,7 @@ one pass; each names the file, the line (where YAML knows it) and the key path.
 """
 
 import dataclasses
+import math
 import os
 import re
 import shlex
@@ -185,6 +186,29 @@ def one_of(*choices: str) -> Callable[[Any], str]:
         return value
 
     return check
+
+
+def queue_argument_map(value: Any) -> tuple:
+    """A mapping of queue argument names to numbers, strings or booleans, kept
+    as sorted (name, value) pairs (a frozen, comparable value)."""
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        raise ValueError("expected a mapping of queue arguments, e.g. {x-max-priority: 10}")
+    for name, argument in value.items():
+        if not isinstance(name, str) or not name.startswith("x-"):
+            raise ValueError(f"expected argument names that start with x-, got {name!r}")
+        if not isinstance(argument, (bool, int, str)) and not (
+                isinstance(argument, float) and math.isfinite(argument)):
+            raise ValueError(f"{name}: expected a number, a string or a boolean, got {argument!r}")
+    return tuple(sorted(value.items()))
+
+
+def declare_mode(value: Any):
+    """True: declare the queue as wqd does; "passive": use it as it is."""
+    if value is not True and value != "passive":
+        raise ValueError("expected true or passive")
+    return value
 
 
 def optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -508,9 +532,20 @@ class PoolConfig:
                                               doc="MiB of RSS; recycle a worker after the task that crossed it")
     deduplicate: bool = key(boolean, True, doc="skip redeliveries of message ids already finished here "
                                                "(acked without running: outcome duplicate)")
+    queue_arguments: tuple = key(queue_argument_map, (), shown="{}",
+                                 doc="more arguments the work queue has, declared with it (an existing queue's, "
+                                     "e.g. {x-max-priority: 10}); not those wqd sets itself")
+    declare: Union[bool, str] = key(declare_mode, True,
+                                    doc="true: declare the work queue as wqd does; passive: use an existing "
+                                        "queue as it is (wqd then cannot promise what its arguments decide)")
 
     def conflicts(self) -> list:
         """(key, problem) for keys that are valid alone but not together."""
+        own = queues.arguments_wqd_sets(self) & {name for name, _ in self.queue_arguments}
+        if own:
+            return [("queue_arguments", f"names {', '.join(sorted(own))}, which wqd sets itself for this pool "
+                                        f"(from queue_type, max_retries, dead_letter_queue and time_limit); "
+                                        f"leave it out")]
         if self.queue_type == "quorum" and self.max_retries > queues.MAX_QUORUM_RETRIES:
             return [("max_retries", (
                 f"is {self.max_retries}, above the {queues.MAX_QUORUM_RETRIES} a quorum pool allows: wqd declares "

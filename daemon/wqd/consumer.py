@@ -132,9 +132,10 @@ class Consumer:
                  redact_url(self.broker.urls[self._url_index]), f" ({notes})" if notes else "")
         if self._slot == 1 and not self._timeout_checked:  # one line per pool, at its first connection
             self._timeout_checked = True
-            warning = queues.consumer_timeout_warning(self.pool, self._broker_version)
-            if warning:
-                log.warning("%s", warning)
+            for warning in (queues.consumer_timeout_warning(self.pool, self._broker_version),
+                            queues.passive_warning(self.pool)):
+                if warning:
+                    log.warning("%s", warning)
         queues.declare_pool_queues(self._connection, self.pool, self._broker_version)
         self._open_channel()
         self.reporter.send(reporting.CONNECTED)

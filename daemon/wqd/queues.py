@@ -77,7 +77,7 @@ def work_queue_arguments(pool, version: tuple = ()) -> Optional[dict]:
     matching a plain declare. Before RabbitMQ 4.3 the same on every version,
     so that a queue created before a broker upgrade has what the new version
     honours."""
-    arguments = {}
+    arguments = dict(pool.queue_arguments)  # an existing queue's own, named in the config
     if pool.queue_type == "quorum":
         arguments.update({"x-queue-type": "quorum", "x-delivery-limit": delivery_limit(pool)})
         if pool.dead_letter_queue:
@@ -90,6 +90,31 @@ def work_queue_arguments(pool, version: tuple = ()) -> Optional[dict]:
     if timeout is not None and not queue_types_own_consumer_timeout(version):
         arguments["x-consumer-timeout"] = int(timeout * 1000)
     return arguments or None
+
+
+def arguments_wqd_sets(pool) -> set:
+    """The work queue arguments wqd decides for ``pool``, on some broker version."""
+    own = {"x-queue-type"}
+    if pool.queue_type == "quorum":
+        own |= {"x-delivery-limit"}
+        if pool.dead_letter_queue:
+            own |= {"x-dead-letter-exchange", "x-dead-letter-routing-key", "x-dead-letter-strategy", "x-overflow"}
+    if pool.time_limit is not None:
+        own.add("x-consumer-timeout")
+    return own
+
+
+def passive_warning(pool) -> Optional[str]:
+    """What wqd cannot promise for a queue it uses as it is (declare: passive)."""
+    if pool.declare != "passive":
+        return None
+    what = ("a message redelivered past the queue's delivery limit is dropped unless the queue has a "
+            "dead-letter target, and with no limit one that kills its worker every time is given up only by wqd"
+            if pool.queue_type == "quorum" else
+            "a length limit, a message TTL or a dead-letter exchange of the queue acts on messages as the broker "
+            "decides")
+    return (f"pool {pool.name!r} uses queue {pool.queue!r} as it is (declare: passive): wqd does not know its "
+            f"arguments, so it cannot promise what they decide ({what}).")
 
 
 def consumer_arguments(pool, version: tuple) -> Optional[dict]:
@@ -163,8 +188,53 @@ def declare_pool_queues(connection, pool, version: tuple) -> None:
 
 
 def declare_work_queue(connection, pool, version: tuple) -> None:
-    """Declare ``pool``'s work queue as the pool's workers do. Raises QueueMismatch."""
+    """Declare ``pool``'s work queue as the pool's workers do (or, with
+    declare: passive, check that it exists). Raises QueueMismatch."""
+    if pool.declare == "passive":
+        if not queue_exists(connection, pool.queue):
+            raise QueueMismatch(f"Configuration error in pool {pool.name!r}: queue {pool.queue!r} does not exist, and "
+                                f"a pool with declare: passive uses a queue as it is. To fix it: create the queue "
+                                f"first, or set declare: true so that wqd declares it. The pool is not restarted.")
+        return
     _declare(connection, pool, pool.queue, work_queue_arguments(pool, version))
+
+
+def queue_exists(connection, queue: str) -> bool:
+    channel = connection.channel()
+    try:
+        channel.queue_declare(queue=queue, passive=True)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code != 404:
+            raise
+        return False
+    channel.close()
+    return True
+
+
+def compare_pool_queues(connection, pool, version: tuple) -> list:
+    """`wqd check --broker`: one line per queue of ``pool`` as the broker has
+    it against what wqd would declare; nothing is created. (line, differs)."""
+    found = []
+    for queue, arguments in [(pool.queue, work_queue_arguments(pool, version)),
+                             (pool.dead_letter_queue, dead_letter_queue_arguments(pool))]:
+        if queue is None:
+            continue
+        if not queue_exists(connection, queue):
+            missing = ("missing: declare: passive needs it" if queue == pool.queue and pool.declare == "passive"
+                       else "does not exist yet: wqd declares it at start")
+            found.append((f"pool {pool.name!r}: queue {queue!r} {missing}",
+                          queue == pool.queue and pool.declare == "passive"))
+            continue
+        if queue == pool.queue and pool.declare == "passive":
+            found.append((f"pool {pool.name!r}: queue {queue!r} exists (used as it is: declare: passive)", False))
+            continue
+        try:  # the queue exists: a declare with the same arguments changes nothing
+            _declare(connection, pool, queue, arguments)
+        except QueueMismatch as exc:
+            found.append((str(exc), True))
+        else:
+            found.append((f"pool {pool.name!r}: queue {queue!r} matches what wqd declares", False))
+    return found
 
 
 def _declare(connection, pool, queue: str, arguments) -> None:
@@ -212,16 +282,26 @@ def telling_reply(connection, pool, queue: str, reply_text: str) -> str:
 
 def describe_mismatch(pool, queue: str, reply_text: str) -> str:
     """The one-paragraph error for a queue the broker has with other arguments
-    than wqd declares (PRECONDITION_FAILED), naming the argument."""
+    than wqd declares (PRECONDITION_FAILED), naming the argument and the fix
+    that fits the pool's queue type."""
     found = re.search(r"inequivalent arg '([^']+)'", reply_text)
     argument = found.group(1) if found else None
-    if argument in QUORUM_PROTECTION:
+    current = re.search(r"current is (?:the value )?'([^']*)'", reply_text)
+    if argument == "x-queue-type":
+        fix = (f"the queue is of another type than the pool's queue_type ({pool.queue_type}): set queue_type to "
+               f"the queue's type, or use another queue name")
+    elif argument in QUORUM_PROTECTION and pool.queue_type == "quorum" and argument in arguments_wqd_sets(pool):
         fix = ("wqd declares a quorum work queue with a delivery limit and its dead-letter queue as "
                "dead-letter target, so that a message redelivered too often is dead-lettered, not dropped; "
                "a quorum queue's arguments cannot be changed: re-create the queue (see \"Migrating a quorum "
-               "queue\" in docs/clusters.md), or use another queue name")
+               "queue\" in docs/clusters.md), use it as it is with declare: passive, or use another queue name")
+    elif argument and queue == pool.queue and argument not in arguments_wqd_sets(pool):
+        value = current.group(1) if current else "<its value>"
+        fix = (f"the queue has {argument} and wqd does not declare it: name it in the pool's queue_arguments "
+               f"(queue_arguments: {{{argument}: {value}}}) if the queue has it, or use the queue as it is with "
+               f"declare: passive")
     else:
-        fix = "change the pool's queue_type or queue name to match, or delete the queue"
+        fix = "declare the queue as the pool says, use it as it is with declare: passive, or delete the queue"
     differs = f" (argument {argument})" if argument else ""
     return (f"Configuration error in pool {pool.name!r}: queue {queue!r} already exists with other arguments "
             f"than wqd declares{differs}; the broker said: {reply_text}. To fix it: {fix}. The pool is not "

@@ -10,7 +10,7 @@ import sys
 import time
 
 import wqd
-from wqd import amqp, dead_letters, errors, logs, queues
+from wqd import amqp, code_version, dead_letters, errors, logs, queues
 from wqd import config as config_module
 from wqd import handlers as handlers_module
 from wqd.dead_letters import printable, quoted
@@ -146,18 +146,24 @@ def _non_negative(text: str) -> int:
     return value
 
 
-def _load(args, import_handlers: bool):
-    """The config, and its handlers when ``import_handlers``; raise ConfigError."""
-    config = config_module.load(args.config or config_module.default_path())
-    if not import_handlers:
-        return config, None
+def _load_config(args):
+    """The config the command names; raise ConfigError."""
+    return config_module.load(args.config or config_module.default_path())
+
+
+def _import_handlers(config):
+    """Every pool's handler, and the version of the code they were imported
+    from (the modules their import added); raise ConfigError."""
     if os.getcwd() not in sys.path:  # like gunicorn: handlers may live in the current directory
         sys.path.insert(0, os.getcwd())
-    return config, handlers_module.load_all(config)
+    before = set(sys.modules)
+    handlers = handlers_module.load_all(config)
+    return handlers, code_version.imported_since(before)
 
 
 def cmd_check(args) -> int:
-    config, _ = _load(args, import_handlers=True)
+    config = _load_config(args)
+    _import_handlers(config)
     pools = ", ".join(f"{p.name} ({p.workers} x {p.handler} on {p.queue})" for p in config.pools)
     brokers = ", ".join(config_module.redact_url(url) for url in config.broker.urls)
     tracing = ""
@@ -188,10 +194,11 @@ def _check_broker(config) -> int:
 def cmd_run(args) -> int:
     from wqd.master import Master  # imported here: only `run` needs the process machinery
 
-    config, handlers = _load(args, import_handlers=True)
+    config = _load_config(args)
+    handlers, code = _import_handlers(config)
     logs.setup(config.logging.level, config.logging.format)
     try:
-        Master(config, handlers).run()
+        Master(config, handlers, code).run()
     except (OSError, OverflowError) as exc:  # from binding the HTTP endpoint, the one socket the master opens itself
         cannot_listen = isinstance(exc, (socket.gaierror, OverflowError)) or (
             exc.filename is None and exc.errno in _LISTEN_ERRNOS)
@@ -207,7 +214,7 @@ def cmd_publish(args) -> int:
         config = None
         broker = config_module.BrokerConfig(urls=_url_option(args.url))
     else:
-        config, _ = _load(args, import_handlers=False)
+        config = _load_config(args)
         broker = config.broker
     pool = None
     if config is not None:
@@ -264,7 +271,7 @@ def _url_option(text: str) -> tuple:
 
 
 def cmd_status(args) -> int:
-    config, _ = _load(args, import_handlers=False)
+    config = _load_config(args)
     status = gather_status(config)
     print(json.dumps(status, indent=2) if args.json else format_status(status))
     return EXIT_OK
@@ -275,7 +282,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_dead_list(args) -> int:
-    config, _ = _load(args, import_handlers=False)
+    config = _load_config(args)
     pools = dead_letters.pools_with_dead_letters(config, args.pool)
     with dead_letters.DeadLetterQueues(config) as queues:
         letters = [letter for pool in pools for letter in queues.browse(pool)]
@@ -297,7 +304,7 @@ def cmd_dead_list(args) -> int:
 
 
 def cmd_dead_show(args) -> int:
-    config, _ = _load(args, import_handlers=False)
+    config = _load_config(args)
     pools = dead_letters.pools_with_dead_letters(config, args.pool)
     with dead_letters.DeadLetterQueues(config) as queues:
         letters = [letter for pool in pools for letter in queues.browse(pool)]
@@ -317,7 +324,7 @@ def cmd_dead_replay(args) -> int:
         raise errors.WqdError("give message ids or --all, not both")
     if not (args.ids or args.all or args.exception):
         raise errors.WqdError("name the messages to replay: IDs, --exception NAME, or --all")
-    config, _ = _load(args, import_handlers=False)
+    config = _load_config(args)
     pools = dead_letters.pools_with_dead_letters(config, args.pool)
     named = set()  # the IDs given that name a letter read
 
@@ -370,7 +377,7 @@ def cmd_dead_purge(args) -> int:
     if not args.yes:
         raise errors.WqdError("purge deletes dead messages for good: add --yes to confirm "
                               "(`wqd dead list` shows what would go)")
-    config, _ = _load(args, import_handlers=False)
+    config = _load_config(args)
     pools = dead_letters.pools_with_dead_letters(config, args.pool)
     now = time.time()
 

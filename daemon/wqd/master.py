@@ -52,9 +52,14 @@ HANDLED_SIGNALS = ("HUP", "INT", "QUIT", "TERM", "TTIN", "TTOU", "TSTP", "CONT",
 
 
 class Master:
-    def __init__(self, config, handlers):
+    def __init__(self, config, handlers, code):
+        """``code``: the code_version.CodeVersion the handlers were imported from."""
         self.config = config
         self.pools = [Pool(pool, handlers[pool.name]) for pool in config.pools]
+        # The handler modules this process imported (its forks forget them to
+        # import the code on disk), and the version of the code deployed.
+        self.preloaded = code.modules
+        self.code_fingerprint = code.fingerprint
         self.workers = {}  # pid -> WorkerProcess
         # Attempts that ended with their worker, per message (classic queues
         # have no delivery counter), and the workers' queries about them.
@@ -269,7 +274,7 @@ class Master:
             log.info("SIGHUP during the reload in progress: one more reload follows it.")
             return
         self.notifier.reloading()
-        self.reload = reloading.Reload(self.config.path, self._close_master_fds)
+        self.reload = reloading.Reload(self.config.path, self._close_master_fds, self.preloaded)
         log.info("Reloading %s: loading it in a child process (pid %d), for up to %.0f s.",
                  self.config.path, self.reload.pid, reloading.RELOAD_TIMEOUT)
 
@@ -278,19 +283,20 @@ class Master:
         reload, self.reload = self.reload, None
         if reload.cancelled:
             return
-        new_config, error = reload.ended(status)
+        loaded, error = reload.ended(status)
         if error is not None:
             log.error("Reload failed; keeping the running configuration. %s", reloading.bounded(error))
             self.notifier.notify("READY=1", "STATUS=Reload failed; running the previous configuration")
         else:
-            self._apply(new_config)
+            self._apply(*loaded)
         if self.reload_again and not self.stopping:
             self.reload_again = False
             self._request_reload()
 
-    def _apply(self, new_config) -> None:
-        """Switch to a configuration loaded and checked by the reload's child.
-        The master imports no handler here: the workers of new or changed pools do."""
+    def _apply(self, new_config, code) -> None:
+        """Switch to a configuration loaded and checked by the reload's child,
+        and to the handler code it imported. The master imports no handler
+        here: the workers of new or changed pools do (all of them, when the code changed)."""
         logs.setup(new_config.logging.level, new_config.logging.format)
         if new_config.metrics != self.config.metrics:
             log.warning("metrics.listen changed; it takes effect at the next restart.")
@@ -298,11 +304,17 @@ class Master:
             log.warning("The deduplication section changed; it takes effect at the next restart.")
         # A worker takes the broker and tracing settings at its start: a change of either replaces every worker.
         broker_changed = new_config.broker != self.config.broker or new_config.tracing != self.config.tracing
+        code_changed = code.fingerprint != self.code_fingerprint
+        if code_changed:
+            log.info("The handler code changed; replacing every worker gracefully (in-flight tasks finish on "
+                     "the old code, new workers run the new).")
+            self.code_fingerprint = code.fingerprint
         current = {pool.config.name: pool for pool in self.pools}
         pools = []
         for pool_config in new_config.pools:
             old = current.pop(pool_config.name, None)
-            if old and not broker_changed and old.config.same_settings(pool_config) and not old.failed:
+            if old and not (broker_changed or code_changed) and old.config.same_settings(pool_config) \
+                    and not old.failed:
                 old.reconfigure(pool_config)
                 pools.append(old)
                 continue
@@ -382,7 +394,7 @@ class Master:
             self._close_master_fds()
             # A pool from a reload: the master imported no handler for it; the worker does.
             if pool.handler is None and not reloading.import_handler_after_fork(
-                    pool, self.config.path, slot, write_fd):
+                    pool, self.config.path, slot, write_fd, self.preloaded):
                 return os.EX_CONFIG
             return worker.run(worker.WorkerContext(
                 pool=pool.config, broker=self.config.broker, handler=pool.handler, slot=slot, quiet=self.quiet,

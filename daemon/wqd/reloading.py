@@ -16,11 +16,12 @@ import os
 import pickle
 import resource
 import signal
+import sys
 import time
 
 from setproctitle import setproctitle
 
-from wqd import children, errors, logs, reporting
+from wqd import children, code_version, errors, logs, reporting
 from wqd import config as config_module
 from wqd import handlers as handlers_module
 
@@ -48,15 +49,17 @@ def bounded(text: str, limit: int = MAX_ERROR_CHARS) -> str:
 class Reload:
     """One reload in progress: the child loading the file, the pipe it answers on."""
 
-    def __init__(self, path: str, close_inherited):
-        """``close_inherited()`` runs in the child to close what it inherited from the master."""
+    def __init__(self, path: str, close_inherited, preloaded: tuple):
+        """``close_inherited()`` runs in the child to close what it inherited
+        from the master; ``preloaded``: the handler modules the master
+        imported, forgotten in the child so that it checks the code on disk."""
         self.path = path
         read_fd, write_fd = os.pipe()
 
         def child_main() -> int:
             os.close(read_fd)
             close_inherited()
-            return _load_and_send(path, write_fd)
+            return _load_and_send(path, write_fd, preloaded)
 
         self.pid = children.fork(child_main, "The reload's loading process")
         os.close(write_fd)
@@ -107,7 +110,8 @@ class Reload:
             pass
 
     def ended(self, status: int):
-        """The child was reaped with wait ``status``: (new Config, None) or (None, why not)."""
+        """The child was reaped with wait ``status``: ((new Config, its
+        code_version.CodeVersion), None) or (None, why not)."""
         self.read()
         self.close_in_child()
         if self._timed_out:
@@ -116,10 +120,10 @@ class Reload:
         if self._too_big:
             return None, f"loading {self.path} sent back more than {MAX_RESULT_BYTES} bytes"
         try:
-            config, error = pickle.loads(bytes(self._data))
+            loaded, error = pickle.loads(bytes(self._data))
         except Exception:  # nothing, or a truncated result: the child died before it was done
             return None, f"the process loading {self.path} {_died(status)} before it was done"
-        return config, error
+        return loaded, error
 
     def close_in_child(self) -> None:
         """Let go of the pipe: in the master once read, and in any process it forks."""
@@ -143,24 +147,28 @@ def _died(status: int) -> str:
     return f"exited with code {os.WEXITSTATUS(status)}"
 
 
-def _load_and_send(path: str, write_fd: int) -> int:
-    """In the child: load and check the file, import its handlers, send (config, error)."""
+def _load_and_send(path: str, write_fd: int, preloaded: tuple) -> int:
+    """In the child: load and check the file, import its handlers from disk,
+    send ((config, code version), error)."""
     setproctitle(f"wqd: reload -c {path}")
     logs.set_process_name("reload")
     out_of_memory = (f"loading {path} needed more than {RELOAD_MEMORY_BYTES // (1024 * 1024)} MiB "
                      "of memory beyond the master's")
     _limit_memory(RELOAD_MEMORY_BYTES)
-    config, error = None, None
+    loaded, error = None, None
     try:
         config = config_module.load(path)
+        code_version.forget(preloaded)
+        before = set(sys.modules)
         handlers_module.load_all(config)
+        loaded = (config, code_version.imported_since(before))
     except errors.ConfigError as exc:
-        config, error = None, str(exc)
+        loaded, error = None, str(exc)
     except MemoryError:
-        config, error = None, out_of_memory  # built before: this must not allocate much
+        loaded, error = None, out_of_memory  # built before: this must not allocate much
     except BaseException as exc:  # SystemExit from a handler module's import, say
-        config, error = None, f"loading {path} failed: {type(exc).__name__}: {exc}"
-    result = pickle.dumps((config, None if error is None else bounded(error)))
+        loaded, error = None, f"loading {path} failed: {type(exc).__name__}: {exc}"
+    result = pickle.dumps((loaded, None if error is None else bounded(error)))
     with os.fdopen(write_fd, "wb") as stream:
         stream.write(result)
     return 0
@@ -180,12 +188,15 @@ def _limit_memory(extra: int) -> None:
     resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
 
 
-def import_handler_after_fork(pool, config_path: str, slot: int, report_fd: int) -> bool:
+def import_handler_after_fork(pool, config_path: str, slot: int, report_fd: int, preloaded: tuple) -> bool:
     """In a new worker of a pool the master holds no handler for (a pool from a
-    reload): import it and set ``pool.handler``. On failure, tell the master the
-    pool has a configuration error and return False (the worker exits EX_CONFIG)."""
+    reload): import it from disk (``preloaded``, the master's copies of the
+    handler modules, forgotten first) and set ``pool.handler``. On failure,
+    tell the master the pool has a configuration error and return False (the
+    worker exits EX_CONFIG)."""
     logs.set_process_name(f"worker {pool.config.name}[{slot}]")  # what the module's import logs is the worker's
     try:
+        code_version.forget(preloaded)
         pool.handler = handlers_module.load(pool.config)
         return True
     except BaseException as exc:  # any import-time failure of user code (sys.exit too) is a configuration error

@@ -3,6 +3,7 @@
 new tasks run the new, consumption does not pause, and no task is lost or
 run twice. A broken deploy keeps the old workers."""
 
+import re
 import signal
 import threading
 import time
@@ -67,6 +68,14 @@ def test_new_code_reaches_every_worker_without_a_pause_or_a_lost_task(broker, qu
     pause = max(later - earlier for earlier, later in zip(starts, starts[1:]))
     assert pause < 1.0, f"consumption paused {pause:.2f} s"
     assert "The handler code changed; replacing every worker gracefully" in wqd.logs()
+    # one slot at a time: each new worker is spawned once the one before it consumes
+    logs = wqd.logs().split("rolling its workers onto the new code", 1)[1].splitlines()
+    spawned = [(n, int(re.search(r"\(pid (\d+)\)", line).group(1))) for n, line in enumerate(logs)
+               if re.search(r"Worker default\[\d\] spawned", line)]
+    consuming = {int(re.search(r" pid (\d+)\]", line).group(1)): n for n, line in enumerate(logs)
+                 if "] Consuming from" in line}
+    assert len(spawned) == 2, logs
+    assert consuming[spawned[0][1]] < spawned[1][0], "the second new worker started before the first consumed"
 
 
 def test_a_broken_deploy_keeps_the_running_workers_and_code(broker, queue_name, make_wqd, tmp_path):

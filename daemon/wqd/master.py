@@ -318,12 +318,16 @@ class Master:
                 old.reconfigure(pool_config)
                 pools.append(old)
                 continue
-            if old:
+            new_pool = Pool(pool_config, handler=None)
+            if old and code_changed and not broker_changed and not old.failed:
+                log.info("Pool %r: rolling its workers onto the new code, one slot at a time.", pool_config.name)
+                new_pool.replacing = old.replacing or old  # a deploy during a deploy rolls from the first
+            elif old:
                 log.info("Pool %r changed; replacing its workers gracefully.", pool_config.name)
                 self._retire_pool(old)
             else:
                 log.info("Pool %r added.", pool_config.name)
-            pools.append(Pool(pool_config, handler=None))
+            pools.append(new_pool)
             self.metrics.add_pool(pool_config.name)
         for old in current.values():
             log.info("Pool %r removed; stopping its workers gracefully.", old.config.name)
@@ -335,6 +339,21 @@ class Master:
         self.was_ready = False  # READY=1 again once every pool consumes
         log.info("Reloaded %s; pools: %s.", self.config.path,
                  ", ".join(f"{p.config.name}={p.desired}" for p in self.pools))
+
+    def _rolled(self, proc) -> None:
+        """A new worker of a rolling pool consumes: the old worker of its slot
+        retires (finishing its task on the old code); after the last slot, so
+        do the old pool's workers of slots the new one no longer has."""
+        pool = proc.pool
+        rolled = {p.slot for p in self.workers.values()
+                  if p.pool is pool and p.seen_connection is Connection.CONSUMING}
+        done = pool.slots <= rolled
+        for old in list(self.workers.values()):
+            if old.pool is pool.replacing and not old.retiring and (old.slot == proc.slot or done):
+                self._retire(old, self.config.shutdown.graceful_timeout)
+        if done:
+            log.info("Pool %r runs the new code on every worker.", pool.config.name)
+            pool.replacing = None
 
     def _retire_pool(self, pool: Pool) -> None:
         for proc in self.workers.values():
@@ -349,9 +368,13 @@ class Master:
                 continue
             active = {proc.slot: proc for proc in self.workers.values()
                       if proc.pool is pool and not proc.retiring}
+            starting = sum(proc.seen_connection is not Connection.CONSUMING for proc in active.values())
             for slot in sorted(pool.slots):
+                if pool.replacing is not None and starting:
+                    break  # rolling: the next slot once this one's new worker consumes
                 if slot not in active and pool.respawn.may_start(now, slot):
                     self._spawn(pool, slot)
+                    starting += 1
             for slot, proc in active.items():
                 if slot not in pool.slots:
                     self._retire(proc, self.config.shutdown.graceful_timeout)
@@ -521,6 +544,8 @@ class Master:
         for event, fields in events:
             if event in (reporting.CONNECTED, reporting.CONSUMING, reporting.DISCONNECTED):
                 proc.reported(event)
+                if event == reporting.CONSUMING and proc.pool.replacing is not None:
+                    self._rolled(proc)
             elif event == lost_attempts.QUERY:
                 self.lost_attempts.query(proc, fields["key"], time.monotonic(), fields.get("finished"))
             elif event == lost_attempts.RETURNED:
@@ -558,7 +583,7 @@ class Master:
     def _workers_up(self) -> bool:
         """Every pool has a worker consuming, or connected while quiet: READY=1 for systemd."""
         up = (Connection.CONNECTED, Connection.CONSUMING) if self.quiet.on else (Connection.CONSUMING,)
-        return all(any(p.pool is pool and p.seen_connection in up for p in self.workers.values())
+        return all(any(p.pool in (pool, pool.replacing) and p.seen_connection in up for p in self.workers.values())
                    for pool in self.pools) and not self.stopping
 
     def _live_records(self):

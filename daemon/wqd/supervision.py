@@ -167,6 +167,10 @@ class Pool:
         self.slots = set(range(1, config.workers.min + 1))
         self.respawn = RespawnBackoff(EARLY_DEATH_SECONDS, immediate=1)
         self.failed = None  # a configuration error reported by a worker: not restarted
+        # A code deploy: the pool this one replaces slot by slot (a new worker
+        # starts when no other is starting; the old one of its slot retires
+        # once it consumes). None once every slot rolled.
+        self.replacing = None
 
     @property
     def desired(self) -> int:

@@ -8,6 +8,7 @@ import pika
 import pika.exceptions
 
 from wqd import amqp, backoff, errors, queues
+from wqd.publishing.sizes import max_message_size
 
 # A quorum queue nacks publishes while it has no leader (a node died, an
 # election runs, usually under a second); the same channel may then go on
@@ -17,16 +18,6 @@ NACK_RETRIES = 8
 NACK_RETRY_INITIAL = 0.2
 NACK_RETRY_MAX = 2.0
 
-MiB = 1024 * 1024
-# RabbitMQ's default max_message_size: 128 MiB up to 3.x, 16 MiB from 4.0;
-# it cannot be set above 512 MiB. A broker does not tell a client the value
-# it is configured with (frame_max, which it does tell, only cuts a message
-# into frames), so a message is checked against its version's default before
-# it is sent, and a lower configured limit is read from the error with which
-# the broker refuses a message above it.
-DEFAULT_MAX_MESSAGE_SIZE_3 = 128 * MiB
-DEFAULT_MAX_MESSAGE_SIZE_4 = 16 * MiB
-HARD_MAX_MESSAGE_SIZE = 512 * MiB
 _NOT_SENT = "it was not sent, nor anything after it"
 _SIZE_REFUSAL = re.compile(r"larger than (?:the )?(?:configured )?max(?:imum)? size (\d+)", re.IGNORECASE)
 
@@ -117,16 +108,6 @@ def _publish(connection, channel, queue: str, number: int, body: bytes, properti
             time.sleep(backoff.exponential(nacks, NACK_RETRY_INITIAL, NACK_RETRY_MAX))
             channel = connection.channel()
             channel.confirm_delivery()
-
-
-def max_message_size(connection):
-    """(bytes, what the limit is) the broker at the other end takes in one message."""
-    product, version = amqp.server_version(connection)
-    if product != "RabbitMQ" or not version:
-        return HARD_MAX_MESSAGE_SIZE, "the largest message RabbitMQ takes at all"
-    default = DEFAULT_MAX_MESSAGE_SIZE_4 if version[0] >= 4 else DEFAULT_MAX_MESSAGE_SIZE_3
-    shown = ".".join(str(part) for part in version)
-    return default, f"RabbitMQ {shown}'s default max_message_size ({default // MiB} MiB)"
 
 
 def utf8_body(raw: bytes, where: str, outcome: str = _NOT_SENT) -> bytes:

@@ -1,0 +1,72 @@
+"""Delayed messages without per-message TTL: binary delay levels.
+
+A per-message TTL expires a message only at the head of its queue, so a 5 s
+message behind a 1 h one would wait the hour (head-of-line blocking), and one
+queue per distinct delay (what retries use: routing.delay_queue) would make
+a queue for every delay an application asks for. Instead, as NServiceBus's
+RabbitMQ delay infrastructure does, a delay of n whole seconds is split into
+its binary digits, and each digit that is 1 is one stay in a queue whose
+messages all have the same TTL::
+
+    publish --> exchange wqd.delay.<h>   (h: the highest 1 bit of n)
+    exchange wqd.delay.<l>  --bit l = 1-->  queue wqd.delay.<l>  (x-message-ttl 2^l s)
+                            --bit l = 0-->  exchange wqd.delay.<l-1>  (or, for l = 0, queue wqd.delay.ready)
+    queue wqd.delay.<l> (l > 0) --expired, dead-lettered--> exchange wqd.delay.<l-1>
+    queue wqd.delay.0, wqd.delay.ready (x-message-ttl 0) --dead-lettered--> the default exchange --> the queue
+
+The exchanges are headers exchanges matching a message's ``wqd-delay-<l>``
+header ("1" or "0"); the routing key is the target queue's name from start
+to end, so dead-lettering without a routing-key argument delivers it to that
+queue through the default exchange: nothing is bound to, or declared on, the
+work queue. Every queue holds messages of one TTL, so its head is always the
+first to expire: no head-of-line blocking, on every RabbitMQ version.
+
+The queues are quorum queues with at-least-once dead-lettering: a message
+leaves a level only once the next one (or the work queue) confirmed it, so
+a broker restart or crash between two levels loses nothing, and a cluster
+keeps the delayed messages of a node it lost.
+"""
+
+LEVELS = 21  # delays up to 2^21 - 1 s (24 days): a TTL is at most 2^32 - 1 ms
+MAX_DELAY = 2 ** LEVELS - 1
+PREFIX = "wqd.delay"
+READY = f"{PREFIX}.ready"
+BIT_HEADER = "wqd-delay-{}"
+
+
+def exchange(level: int) -> str:
+    return f"{PREFIX}.{level}"
+
+
+def queue(level: int) -> str:
+    return f"{PREFIX}.{level}"
+
+
+def queue_arguments(ttl_ms: int, dead_letter_exchange: str) -> dict:
+    return {"x-queue-type": "quorum", "x-message-ttl": ttl_ms, "x-dead-letter-exchange": dead_letter_exchange,
+            "x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
+
+
+def route(seconds: int):
+    """(exchange, headers) to publish a message delayed by ``seconds`` (>= 1)
+    to; raises ValueError past MAX_DELAY."""
+    if seconds > MAX_DELAY:
+        raise ValueError(f"delay must be at most {MAX_DELAY} s (about {MAX_DELAY // 86400} days), got {seconds} s")
+    top = seconds.bit_length() - 1
+    return exchange(top), {BIT_HEADER.format(level): str(seconds >> level & 1) for level in range(top + 1)}
+
+
+def declare(channel) -> None:
+    """Declare the exchanges, queues and bindings (idempotent; wqd's own
+    names and fixed arguments, so a redeclare never clashes)."""
+    channel.queue_declare(READY, durable=True, arguments=queue_arguments(0, ""))
+    for level in range(LEVELS):
+        channel.exchange_declare(exchange(level), "headers", durable=True)
+        below = exchange(level - 1) if level else ""
+        channel.queue_declare(queue(level), durable=True, arguments=queue_arguments(1000 << level, below))
+        header = BIT_HEADER.format(level)
+        channel.queue_bind(queue(level), exchange(level), arguments={"x-match": "all", header: "1"})
+        if level:
+            channel.exchange_bind(below, exchange(level), arguments={"x-match": "all", header: "0"})
+        else:
+            channel.queue_bind(READY, exchange(level), arguments={"x-match": "all", header: "0"})

@@ -1,0 +1,29 @@
+"""What a publish that was not confirmed raises."""
+
+from wqd import errors
+
+
+class PublishError(errors.WqdError):
+    """The broker did not confirm a message: nacked, unroutable, timed out, or
+    the connection was lost after it was sent. It may or may not be in the
+    queue; publishing it again with the same message id is safe (a pool with
+    ``deduplicate: true`` runs an id once).
+
+    ``confirmed``: the ids of the call that were confirmed (publish_many
+    confirms some and not others); ``unconfirmed``: the ids to publish again.
+    """
+
+    def __init__(self, text: str, confirmed=(), unconfirmed=()):
+        super().__init__(text)
+        self.confirmed = list(confirmed)
+        self.unconfirmed = list(unconfirmed)
+
+
+class QueueNotFound(PublishError):
+    """The target queue does not exist: nothing was sent. The publisher never
+    declares a work queue (its arguments are the pool's: a declare with other
+    ones would be refused, or create a queue the pool cannot use)."""
+
+
+class BrokerUnreachable(PublishError, errors.BrokerUnavailable):
+    """No broker URL could be connected to within the timeout: nothing was sent."""

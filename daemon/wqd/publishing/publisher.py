@@ -1,0 +1,331 @@
+"""wqd.Publisher: publish tasks with publisher confirms, from any thread or fork."""
+
+import os
+import socket
+import threading
+import time
+import weakref
+from typing import Iterable, Optional
+
+import pika
+import pika.exceptions
+
+from wqd import amqp, backoff
+from wqd import config as config_module
+from wqd.publishing import delays, tracing
+from wqd.publishing.confirms import ACK, NACK, RETURNED, ChannelLost, ConfirmChannel, Timeout, is_connection_error
+from wqd.publishing.errors import BrokerUnreachable, PublishError, QueueNotFound
+from wqd.publishing.messages import outgoing
+from wqd.publishing.sizes import max_message_size
+
+DEFAULT_TIMEOUT = 30.0  # seconds a publish may take, connecting included
+# Connecting again after every URL failed: 0.1, 0.2, 0.4 ... 2 s apart, until the deadline.
+RECONNECT_INITIAL = 0.1
+RECONNECT_MAX = 2.0
+
+_live = weakref.WeakSet()  # every Publisher, for the fork hook
+
+
+class Publisher:
+    """Publishes persistent, mandatory messages and returns once the broker
+    confirmed them. Thread-safe (calls are serialised on one connection) and
+    fork-safe: a forked child never touches the parent's socket, it connects
+    anew. Connects lazily, reconnects, and tries a cluster's URLs in turn."""
+
+    def __init__(self, url_or_urls, *, timeout: float = DEFAULT_TIMEOUT):
+        urls = config_module.split_urls(url_or_urls) if isinstance(url_or_urls, str) else list(url_or_urls)
+        try:
+            broker = config_module.BrokerConfig(urls=config_module.broker_urls(urls))
+        except ValueError as exc:
+            raise ValueError(f"Publisher: broker URL: {exc}") from None
+        self._setup(broker, timeout, None)
+
+    @classmethod
+    def from_config(cls, path: Optional[str] = None, *, timeout: float = DEFAULT_TIMEOUT) -> "Publisher":
+        """A publisher for the broker of a wqd YAML config (default: $WQD_CONFIG,
+        else /etc/wqd/wqd.yaml, as `wqd run` finds it). Raises wqd's ConfigError."""
+        config = config_module.load(path or config_module.default_path())
+        publisher = cls.__new__(cls)
+        publisher._setup(config.broker, timeout, config)
+        return publisher
+
+    def _setup(self, broker, timeout: float, config) -> None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ValueError(f"Publisher: timeout must be a number of seconds > 0, got {timeout!r}")
+        self.broker = broker
+        self.timeout = float(timeout)
+        self.config = config
+        self.pools = {pool.queue: pool for pool in config.pools} if config else {}
+        self._closed = False
+        self._url_index = 0
+        self._checked = set()  # queues known to exist (checked passively once each)
+        self._delays_declared = False
+        self._reset()
+        _live.add(self)
+
+    def _reset(self) -> None:
+        """No connection (and, after a fork, a lock no other thread can hold)."""
+        self._lock = threading.Lock()
+        self._connection = None
+        self._channel = None
+        self._blocked_since = None
+        self._healthy = False  # the connection answered the last call: close it politely
+
+    def __enter__(self) -> "Publisher":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection (politely when the broker answers). Idempotent."""
+        with self._lock:
+            self._closed = True
+            self._disconnect(polite=self._healthy)
+
+    # -- the API
+
+    def publish(self, queue: str, body, *, message_id: Optional[str] = None, headers: Optional[dict] = None,
+                delay=None, content_type: Optional[str] = None, timeout: Optional[float] = None) -> str:
+        """Send one message; return its id once the broker confirmed it.
+        Raises PublishError (not confirmed: publishing again with the same id
+        is safe), QueueNotFound, BrokerUnreachable; TypeError or ValueError
+        for a message that cannot be sent (then nothing was)."""
+        message = outgoing(body, message_id, headers, delay, content_type)
+        return self._send(queue, [message], timeout)[0]
+
+    def publish_many(self, queue: str, bodies: Iterable, *, message_ids: Optional[Iterable[str]] = None,
+                     headers: Optional[dict] = None, delay=None, content_type: Optional[str] = None,
+                     timeout: Optional[float] = None) -> list:
+        """Send every body, then wait for all their confirms (pipelined);
+        return their ids. On PublishError, its ``unconfirmed`` ids are the
+        ones to publish again; ``timeout`` covers the whole batch."""
+        bodies = list(bodies)
+        ids = [None] * len(bodies) if message_ids is None else list(message_ids)
+        if len(ids) != len(bodies):
+            raise ValueError(f"publish_many: {len(ids)} message_ids for {len(bodies)} bodies")
+        messages = [outgoing(body, message_id, headers, delay, content_type) for body, message_id in zip(bodies, ids)]
+        return self._send(queue, messages, timeout) if messages else []
+
+    # -- sending
+
+    def _send(self, queue: str, messages: list, timeout: Optional[float]) -> list:
+        if not isinstance(queue, str) or not queue:
+            raise ValueError(f"queue must be a non-empty str, got {queue!r}")
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            if self._closed:
+                raise PublishError("this Publisher is closed; nothing was sent")
+            delayed = any(message.delay for message in messages)
+            self._ready(queue, delayed, deadline)
+            limit, limit_name = max_message_size(self._connection)
+            for message in messages:
+                if len(message.body) > limit:
+                    raise ValueError(f"message {message.message_id} is {len(message.body)} bytes, larger than the "
+                                     f"broker takes ({limit_name}); nothing was sent")
+            return self._send_batch(queue, messages, deadline, timeout)
+
+    def _send_batch(self, queue: str, messages: list, deadline: float, timeout: float) -> list:
+        channel = self._channel
+        first = channel.next_tag
+        tags = range(first, first + len(messages))
+        spans = []
+        error, reason = None, None
+        try:
+            for message in messages:
+                exchange, routing_key, properties = self._route(queue, message)
+                span, properties.headers = tracing.start(queue, message.message_id, properties.headers)
+                spans.append(span)
+                channel.publish(exchange, routing_key, message)
+            outcomes = channel.flush_and_wait(list(tags), deadline)
+        except Timeout:
+            outcomes = channel.outcomes(tags)
+            channel.forget(tags)
+            reason = self._timeout_reason(timeout)
+            if self._blocked_since is None:  # no answer: another connection (another node) for the next call
+                self._disconnect(polite=False)
+        except ChannelLost as exc:
+            outcomes = channel.outcomes(tags)
+            self._channel = None
+            reason = f"the broker closed the channel: {_refusal(exc.reason)}"
+        except Exception as exc:
+            if not is_connection_error(exc):
+                raise
+            outcomes = channel.outcomes(tags)
+            reason = f"the connection was lost ({amqp.describe_error(exc, self._url)})"
+            self._disconnect(polite=False)
+        confirmed, failed = [], {}
+        for tag, message in zip(tags, messages):
+            outcome = outcomes.get(tag)
+            if outcome == ACK:
+                confirmed.append(message.message_id)
+            else:
+                failed.setdefault(outcome, []).append(message.message_id)
+        for span, tag in zip(spans, tags):
+            error = None if outcomes.get(tag) == ACK else PublishError(_describe(outcomes.get(tag), queue, reason))
+            tracing.end(span, error)
+        if failed:
+            raise PublishError(_summary(failed, len(messages), queue, reason), confirmed,
+                               [i for ids in failed.values() for i in ids])
+        self._healthy = True
+        return confirmed
+
+    def _route(self, queue: str, message):
+        """(exchange, routing key, properties) for a message: the default
+        exchange, or the first delay level (delays.py)."""
+        properties = message.properties
+        if not message.delay:
+            return "", queue, properties
+        exchange, bits = delays.route(message.delay)
+        properties.headers = {**(properties.headers or {}), **bits}
+        return exchange, queue, properties
+
+    def _timeout_reason(self, timeout: float) -> str:
+        if self._blocked_since is not None:
+            return (f"the broker at {config_module.redact_url(self._url)} has blocked publishing for "
+                    f"{time.monotonic() - self._blocked_since:.0f} s (a memory or disk alarm: see "
+                    f"`rabbitmq-diagnostics alarms`), longer than the timeout ({timeout:g} s)")
+        return f"no confirm came within the timeout ({timeout:g} s)"
+
+    # -- the connection
+
+    def _ready(self, queue: str, delayed: bool, deadline: float) -> None:
+        """Connect (again) if need be, check the queue and the delay
+        infrastructure, open the confirm channel: retried until ``deadline``
+        while the broker cannot be reached, for nothing was sent yet."""
+        failures = 0
+        while True:
+            try:
+                if self._connection is None or not self._connection.is_open:
+                    self._connect()
+                self._connection.process_data_events(0)  # notices a connection lost while idle
+                if queue not in self._checked:
+                    self._check_queue(queue)
+                if delayed and not self._delays_declared:
+                    self._declare_delays()
+                if self._channel is None or not self._channel.is_open:
+                    self._channel = ConfirmChannel(self._connection, deadline)
+                return
+            except amqp.BrokerUnavailable as exc:
+                last = str(exc)
+            except Timeout:
+                last = f"the broker at {config_module.redact_url(self._url)} did not answer"
+                self._disconnect(polite=False)
+            except Exception as exc:
+                if not is_connection_error(exc):
+                    raise
+                last = amqp.describe_error(exc, self._url)
+                self._disconnect(polite=False)
+            failures += 1
+            pause = backoff.exponential(failures, RECONNECT_INITIAL, RECONNECT_MAX)
+            if time.monotonic() + pause >= deadline:
+                raise BrokerUnreachable(f"could not publish to queue {queue!r} within the timeout: {last}; "
+                                        f"nothing was sent")
+            time.sleep(pause)
+
+    @property
+    def _url(self) -> str:
+        return self.broker.urls[self._url_index]
+
+    def _connect(self) -> None:
+        """Connect to the first URL that answers, from the one used last."""
+        self._disconnect(polite=False)
+        failures = []
+        for offset in range(len(self.broker.urls)):
+            index = (self._url_index + offset) % len(self.broker.urls)
+            params = amqp.parameters(self.broker, self.broker.urls[index])
+            params.socket_timeout = params.stack_timeout = min(amqp.CONNECT_TIMEOUT, self.timeout)
+            params.blocked_connection_timeout = None  # a blocked publish ends at its own timeout
+            params.client_properties = {"connection_name": f"wqd publisher {socket.gethostname()} pid {os.getpid()}"}
+            try:
+                connection = amqp.open_connection(params)
+            except (pika.exceptions.AMQPError, OSError) as exc:
+                failures.append((self.broker.urls[index], exc))
+                continue
+            self._url_index = index
+            self._connection = connection
+            connection.add_on_connection_blocked_callback(self._on_blocked)
+            connection.add_on_connection_unblocked_callback(self._on_unblocked)
+            return
+        raise amqp.BrokerUnavailable(failures)
+
+    def _on_blocked(self, _connection, _frame) -> None:
+        self._blocked_since = time.monotonic()
+
+    def _on_unblocked(self, _connection, _frame) -> None:
+        self._blocked_since = None
+
+    def _check_queue(self, queue: str) -> None:
+        """A passive declare: never a declare with arguments that could clash
+        with the pool's (nor one that creates a queue the pool cannot use)."""
+        channel = self._connection.channel()
+        try:
+            channel.queue_declare(queue, passive=True)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code == 404:
+                config = self.config.path if self.config else "CONFIG"
+                raise QueueNotFound(f"queue {queue!r} does not exist: start wqd, or declare it as wqd does: "
+                                    f"`wqd declare -c {config}`; nothing was sent", [], []) from None
+            raise PublishError(f"cannot publish to queue {queue!r}: the broker said {exc.reply_code} "
+                               f"{exc.reply_text}; nothing was sent") from None
+        channel.close()
+        self._checked.add(queue)
+
+    def _declare_delays(self) -> None:
+        channel = self._connection.channel()
+        try:
+            delays.declare(channel)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            raise PublishError(f"cannot declare wqd's delay queues and exchanges ({delays.PREFIX}.*): the broker "
+                               f"said {exc.reply_code} {exc.reply_text}; nothing was sent") from None
+        channel.close()
+        self._delays_declared = True
+
+    def _disconnect(self, polite: bool) -> None:
+        """Close the connection: with the closing handshake when ``polite``,
+        else by dropping the socket (a broker that does not answer, or blocks
+        the connection, would hold close() for minutes)."""
+        connection, self._connection, self._channel = self._connection, None, None
+        self._blocked_since, self._healthy = None, False
+        if connection is None or not connection.is_open:
+            return
+        try:
+            if polite:
+                connection.close()
+            else:
+                connection._impl._terminate_stream(pika.exceptions.AMQPConnectionError("dropped by the publisher"))
+                connection.process_data_events(0)
+        except (pika.exceptions.AMQPError, OSError):
+            pass  # gone either way
+
+
+def _refusal(reason) -> str:
+    if isinstance(reason, pika.exceptions.ChannelClosedByBroker):
+        return f"{reason.reply_code} {reason.reply_text}"
+    return str(reason)
+
+
+def _describe(outcome, queue: str, reason: Optional[str]) -> str:
+    if outcome == NACK:
+        return "the broker nacked it (it could not take it)"
+    if outcome == RETURNED:
+        return f"no queue took it: queue {queue!r} was deleted, or is not bound"
+    return reason or "no confirm"
+
+
+def _summary(failed: dict, total: int, queue: str, reason: Optional[str]) -> str:
+    parts = [f"{len(ids)} {_describe(outcome, queue, reason)}" if total > 1 else _describe(outcome, queue, reason)
+             for outcome, ids in failed.items()]
+    count = sum(len(ids) for ids in failed.values())
+    what = "the message" if total == 1 else f"{count} of {total} messages"
+    return (f"the broker did not confirm {what} to queue {queue!r}: {'; '.join(parts)}. Publishing again with "
+            f"the same message id is safe")
+
+
+def _after_fork_in_child() -> None:
+    for publisher in list(_live):
+        publisher._reset()  # the parent's connection stays the parent's: dropped here, never closed
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -141,5 +141,7 @@ def _nothing() -> None:
     pass
 
 
-def is_connection_error(exc: BaseException) -> bool:
-    return isinstance(exc, (pika.exceptions.AMQPConnectionError, pika.exceptions.ConnectionWrongStateError, OSError))
+def is_broker_error(exc: BaseException) -> bool:
+    """A failure of the connection or the channel (pika raises a channel's
+    ChannelWrongStateError when its connection was lost under it)."""
+    return isinstance(exc, (pika.exceptions.AMQPError, OSError))

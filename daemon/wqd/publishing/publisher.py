@@ -13,7 +13,7 @@ import pika.exceptions
 from wqd import amqp, backoff
 from wqd import config as config_module
 from wqd.publishing import delays, tracing
-from wqd.publishing.confirms import ACK, NACK, RETURNED, ChannelLost, ConfirmChannel, Timeout, is_connection_error
+from wqd.publishing.confirms import ACK, NACK, RETURNED, ChannelLost, ConfirmChannel, Timeout, is_broker_error
 from wqd.publishing.errors import BrokerUnreachable, PublishError, QueueNotFound
 from wqd.publishing.messages import outgoing
 from wqd.publishing.sizes import max_message_size
@@ -150,10 +150,10 @@ class Publisher:
             self._channel = None
             reason = f"the broker closed the channel: {_refusal(exc.reason)}"
         except Exception as exc:
-            if not is_connection_error(exc):
+            if not is_broker_error(exc):
                 raise
             outcomes = channel.outcomes(tags)
-            reason = f"the connection was lost ({amqp.describe_error(exc, self._url)})"
+            reason = f"the connection or channel was lost ({amqp.describe_error(exc, self._url)})"
             self._disconnect(polite=False)
         confirmed, failed = [], {}
         for tag, message in zip(tags, messages):
@@ -213,7 +213,7 @@ class Publisher:
                 last = f"the broker at {config_module.redact_url(self._url)} did not answer"
                 self._disconnect(polite=False)
             except Exception as exc:
-                if not is_connection_error(exc):
+                if not is_broker_error(exc):
                     raise
                 last = amqp.describe_error(exc, self._url)
                 self._disconnect(polite=False)

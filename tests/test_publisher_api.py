@@ -43,7 +43,8 @@ def test_publish_returns_the_id_once_confirmed_and_encodes_each_body_kind(broker
     assert [p.message_id for _, p in got] == ids
     assert [p.content_type for _, p in got] == [None, "text/plain; charset=utf-8", "application/json", "image/jpeg"]
     assert {p.delivery_mode for _, p in got} == {2}
-    assert got[3][1].headers == {"tenant": "a"}
+    # (a test of this process may have set up OpenTelemetry: then each message carries its span's context)
+    assert {k: v for k, v in got[3][1].headers.items() if k not in ("traceparent", "tracestate")} == {"tenant": "a"}
     assert json.loads(got[2][0]) == {"path": "a.jpg", "n": [1, 2]}
 
 
@@ -176,3 +177,63 @@ def test_delays_short_after_long_arrives_first(broker, work_queue, publisher):
 def _count(broker, queue):
     with broker.connection() as connection:
         return connection.channel().queue_declare(queue, passive=True).method.message_count
+
+
+TRACED_APPLICATION = """
+import json, sys
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+import wqd
+
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(provider)
+with trace.get_tracer("app").start_as_current_span("request") as request:
+    with wqd.Publisher(sys.argv[1]) as publisher:
+        message_id = publisher.publish(sys.argv[2], b"traced")
+(span,) = [s for s in exporter.get_finished_spans() if s.name != "request"]
+print(json.dumps({"name": span.name, "kind": span.kind.name, "id": message_id,
+                  "attributes": dict(span.attributes), "trace_id": f"{span.context.trace_id:032x}",
+                  "span_id": f"{span.context.span_id:016x}", "parent": f"{span.parent.span_id:016x}",
+                  "request": f"{request.context.span_id:016x}"}))
+"""
+
+
+def test_with_an_application_tracer_provider_each_message_gets_a_producer_span(broker, work_queue):
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", TRACED_APPLICATION, broker.url, work_queue], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    span = json.loads(out.stdout)
+    assert (span["name"], span["kind"], span["parent"]) == (f"publish {work_queue}", "PRODUCER", span["request"])
+    assert span["attributes"]["messaging.message.id"] == span["id"]
+    assert span["attributes"]["messaging.destination.name"] == work_queue
+    ((body, properties),) = broker.get_all_messages(work_queue)
+    (traceparent,) = properties.headers.values()  # flags 01 or 03 (sampled; random trace id), by SDK version
+    assert traceparent.startswith(f"00-{span['trace_id']}-{span['span_id']}-0")
+
+
+def test_nacked_messages_are_sent_again_until_the_timeout_then_named(broker, queue_name):
+    """A full queue with x-overflow reject-publish nacks; publish_many tells the confirmed from the rest."""
+    broker.declare_queue(queue_name, arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
+    with Publisher(broker.url, timeout=2) as publisher:
+        began = time.monotonic()
+        with pytest.raises(PublishError) as caught:
+            publisher.publish_many(queue_name, [b"a", b"b", b"c"], message_ids=["a", "b", "c"])
+        assert 1.0 < time.monotonic() - began < 4  # sent again 0.2, 0.4 and 0.8 s later: the next pause passes 2 s
+    assert (caught.value.confirmed, caught.value.unconfirmed) == (["a"], ["b", "c"])
+    assert "2 the broker nacked it" in str(caught.value)
+    assert broker.get_all(queue_name) == [b"a"]
+
+
+def test_refused_credentials_fail_at_once_not_at_the_timeout(broker):
+    with Publisher(broker.url.replace("guest:guest", "guest:wrong"), timeout=30) as publisher:
+        began = time.monotonic()
+        with pytest.raises(BrokerUnreachable) as caught:
+            publisher.publish("q", b"x")
+        assert time.monotonic() - began < 5
+    assert "refused the credentials" in str(caught.value) and "wrong" not in str(caught.value)

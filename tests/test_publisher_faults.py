@@ -70,8 +70,8 @@ def test_a_memory_alarm_ends_a_publish_at_its_timeout_saying_why(broker, queue_n
         finally:
             broker.ctl("set_vm_memory_high_watermark", "0.4")
         assert 3 <= took < 6, took
-        assert "has blocked publishing for" in str(caught.value)
-        assert "a memory or disk alarm: see `rabbitmq-diagnostics alarms`" in str(caught.value)
+        assert ("blocked publishing (a memory or disk alarm: see `rabbitmq-diagnostics alarms`) until the "
+                "timeout (3 s) ran out") in str(caught.value)
         assert caught.value.unconfirmed == ["m-blocked"]
         assert publisher.publish(queue_name, b"after", message_id="m-after") == "m-after"
 
@@ -82,9 +82,9 @@ def test_a_delay_survives_a_broker_restart(broker, queue_name):
         began = time.monotonic()
         publisher.publish(queue_name, b"delayed", delay=12)
     broker.restart()
-    assert broker.get_all(queue_name) == [], "arrived before its delay"
+    # Polled from the restart on: the first sight of it is (within a poll) its arrival.
     wait_for(lambda: broker.get_all(queue_name) == [b"delayed"], 60, interval=0.2, message="the delayed message")
-    assert time.monotonic() - began >= 12
+    assert time.monotonic() - began >= 12, "it arrived before its delay"
 
 
 def test_a_pool_runs_each_published_message_once(broker, queue_name, make_wqd):

@@ -207,7 +207,7 @@ def describe_error(exc: BaseException, url: str) -> str:
     if isinstance(exc, ClosedDuringHandshake):
         return (f"the server at {where} closed the connection before the AMQP handshake ended; is that "
                 f"address a RabbitMQ AMQP listener? (a TLS one needs amqps://)")
-    root = _root_error(exc)
+    root = root_error(exc)
     if isinstance(root, ssl.SSLError):
         return f"TLS handshake with the broker at {where} failed: {_describe_tls(root)}"
     if isinstance(exc, pika.exceptions.AMQPConnectionError):
@@ -235,7 +235,7 @@ def _ssl_text(exc: OSError) -> str:
     return re.sub(r"^\[[^\]]*\]\s*|\s*\(_ssl\.c:\d+\)$", "", text)
 
 
-def _root_error(exc: BaseException) -> BaseException:
+def root_error(exc: BaseException) -> BaseException:
     """The error under pika's wrappers (AMQPConnectionError args, .exception chains)."""
     value = exc
     while True:

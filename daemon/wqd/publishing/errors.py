@@ -10,13 +10,15 @@ class PublishError(errors.WqdError):
     ``deduplicate: true`` runs an id once).
 
     ``confirmed``: the ids of the call that were confirmed (publish_many
-    confirms some and not others); ``unconfirmed``: the ids to publish again.
+    confirms some and not others); ``unconfirmed``: the ids to publish again;
+    ``detail``: what happened, without the advice (what `wqd publish` shows).
     """
 
-    def __init__(self, text: str, confirmed=(), unconfirmed=()):
+    def __init__(self, text: str, confirmed=(), unconfirmed=(), detail=None):
         super().__init__(text)
         self.confirmed = list(confirmed)
         self.unconfirmed = list(unconfirmed)
+        self.detail = detail or text
 
 
 class QueueNotFound(PublishError):
@@ -26,4 +28,10 @@ class QueueNotFound(PublishError):
 
 
 class BrokerUnreachable(PublishError, errors.BrokerUnavailable):
-    """No broker URL could be connected to within the timeout: nothing was sent."""
+    """No broker URL could be connected to within the timeout: nothing was
+    sent. ``detail``: why, per URL, in the words of amqp.describe_error."""
+
+
+class ConnectionLost(PublishError, errors.BrokerUnavailable):
+    """The connection was lost, the broker did not answer, or it blocked
+    publishing (a memory or disk alarm) until the timeout, after the send."""

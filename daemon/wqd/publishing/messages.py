@@ -4,7 +4,7 @@ import datetime
 import json
 import math
 import uuid
-from typing import Any, NamedTuple, Optional
+from typing import Any, Optional
 
 import pika
 
@@ -14,12 +14,14 @@ JSON = "application/json"
 SHORTSTR = 255
 
 
-class Outgoing(NamedTuple):
-    """One message ready to send: its id, encoded body and properties."""
-    message_id: str
-    body: bytes
-    properties: pika.BasicProperties
-    delay: int  # whole seconds, 0 for none
+class Outgoing:
+    """One message ready to send: its id, encoded body, properties, delay
+    (whole seconds, 0 for none), and where it goes (set when it is sent)."""
+    __slots__ = ("message_id", "body", "properties", "delay", "exchange", "routing_key")
+
+    def __init__(self, message_id: str, body: bytes, properties: pika.BasicProperties, delay: int):
+        self.message_id, self.body, self.properties, self.delay = message_id, body, properties, delay
+        self.exchange, self.routing_key = "", ""
 
 
 def encode_body(body: Any):
@@ -50,7 +52,8 @@ def delay_seconds(delay) -> int:
     return math.ceil(delay)
 
 
-def outgoing(body, message_id: Optional[str], headers: Optional[dict], delay, content_type: Optional[str]) -> Outgoing:
+def outgoing(body, message_id: Optional[str], headers: Optional[dict], delay, content_type: Optional[str],
+             persistent: bool = True) -> Outgoing:
     """Check and encode one message; raises TypeError or ValueError, before anything is sent."""
     data, default_type = encode_body(body)
     if message_id is None:
@@ -62,7 +65,8 @@ def outgoing(body, message_id: Optional[str], headers: Optional[dict], delay, co
     content_type = content_type or default_type
     if content_type is not None and (not isinstance(content_type, str) or len(content_type) > SHORTSTR):
         raise ValueError(f"content_type must be a str of at most {SHORTSTR} characters, got {content_type!r}")
-    properties = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent.value, message_id=message_id,
+    mode = pika.DeliveryMode.Persistent if persistent else pika.DeliveryMode.Transient
+    properties = pika.BasicProperties(delivery_mode=mode.value, message_id=message_id,
                                       content_type=content_type, headers=dict(headers) if headers else None)
     try:
         properties.encode()

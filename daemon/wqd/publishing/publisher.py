@@ -1,7 +1,9 @@
 """wqd.Publisher: publish tasks with publisher confirms, from any thread or fork."""
 
+import math
 import os
 import socket
+import ssl
 import threading
 import time
 import weakref
@@ -14,7 +16,7 @@ from wqd import amqp, backoff
 from wqd import config as config_module
 from wqd.publishing import delays, tracing
 from wqd.publishing.confirms import ACK, NACK, RETURNED, ChannelLost, ConfirmChannel, Timeout, is_broker_error
-from wqd.publishing.errors import BrokerUnreachable, PublishError, QueueNotFound
+from wqd.publishing.errors import BrokerUnreachable, ConnectionLost, PublishError, QueueNotFound
 from wqd.publishing.messages import outgoing
 from wqd.publishing.sizes import max_message_size
 
@@ -22,6 +24,9 @@ DEFAULT_TIMEOUT = 30.0  # seconds a publish may take, connecting included
 # Connecting again after every URL failed: 0.1, 0.2, 0.4 ... 2 s apart, until the deadline.
 RECONNECT_INITIAL = 0.1
 RECONNECT_MAX = 2.0
+# A nacked message is sent again on a new channel 0.2, 0.4, 0.8, 1.6, 2, 2... s later, until the deadline.
+NACK_RETRY_INITIAL = 0.2
+NACK_RETRY_MAX = 2.0
 
 _live = weakref.WeakSet()  # every Publisher, for the fork hook
 
@@ -32,30 +37,49 @@ class Publisher:
     fork-safe: a forked child never touches the parent's socket, it connects
     anew. Connects lazily, reconnects, and tries a cluster's URLs in turn."""
 
-    def __init__(self, url_or_urls, *, timeout: float = DEFAULT_TIMEOUT):
+    def __init__(self, url_or_urls, *, timeout: float = DEFAULT_TIMEOUT, connect_timeout: Optional[float] = None,
+                 tracer_provider=None):
+        """``url_or_urls``: an amqp:// or amqps:// URL, a comma-separated list
+        or a list of them (a cluster's nodes). ``timeout``: seconds a publish
+        may take, connecting included; ``connect_timeout``: how long of it a
+        broker that cannot be reached is tried again (default: all of it; 0:
+        each URL once). ``tracer_provider``: OpenTelemetry's, for the
+        messages' PRODUCER spans (default: the global one, if any)."""
         urls = config_module.split_urls(url_or_urls) if isinstance(url_or_urls, str) else list(url_or_urls)
         try:
             broker = config_module.BrokerConfig(urls=config_module.broker_urls(urls))
         except ValueError as exc:
             raise ValueError(f"Publisher: broker URL: {exc}") from None
-        self._setup(broker, timeout, None)
+        self._setup(broker, timeout, connect_timeout, None, None, tracer_provider)
 
     @classmethod
-    def from_config(cls, path: Optional[str] = None, *, timeout: float = DEFAULT_TIMEOUT) -> "Publisher":
+    def from_config(cls, path: Optional[str] = None, *, timeout: float = DEFAULT_TIMEOUT,
+                    connect_timeout: Optional[float] = None, tracer_provider=None) -> "Publisher":
         """A publisher for the broker of a wqd YAML config (default: $WQD_CONFIG,
-        else /etc/wqd/wqd.yaml, as `wqd run` finds it). Raises wqd's ConfigError."""
+        else /etc/wqd/wqd.yaml, as `wqd run` finds it), TLS settings included.
+        Raises wqd's ConfigError."""
         config = config_module.load(path or config_module.default_path())
+        return cls._for_broker(config.broker, timeout=timeout, connect_timeout=connect_timeout, config=config,
+                               tracer_provider=tracer_provider)
+
+    @classmethod
+    def _for_broker(cls, broker, *, timeout: float, connect_timeout: Optional[float], config=None,
+                    on_connect=None, tracer_provider=None) -> "Publisher":
+        """A publisher for a BrokerConfig; `wqd publish` gives ``on_connect(connection)``,
+        run on every new connection before anything is published (it declares the queue)."""
         publisher = cls.__new__(cls)
-        publisher._setup(config.broker, timeout, config)
+        publisher._setup(broker, timeout, connect_timeout, config, on_connect, tracer_provider)
         return publisher
 
-    def _setup(self, broker, timeout: float, config) -> None:
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-            raise ValueError(f"Publisher: timeout must be a number of seconds > 0, got {timeout!r}")
+    def _setup(self, broker, timeout: float, connect_timeout: Optional[float], config, on_connect,
+               tracer_provider) -> None:
         self.broker = broker
-        self.timeout = float(timeout)
+        self.timeout = _seconds("timeout", timeout, zero=False)
+        self.connect_timeout = self.timeout if connect_timeout is None else _seconds("connect_timeout",
+                                                                                     connect_timeout, zero=True)
         self.config = config
-        self.pools = {pool.queue: pool for pool in config.pools} if config else {}
+        self._on_connect = on_connect
+        self._tracer_provider = tracer_provider
         self._closed = False
         self._url_index = 0
         self._checked = set()  # queues known to exist (checked passively once each)
@@ -86,17 +110,19 @@ class Publisher:
     # -- the API
 
     def publish(self, queue: str, body, *, message_id: Optional[str] = None, headers: Optional[dict] = None,
-                delay=None, content_type: Optional[str] = None, timeout: Optional[float] = None) -> str:
+                delay=None, content_type: Optional[str] = None, timeout: Optional[float] = None,
+                persistent: bool = True) -> str:
         """Send one message; return its id once the broker confirmed it.
         Raises PublishError (not confirmed: publishing again with the same id
         is safe), QueueNotFound, BrokerUnreachable; TypeError or ValueError
-        for a message that cannot be sent (then nothing was)."""
-        message = outgoing(body, message_id, headers, delay, content_type)
+        for a message that cannot be sent (then nothing was). ``persistent``
+        False makes a message a broker restart drops (`wqd publish --transient`)."""
+        message = outgoing(body, message_id, headers, delay, content_type, persistent)
         return self._send(queue, [message], timeout)[0]
 
     def publish_many(self, queue: str, bodies: Iterable, *, message_ids: Optional[Iterable[str]] = None,
                      headers: Optional[dict] = None, delay=None, content_type: Optional[str] = None,
-                     timeout: Optional[float] = None) -> list:
+                     timeout: Optional[float] = None, persistent: bool = True) -> list:
         """Send every body, then wait for all their confirms (pipelined);
         return their ids. On PublishError, its ``unconfirmed`` ids are the
         ones to publish again; ``timeout`` covers the whole batch."""
@@ -104,7 +130,8 @@ class Publisher:
         ids = [None] * len(bodies) if message_ids is None else list(message_ids)
         if len(ids) != len(bodies):
             raise ValueError(f"publish_many: {len(ids)} message_ids for {len(bodies)} bodies")
-        messages = [outgoing(body, message_id, headers, delay, content_type) for body, message_id in zip(bodies, ids)]
+        messages = [outgoing(body, message_id, headers, delay, content_type, persistent)
+                    for body, message_id in zip(bodies, ids)]
         return self._send(queue, messages, timeout) if messages else []
 
     # -- sending
@@ -124,25 +151,63 @@ class Publisher:
                 if len(message.body) > limit:
                     raise ValueError(f"message {message.message_id} is {len(message.body)} bytes, larger than the "
                                      f"broker takes ({limit_name}); nothing was sent")
-            return self._send_batch(queue, messages, deadline, timeout)
+            spans = [self._prepare(queue, message) for message in messages]
+            outcomes, reason, lost = self._send_until_taken(queue, messages, delayed, deadline, timeout)
+        for index, span in enumerate(spans):
+            outcome = outcomes.get(index)
+            tracing.end(span, None if outcome == ACK else PublishError(_describe(outcome, queue, reason)))
+        confirmed = [message.message_id for index, message in enumerate(messages) if outcomes.get(index) == ACK]
+        if len(confirmed) < len(messages):
+            failed = {}
+            for index, message in enumerate(messages):
+                outcome = outcomes.get(index)
+                if outcome != ACK:
+                    failed.setdefault(outcome, []).append(message.message_id)
+            error = ConnectionLost if lost and None in failed else PublishError
+            summary = _summary(failed, len(messages), queue, reason)
+            raise error(f"{summary}. Publishing again with the same message id is safe", confirmed,
+                        [i for ids in failed.values() for i in ids], summary)
+        return confirmed
 
-    def _send_batch(self, queue: str, messages: list, deadline: float, timeout: float) -> list:
+    def _send_until_taken(self, queue: str, messages: list, delayed: bool, deadline: float, timeout: float):
+        """Send, and send again on a new channel what the broker nacked (a
+        quorum queue electing a leader nacks, and the same channel may go on
+        nacking: RabbitMQ 3.10), until the deadline. Returns ({id: outcome},
+        why the rest was not confirmed, whether the connection failed), the
+        outcomes by the message's index in ``messages``."""
+        outcomes, nacks = {}, 0
+        todo = list(range(len(messages)))
+        while True:
+            sent, reason, lost = self._send_once([messages[index] for index in todo], deadline, timeout)
+            outcomes.update(zip(todo, sent))
+            todo = [index for index, outcome in zip(todo, sent) if outcome == NACK]
+            nacks += 1
+            pause = backoff.exponential(nacks, NACK_RETRY_INITIAL, NACK_RETRY_MAX)
+            if not todo or lost or time.monotonic() + pause >= deadline:
+                return outcomes, reason, lost
+            time.sleep(pause)
+            try:
+                self._channel.close()
+                self._channel = None
+                self._ready(queue, delayed, deadline)
+            except (PublishError, pika.exceptions.AMQPError, OSError) as exc:
+                self._disconnect(polite=False)
+                return outcomes, f"{reason}; sending it again failed: {exc}", True
+
+    def _send_once(self, messages: list, deadline: float, timeout: float):
+        """Publish the batch on the confirm channel and await its confirms;
+        return (their outcomes in order, None where none came, why, lost)."""
         channel = self._channel
-        first = channel.next_tag
-        tags = range(first, first + len(messages))
-        spans = []
-        error, reason = None, None
+        tags = range(channel.next_tag, channel.next_tag + len(messages))
+        reason, lost = None, False
         try:
             for message in messages:
-                exchange, routing_key, properties = self._route(queue, message)
-                span, properties.headers = tracing.start(queue, message.message_id, properties.headers)
-                spans.append(span)
-                channel.publish(exchange, routing_key, message)
+                channel.publish(message.exchange, message.routing_key, message)
             outcomes = channel.flush_and_wait(list(tags), deadline)
         except Timeout:
             outcomes = channel.outcomes(tags)
             channel.forget(tags)
-            reason = self._timeout_reason(timeout)
+            reason, lost = self._timeout_reason(timeout), True
             if self._blocked_since is None:  # no answer: another connection (another node) for the next call
                 self._disconnect(polite=False)
         except ChannelLost as exc:
@@ -153,54 +218,54 @@ class Publisher:
             if not is_broker_error(exc):
                 raise
             outcomes = channel.outcomes(tags)
-            reason = f"the connection or channel was lost ({amqp.describe_error(exc, self._url)})"
+            reason = f"the connection was lost: {amqp.describe_error(exc, self._url)}"
+            lost = True
             self._disconnect(polite=False)
-        confirmed, failed = [], {}
-        for tag, message in zip(tags, messages):
-            outcome = outcomes.get(tag)
-            if outcome == ACK:
-                confirmed.append(message.message_id)
-            else:
-                failed.setdefault(outcome, []).append(message.message_id)
-        for span, tag in zip(spans, tags):
-            error = None if outcomes.get(tag) == ACK else PublishError(_describe(outcomes.get(tag), queue, reason))
-            tracing.end(span, error)
-        if failed:
-            raise PublishError(_summary(failed, len(messages), queue, reason), confirmed,
-                               [i for ids in failed.values() for i in ids])
-        self._healthy = True
-        return confirmed
+        else:
+            self._healthy = True
+        return [outcomes.get(tag) for tag in tags], reason, lost
 
-    def _route(self, queue: str, message):
-        """(exchange, routing key, properties) for a message: the default
-        exchange, or the first delay level (delays.py)."""
+    def _prepare(self, queue: str, message):
+        """Address the message (the default exchange, or the first delay level:
+        delays.py) and start its span; return the span."""
         properties = message.properties
-        if not message.delay:
-            return "", queue, properties
-        exchange, bits = delays.route(message.delay)
-        properties.headers = {**(properties.headers or {}), **bits}
-        return exchange, queue, properties
+        message.routing_key = queue
+        if message.delay:
+            message.exchange, bits = delays.route(message.delay)
+            properties.headers = {**(properties.headers or {}), **bits}
+        span, properties.headers = tracing.start(queue, message.message_id, properties.headers,
+                                                 self._tracer_provider)
+        return span
 
     def _timeout_reason(self, timeout: float) -> str:
         if self._blocked_since is not None:
-            return (f"the broker at {config_module.redact_url(self._url)} has blocked publishing for "
-                    f"{time.monotonic() - self._blocked_since:.0f} s (a memory or disk alarm: see "
-                    f"`rabbitmq-diagnostics alarms`), longer than the timeout ({timeout:g} s)")
+            return (f"the broker at {config_module.redact_url(self._url)} blocked publishing (a memory or disk "
+                    f"alarm: see `rabbitmq-diagnostics alarms`) until the timeout ({timeout:g} s) ran out")
         return f"no confirm came within the timeout ({timeout:g} s)"
 
     # -- the connection
 
-    def _ready(self, queue: str, delayed: bool, deadline: float) -> None:
+    def connect(self, timeout: Optional[float] = None) -> None:
+        """Connect now rather than at the first publish (a broker that cannot be
+        reached then shows at start-up). Raises BrokerUnreachable."""
+        with self._lock:
+            self._ready(None, False, time.monotonic() + (self.timeout if timeout is None else timeout))
+
+    def _ready(self, queue: Optional[str], delayed: bool, deadline: float) -> None:
         """Connect (again) if need be, check the queue and the delay
-        infrastructure, open the confirm channel: retried until ``deadline``
-        while the broker cannot be reached, for nothing was sent yet."""
+        infrastructure, open the confirm channel: tried again for up to
+        connect_timeout (within ``deadline``) while the broker cannot be
+        reached, for nothing was sent yet."""
+        give_up = min(deadline, time.monotonic() + self.connect_timeout)
         failures = 0
         while True:
             try:
                 if self._connection is None or not self._connection.is_open:
                     self._connect()
+                    if self._on_connect is not None:
+                        self._on_connect(self._connection)
                 self._connection.process_data_events(0)  # notices a connection lost while idle
-                if queue not in self._checked:
+                if queue is not None and queue not in self._checked:
                     self._check_queue(queue)
                 if delayed and not self._delays_declared:
                     self._declare_delays()
@@ -208,20 +273,20 @@ class Publisher:
                     self._channel = ConfirmChannel(self._connection, deadline)
                 return
             except amqp.BrokerUnavailable as exc:
-                last = str(exc)
+                last, permanent = str(exc), all(_permanent(error) for _, error in exc.errors)
             except Timeout:
-                last = f"the broker at {config_module.redact_url(self._url)} did not answer"
+                last, permanent = f"the broker at {config_module.redact_url(self._url)} did not answer", False
                 self._disconnect(polite=False)
             except Exception as exc:
                 if not is_broker_error(exc):
                     raise
-                last = amqp.describe_error(exc, self._url)
+                last, permanent = amqp.describe_error(exc, self._url), False
                 self._disconnect(polite=False)
             failures += 1
             pause = backoff.exponential(failures, RECONNECT_INITIAL, RECONNECT_MAX)
-            if time.monotonic() + pause >= deadline:
-                raise BrokerUnreachable(f"could not publish to queue {queue!r} within the timeout: {last}; "
-                                        f"nothing was sent")
+            if permanent or time.monotonic() + pause >= give_up:
+                where = f"to queue {queue!r}" if queue else "at all"
+                raise BrokerUnreachable(f"could not publish {where}: {last}; nothing was sent", detail=last)
             time.sleep(pause)
 
     @property
@@ -300,6 +365,20 @@ class Publisher:
             pass  # gone either way
 
 
+def _seconds(name: str, value, zero: bool) -> float:
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0
+            or (value == 0 and not zero)):
+        raise ValueError(f"Publisher: {name} must be a number of seconds {'>=' if zero else '>'} 0, got {value!r}")
+    return float(value)
+
+
+def _permanent(exc: BaseException) -> bool:
+    """A refusal that trying again will not change: credentials, access, TLS, not an AMQP listener."""
+    return isinstance(exc, (pika.exceptions.ProbableAuthenticationError, pika.exceptions.AuthenticationError,
+                            pika.exceptions.ProbableAccessDeniedError, pika.exceptions.IncompatibleProtocolError,
+                            amqp.TLSFileError, ssl.SSLError)) or isinstance(amqp.root_error(exc), ssl.SSLError)
+
+
 def _refusal(reason) -> str:
     if isinstance(reason, pika.exceptions.ChannelClosedByBroker):
         return f"{reason.reply_code} {reason.reply_text}"
@@ -319,8 +398,7 @@ def _summary(failed: dict, total: int, queue: str, reason: Optional[str]) -> str
              for outcome, ids in failed.items()]
     count = sum(len(ids) for ids in failed.values())
     what = "the message" if total == 1 else f"{count} of {total} messages"
-    return (f"the broker did not confirm {what} to queue {queue!r}: {'; '.join(parts)}. Publishing again with "
-            f"the same message id is safe")
+    return f"the broker did not confirm {what} to queue {queue!r}: {'; '.join(parts)}"
 
 
 def _after_fork_in_child() -> None:

@@ -13,16 +13,19 @@ import sys
 import wqd
 
 
-def start(queue: str, message_id: str, headers):
-    """(span or None, headers carrying its context) for one message."""
-    if "opentelemetry.trace" not in sys.modules:
+def start(queue: str, message_id: str, headers, provider=None):
+    """(span or None, headers carrying its context) for one message, its span
+    from ``provider`` (default: the global tracer provider), continuing the
+    current context."""
+    if provider is None and "opentelemetry.trace" not in sys.modules:
         return None, headers
     from opentelemetry import propagate, trace
 
-    tracer = trace.get_tracer("wqd", wqd.__version__)
+    tracer = trace.get_tracer("wqd", wqd.__version__, tracer_provider=provider)
     span = tracer.start_span(f"publish {queue}", kind=trace.SpanKind.PRODUCER, attributes={
         "messaging.system": "rabbitmq", "messaging.operation.type": "send", "messaging.operation.name": "publish",
-        "messaging.destination.name": queue, "messaging.message.id": message_id})
+        "messaging.destination.name": queue, "messaging.rabbitmq.destination.routing_key": queue,
+        "messaging.message.id": message_id})
     carried = dict(headers or {})
     propagate.inject(carried, context=trace.set_span_in_context(span))
     return span, carried or headers

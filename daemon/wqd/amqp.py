@@ -119,7 +119,12 @@ def connect(broker: BrokerConfig, url=None, name=None) -> pika.BlockingConnectio
 def server_version(connection: pika.BlockingConnection):
     """(product, version as a tuple of ints) the broker announced, e.g.
     ("RabbitMQ", (3, 10, 8)); ("", ()) when it did not say."""
-    properties = getattr(connection._impl, "server_properties", None) or {}  # pika keeps them on its impl only
+    return announced_version(getattr(connection._impl, "server_properties", None))  # pika keeps them on its impl
+
+
+def announced_version(properties):
+    """server_version() from the server properties of connection.start (any client's)."""
+    properties = properties or {}
     product, version = (value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value or "")
                         for value in (properties.get("product"), properties.get("version")))
     numbers = re.match(r"(\d+)(?:\.(\d+))?(?:\.(\d+))?", version)

@@ -16,8 +16,7 @@ import time
 import pika.exceptions
 
 from wqd import amqp
-
-ACK, NACK, RETURNED = "ack", "nack", "returned"
+from wqd.publishing.outcomes import ACK, NACK, RETURNED
 
 
 class ChannelLost(Exception):

@@ -56,17 +56,31 @@ def route(seconds: int):
     return exchange(top), {BIT_HEADER.format(level): str(seconds >> level & 1) for level in range(top + 1)}
 
 
-def declare(channel) -> None:
-    """Declare the exchanges, queues and bindings (idempotent; wqd's own
-    names and fixed arguments, so a redeclare never clashes)."""
-    channel.queue_declare(READY, durable=True, arguments=queue_arguments(0, ""))
+def topology() -> list:
+    """What to declare, in order (idempotent; wqd's own names and fixed
+    arguments, so a redeclare never clashes): ("queue", name, arguments),
+    ("exchange", name), ("bind queue" or "bind exchange", destination,
+    source exchange, binding arguments)."""
+    steps = [("queue", READY, queue_arguments(0, ""))]
     for level in range(LEVELS):
-        channel.exchange_declare(exchange(level), "headers", durable=True)
         below = exchange(level - 1) if level else ""
-        channel.queue_declare(queue(level), durable=True, arguments=queue_arguments(1000 << level, below))
         header = BIT_HEADER.format(level)
-        channel.queue_bind(queue(level), exchange(level), arguments={"x-match": "all", header: "1"})
-        if level:
-            channel.exchange_bind(below, exchange(level), arguments={"x-match": "all", header: "0"})
+        steps += [("exchange", exchange(level)),
+                  ("queue", queue(level), queue_arguments(1000 << level, below)),
+                  ("bind queue", queue(level), exchange(level), {"x-match": "all", header: "1"}),
+                  ("bind exchange", below, exchange(level), {"x-match": "all", header: "0"}) if level else
+                  ("bind queue", READY, exchange(level), {"x-match": "all", header: "0"})]
+    return steps
+
+
+def declare(channel) -> None:
+    """Declare the topology on a pika BlockingChannel."""
+    for kind, name, *rest in topology():
+        if kind == "queue":
+            channel.queue_declare(name, durable=True, arguments=rest[0])
+        elif kind == "exchange":
+            channel.exchange_declare(name, "headers", durable=True)
+        elif kind == "bind queue":
+            channel.queue_bind(name, rest[0], arguments=rest[1])
         else:
-            channel.queue_bind(READY, exchange(level), arguments={"x-match": "all", header: "0"})
+            channel.exchange_bind(name, rest[0], arguments=rest[1])

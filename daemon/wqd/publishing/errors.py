@@ -35,3 +35,4 @@ class BrokerUnreachable(PublishError, errors.BrokerUnavailable):
 class ConnectionLost(PublishError, errors.BrokerUnavailable):
     """The connection was lost, the broker did not answer, or it blocked
     publishing (a memory or disk alarm) until the timeout, after the send."""
+

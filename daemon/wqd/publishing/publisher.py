@@ -15,9 +15,10 @@ import pika.exceptions
 from wqd import amqp, backoff
 from wqd import config as config_module
 from wqd.publishing import delays, tracing
-from wqd.publishing.confirms import ACK, NACK, RETURNED, ChannelLost, ConfirmChannel, Timeout, is_broker_error
-from wqd.publishing.errors import BrokerUnreachable, ConnectionLost, PublishError, QueueNotFound
+from wqd.publishing.confirms import ChannelLost, ConfirmChannel, Timeout, is_broker_error
+from wqd.publishing.errors import BrokerUnreachable, PublishError, QueueNotFound
 from wqd.publishing.messages import outgoing
+from wqd.publishing.outcomes import NACK, conclude
 from wqd.publishing.sizes import max_message_size
 
 DEFAULT_TIMEOUT = 30.0  # seconds a publish may take, connecting included
@@ -153,21 +154,7 @@ class Publisher:
                                      f"broker takes ({limit_name}); nothing was sent")
             spans = [self._prepare(queue, message) for message in messages]
             outcomes, reason, lost = self._send_until_taken(queue, messages, delayed, deadline, timeout)
-        for index, span in enumerate(spans):
-            outcome = outcomes.get(index)
-            tracing.end(span, None if outcome == ACK else PublishError(_describe(outcome, queue, reason)))
-        confirmed = [message.message_id for index, message in enumerate(messages) if outcomes.get(index) == ACK]
-        if len(confirmed) < len(messages):
-            failed = {}
-            for index, message in enumerate(messages):
-                outcome = outcomes.get(index)
-                if outcome != ACK:
-                    failed.setdefault(outcome, []).append(message.message_id)
-            error = ConnectionLost if lost and None in failed else PublishError
-            summary = _summary(failed, len(messages), queue, reason)
-            raise error(f"{summary}. Publishing again with the same message id is safe", confirmed,
-                        [i for ids in failed.values() for i in ids], summary)
-        return confirmed
+        return conclude(messages, spans, outcomes, queue, reason, lost)
 
     def _send_until_taken(self, queue: str, messages: list, delayed: bool, deadline: float, timeout: float):
         """Send, and send again on a new channel what the broker nacked (a
@@ -383,22 +370,6 @@ def _refusal(reason) -> str:
     if isinstance(reason, pika.exceptions.ChannelClosedByBroker):
         return f"{reason.reply_code} {reason.reply_text}"
     return str(reason)
-
-
-def _describe(outcome, queue: str, reason: Optional[str]) -> str:
-    if outcome == NACK:
-        return "the broker nacked it (it could not take it)"
-    if outcome == RETURNED:
-        return f"no queue took it: queue {queue!r} was deleted, or is not bound"
-    return reason or "no confirm"
-
-
-def _summary(failed: dict, total: int, queue: str, reason: Optional[str]) -> str:
-    parts = [f"{len(ids)} {_describe(outcome, queue, reason)}" if total > 1 else _describe(outcome, queue, reason)
-             for outcome, ids in failed.items()]
-    count = sum(len(ids) for ids in failed.values())
-    what = "the message" if total == 1 else f"{count} of {total} messages"
-    return f"the broker did not confirm {what} to queue {queue!r}: {'; '.join(parts)}"
 
 
 def _after_fork_in_child() -> None:

@@ -15,8 +15,12 @@ HARD_MAX_MESSAGE_SIZE = 512 * MiB
 
 
 def max_message_size(connection):
-    """(bytes, what the limit is) the broker at the other end takes in one message."""
-    product, version = amqp.server_version(connection)
+    """(bytes, what the limit is) the broker at the other end of a pika connection takes in one message."""
+    return max_message_size_of(*amqp.server_version(connection))
+
+
+def max_message_size_of(product: str, version: tuple):
+    """max_message_size() for a broker that announced ``product`` and ``version``."""
     if product != "RabbitMQ" or not version:
         return HARD_MAX_MESSAGE_SIZE, "the largest message RabbitMQ takes at all"
     default = DEFAULT_MAX_MESSAGE_SIZE_4 if version[0] >= 4 else DEFAULT_MAX_MESSAGE_SIZE_3

@@ -3,14 +3,20 @@ publishing threads, a memory alarm, a delay across a restart; and end to end,
 a `wqd run` pool running what the publisher sent, each message once."""
 
 import collections
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.support.daemon import pool, task_body
+from tests.support.daemon import pool, run_cli, task_body, wqd_env
 from tests.support.waiting import wait_for
 from wqd import Publisher, PublishError
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "publishing"
 
 
 def test_a_broker_killed_and_restarted_under_eight_threads_loses_no_confirmed_message(broker, queue_name):
@@ -99,3 +105,38 @@ def test_a_pool_runs_each_published_message_once(broker, queue_name, make_wqd):
     wait_for(lambda: sorted(wqd.ended_ids()) == sorted(ids), 60,
              message=lambda: f"ended: {len(wqd.ended_ids())} of {len(ids)}")
     assert len(wqd.records("start")) == len(ids)
+
+
+def test_the_publishing_examples_run_against_a_declared_pool(broker, queue_name, tmp_path):
+    """examples/publishing: `wqd declare`, then both examples publish to the pool's queue."""
+    config = yaml.safe_load((EXAMPLES / "wqd.yaml").read_text())
+    config["broker"]["url"] = broker.url
+    config["pools"][0]["queue"] = queue_name
+    path = tmp_path / "wqd.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = wqd_env(tmp_path / "r")
+    assert run_cli("declare", "-c", str(path), env=env).returncode == 0
+    for script in ("publish_tasks.py", "publish_tasks_async.py"):
+        result = subprocess.run([sys.executable, str(EXAMPLES / script), "-c", str(path), "--queue", queue_name],
+                                env=env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0 and result.stdout.startswith("sent "), result
+    bodies = broker.get_all(queue_name)
+    assert len(bodies) == 2 + 10 + 1 + 10 and b"Order 17..." in bodies and b'{"path":"a.jpg"}' in bodies
+
+
+def test_delayed_messages_of_a_deleted_queue_do_not_hold_up_the_others(broker, queue_name):
+    """More than the dead-letter worker's window (32) of delayed messages lose their work queue."""
+    gone, alive = queue_name + ".gone", queue_name
+    broker.declare_queue(gone)
+    broker.declare_queue(alive)
+    with Publisher(broker.url, timeout=20) as publisher:
+        publisher.publish_many(gone, [b"x"] * 60, delay=1)
+        broker.delete_queue(gone)
+        wait_for(lambda: _count(broker, "wqd.delay.0") == 0, 30, message="the orphans dropped at the last hop")
+        publisher.publish(alive, b"a", delay=1)
+    wait_for(lambda: broker.get_all(alive) == [b"a"], 15, interval=0.1, message="the other queue's delayed message")
+
+
+def _count(broker, queue):
+    with broker.connection() as connection:
+        return connection.channel().queue_declare(queue, passive=True).method.message_count

@@ -21,10 +21,13 @@ queue through the default exchange: nothing is bound to, or declared on, the
 work queue. Every queue holds messages of one TTL, so its head is always the
 first to expire: no head-of-line blocking, on every RabbitMQ version.
 
-The queues are quorum queues with at-least-once dead-lettering: a message
-leaves a level only once the next one (or the work queue) confirmed it, so
-a broker restart or crash between two levels loses nothing, and a cluster
-keeps the delayed messages of a node it lost.
+The queues are quorum queues, so a cluster keeps the delayed messages of a
+node it lost, dead-lettering at least once from level to level: a message
+leaves a level only once the next one confirmed it, so a broker restart or
+crash between two levels loses nothing. The last hop, into the work queue,
+is at most once (queue_arguments() says why): a message whose work queue
+was deleted meanwhile is dropped, as the queue's own messages were, and a
+crash at the very moment of that hop can lose the message being moved.
 """
 
 LEVELS = 21  # delays up to 2^21 - 1 s (24 days): a TTL is at most 2^32 - 1 ms
@@ -43,8 +46,15 @@ def queue(level: int) -> str:
 
 
 def queue_arguments(ttl_ms: int, dead_letter_exchange: str) -> dict:
-    return {"x-queue-type": "quorum", "x-message-ttl": ttl_ms, "x-dead-letter-exchange": dead_letter_exchange,
-            "x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
+    """A level's quorum queue. Into the next level (one of wqd's exchanges,
+    which always routes) at least once; into the work queue (the default
+    exchange) at most once: a message whose work queue was deleted would
+    otherwise stay at the head of the dead-letter worker's window (32
+    messages) and hold up the last hop of every delayed message."""
+    arguments = {"x-queue-type": "quorum", "x-message-ttl": ttl_ms, "x-dead-letter-exchange": dead_letter_exchange}
+    if dead_letter_exchange:
+        arguments.update({"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"})
+    return arguments
 
 
 def route(seconds: int):

@@ -6,8 +6,8 @@ from wqd import errors
 class PublishError(errors.WqdError):
     """The broker did not confirm a message: nacked, unroutable, timed out, or
     the connection was lost after it was sent. It may or may not be in the
-    queue; publishing it again with the same message id is safe (a pool with
-    ``deduplicate: true`` runs an id once).
+    queue: publish it again with the same message id, so that its copies can
+    be told apart (README: Publishing; a handler may see both, keep it idempotent).
 
     ``confirmed``: the ids of the call that were confirmed (publish_many
     confirms some and not others); ``unconfirmed``: the ids to publish again;

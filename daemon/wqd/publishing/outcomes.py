@@ -24,7 +24,8 @@ def _not_confirmed(error_class, failed: dict, messages: list, confirmed: list, q
     count = sum(len(ids) for ids in failed.values())
     what = "the message" if len(messages) == 1 else f"{count} of {len(messages)} messages"
     detail = f"the broker did not confirm {what} to queue {queue!r}: {'; '.join(parts)}"
-    return error_class(f"{detail}. Publishing again with the same message id is safe", confirmed,
+    return error_class(f"{detail}. It may or may not be in the queue: publish it again with the same message id",
+                       confirmed,
                        [i for ids in failed.values() for i in ids], detail)
 
 

@@ -119,7 +119,7 @@ class AsyncPublisher:
     async def _send(self, queue: str, messages: list, timeout: Optional[float]) -> list:
         if not isinstance(queue, str) or not queue:
             raise ValueError(f"queue must be a non-empty str, got {queue!r}")
-        timeout = self.timeout if timeout is None else timeout
+        timeout = self.timeout if timeout is None else _seconds("timeout", timeout, zero=False)
         deadline = time.monotonic() + timeout
         if self._closed:
             raise PublishError("this AsyncPublisher is closed; nothing was sent")
@@ -134,7 +134,7 @@ class AsyncPublisher:
         spans = [self._prepare(queue, message) for message in messages]
         outcomes, todo, nacks, reason, lost = {}, list(range(len(messages))), 0, None, False
         while todo:
-            sent = await asyncio.gather(*(self._publish_one(channel, messages[index], deadline) for index in todo))
+            sent = await asyncio.gather(*(self._publish_one(channel, messages[index], deadline, timeout) for index in todo))
             outcomes.update((index, outcome) for index, (outcome, _) in zip(todo, sent))
             failures = [why for outcome, why in sent if outcome is None]
             if failures:
@@ -151,7 +151,7 @@ class AsyncPublisher:
                 channel = self._channel
         return conclude(messages, spans, outcomes, queue, reason, lost)
 
-    async def _publish_one(self, channel, message, deadline: float):
+    async def _publish_one(self, channel, message, deadline: float, timeout: float):
         """(outcome, why not confirmed) of one message."""
         amqp_message = aio_pika.Message(message.body, headers=message.properties.headers,
                                         content_type=message.properties.content_type,
@@ -168,7 +168,7 @@ class AsyncPublisher:
         except aiormq.exceptions.DeliveryError:
             return NACK, None
         except asyncio.TimeoutError:
-            return None, f"no confirm came within the timeout ({self.timeout:g} s)"
+            return None, f"no confirm came within the timeout ({timeout:g} s)"
         except BROKER_ERRORS as exc:
             return None, f"the connection was lost: {_describe(exc, self._url)}"
 

@@ -69,7 +69,7 @@ class ConfirmChannel:
         self._impl.basic_publish(exchange, routing_key, message.body, message.properties, mandatory=True)
         return tag
 
-    def flush_and_wait(self, tags: list, deadline: float) -> dict:
+    def await_confirms(self, tags: list, deadline: float) -> dict:
         """Wait until every tag of ``tags`` is confirmed; return {tag: outcome}
         for those that were (all of them unless a Timeout, ChannelLost or a
         connection error was raised: then ``outcomes(tags)`` has what came)."""
@@ -88,12 +88,15 @@ class ConfirmChannel:
 
     def wait(self, done, deadline: float) -> None:
         """Process I/O until ``done()``; raise Timeout at ``deadline``, ChannelLost
-        when the broker closed the channel, pika's errors when the connection is lost."""
+        when the broker closed the channel, pika's errors when the connection was lost."""
         self._done = done
         try:
             while not done():
                 if self._channel.is_closed:
-                    raise ChannelLost(amqp.broker_closed(self._channel))
+                    refusal = amqp.broker_closed(self._channel)
+                    if refusal is None:  # closed with its connection
+                        raise pika.exceptions.ChannelWrongStateError("the channel was closed with its connection")
+                    raise ChannelLost(refusal)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise Timeout()

@@ -140,7 +140,7 @@ class Publisher:
     def _send(self, queue: str, messages: list, timeout: Optional[float]) -> list:
         if not isinstance(queue, str) or not queue:
             raise ValueError(f"queue must be a non-empty str, got {queue!r}")
-        timeout = self.timeout if timeout is None else timeout
+        timeout = self.timeout if timeout is None else _seconds("timeout", timeout, zero=False)
         deadline = time.monotonic() + timeout
         with self._lock:
             if self._closed:
@@ -159,9 +159,9 @@ class Publisher:
     def _send_until_taken(self, queue: str, messages: list, delayed: bool, deadline: float, timeout: float):
         """Send, and send again on a new channel what the broker nacked (a
         quorum queue electing a leader nacks, and the same channel may go on
-        nacking: RabbitMQ 3.10), until the deadline. Returns ({id: outcome},
-        why the rest was not confirmed, whether the connection failed), the
-        outcomes by the message's index in ``messages``."""
+        nacking: RabbitMQ 3.10), until the deadline. Returns ({index in
+        ``messages``: outcome}, why the rest was not confirmed, whether the
+        connection failed)."""
         outcomes, nacks = {}, 0
         todo = list(range(len(messages)))
         while True:
@@ -190,7 +190,7 @@ class Publisher:
         try:
             for message in messages:
                 channel.publish(message.exchange, message.routing_key, message)
-            outcomes = channel.flush_and_wait(list(tags), deadline)
+            outcomes = channel.await_confirms(list(tags), deadline)
         except Timeout:
             outcomes = channel.outcomes(tags)
             channel.forget(tags)

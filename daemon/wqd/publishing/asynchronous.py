@@ -31,8 +31,8 @@ from wqd.publishing.publisher import (
     NACK_RETRY_MAX,
     RECONNECT_INITIAL,
     RECONNECT_MAX,
-    Publisher,
-    _seconds,
+    broker_config,
+    seconds,
 )
 from wqd.publishing.sizes import max_message_size_of
 
@@ -48,21 +48,23 @@ class AsyncPublisher:
 
     def __init__(self, url_or_urls, *, timeout: float = DEFAULT_TIMEOUT, connect_timeout: Optional[float] = None,
                  tracer_provider=None):
-        settings = Publisher(url_or_urls, timeout=timeout, connect_timeout=connect_timeout)  # checks and parses
-        self._setup(settings.broker, settings.timeout, settings.connect_timeout, None, tracer_provider)
+        """As Publisher's."""
+        self._setup(broker_config(url_or_urls), timeout, connect_timeout, None, tracer_provider)
 
     @classmethod
     def from_config(cls, path: Optional[str] = None, *, timeout: float = DEFAULT_TIMEOUT,
                     connect_timeout: Optional[float] = None, tracer_provider=None) -> "AsyncPublisher":
+        """As Publisher.from_config."""
         config = config_module.load(path or config_module.default_path())
         publisher = cls.__new__(cls)
-        connect = _seconds("timeout", timeout, zero=False) if connect_timeout is None else connect_timeout
-        publisher._setup(config.broker, _seconds("timeout", timeout, zero=False),
-                         _seconds("connect_timeout", connect, zero=True), config, tracer_provider)
+        publisher._setup(config.broker, timeout, connect_timeout, config, tracer_provider)
         return publisher
 
-    def _setup(self, broker, timeout: float, connect_timeout: float, config, tracer_provider) -> None:
-        self.broker, self.timeout, self.connect_timeout, self.config = broker, timeout, connect_timeout, config
+    def _setup(self, broker, timeout: float, connect_timeout: Optional[float], config, tracer_provider) -> None:
+        self.broker, self.config = broker, config
+        self.timeout = seconds("timeout", timeout, zero=False)
+        self.connect_timeout = self.timeout if connect_timeout is None else seconds("connect_timeout",
+                                                                                    connect_timeout, zero=True)
         self._tracer_provider = tracer_provider
         self._url_index = 0
         self._checked = set()
@@ -119,7 +121,7 @@ class AsyncPublisher:
     async def _send(self, queue: str, messages: list, timeout: Optional[float]) -> list:
         if not isinstance(queue, str) or not queue:
             raise ValueError(f"queue must be a non-empty str, got {queue!r}")
-        timeout = self.timeout if timeout is None else _seconds("timeout", timeout, zero=False)
+        timeout = self.timeout if timeout is None else seconds("timeout", timeout, zero=False)
         deadline = time.monotonic() + timeout
         if self._closed:
             raise PublishError("this AsyncPublisher is closed; nothing was sent")

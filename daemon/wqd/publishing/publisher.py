@@ -46,12 +46,7 @@ class Publisher:
         broker that cannot be reached is tried again (default: all of it; 0:
         each URL once). ``tracer_provider``: OpenTelemetry's, for the
         messages' PRODUCER spans (default: the global one, if any)."""
-        urls = config_module.split_urls(url_or_urls) if isinstance(url_or_urls, str) else list(url_or_urls)
-        try:
-            broker = config_module.BrokerConfig(urls=config_module.broker_urls(urls))
-        except ValueError as exc:
-            raise ValueError(f"Publisher: broker URL: {exc}") from None
-        self._setup(broker, timeout, connect_timeout, None, None, tracer_provider)
+        self._setup(broker_config(url_or_urls), timeout, connect_timeout, None, None, tracer_provider)
 
     @classmethod
     def from_config(cls, path: Optional[str] = None, *, timeout: float = DEFAULT_TIMEOUT,
@@ -75,8 +70,8 @@ class Publisher:
     def _setup(self, broker, timeout: float, connect_timeout: Optional[float], config, on_connect,
                tracer_provider) -> None:
         self.broker = broker
-        self.timeout = _seconds("timeout", timeout, zero=False)
-        self.connect_timeout = self.timeout if connect_timeout is None else _seconds("connect_timeout",
+        self.timeout = seconds("timeout", timeout, zero=False)
+        self.connect_timeout = self.timeout if connect_timeout is None else seconds("connect_timeout",
                                                                                      connect_timeout, zero=True)
         self.config = config
         self._on_connect = on_connect
@@ -140,7 +135,7 @@ class Publisher:
     def _send(self, queue: str, messages: list, timeout: Optional[float]) -> list:
         if not isinstance(queue, str) or not queue:
             raise ValueError(f"queue must be a non-empty str, got {queue!r}")
-        timeout = self.timeout if timeout is None else _seconds("timeout", timeout, zero=False)
+        timeout = self.timeout if timeout is None else seconds("timeout", timeout, zero=False)
         deadline = time.monotonic() + timeout
         with self._lock:
             if self._closed:
@@ -352,7 +347,17 @@ class Publisher:
             pass  # gone either way
 
 
-def _seconds(name: str, value, zero: bool) -> float:
+def broker_config(url_or_urls) -> config_module.BrokerConfig:
+    """The BrokerConfig of a URL, a comma-separated list or a list of them; ValueError naming what is wrong."""
+    urls = config_module.split_urls(url_or_urls) if isinstance(url_or_urls, str) else list(url_or_urls)
+    try:
+        return config_module.BrokerConfig(urls=config_module.broker_urls(urls))
+    except ValueError as exc:
+        raise ValueError(f"Publisher: broker URL: {exc}") from None
+
+
+def seconds(name: str, value, zero: bool) -> float:
+    """``value`` as seconds (> 0, or >= 0 with ``zero``); ValueError naming ``name``."""
     if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0
             or (value == 0 and not zero)):
         raise ValueError(f"Publisher: {name} must be a number of seconds {'>=' if zero else '>'} 0, got {value!r}")

@@ -90,3 +90,25 @@ def test_importing_wqd_does_not_import_aio_pika():
     code = "import sys, wqd; before = 'aio_pika' in sys.modules; wqd.AsyncPublisher; print(before, 'aio_pika' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "True"]
+
+
+def test_a_memory_alarm_ends_a_publish_at_its_timeout_saying_why(broker, queue_name):
+    broker.declare_queue(queue_name)
+
+    async def main():
+        async with wqd.AsyncPublisher(broker.url, timeout=20) as publisher:
+            await publisher.publish(queue_name, b"before")
+            broker.ctl("set_vm_memory_high_watermark", "0.000001")
+            try:
+                began = time.monotonic()
+                with pytest.raises(PublishError) as caught:
+                    await publisher.publish(queue_name, b"blocked", message_id="m-blocked", timeout=3)
+                took = time.monotonic() - began
+            finally:
+                broker.ctl("set_vm_memory_high_watermark", "0.4")
+            assert 3 <= took < 6, took
+            assert "blocked publishing (a memory or disk alarm: see `rabbitmq-diagnostics alarms`) until the " \
+                   "timeout (3 s) ran out" in str(caught.value)
+            assert await publisher.publish(queue_name, b"after", message_id="m-after") == "m-after"
+
+    run(main())

@@ -141,7 +141,11 @@ class AsyncPublisher:
             failures = [why for outcome, why in sent if outcome is None]
             if failures:
                 reason, lost = failures[0], True
-                await self._disconnect()
+                if _blocked(self._connection):
+                    reason = (f"the broker at {config_module.redact_url(self._url)} blocked publishing (a memory or "
+                              f"disk alarm: see `rabbitmq-diagnostics alarms`) until the timeout ({timeout:g} s) ran out")
+                else:  # no answer: another connection (another node) for the next call
+                    await self._disconnect()
             todo = [index for index in todo if outcomes[index] == NACK]
             nacks += 1
             pause = backoff.exponential(nacks, NACK_RETRY_INITIAL, NACK_RETRY_MAX)
@@ -283,6 +287,14 @@ class AsyncPublisher:
                 await asyncio.wait_for(connection.close(), amqp.CONNECT_TIMEOUT)
             except (*BROKER_ERRORS, asyncio.TimeoutError):
                 pass  # gone either way
+
+
+def _blocked(connection) -> bool:
+    """Whether the broker blocked the connection (connection.blocked): aiormq
+    keeps it in a private event, which it waits on before every publish."""
+    unblocked = getattr(getattr(connection and connection.transport, "connection", None),
+                        "_Connection__connection_unblocked", None)
+    return unblocked is not None and not unblocked.is_set()
 
 
 def _usable(connection) -> bool:

@@ -112,3 +112,17 @@ def test_a_memory_alarm_ends_a_publish_at_its_timeout_saying_why(broker, queue_n
             assert await publisher.publish(queue_name, b"after", message_id="m-after") == "m-after"
 
     run(main())
+
+
+def test_nacked_messages_are_sent_again_until_the_timeout_then_named(broker, queue_name):
+    broker.declare_queue(queue_name, arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
+
+    async def main():
+        async with wqd.AsyncPublisher(broker.url, timeout=2) as publisher:
+            with pytest.raises(PublishError) as caught:
+                await publisher.publish_many(queue_name, [b"a", b"b"], message_ids=["a", "b"])
+            return caught.value
+
+    error = run(main())
+    assert (error.confirmed, error.unconfirmed) == (["a"], ["b"]) and "the broker nacked it" in str(error)
+    assert broker.get_all(queue_name) == [b"a"]

@@ -152,9 +152,13 @@ class AsyncPublisher:
             if not todo or lost or time.monotonic() + pause >= deadline:
                 break
             await asyncio.sleep(pause)  # then on a new channel: the one a quorum queue nacked may go on nacking
-            async with self._guard():
-                await self._reopen_channel()
-                channel = self._channel
+            try:
+                async with self._guard():
+                    await self._reopen_channel()
+                    channel = self._channel
+            except BROKER_ERRORS:  # the nacked stay nacked: the error says so
+                await self._disconnect()
+                break
         return conclude(messages, spans, outcomes, queue, reason, lost)
 
     async def _publish_one(self, channel, message, deadline: float, timeout: float):
@@ -163,9 +167,9 @@ class AsyncPublisher:
                                         content_type=message.properties.content_type,
                                         delivery_mode=message.properties.delivery_mode,
                                         message_id=message.message_id)
-        exchange = channel.default_exchange if not message.exchange else await channel.get_exchange(
-            message.exchange, ensure=False)
         try:
+            exchange = channel.default_exchange if not message.exchange else await channel.get_exchange(
+                message.exchange, ensure=False)
             await asyncio.wait_for(exchange.publish(amqp_message, message.routing_key, mandatory=True),
                                    max(0.0, deadline - time.monotonic()))
             return ACK, None

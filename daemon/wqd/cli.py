@@ -11,9 +11,9 @@ import time
 
 import wqd
 from wqd import config as config_module
-from wqd import dead_letters, errors, logs, queues
+from wqd import dead_letters, errors, logs
 from wqd import handlers as handlers_module
-from wqd.publisher import publish_lines, utf8_body
+from wqd.publisher import declare_config, publish_lines, utf8_body
 from wqd.publishing.delays import MAX_DELAY
 from wqd.status import format_status, gather_status
 
@@ -229,7 +229,7 @@ def cmd_publish(args) -> int:
 
 def cmd_declare(args) -> int:
     config, _ = _load(args, import_handlers=False)
-    for pool, queue_names in queues.declare_config(config):
+    for pool, queue_names in declare_config(config):
         print(f"pool {pool.name}: declared {', '.join(queue_names)}", flush=True)
     return EXIT_OK
 

@@ -1,5 +1,5 @@
-"""``wqd publish``: the command's side of publishing (its input, its
-messages' limits, its declare) over wqd.Publisher, which sends."""
+"""``wqd publish`` and ``wqd declare``: the commands' side of publishing (the
+input, the messages' limits, the declares) over wqd.Publisher, which sends."""
 
 import re
 
@@ -12,6 +12,23 @@ from wqd.publishing.sizes import max_message_size
 
 _NOT_SENT = "it was not sent, nor anything after it"
 _SIZE_REFUSAL = re.compile(r"larger than (?:the )?(?:configured )?max(?:imum)? size (\d+)", re.IGNORECASE)
+
+
+def declare_config(config):
+    """`wqd declare`: every pool's queues, declared as the pool's workers will;
+    yields (pool, the names declared). Raises QueueMismatch, or
+    errors.BrokerUnavailable when the broker cannot be reached."""
+    connection, index = amqp.connect_any(config.broker, name="wqd declare")
+    try:
+        version = amqp.server_version(connection)[1]
+        for pool in config.pools:
+            queues.declare_pool_queues(connection, pool, version)
+            yield pool, [pool.queue] + ([pool.dead_letter_queue] if pool.dead_letter_queue else [])
+    except (pika.exceptions.AMQPError, OSError) as exc:
+        raise errors.BrokerUnavailable(amqp.describe_error(exc, config.broker.urls[index])) from None
+    finally:
+        if connection.is_open:
+            connection.close()
 
 
 def publish_lines(broker, queue: str, pool, bodies, headers: dict, persistent: bool = True, delay=None,

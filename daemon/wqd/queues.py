@@ -33,7 +33,6 @@ from typing import Optional
 
 import pika.exceptions
 
-from wqd import amqp, errors
 from wqd.errors import ConfigError
 
 log = logging.getLogger("wqd.queues")
@@ -152,23 +151,6 @@ def consumer_timeout_warning(pool, version: tuple) -> Optional[str]:
 
 class QueueMismatch(ConfigError):
     """The queue exists with other arguments: a configuration error, not a crash."""
-
-
-def declare_config(config):
-    """`wqd declare`: every pool's queues, declared as the pool's workers will;
-    yields (pool, the names declared). Raises QueueMismatch, or
-    errors.BrokerUnavailable when the broker cannot be reached."""
-    connection, index = amqp.connect_any(config.broker, name="wqd declare")
-    try:
-        version = amqp.server_version(connection)[1]
-        for pool in config.pools:
-            declare_pool_queues(connection, pool, version)
-            yield pool, [pool.queue] + ([pool.dead_letter_queue] if pool.dead_letter_queue else [])
-    except (pika.exceptions.AMQPError, OSError) as exc:
-        raise errors.BrokerUnavailable(amqp.describe_error(exc, config.broker.urls[index])) from None
-    finally:
-        if connection.is_open:
-            connection.close()
 
 
 def declare_pool_queues(connection, pool, version: tuple) -> None:

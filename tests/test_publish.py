@@ -1,6 +1,7 @@
 """`wqd publish` and `wqd status` from the command line."""
 
 import json
+import time
 
 import pytest
 
@@ -143,4 +144,45 @@ def test_publish_under_a_broker_memory_alarm_fails_after_the_blocked_timeout(bro
     finally:
         broker.ctl("set_vm_memory_high_watermark", "0.4")
     assert result.returncode == 69, result.stderr
-    assert "blocked publishing for more than 30 s (a memory or disk alarm" in result.stderr
+    assert ("blocked publishing (a memory or disk alarm: see `rabbitmq-diagnostics alarms`) until the timeout "
+            "(30 s) ran out" in result.stderr)
+
+
+def test_declare_declares_every_pools_queues_as_the_pool_will(broker, queue_name, tmp_path, make_wqd):
+    quorum = queue_name + ".q"
+    wqd = make_wqd([pool(queue_name), pool(quorum, name="q", queue_type="quorum")])
+    env = wqd_env(tmp_path / "r")
+    result = run_cli("declare", "-c", str(wqd.config_path), env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [f"pool default: declared {queue_name}, {queue_name}.dead",
+                                          f"pool q: declared {quorum}, {quorum}.dead"]
+    types = {row["name"]: row["type"] for row in broker.list_queues("name", "type")}
+    assert (types[queue_name], types[quorum], types[quorum + ".dead"]) == ("classic", "quorum", "quorum")
+    assert run_cli("declare", "-c", str(wqd.config_path), env=env).returncode == 0  # idempotent
+    wqd.start()  # the pools accept the queues as declared
+    for name in (quorum, quorum + ".dead"):
+        broker.delete_queue(name)
+
+
+def test_declare_names_a_queue_that_exists_with_other_arguments(broker, queue_name, tmp_path, make_wqd):
+    broker.declare_queue(queue_name)
+    wqd = make_wqd([pool(queue_name, queue_type="quorum")])
+    result = run_cli("declare", "-c", str(wqd.config_path), env=wqd_env(tmp_path / "r"))
+    assert result.returncode == 78, result
+    assert f"queue {queue_name!r} already exists with other arguments than wqd declares (argument " \
+           f"x-queue-type)" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_publish_with_a_delay_delivers_no_earlier(broker, queue_name, tmp_path):
+    broker.declare_queue(queue_name)
+    began = time.monotonic()
+    result = run_cli("publish", "--url", broker.url, "--queue", queue_name, "--delay", "2", "later",
+                     env=wqd_env(tmp_path / "r"))
+    assert result.returncode == 0, result.stderr
+    assert broker.get_all(queue_name) == []
+    wait_for(lambda: broker.get_all(queue_name) == [b"later"], 30, interval=0.1, message="the delayed message")
+    assert time.monotonic() - began >= 2
+    refused = run_cli("publish", "--url", broker.url, "--queue", queue_name, "--delay", "soon", "x",
+                      env=wqd_env(tmp_path / "r"))
+    assert refused.returncode == 2 and "--delay: expected a number of seconds from 0 to 2097151, got 'soon'" \
+        in refused.stderr

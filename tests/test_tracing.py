@@ -24,6 +24,7 @@ from tests.support.waiting import wait_for
 from wqd import config as config_module
 from wqd import exec_handler, tracing
 from wqd.message import Message
+from wqd.publishing import tracing as publishing_tracing
 from wqd.routing import Task
 from wqd.task_stats import Outcome
 
@@ -130,16 +131,17 @@ def test_a_task_whose_connection_was_lost_ends_its_span_failed(task_tracing, exp
 
 
 def test_a_publish_span_continues_a_given_or_inherited_context(exporter, monkeypatch):
-    given = tracing.PublishTracing("jobs", {"traceparent": TRACEPARENT}, [exporter])
-    span, headers = given.start("m-1", {"traceparent": TRACEPARENT, "tenant": "acme"})
-    given.end(span)
-    assert given.shutdown()
+    """`wqd publish`'s tracing: the library's PRODUCER span, from the command's provider, continues
+    a traceparent given with --header, else $TRACEPARENT."""
+    with tracing.PublishTracing({"traceparent": TRACEPARENT}, [exporter]) as given:
+        span, headers = publishing_tracing.start("jobs", "m-1", {"traceparent": TRACEPARENT, "tenant": "acme"},
+                                                 given.provider)
+        publishing_tracing.end(span)
     monkeypatch.setenv("TRACEPARENT", f"00-{'1' * 32}-{'2' * 16}-01")
     second_exporter = InMemorySpanExporter()  # a shut down exporter takes no more spans
-    inherited = tracing.PublishTracing("jobs", {}, [second_exporter])
-    other, _ = inherited.start("m-2", {})
-    inherited.end(other, RuntimeError("refused"))
-    assert inherited.shutdown()
+    with tracing.PublishTracing({}, [second_exporter]) as inherited:
+        other, _ = publishing_tracing.start("jobs", "m-2", {}, inherited.provider)
+        publishing_tracing.end(other, RuntimeError("refused"))
     (first,), (second,) = exporter.get_finished_spans(), second_exporter.get_finished_spans()
     assert first.name == "publish jobs" and first.kind is SpanKind.PRODUCER
     assert (_hex(first.context.trace_id, 32), _hex(first.parent.span_id)) == (TRACE, PARENT)

@@ -119,7 +119,12 @@ def connect(broker: BrokerConfig, url=None, name=None) -> pika.BlockingConnectio
 def server_version(connection: pika.BlockingConnection):
     """(product, version as a tuple of ints) the broker announced, e.g.
     ("RabbitMQ", (3, 10, 8)); ("", ()) when it did not say."""
-    properties = getattr(connection._impl, "server_properties", None) or {}  # pika keeps them on its impl only
+    return announced_version(getattr(connection._impl, "server_properties", None))  # pika keeps them on its impl
+
+
+def announced_version(properties):
+    """server_version() from the server properties of connection.start (any client's)."""
+    properties = properties or {}
     product, version = (value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value or "")
                         for value in (properties.get("product"), properties.get("version")))
     numbers = re.match(r"(\d+)(?:\.(\d+))?(?:\.(\d+))?", version)
@@ -207,7 +212,7 @@ def describe_error(exc: BaseException, url: str) -> str:
     if isinstance(exc, ClosedDuringHandshake):
         return (f"the server at {where} closed the connection before the AMQP handshake ended; is that "
                 f"address a RabbitMQ AMQP listener? (a TLS one needs amqps://)")
-    root = _root_error(exc)
+    root = root_error(exc)
     if isinstance(root, ssl.SSLError):
         return f"TLS handshake with the broker at {where} failed: {_describe_tls(root)}"
     if isinstance(exc, pika.exceptions.AMQPConnectionError):
@@ -235,7 +240,7 @@ def _ssl_text(exc: OSError) -> str:
     return re.sub(r"^\[[^\]]*\]\s*|\s*\(_ssl\.c:\d+\)$", "", text)
 
 
-def _root_error(exc: BaseException) -> BaseException:
+def root_error(exc: BaseException) -> BaseException:
     """The error under pika's wrappers (AMQPConnectionError args, .exception chains)."""
     value = exc
     while True:

@@ -1,6 +1,7 @@
 """The ``wqd`` command: the only module that prints to the user and picks exit codes."""
 
 import argparse
+import contextlib
 import errno
 import json
 import os
@@ -14,7 +15,8 @@ from wqd import amqp, code_version, dead_letters, errors, logs, queues
 from wqd import config as config_module
 from wqd import handlers as handlers_module
 from wqd.dead_letters import printable, quoted
-from wqd.publisher import publish_lines, utf8_body
+from wqd.publisher import declare_config, publish_lines, utf8_body
+from wqd.publishing.delays import MAX_DELAY
 from wqd.status import format_status, gather_status
 
 EXIT_OK = 0
@@ -97,7 +99,11 @@ def _parser() -> argparse.ArgumentParser:
     publish.add_argument("--queue", help="target queue (default: the config's first pool)")
     publish.add_argument("--transient", action="store_true", help="publish non-persistent messages")
     publish.add_argument("--header", action="append", default=[], metavar="K=V", help="add a header")
+    publish.add_argument("--delay", type=_delay, metavar="SECONDS",
+                         help="deliver no earlier than SECONDS from now (whole seconds, up to 24 days)")
     publish.add_argument("messages", nargs="*", metavar="MESSAGE", help="message bodies; '-' or none: stdin lines")
+    add("declare", cmd_declare, "declare every pool's queues as the pool will (what the publishing library, "
+        "which never declares a work queue, needs before wqd first runs)")
     status = add("status", cmd_status, "show queues and workers; works whether or not wqd runs")
     status.add_argument("--json", action="store_true", help="print JSON")
     _add_dead_commands(add("dead", None, "inspect, replay or purge dead-lettered messages; works whether "
@@ -134,6 +140,16 @@ def _add_dead_commands(dead) -> None:
     purge.add_argument("--yes", action="store_true", help="yes, delete them")
     purge.add_argument("--older-than", type=_non_negative, metavar="SECONDS",
                        help="only messages that failed more than SECONDS ago")
+
+
+def _delay(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value <= MAX_DELAY:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds from 0 to {MAX_DELAY}, got {text!r}")
+    return value
 
 
 def _non_negative(text: str) -> int:
@@ -235,17 +251,22 @@ def cmd_publish(args) -> int:
                     for number, text in enumerate(args.messages, 1)]
     else:
         messages = sys.stdin.buffer if sys.stdin else []
-    tracing = None
+    tracing = contextlib.nullcontext()
     if config is not None and config.tracing.enabled:
         from wqd.tracing import PublishTracing  # imported only when tracing is enabled
-        tracing = PublishTracing(queue, headers)
-    try:
+        tracing = PublishTracing(headers)
+    with tracing:
+        provider = getattr(tracing, "provider", None)
         for body in publish_lines(broker, queue, pool, messages, headers, persistent=not args.transient,
-                                  tracing=tracing):
+                                  delay=args.delay, tracer_provider=provider):
             print(f" [x] Sent {body.decode()!r}", flush=True)
-    finally:
-        if tracing is not None:
-            tracing.shutdown()
+    return EXIT_OK
+
+
+def cmd_declare(args) -> int:
+    config, _ = _load(args, import_handlers=False)
+    for pool, queue_names in declare_config(config):
+        print(f"pool {pool.name}: declared {', '.join(queue_names)}", flush=True)
     return EXIT_OK
 
 

@@ -1,38 +1,40 @@
-"""``wqd publish``: persistent messages, publisher confirms, mandatory routing."""
+"""``wqd publish`` and ``wqd declare``: the commands' side of publishing (the
+input, the messages' limits, the declares) over wqd.Publisher, which sends."""
 
 import re
-import time
-import uuid
 
 import pika
 import pika.exceptions
 
-from wqd import amqp, backoff, errors, queues
+from wqd import amqp, errors, queues
+from wqd.publishing import BrokerUnreachable, Publisher, PublishError
+from wqd.publishing.sizes import max_message_size
 
-# A quorum queue nacks publishes while it has no leader (a node died, an
-# election runs, usually under a second); the same channel may then go on
-# nacking (RabbitMQ 3.10), so a nacked message is published again on a new
-# channel, after 0.2, 0.4, 0.8, 1.6, 2, 2... s, at most this many times.
-NACK_RETRIES = 8
-NACK_RETRY_INITIAL = 0.2
-NACK_RETRY_MAX = 2.0
-
-MiB = 1024 * 1024
-# RabbitMQ's default max_message_size: 128 MiB up to 3.x, 16 MiB from 4.0;
-# it cannot be set above 512 MiB. A broker does not tell a client the value
-# it is configured with (frame_max, which it does tell, only cuts a message
-# into frames), so a message is checked against its version's default before
-# it is sent, and a lower configured limit is read from the error with which
-# the broker refuses a message above it.
-DEFAULT_MAX_MESSAGE_SIZE_3 = 128 * MiB
-DEFAULT_MAX_MESSAGE_SIZE_4 = 16 * MiB
-HARD_MAX_MESSAGE_SIZE = 512 * MiB
 _NOT_SENT = "it was not sent, nor anything after it"
 _SIZE_REFUSAL = re.compile(r"larger than (?:the )?(?:configured )?max(?:imum)? size (\d+)", re.IGNORECASE)
 
 
-def publish_lines(broker, queue: str, pool, bodies, headers: dict, persistent: bool = True, tracing=None):
-    """Publish each body to ``queue``; yield it once the broker confirmed it.
+def declare_config(config):
+    """`wqd declare`: every pool's queues, declared as the pool's workers will;
+    yields (pool, the names declared). Raises QueueMismatch, or
+    errors.BrokerUnavailable when the broker cannot be reached."""
+    connection, index = amqp.connect_any(config.broker, name="wqd declare")
+    try:
+        version = amqp.server_version(connection)[1]
+        for pool in config.pools:
+            queues.declare_pool_queues(connection, pool, version)
+            yield pool, [pool.queue] + ([pool.dead_letter_queue] if pool.dead_letter_queue else [])
+    except (pika.exceptions.AMQPError, OSError) as exc:
+        raise errors.BrokerUnavailable(amqp.describe_error(exc, config.broker.urls[index])) from None
+    finally:
+        if connection.is_open:
+            connection.close()
+
+
+def publish_lines(broker, queue: str, pool, bodies, headers: dict, persistent: bool = True, delay=None,
+                  tracer_provider=None):
+    """Publish each body to ``queue`` through wqd.Publisher; yield it once the
+    broker confirmed it.
 
     ``bodies`` is a list of bytes, or a binary stream whose lines (UTF-8
     text, the newline removed, empty ones skipped) are the bodies: read one at
@@ -40,93 +42,47 @@ def publish_lines(broker, queue: str, pool, bodies, headers: dict, persistent: b
     stops the run: those before it were sent and confirmed, it and those after
     it are not sent.
 
-    The queue is declared as the pool declares it (durable; its queue_type),
-    so publishing first and starting wqd later loses nothing. Without a pool
-    (``--url``), an existing queue is used as it is, or a durable classic one
-    is created. With several broker URLs the first that answers is used.
+    Unlike the library, the command declares the queue, as the pool declares
+    it (durable; its queue_type), so publishing first and starting wqd later
+    loses nothing. Without a pool (``--url``), an existing queue is used as it
+    is, or a durable classic one is created. Every URL is tried once.
     Raises errors.BrokerUnavailable when the broker cannot be reached or will
     not take a message, errors.InputError for a body that is not UTF-8 or too
     large, errors.ConfigError when the queue exists with other arguments than
-    the pool's, errors.WqdError otherwise.
-
-    ``tracing`` (a tracing.PublishTracing, when tracing is enabled) gives
-    each message a PRODUCER span, whose context its headers carry.
+    the pool's, errors.WqdError otherwise. ``tracer_provider``: for a
+    PRODUCER span per message (tracing enabled).
     """
-    connection, index = amqp.connect_any(broker, name="wqd publish")
-    url = broker.urls[index]
+    limit = []
+
+    def prepare(connection) -> None:
+        _declare(connection, queue, pool)
+        limit[:] = max_message_size(connection)
+
+    # The timeout a memory or disk alarm may hold a publish, and the longest a
+    # nacked message (a quorum queue electing a leader) is sent again.
+    publisher = Publisher._for_broker(broker, timeout=amqp.BLOCKED_CONNECTION_TIMEOUT, connect_timeout=0,
+                                      on_connect=prepare, tracer_provider=tracer_provider)
     number, body = 0, b""
     try:
-        limit, limit_name = max_message_size(connection)
-        channel = connection.channel()
-        _declare(connection, channel, queue, pool)
-        channel = connection.channel() if channel.is_closed else channel
-        channel.confirm_delivery()
-        delivery_mode = pika.DeliveryMode.Persistent if persistent else pika.DeliveryMode.Transient
-        for number, body in enumerate(_read_lines(bodies, limit, limit_name) if hasattr(bodies, "readline") else bodies, 1):
-            if len(body) > limit:
-                raise errors.InputError(f"{_message(number, body)} is larger than the broker takes: {limit_name} "
-                                        f"is {limit} bytes; {_NOT_SENT}")
-            message_id = uuid.uuid4().hex
-            span, message_headers = tracing.start(message_id, headers) if tracing else (None, headers)
-            properties = pika.BasicProperties(delivery_mode=delivery_mode, message_id=message_id,
-                                              headers=message_headers or None)
-            try:
-                channel = _publish(connection, channel, queue, number, body, properties)
-            except BaseException as exc:
-                if span is not None:
-                    tracing.end(span, exc)
-                raise
-            if span is not None:
-                tracing.end(span)
+        publisher.connect()
+        size, size_name = limit
+        for number, body in enumerate(_read_lines(bodies, size, size_name) if hasattr(bodies, "readline") else bodies, 1):
+            if len(body) > size:
+                raise errors.InputError(f"{_message(number, body)} is larger than the broker takes: {size_name} "
+                                        f"is {size} bytes; {_NOT_SENT}")
+            publisher.publish(queue, body, headers=headers or None, delay=delay, persistent=persistent)
             yield body
-    except (pika.exceptions.ChannelClosedByBroker, pika.exceptions.ConnectionClosedByBroker) as exc:
-        refused = _SIZE_REFUSAL.search(exc.reply_text or "")
+    except BrokerUnreachable as exc:
+        raise errors.BrokerUnavailable(_while(number, body) + exc.detail) from None
+    except PublishError as exc:
+        refused = _SIZE_REFUSAL.search(exc.detail)
         if refused:
             raise errors.InputError(f"the broker refused {_message(number, body)}: it takes at most "
                                     f"{refused.group(1)} bytes (its max_message_size); {_NOT_SENT}") from None
-        error = errors.BrokerUnavailable if isinstance(exc, pika.exceptions.AMQPConnectionError) else errors.WqdError
-        raise error(_while(number, body) + amqp.describe_error(exc, url)) from None
-    except (pika.exceptions.AMQPConnectionError, OSError) as exc:
-        raise errors.BrokerUnavailable(_while(number, body) + amqp.describe_error(exc, url)) from None
-    except pika.exceptions.AMQPChannelError as exc:
-        raise errors.WqdError(_while(number, body) + amqp.describe_error(exc, url)) from None
+        error = errors.BrokerUnavailable if isinstance(exc, errors.BrokerUnavailable) else errors.WqdError
+        raise error(_while(number, body) + exc.detail) from None
     finally:
-        if connection.is_open:
-            try:
-                connection.close()
-            except (pika.exceptions.AMQPError, OSError):
-                pass  # the error that ended the run says it all
-
-
-def _publish(connection, channel, queue: str, number: int, body: bytes, properties):
-    """Publish one message until the broker confirms it; return the channel
-    to go on with (a new one after a nack)."""
-    nacks = 0
-    while True:
-        try:
-            channel.basic_publish("", queue, body, properties, mandatory=True)
-            return channel
-        except pika.exceptions.UnroutableError:
-            raise errors.WqdError(f"{_message(number, body)} could not be routed to queue {queue!r} "
-                                  f"(does the queue exist?)") from None
-        except pika.exceptions.NackError:
-            nacks += 1
-            if nacks > NACK_RETRIES:
-                raise errors.BrokerUnavailable(
-                    f"the broker refused {_message(number, body)} (nack, {nacks} times)") from None
-            time.sleep(backoff.exponential(nacks, NACK_RETRY_INITIAL, NACK_RETRY_MAX))
-            channel = connection.channel()
-            channel.confirm_delivery()
-
-
-def max_message_size(connection):
-    """(bytes, what the limit is) the broker at the other end takes in one message."""
-    product, version = amqp.server_version(connection)
-    if product != "RabbitMQ" or not version:
-        return HARD_MAX_MESSAGE_SIZE, "the largest message RabbitMQ takes at all"
-    default = DEFAULT_MAX_MESSAGE_SIZE_4 if version[0] >= 4 else DEFAULT_MAX_MESSAGE_SIZE_3
-    shown = ".".join(str(part) for part in version)
-    return default, f"RabbitMQ {shown}'s default max_message_size ({default // MiB} MiB)"
+        publisher.close()
 
 
 def utf8_body(raw: bytes, where: str, outcome: str = _NOT_SENT) -> bytes:
@@ -168,13 +124,15 @@ def _while(number: int, body: bytes) -> str:
     return f"while sending {_message(number, body)}: " if number else ""
 
 
-def _declare(connection, channel, queue: str, pool) -> None:
+def _declare(connection, queue: str, pool) -> None:
     try:
         if pool is not None:
             queues.declare_work_queue(connection, pool, amqp.server_version(connection)[1])
             return
+        channel = connection.channel()
         try:
             channel.queue_declare(queue, passive=True)
+            channel.close()
         except pika.exceptions.ChannelClosedByBroker as exc:
             if exc.reply_code != 404:
                 raise

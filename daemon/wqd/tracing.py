@@ -194,35 +194,27 @@ class TaskTracing:
 
 
 class PublishTracing:
-    """`wqd publish`'s tracing: one PRODUCER span per message, its context in the
-    message's headers. Its parent is a traceparent given with --header, else
+    """`wqd publish`'s tracing: a tracer provider for the publishing library's
+    PRODUCER spans (publishing/tracing.py), and, while entered, the context
+    they continue: a traceparent given with --header, else
     $TRACEPARENT/$TRACESTATE (the convention for handing a process its context)."""
 
-    def __init__(self, queue: str, headers: dict, exporters=None):
+    def __init__(self, headers: dict, exporters=None):
         """``exporters``: span exporters instead of $OTEL_TRACES_EXPORTER's (the tests')."""
         self.provider = tracer_provider(exporters)
-        self.tracer = self.provider.get_tracer("wqd", wqd.__version__)
-        self.queue = queue
         fields = propagate.get_global_textmap().fields
         given = headers if any(name in fields for name in headers) else {
             name: os.environ[name.upper()] for name in fields if os.environ.get(name.upper())}
         self.parent = extract(given)
+        self._token = None
 
-    def start(self, message_id: str, headers: dict):
-        """(the span, ``headers`` carrying its context) for one message."""
-        span = self.tracer.start_span(f"publish {self.queue}", context=self.parent, kind=trace.SpanKind.PRODUCER,
-                                      attributes={**SYSTEM, "messaging.operation.type": "send",
-                                                  "messaging.operation.name": "publish",
-                                                  "messaging.destination.name": self.queue,
-                                                  "messaging.rabbitmq.destination.routing_key": self.queue,
-                                                  "messaging.message.id": message_id})
-        return span, with_context(headers, trace.set_span_in_context(span, self.parent))
+    def __enter__(self) -> "PublishTracing":
+        self._token = context.attach(self.parent)
+        return self
 
-    @staticmethod
-    def end(span, error: Optional[BaseException] = None) -> None:
-        if error is not None:
-            _record_error(span, error)
-        span.end()
+    def __exit__(self, *exc) -> None:
+        context.detach(self._token)
+        self.shutdown()
 
     def shutdown(self) -> bool:
         return shutdown(self.provider)

@@ -1,0 +1,324 @@
+"""wqd.AsyncPublisher: Publisher's API for asyncio applications (FastAPI, aiohttp), on aio-pika.
+
+aio-pika (the wqd[asyncio] extra) because it is the maintained asyncio
+client for RabbitMQ (on aiormq, a pure-Python AMQP 0-9-1 implementation):
+its channels wait for publisher confirms without holding up other
+publishes, so the messages of publish_many are sent at once and confirmed
+together by gathering their publishes. Connecting, the passive queue check,
+the delay levels and the errors are the same as Publisher's; its connection
+belongs to one event loop, and a forked child connects anew.
+"""
+
+import asyncio
+import os
+import socket
+import time
+from typing import Iterable, Optional
+
+import aio_pika
+import aio_pika.exceptions
+import aiormq.exceptions
+
+from wqd import amqp, backoff
+from wqd import config as config_module
+from wqd.publishing import delays, tracing
+from wqd.publishing.errors import BrokerUnreachable, PublishError, QueueNotFound
+from wqd.publishing.messages import outgoing
+from wqd.publishing.outcomes import ACK, NACK, RETURNED, conclude
+from wqd.publishing.publisher import (
+    DEFAULT_TIMEOUT,
+    NACK_RETRY_INITIAL,
+    NACK_RETRY_MAX,
+    RECONNECT_INITIAL,
+    RECONNECT_MAX,
+    broker_config,
+    seconds,
+)
+from wqd.publishing.sizes import max_message_size_of
+
+# The failures of a connection or channel (aiormq raises ConnectionError and OSError as they are).
+BROKER_ERRORS = (aiormq.exceptions.AMQPError, ConnectionError, OSError, asyncio.TimeoutError)
+PERMANENT = (aiormq.exceptions.ProbableAuthenticationError, aiormq.exceptions.AuthenticationError,
+             aiormq.exceptions.IncompatibleProtocolError)
+
+
+class AsyncPublisher:
+    """Publisher's API with ``async``: ``await publish(...)``, ``await publish_many(...)``,
+    ``async with``. Concurrent publishes share one connection and channel."""
+
+    def __init__(self, url_or_urls, *, timeout: float = DEFAULT_TIMEOUT, connect_timeout: Optional[float] = None,
+                 tracer_provider=None):
+        """As Publisher's."""
+        self._setup(broker_config(url_or_urls), timeout, connect_timeout, None, tracer_provider)
+
+    @classmethod
+    def from_config(cls, path: Optional[str] = None, *, timeout: float = DEFAULT_TIMEOUT,
+                    connect_timeout: Optional[float] = None, tracer_provider=None) -> "AsyncPublisher":
+        """As Publisher.from_config."""
+        config = config_module.load(path or config_module.default_path())
+        publisher = cls.__new__(cls)
+        publisher._setup(config.broker, timeout, connect_timeout, config, tracer_provider)
+        return publisher
+
+    def _setup(self, broker, timeout: float, connect_timeout: Optional[float], config, tracer_provider) -> None:
+        self.broker, self.config = broker, config
+        self.timeout = seconds("timeout", timeout, zero=False)
+        self.connect_timeout = self.timeout if connect_timeout is None else seconds("connect_timeout",
+                                                                                    connect_timeout, zero=True)
+        self._tracer_provider = tracer_provider
+        self._url_index = 0
+        self._checked = set()
+        self._delays_declared = False
+        self._closed = False
+        self._pid = os.getpid()
+        self._connection = self._channel = None
+        self._lock = None  # an asyncio.Lock, made in the loop that uses it
+
+    async def __aenter__(self) -> "AsyncPublisher":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        self._closed = True
+        await self._disconnect()
+
+    async def connect(self, timeout: Optional[float] = None) -> None:
+        """Connect now rather than at the first publish. Raises BrokerUnreachable."""
+        async with self._guard():
+            await self._ready(None, False, time.monotonic() + (self.timeout if timeout is None else timeout))
+
+    async def publish(self, queue: str, body, *, message_id: Optional[str] = None, headers: Optional[dict] = None,
+                      delay=None, content_type: Optional[str] = None, timeout: Optional[float] = None,
+                      persistent: bool = True) -> str:
+        """As Publisher.publish."""
+        message = outgoing(body, message_id, headers, delay, content_type, persistent)
+        return (await self._send(queue, [message], timeout))[0]
+
+    async def publish_many(self, queue: str, bodies: Iterable, *, message_ids: Optional[Iterable[str]] = None,
+                           headers: Optional[dict] = None, delay=None, content_type: Optional[str] = None,
+                           timeout: Optional[float] = None, persistent: bool = True) -> list:
+        """As Publisher.publish_many: every publish in flight at once, their confirms awaited together."""
+        bodies = list(bodies)
+        ids = [None] * len(bodies) if message_ids is None else list(message_ids)
+        if len(ids) != len(bodies):
+            raise ValueError(f"publish_many: {len(ids)} message_ids for {len(bodies)} bodies")
+        messages = [outgoing(body, message_id, headers, delay, content_type, persistent)
+                    for body, message_id in zip(bodies, ids)]
+        return await self._send(queue, messages, timeout) if messages else []
+
+    # -- sending
+
+    def _guard(self) -> asyncio.Lock:
+        """The lock that serialises connecting (and, after a fork, a fresh start)."""
+        if self._pid != os.getpid():  # forked: the parent's connection is the parent's; never touched here
+            self._pid, self._connection, self._channel, self._lock = os.getpid(), None, None, None
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        return self._lock
+
+    async def _send(self, queue: str, messages: list, timeout: Optional[float]) -> list:
+        if not isinstance(queue, str) or not queue:
+            raise ValueError(f"queue must be a non-empty str, got {queue!r}")
+        timeout = self.timeout if timeout is None else seconds("timeout", timeout, zero=False)
+        deadline = time.monotonic() + timeout
+        if self._closed:
+            raise PublishError("this AsyncPublisher is closed; nothing was sent")
+        delayed = any(message.delay for message in messages)
+        async with self._guard():
+            await self._ready(queue, delayed, deadline)
+            channel, limit = self._channel, self._limit
+        for message in messages:
+            if len(message.body) > limit[0]:
+                raise ValueError(f"message {message.message_id} is {len(message.body)} bytes, larger than the "
+                                 f"broker takes ({limit[1]}); nothing was sent")
+        spans = [self._prepare(queue, message) for message in messages]
+        outcomes, todo, nacks, reason, lost = {}, list(range(len(messages))), 0, None, False
+        while todo:
+            sent = await asyncio.gather(*(self._publish_one(channel, messages[index], deadline, timeout) for index in todo))
+            outcomes.update((index, outcome) for index, (outcome, _) in zip(todo, sent))
+            failures = [why for outcome, why in sent if outcome is None]
+            if failures:
+                reason, lost = failures[0], True
+                if _blocked(self._connection):
+                    reason = (f"the broker at {config_module.redact_url(self._url)} blocked publishing (a memory or "
+                              f"disk alarm: see `rabbitmq-diagnostics alarms`) until the timeout ({timeout:g} s) ran out")
+                else:  # no answer: another connection (another node) for the next call
+                    await self._disconnect()
+            todo = [index for index in todo if outcomes[index] == NACK]
+            nacks += 1
+            pause = backoff.exponential(nacks, NACK_RETRY_INITIAL, NACK_RETRY_MAX)
+            if not todo or lost or time.monotonic() + pause >= deadline:
+                break
+            await asyncio.sleep(pause)  # then on a new channel: the one a quorum queue nacked may go on nacking
+            try:
+                async with self._guard():
+                    await self._reopen_channel()
+                    channel = self._channel
+            except BROKER_ERRORS:  # the nacked stay nacked: the error says so
+                await self._disconnect()
+                break
+        return conclude(messages, spans, outcomes, queue, reason, lost)
+
+    async def _publish_one(self, channel, message, deadline: float, timeout: float):
+        """(outcome, why not confirmed) of one message."""
+        amqp_message = aio_pika.Message(message.body, headers=message.properties.headers,
+                                        content_type=message.properties.content_type,
+                                        delivery_mode=message.properties.delivery_mode,
+                                        message_id=message.message_id)
+        try:
+            exchange = channel.default_exchange if not message.exchange else await channel.get_exchange(
+                message.exchange, ensure=False)
+            await asyncio.wait_for(exchange.publish(amqp_message, message.routing_key, mandatory=True),
+                                   max(0.0, deadline - time.monotonic()))
+            return ACK, None
+        except aio_pika.exceptions.PublishError:  # basic.return: no queue took it
+            return RETURNED, None
+        except aiormq.exceptions.DeliveryError:
+            return NACK, None
+        except asyncio.TimeoutError:
+            return None, f"no confirm came within the timeout ({timeout:g} s)"
+        except BROKER_ERRORS as exc:
+            return None, f"the connection was lost: {_describe(exc, self._url)}"
+
+    def _prepare(self, queue: str, message):
+        message.routing_key = queue
+        properties = message.properties
+        if message.delay:
+            message.exchange, bits = delays.route(message.delay)
+            properties.headers = {**(properties.headers or {}), **bits}
+        span, properties.headers = tracing.start(queue, message.message_id, properties.headers,
+                                                 self._tracer_provider)
+        return span
+
+    # -- the connection
+
+    @property
+    def _url(self) -> str:
+        return self.broker.urls[self._url_index]
+
+    async def _ready(self, queue: Optional[str], delayed: bool, deadline: float) -> None:
+        """As Publisher._ready: connect, check, declare, open the channel; tried
+        again for up to connect_timeout while the broker cannot be reached."""
+        give_up = min(deadline, time.monotonic() + self.connect_timeout)
+        failures = 0
+        while True:
+            try:
+                if not _usable(self._connection):
+                    await self._disconnect()
+                    await self._connect(deadline)
+                if queue is not None and queue not in self._checked:
+                    await self._check_queue(queue)
+                if delayed and not self._delays_declared:
+                    await self._declare_delays()
+                if self._channel is None or self._channel.is_closed:
+                    await self._reopen_channel()
+                return
+            except _Unreachable as exc:
+                last, permanent = str(exc), exc.permanent
+            except BROKER_ERRORS as exc:
+                last, permanent = _describe(exc, self._url), False
+                await self._disconnect()
+            failures += 1
+            pause = backoff.exponential(failures, RECONNECT_INITIAL, RECONNECT_MAX)
+            if permanent or time.monotonic() + pause >= give_up:
+                where = f"to queue {queue!r}" if queue else "at all"
+                raise BrokerUnreachable(f"could not publish {where}: {last}; nothing was sent", detail=last)
+            await asyncio.sleep(pause)
+
+    async def _connect(self, deadline: float) -> None:
+        failures = []
+        for offset in range(len(self.broker.urls)):
+            index = (self._url_index + offset) % len(self.broker.urls)
+            url = self.broker.urls[index]
+            params = amqp.parameters(self.broker, url)
+            tls = amqp.tls_context(self.broker.tls) if params.ssl_options is not None else None
+            try:
+                connection = await aio_pika.connect(
+                    url, ssl_context=tls, timeout=max(0.1, min(amqp.CONNECT_TIMEOUT, deadline - time.monotonic())),
+                    client_properties={"connection_name": f"wqd async publisher {socket.gethostname()} "
+                                                          f"pid {os.getpid()}"})
+            except (*BROKER_ERRORS, amqp.TLSFileError) as exc:
+                failures.append((url, exc))
+                continue
+            self._url_index, self._connection = index, connection
+            self._limit = max_message_size_of(*amqp.announced_version(connection.transport.connection.server_properties))
+            return
+        raise _Unreachable(failures)
+
+    async def _reopen_channel(self) -> None:
+        if self._channel is not None and not self._channel.is_closed:
+            await self._channel.close()
+        self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+
+    async def _check_queue(self, queue: str) -> None:
+        channel = await self._connection.channel(publisher_confirms=False)
+        try:
+            await channel.declare_queue(queue, passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            config = self.config.path if self.config else "CONFIG"
+            raise QueueNotFound(f"queue {queue!r} does not exist: start wqd, or declare it as wqd does: "
+                                f"`wqd declare -c {config}`; nothing was sent") from None
+        except aiormq.exceptions.ChannelAccessRefused as exc:
+            raise PublishError(f"cannot publish to queue {queue!r}: the broker said {exc}; nothing was sent") from None
+        await channel.close()
+        self._checked.add(queue)
+
+    async def _declare_delays(self) -> None:
+        channel = await self._connection.channel(publisher_confirms=False)
+        raw = await channel.get_underlay_channel()  # aiormq's: one call per AMQP method
+        try:
+            for kind, name, *rest in delays.topology():
+                if kind == "queue":
+                    await raw.queue_declare(name, durable=True, arguments=rest[0])
+                elif kind == "exchange":
+                    await raw.exchange_declare(name, exchange_type="headers", durable=True)
+                elif kind == "bind queue":
+                    await raw.queue_bind(name, rest[0], arguments=rest[1])
+                else:
+                    await raw.exchange_bind(name, rest[0], arguments=rest[1])
+        except aiormq.exceptions.AMQPChannelError as exc:
+            raise PublishError(f"cannot declare wqd's delay queues and exchanges ({delays.PREFIX}.*): the broker "
+                               f"said {exc}; nothing was sent") from None
+        await channel.close()
+        self._delays_declared = True
+
+    async def _disconnect(self) -> None:
+        connection, self._connection, self._channel = self._connection, None, None
+        if connection is not None and not connection.is_closed:
+            try:
+                await asyncio.wait_for(connection.close(), amqp.CONNECT_TIMEOUT)
+            except (*BROKER_ERRORS, asyncio.TimeoutError):
+                pass  # gone either way
+
+
+def _blocked(connection) -> bool:
+    """Whether the broker blocked the connection (connection.blocked): aiormq
+    keeps it in a private event, which it waits on before every publish."""
+    unblocked = getattr(getattr(connection and connection.transport, "connection", None),
+                        "_Connection__connection_unblocked", None)
+    return unblocked is not None and not unblocked.is_set()
+
+
+def _usable(connection) -> bool:
+    """aio-pika marks a connection closed a loop turn after aiormq's is: ask both."""
+    return (connection is not None and not connection.is_closed and connection.transport is not None
+            and not connection.transport.connection.is_closed)
+
+
+class _Unreachable(Exception):
+    """No URL answered; str() says why, per URL."""
+
+    def __init__(self, failures: list):
+        super().__init__("; ".join(_describe(exc, url) for url, exc in failures))
+        self.permanent = all(isinstance(exc, (*PERMANENT, amqp.TLSFileError)) for _, exc in failures)
+
+
+def _describe(exc: BaseException, url: str) -> str:
+    where = config_module.redact_url(url)
+    if isinstance(exc, (aiormq.exceptions.ProbableAuthenticationError, aiormq.exceptions.AuthenticationError)):
+        return f"the broker at {where} refused the credentials (check the user name and password)"
+    if isinstance(exc, (OSError, amqp.TLSFileError)) and not isinstance(exc, ConnectionError):
+        return amqp.describe_error(exc, url)
+    return f"cannot reach the broker at {where}: {exc or type(exc).__name__}"

@@ -176,13 +176,12 @@ def test_declare_names_a_queue_that_exists_with_other_arguments(broker, queue_na
 def test_publish_with_a_delay_delivers_no_earlier(broker, queue_name, tmp_path):
     broker.declare_queue(queue_name)
     began = time.monotonic()
-    result = run_cli("publish", "--url", broker.url, "--queue", queue_name, "--delay", "2", "later",
-                     env=wqd_env(tmp_path / "r"))
+    url, env = broker.url.replace("guest:guest@", "guest@"), wqd_env(tmp_path / "r", {"WQD_BROKER_PASSWORD": "guest"})
+    result = run_cli("publish", "--url", url, "--queue", queue_name, "--delay", "2", "later", env=env)
     assert result.returncode == 0, result.stderr
     assert broker.get_all(queue_name) == []
     wait_for(lambda: broker.get_all(queue_name) == [b"later"], 30, interval=0.1, message="the delayed message")
     assert time.monotonic() - began >= 2
-    refused = run_cli("publish", "--url", broker.url, "--queue", queue_name, "--delay", "soon", "x",
-                      env=wqd_env(tmp_path / "r"))
+    refused = run_cli("publish", "--url", url, "--queue", queue_name, "--delay", "soon", "x", env=env)
     assert refused.returncode == 2 and "--delay: expected a number of seconds from 0 to 2097151, got 'soon'" \
         in refused.stderr

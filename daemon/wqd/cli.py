@@ -264,7 +264,7 @@ def cmd_publish(args) -> int:
 
 
 def cmd_declare(args) -> int:
-    config, _ = _load(args, import_handlers=False)
+    config = _load_config(args)
     for pool, queue_names in declare_config(config):
         print(f"pool {pool.name}: declared {', '.join(queue_names)}", flush=True)
     return EXIT_OK

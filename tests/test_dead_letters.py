@@ -451,3 +451,17 @@ def test_an_ambiguous_start_of_an_id_lists_ten_of_the_ids_it_names():
     assert [entry.id for entry in dead_letters.named_by(letters, "m-1")] == ["m-1"], "a whole id first"
     assert [entry.id for entry in dead_letters.named_by(letters[:3] + letters[-1:], "m-0")] == ["m-0", "m-0"]
     assert [entry.id for entry in dead_letters.named_by(letters[10:11], "m-1")] == ["m-10"], "a unique start"
+
+
+def test_letters_without_an_id_and_with_the_same_body_get_distinct_ids(broker, queue_name, make_wqd, tmp_path):
+    """The later twin is named with ~2: shown and replayed on its own."""
+    wqd = make_wqd([pool(queue_name)])
+    dlq = f"{queue_name}.dead"
+    broker.declare_queue(queue_name)
+    publish_letters(broker, dlq, [(b"same body", pika.BasicProperties(headers={"x-wqd-exception": "KeyError"}))] * 2)
+    ids = [entry["id"] for entry in listed(wqd, tmp_path)]
+    assert len(ids) == 2 and ids[1] == f"{ids[0]}~2", ids
+    assert dead(wqd, tmp_path, "show", ids[1]).stdout.startswith(f"Message {ids[1]} (pool default")
+    dead(wqd, tmp_path, "replay", ids[1])
+    assert ready(broker, queue_name) == 1 and ready(broker, dlq) == 1
+    assert [entry["id"] for entry in listed(wqd, tmp_path)] == [ids[0]]

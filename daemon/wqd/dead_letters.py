@@ -17,6 +17,7 @@ loses a message; one killed while a copy is in flight (published, its
 original not yet acked) leaves that one message in both queues.
 """
 
+import collections
 import dataclasses
 import datetime
 import hashlib
@@ -54,6 +55,7 @@ class DeadLetter:
     queue: str  # the dead-letter queue it is in
     body: bytes
     properties: pika.BasicProperties
+    occurrence: int = 1  # its rank among the letters of this queue that have the same id, in queue order
 
     @property
     def headers(self) -> dict:
@@ -62,10 +64,13 @@ class DeadLetter:
     @property
     def id(self) -> str:
         """How the commands show and name it: its message id, printable (see
-        printable()), or (none given) a prefix of its body's hash."""
+        printable()), or (none given) a prefix of its body's hash; the second
+        letter with the same one in the queue gets ~2 after it, and so on."""
         if self.properties.message_id:
-            return printable(text(self.properties.message_id))
-        return ("sha1:" + hashlib.sha1(self.body).hexdigest())[:_SHORT_KEY]
+            shown = printable(text(self.properties.message_id))
+        else:
+            shown = ("sha1:" + hashlib.sha1(self.body).hexdigest())[:_SHORT_KEY]
+        return shown if self.occurrence == 1 else f"{shown}~{self.occurrence}"
 
     def header(self, name: str) -> Optional[str]:
         """Header ``name`` as text (see text()), None when it is absent."""
@@ -123,8 +128,8 @@ class DeadLetter:
         id as sent (a byte that is not UTF-8 comes in surrogate-escaped), or
         9 characters or more of a body hash's id."""
         message_id = self.properties.message_id
-        if not message_id:
-            return len(wanted) >= 9 and self.id.startswith(wanted)
+        if not message_id:  # a later twin (~2) only by its whole id
+            return wanted == self.id or (self.occurrence == 1 and len(wanted) >= 9 and self.id.startswith(wanted))
         sent = message_id if isinstance(message_id, bytes) else message_id.encode()
         return wanted == self.id or os.fsencode(wanted) == sent
 
@@ -306,12 +311,17 @@ class DeadLetterQueues:
                 channel.close()
 
     def _get(self, channel, pool: PoolConfig, count: Optional[int]):
-        """(delivery tag, DeadLetter) of up to ``count`` messages, unacked."""
+        """(delivery tag, DeadLetter) of up to ``count`` messages, unacked, in
+        queue order: letters that share an id are told apart by their rank."""
+        seen = collections.Counter()
         for _ in range(count or 0):
             method, properties, body = channel.basic_get(pool.dead_letter_queue, auto_ack=False)
             if method is None:
                 return
-            yield method.delivery_tag, DeadLetter(pool.name, pool.dead_letter_queue, body, properties)
+            letter = DeadLetter(pool.name, pool.dead_letter_queue, body, properties)
+            seen[letter.id] += 1
+            letter.occurrence = seen[letter.id]
+            yield method.delivery_tag, letter
 
     def _message_count(self, queue: str) -> Optional[int]:
         """Messages ready in ``queue``; None when it does not exist."""

@@ -70,3 +70,10 @@ def test_the_quick_start_runs_as_written(broker, queue_name, tmp_path):
             daemon.kill()
             daemon.wait()
     assert "Traceback" not in (tmp_path / "wqd.log").read_text()
+
+
+def test_the_sites_home_page_is_the_readme():
+    """docs/index.md is README.md with its links made relative to docs/ (MkDocs
+    builds docs/ only): edit the README, then copy it over."""
+    readme = (REPO / "README.md").read_text()
+    assert (REPO / "docs" / "index.md").read_text() == readme.replace("](docs/", "](")

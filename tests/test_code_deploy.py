@@ -28,12 +28,18 @@ def deploy(directory, version: int, padding: str = "") -> None:
     (directory / "deployed_app.py").write_text(APP.format(version=version) + padding)
 
 
-def test_new_code_reaches_every_worker_without_a_pause_or_a_lost_task(broker, queue_name, make_wqd, tmp_path):
+def started_with_v1(make_wqd, queue_name, tmp_path):
+    """(wqd running deployed_app's version 1 on 2 workers, the app's directory)."""
     app = tmp_path / "app"
     app.mkdir()
     deploy(app, 1)
     wqd = make_wqd([pool(queue_name, handler="deployed_app:task", workers=2)],
                    extra_env={"PYTHONPATH": f"{app}:{TESTS_DIR}", "PYTHONDONTWRITEBYTECODE": "1"}).start()
+    return wqd, app
+
+
+def test_new_code_reaches_every_worker_without_a_pause_or_a_lost_task(broker, queue_name, make_wqd, tmp_path):
+    wqd, app = started_with_v1(make_wqd, queue_name, tmp_path)
     old_workers = set(wqd.worker_pids())
     published, stop = [], threading.Event()
 
@@ -79,11 +85,7 @@ def test_new_code_reaches_every_worker_without_a_pause_or_a_lost_task(broker, qu
 
 
 def test_a_broken_deploy_keeps_the_running_workers_and_code(broker, queue_name, make_wqd, tmp_path):
-    app = tmp_path / "app"
-    app.mkdir()
-    deploy(app, 1)
-    wqd = make_wqd([pool(queue_name, handler="deployed_app:task", workers=2)],
-                   extra_env={"PYTHONPATH": f"{app}:{TESTS_DIR}", "PYTHONDONTWRITEBYTECODE": "1"}).start()
+    wqd, app = started_with_v1(make_wqd, queue_name, tmp_path)
     workers = sorted(wqd.worker_pids())
     (app / "deployed_app.py").write_text("VERSION = (\n")  # a syntax error
     wqd.signal(signal.SIGHUP)
@@ -96,11 +98,7 @@ def test_a_broken_deploy_keeps_the_running_workers_and_code(broker, queue_name, 
 
 
 def test_a_reload_that_changes_no_code_replaces_no_worker(broker, queue_name, make_wqd, tmp_path):
-    app = tmp_path / "app"
-    app.mkdir()
-    deploy(app, 1)
-    wqd = make_wqd([pool(queue_name, handler="deployed_app:task", workers=2)],
-                   extra_env={"PYTHONPATH": f"{app}:{TESTS_DIR}", "PYTHONDONTWRITEBYTECODE": "1"}).start()
+    wqd, _ = started_with_v1(make_wqd, queue_name, tmp_path)
     workers = sorted(wqd.worker_pids())
     wqd.signal(signal.SIGHUP)
     wait_for(lambda: "Reloaded " in wqd.logs(), 60, message=lambda: wqd.logs())

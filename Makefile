@@ -3,7 +3,7 @@
 #   make test     the test suite (against throwaway RabbitMQ nodes; never the
 #                 broker on localhost:5672), without the soak tests (the
 #                 3-node cluster test runs in both)
-#   make test-unit  the tests that need no broker (about 20 s)
+#   make test-unit  the tests that need no broker and no waiting (about 20 s)
 #   make test-rabbitmq4
 #   make test-rabbitmq43
 #                 the same suite against a RabbitMQ the host's Debian does not
@@ -94,10 +94,11 @@ SUITE_PYTEST = $(VENV)/bin/pytest -q -rs -n $(XDIST) -m 'not soak or cluster' te
 test: venv rabbitmq promtool deploy-tools
 	$(SUITE_PYTEST)
 
-# The tests that need no broker (not marked broker: tests/support/fixtures.py),
-# in seconds; WQD_TEST_UNIT makes a node started anyway an error.
+# The tests that need no broker (not marked broker: tests/support/fixtures.py)
+# and take no seconds each (not marked slow); WQD_TEST_UNIT makes a node
+# started anyway an error.
 test-unit: venv
-	WQD_TEST_UNIT=1 $(VENV)/bin/pytest -q -n 2 -m 'not broker and not soak and not cluster' tests $(PYTEST_ARGS)
+	WQD_TEST_UNIT=1 $(VENV)/bin/pytest -q -n 2 -m 'not broker and not slow and not soak and not cluster' tests $(PYTEST_ARGS)
 
 # test-rabbitmq-SUITE: the suite against the RabbitMQ of Debian SUITE.
 test-rabbitmq-%: venv promtool deploy-tools

@@ -392,6 +392,7 @@ class MisbehavingPeer:
     ("bad-frame", "answered with something that is not AMQP 0-9-1"),
 ])
 @pytest.mark.parametrize("command", ["status", "publish"])
+@pytest.mark.slow  # two of its cases wait out the 10 s connect timeout
 def test_an_address_that_is_not_a_broker_is_exit_69_within_the_connect_timeout(tmp_path, behaviour, words,
                                                                                 command):
     peer = MisbehavingPeer(behaviour)

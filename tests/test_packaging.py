@@ -169,6 +169,7 @@ def test_healthcheck_command_reports_the_healthz_answer_where_the_config_listens
     assert check(f"127.0.0.1:{port}") != 0, "unhealthy when nothing answers"
 
 
+@pytest.mark.slow  # builds and installs the package
 def test_the_image_install_steps_give_a_working_wqd(wheels, installed):
     assert (wheels / f"wqd-{VERSION}-py3-none-any.whl").exists(), sorted(p.name for p in wheels.iterdir())
     wqd = str(installed / "wqd")
@@ -193,6 +194,7 @@ def test_tracing_without_the_otel_extra_is_a_configuration_error(tmp_path, insta
                               f"pip install 'wqd[otel]', or set tracing.enabled: false\n")
 
 
+@pytest.mark.slow  # builds and installs the package
 def test_sdist_builds_and_a_wheel_builds_from_it(tmp_path, installed):
     _run([str(installed / "pip"), "--disable-pip-version-check", "install", "build"])
     context = _build_context(tmp_path / "context")

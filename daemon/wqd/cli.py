@@ -75,7 +75,7 @@ def failure_message(command: str, exc: errors.WqdError) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wqd", description=wqd.__doc__)
+    parser = argparse.ArgumentParser(prog="wqd", description=wqd.__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"wqd {wqd.__version__}")
     commands = parser.add_subparsers(dest="command")
 

@@ -20,7 +20,8 @@ _hoard = []  # memory a "grow" task keeps, to cross max_memory_per_child
 
 def _record(event: str, message: wqd.Message, **extra) -> None:
     entry = {"event": event, "pid": os.getpid(), "worker": message.worker, "t": time.time(),
-             "body": message.text, "attempt": message.attempt, "redelivered": message.redelivered}
+             "body": message.text, "attempt": message.attempt, "redelivered": message.redelivered,
+             "message_id": message.message_id, "delivery_mode": message.properties.delivery_mode}
     entry.update(extra)
     fd = os.open(os.environ["WQD_TEST_RECORD"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:

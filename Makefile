@@ -32,6 +32,11 @@
 #                 of every phase, about 3; PEERS=1 adds Celery and Dramatiq,
 #                 installed from bench/requirements-peers.txt into
 #                 .cache/bench-peers; BENCH_ARGS: more options of bench/run.py)
+#   make bench-publishing  the publishing benchmark (bench/publishing.py:
+#                 wqd's publishers against a naive pika loop and plain
+#                 aio-pika, with issue 26's targets as PASS/FAIL lines; about
+#                 a minute; PEERS=1 as above; BENCH_ARGS: its options, e.g.
+#                 BENCH_ARGS='--messages 1000 --rounds 3')
 #   make clean
 #
 # Variables: PY (python used to create the venv), VENV, XDIST (pytest processes), PYTEST_ARGS
@@ -55,7 +60,7 @@ OTHER_RABBITMQ_SUITE := $(if $(filter 13.%,$(shell cat /etc/debian_version 2>/de
 # Pinned: a new ruff release can add checks and fail CI with no change of ours.
 RUFF_VERSION := 0.6.9
 
-.PHONY: all venv rabbitmq promtool deploy-tools docs test test-unit test-rabbitmq4 test-rabbitmq43 test-deploy test-partitions demo lint soak bench clean
+.PHONY: all venv rabbitmq promtool deploy-tools docs test test-unit test-rabbitmq4 test-rabbitmq43 test-deploy test-partitions demo lint soak bench bench-publishing clean
 
 all: test
 
@@ -159,6 +164,9 @@ demo: venv rabbitmq
 
 bench: venv rabbitmq $(if $(PEERS),$(PEERS_STAMP))
 	$(VENV_PY) -m bench.run $(if $(PEERS),--peers) $(if $(BENCH_QUICK),--quick) $(BENCH_ARGS)
+
+bench-publishing: venv rabbitmq $(if $(PEERS),$(PEERS_STAMP))
+	$(VENV_PY) -m bench.publishing $(if $(PEERS),--peers) $(BENCH_ARGS)
 
 # Celery and Dramatiq for `make bench PEERS=1`, in a virtualenv of their own.
 $(PEERS_STAMP): bench/requirements-peers.txt

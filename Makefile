@@ -4,6 +4,8 @@
 #                 broker on localhost:5672), without the soak tests (the
 #                 3-node cluster test runs in both)
 #   make test-unit  the tests that need no broker and no waiting (about 20 s)
+#   make test-producers  as root: the Node, Go and shell producers of
+#                 docs/publishing.md against a wqd pool
 #   make test-rabbitmq4
 #   make test-rabbitmq43
 #                 the same suite against a RabbitMQ the host's Debian does not
@@ -60,7 +62,7 @@ OTHER_RABBITMQ_SUITE := $(if $(filter 13.%,$(shell cat /etc/debian_version 2>/de
 # Pinned: a new ruff release can add checks and fail CI with no change of ours.
 RUFF_VERSION := 0.6.9
 
-.PHONY: all venv rabbitmq promtool deploy-tools docs test test-unit test-rabbitmq4 test-rabbitmq43 test-deploy test-partitions demo lint soak bench bench-publishing clean
+.PHONY: all venv rabbitmq promtool deploy-tools docs test test-unit test-producers test-rabbitmq4 test-rabbitmq43 test-deploy test-partitions demo lint soak bench bench-publishing clean
 
 all: test
 
@@ -94,16 +96,23 @@ deploy-tools:
 # wait on brokers, daemons and timers (two processes kept 2 cores half busy).
 XDIST ?= 3
 
-SUITE_PYTEST = $(VENV)/bin/pytest -q -rs -n $(XDIST) -m 'not soak or cluster' tests $(PYTEST_ARGS)
+SUITE_PYTEST = $(VENV)/bin/pytest -q -rs -n $(XDIST) -m '(not soak or cluster) and not producers' tests $(PYTEST_ARGS)
 
 test: venv rabbitmq promtool deploy-tools
 	$(SUITE_PYTEST)
+
+# Root only: the other-language producers of docs/publishing.md (Node's
+# amqplib from npm, pinned, into .cache/node-producers; Debian's amqp-tools,
+# golang-go and amqp091-go, installed by the tests' fixtures).
+test-producers: venv rabbitmq
+	@if [ "$$(id -u)" != 0 ]; then echo "make test-producers needs root: it installs Debian's amqp-tools and Go (sudo make test-producers)." >&2; exit 1; fi
+	$(VENV)/bin/pytest -q -rs -m producers tests/test_other_languages.py $(PYTEST_ARGS)
 
 # The tests that need no broker (not marked broker: tests/support/fixtures.py)
 # and take no seconds each (not marked slow); WQD_TEST_UNIT makes a node
 # started anyway an error.
 test-unit: venv
-	WQD_TEST_UNIT=1 $(VENV)/bin/pytest -q -n 2 -m 'not broker and not slow and not soak and not cluster' tests $(PYTEST_ARGS)
+	WQD_TEST_UNIT=1 $(VENV)/bin/pytest -q -n 2 -m 'not broker and not slow and not soak and not cluster and not producers' tests $(PYTEST_ARGS)
 
 # test-rabbitmq-SUITE: the suite against the RabbitMQ of Debian SUITE.
 test-rabbitmq-%: venv promtool deploy-tools

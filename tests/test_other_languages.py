@@ -14,6 +14,9 @@ import pytest
 from tests.support.daemon import pool, task_body
 from tests.support.waiting import wait_for
 
+# Node, Go and Debian packages installed as root: `make test-producers`, not `make test`.
+pytestmark = pytest.mark.producers
+
 ROOT = Path(__file__).resolve().parent.parent
 PRODUCERS = ROOT / "examples" / "producers"
 CACHE = ROOT / ".cache"

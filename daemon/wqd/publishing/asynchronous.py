@@ -23,7 +23,7 @@ from wqd import amqp, backoff
 from wqd import config as config_module
 from wqd.publishing import delays, tracing
 from wqd.publishing.errors import BrokerUnreachable, PublishError, QueueNotFound
-from wqd.publishing.messages import outgoing
+from wqd.publishing.messages import outgoing, outgoing_batch
 from wqd.publishing.outcomes import ACK, NACK, RETURNED, conclude
 from wqd.publishing.publisher import (
     DEFAULT_TIMEOUT,
@@ -100,12 +100,7 @@ class AsyncPublisher:
                            headers: Optional[dict] = None, delay=None, content_type: Optional[str] = None,
                            timeout: Optional[float] = None, persistent: bool = True) -> list:
         """As Publisher.publish_many: every publish in flight at once, their confirms awaited together."""
-        bodies = list(bodies)
-        ids = [None] * len(bodies) if message_ids is None else list(message_ids)
-        if len(ids) != len(bodies):
-            raise ValueError(f"publish_many: {len(ids)} message_ids for {len(bodies)} bodies")
-        messages = [outgoing(body, message_id, headers, delay, content_type, persistent)
-                    for body, message_id in zip(bodies, ids)]
+        messages = outgoing_batch(bodies, message_ids, headers, delay, content_type, persistent)
         return await self._send(queue, messages, timeout) if messages else []
 
     # -- sending

@@ -4,7 +4,7 @@ import datetime
 import json
 import math
 import uuid
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import pika
 
@@ -73,3 +73,14 @@ def outgoing(body, message_id: Optional[str], headers: Optional[dict], delay, co
     except Exception as exc:  # whatever pika's encoder raises for a header value it cannot send
         raise ValueError(f"headers cannot be sent as AMQP field values: {exc!r}") from None
     return Outgoing(message_id, data, properties, delay_seconds(delay))
+
+
+def outgoing_batch(bodies: Iterable, message_ids: Optional[Iterable[str]], headers: Optional[dict], delay,
+                   content_type: Optional[str], persistent: bool = True) -> list:
+    """``outgoing()`` for each body (publish_many), its id from ``message_ids`` when given."""
+    bodies = list(bodies)
+    ids = [None] * len(bodies) if message_ids is None else list(message_ids)
+    if len(ids) != len(bodies):
+        raise ValueError(f"publish_many: {len(ids)} message_ids for {len(bodies)} bodies")
+    return [outgoing(body, message_id, headers, delay, content_type, persistent)
+            for body, message_id in zip(bodies, ids)]

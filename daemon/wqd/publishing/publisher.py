@@ -17,7 +17,7 @@ from wqd import config as config_module
 from wqd.publishing import delays, tracing
 from wqd.publishing.confirms import ChannelLost, ConfirmChannel, Timeout, is_broker_error
 from wqd.publishing.errors import BrokerUnreachable, PublishError, QueueNotFound
-from wqd.publishing.messages import outgoing
+from wqd.publishing.messages import outgoing, outgoing_batch
 from wqd.publishing.outcomes import NACK, conclude
 from wqd.publishing.sizes import max_message_size
 
@@ -128,12 +128,7 @@ class Publisher:
         """Send every body, then wait for all their confirms (pipelined);
         return their ids. On PublishError, its ``unconfirmed`` ids are the
         ones to publish again; ``timeout`` covers the whole batch."""
-        bodies = list(bodies)
-        ids = [None] * len(bodies) if message_ids is None else list(message_ids)
-        if len(ids) != len(bodies):
-            raise ValueError(f"publish_many: {len(ids)} message_ids for {len(bodies)} bodies")
-        messages = [outgoing(body, message_id, headers, delay, content_type, persistent)
-                    for body, message_id in zip(bodies, ids)]
+        messages = outgoing_batch(bodies, message_ids, headers, delay, content_type, persistent)
         return self._send(queue, messages, timeout) if messages else []
 
     # -- sending

@@ -30,7 +30,7 @@ from typing import Callable, Iterator, Optional, Tuple
 import pika
 import pika.exceptions
 
-from wqd import amqp, errors, header_decoding, lost_attempts, routing
+from wqd import amqp, errors, header_decoding, lost_attempts, queues, routing
 from wqd.config import Config, PoolConfig
 
 # Headers a replayed copy does not keep: its attempt count starts again, and
@@ -215,9 +215,9 @@ def named_by(letters: list, wanted: str) -> list:
     found = [letter for letter in letters if letter.id.startswith(wanted)]
     ids = list(dict.fromkeys(letter.id for letter in found))
     if len(ids) > 1:
-        queues = ", ".join(dict.fromkeys(letter.queue for letter in found))
+        holding = ", ".join(dict.fromkeys(letter.queue for letter in found))
         more = f" and {len(ids) - _CANDIDATES_SHOWN} more" if len(ids) > _CANDIDATES_SHOWN else ""
-        raise errors.WqdError(f"{quoted(wanted)} is the start of {len(ids)} dead messages' ids in {queues}: "
+        raise errors.WqdError(f"{quoted(wanted)} is the start of {len(ids)} dead messages' ids in {holding}: "
                               f"{', '.join(ids[:_CANDIDATES_SHOWN])}{more}; give more of the ID")
     return found
 
@@ -325,15 +325,8 @@ class DeadLetterQueues:
 
     def _message_count(self, queue: str) -> Optional[int]:
         """Messages ready in ``queue``; None when it does not exist."""
-        channel = self._connection.channel()
-        try:
-            count = channel.queue_declare(queue, passive=True).method.message_count
-        except pika.exceptions.ChannelClosedByBroker as exc:
-            if exc.reply_code == 404:
-                return None
-            raise
-        channel.close()
-        return count
+        found = queues.look_up(self._connection, queue)
+        return None if found is None else found.message_count
 
 
 def _publish_copy(channel, queue: str, letter: DeadLetter, now: float) -> Optional[Refusal]:

@@ -199,16 +199,23 @@ def declare_work_queue(connection, pool, version: tuple) -> None:
     _declare(connection, pool, pool.queue, work_queue_arguments(pool, version))
 
 
-def queue_exists(connection, queue: str) -> bool:
+def look_up(connection, queue: str):
+    """The broker's Queue.DeclareOk for ``queue`` (its message and consumer
+    counts), or None when it does not exist; a passive declare on a channel
+    of its own, as the 404 closes it. Nothing is created."""
     channel = connection.channel()
     try:
-        channel.queue_declare(queue=queue, passive=True)
+        found = channel.queue_declare(queue=queue, passive=True).method
     except pika.exceptions.ChannelClosedByBroker as exc:
         if exc.reply_code != 404:
             raise
-        return False
+        return None
     channel.close()
-    return True
+    return found
+
+
+def queue_exists(connection, queue: str) -> bool:
+    return look_up(connection, queue) is not None
 
 
 def compare_pool_queues(connection, pool, version: tuple) -> list:

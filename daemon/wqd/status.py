@@ -7,7 +7,7 @@ import urllib.request
 
 import pika.exceptions
 
-from wqd import amqp, errors
+from wqd import amqp, errors, queues
 from wqd.config import redact_url
 from wqd.http_endpoint import parse_listen
 
@@ -66,15 +66,8 @@ def gather_status(config) -> dict:
 
 
 def _queue_counts(connection, queue: str):
-    channel = connection.channel()
-    try:
-        result = channel.queue_declare(queue, passive=True)
-    except pika.exceptions.ChannelClosedByBroker as exc:
-        if exc.reply_code == 404:
-            return None
-        raise
-    channel.close()
-    return {"messages": result.method.message_count, "consumers": result.method.consumer_count}
+    found = queues.look_up(connection, queue)
+    return None if found is None else {"messages": found.message_count, "consumers": found.consumer_count}
 
 
 _NOTHING_LISTENS = "nothing listens on metrics.listen"

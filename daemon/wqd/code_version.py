@@ -10,7 +10,6 @@ itself (``fresh_import``), so that it never runs the master's old code.
 """
 
 import hashlib
-import os
 import sys
 from dataclasses import dataclass
 
@@ -48,8 +47,7 @@ def fingerprint(modules) -> str:
 
 def forget(modules) -> None:
     """Drop ``modules`` from this process's import cache (in a child of the
-    master), so that the next import reads them from disk."""
+    master), so that the next import reads them from disk; the import path is
+    the master's, the working directory included (cli.py)."""
     for name in modules:
         sys.modules.pop(name, None)
-    if os.getcwd() not in sys.path:  # as at the master's start: handlers may live in the working directory
-        sys.path.insert(0, os.getcwd())

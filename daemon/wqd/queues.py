@@ -226,13 +226,12 @@ def compare_pool_queues(connection, pool, version: tuple) -> list:
                              (pool.dead_letter_queue, dead_letter_queue_arguments(pool))]:
         if queue is None:
             continue
+        passive = queue == pool.queue and pool.declare == "passive"
         if not queue_exists(connection, queue):
-            missing = ("missing: declare: passive needs it" if queue == pool.queue and pool.declare == "passive"
-                       else "does not exist yet: wqd declares it at start")
-            found.append((f"pool {pool.name!r}: queue {queue!r} {missing}",
-                          queue == pool.queue and pool.declare == "passive"))
+            missing = "missing: declare: passive needs it" if passive else "does not exist yet: wqd declares it at start"
+            found.append((f"pool {pool.name!r}: queue {queue!r} {missing}", passive))
             continue
-        if queue == pool.queue and pool.declare == "passive":
+        if passive:
             found.append((f"pool {pool.name!r}: queue {queue!r} exists (used as it is: declare: passive)", False))
             continue
         try:  # the queue exists: a declare with the same arguments changes nothing

@@ -59,10 +59,16 @@ def test_the_quick_start_runs_as_written(broker, queue_name, tmp_path):
         assert run_cli("publish", "-c", str(path), "Hello.", "Slow one.....", env=env).returncode == 0
         wait_for(lambda: broker.queue_stats(queue_name) == {"messages_ready": 0, "messages_unacknowledged": 0,
                                                             "consumers": 1}, 60, message="both messages done")
-        status = run_cli("status", "--json", "-c", str(path), env=env)
-        assert status.returncode == 0, status.stderr
-        (pool,) = json.loads(status.stdout)["pools"]
-        assert pool["queue"] == queue_name and pool["tasks"]["succeeded"] == 2, pool
+        def counted_twice():
+            """The pool's status once both tasks count as succeeded (a worker
+            counts a task just after its ack, which emptied the queue)."""
+            status = run_cli("status", "--json", "-c", str(path), env=env)
+            assert status.returncode == 0, status.stderr
+            (pool,) = json.loads(status.stdout)["pools"]
+            return pool if pool["tasks"]["succeeded"] == 2 else None
+
+        pool = wait_for(counted_twice, 10, message="both counted as succeeded")
+        assert pool["queue"] == queue_name, pool
         daemon.send_signal(signal.SIGINT)  # Ctrl-C stops gracefully
         assert daemon.wait(60) == 0
     finally:

@@ -58,11 +58,13 @@ PEERS_STAMP := $(PEERS_VENV)/.installed
 RABBITMQ_SERVER := /usr/lib/rabbitmq/bin/rabbitmq-server
 PROMTOOL := /usr/bin/promtool
 # The Debian suite whose RabbitMQ differs from the host's (12.x -> trixie, 13.x -> bookworm).
+# Debian's PostgreSQL (the outbox tests start their own instances): 15 on Debian 12, 17 on 13.
+POSTGRESQL_VERSION := $(if $(filter 13.%,$(shell cat /etc/debian_version 2>/dev/null)),17,15)
 OTHER_RABBITMQ_SUITE := $(if $(filter 13.%,$(shell cat /etc/debian_version 2>/dev/null)),bookworm,trixie)
 # Pinned: a new ruff release can add checks and fail CI with no change of ours.
 RUFF_VERSION := 0.6.9
 
-.PHONY: all venv rabbitmq promtool deploy-tools docs test test-unit test-producers test-rabbitmq4 test-rabbitmq43 test-deploy test-partitions demo lint soak bench bench-publishing clean
+.PHONY: all venv rabbitmq postgresql promtool deploy-tools docs test test-unit test-producers test-rabbitmq4 test-rabbitmq43 test-deploy test-partitions demo lint soak bench bench-publishing clean
 
 all: test
 
@@ -82,6 +84,11 @@ $(VENV_STAMP): setup.cfg pyproject.toml
 rabbitmq:
 	@bash scripts/ensure-debian-package.sh $(RABBITMQ_SERVER) rabbitmq-server rabbitmq-server
 
+# Any installed version will do (tests/support/postgres.py takes the newest).
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+		bash scripts/ensure-debian-package.sh /usr/lib/postgresql/$(POSTGRESQL_VERSION)/bin/initdb postgresql postgresql
+
 promtool:
 	@bash scripts/ensure-debian-package.sh $(PROMTOOL) prometheus prometheus
 
@@ -98,7 +105,7 @@ XDIST ?= 3
 
 SUITE_PYTEST = $(VENV)/bin/pytest -q -rs -n $(XDIST) -m '(not soak or cluster) and not producers' tests $(PYTEST_ARGS)
 
-test: venv rabbitmq promtool deploy-tools
+test: venv rabbitmq postgresql promtool deploy-tools
 	$(SUITE_PYTEST)
 
 # Root only: the other-language producers of docs/publishing.md (Node's
@@ -115,7 +122,7 @@ test-unit: venv
 	WQD_TEST_UNIT=1 $(VENV)/bin/pytest -q -n 2 -m 'not broker and not slow and not soak and not cluster and not producers' tests $(PYTEST_ARGS)
 
 # test-rabbitmq-SUITE: the suite against the RabbitMQ of Debian SUITE.
-test-rabbitmq-%: venv promtool deploy-tools
+test-rabbitmq-%: venv postgresql promtool deploy-tools
 	bash scripts/rabbitmq-rootfs.sh $* .cache/rabbitmq-$* >/dev/null
 	WQD_TEST_RABBITMQ_ROOT=$(abspath .cache/rabbitmq-$*) $(SUITE_PYTEST)
 
@@ -143,7 +150,7 @@ test-partitions:
 	mkdir -p .run
 	$(VENV)/bin/pytest -q -rs --basetemp=.run/test-partitions tests/partitions $(PYTEST_ARGS)
 
-soak: venv rabbitmq promtool
+soak: venv rabbitmq postgresql promtool
 	$(VENV)/bin/pytest -q -rs -m soak tests $(PYTEST_ARGS)
 	@$(MAKE) --no-print-directory test-partitions
 

@@ -15,6 +15,8 @@ from wqd import amqp, code_version, dead_letters, errors, logs, queues
 from wqd import config as config_module
 from wqd import handlers as handlers_module
 from wqd.dead_letters import printable, quoted
+from wqd.outbox import commands as outbox_commands
+from wqd.outbox import schema as outbox_schema
 from wqd.publisher import declare_config, publish_lines, utf8_body
 from wqd.publishing.delays import MAX_DELAY
 from wqd.status import format_status, gather_status
@@ -108,7 +110,41 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print JSON")
     _add_dead_commands(add("dead", None, "inspect, replay or purge dead-lettered messages; works whether "
                                          "or not wqd runs"))
+    _add_outbox_commands(add("outbox", None, "the PostgreSQL transactional outbox (the config's outbox section)"))
     return parser
+
+
+def _add_outbox_commands(outbox) -> None:
+    outbox.set_defaults(func=lambda args: outbox.error("choose init or list"))
+    commands = outbox.add_subparsers(dest="outbox_command")
+    for name, func, help_text in (("init", cmd_outbox_init, "create the outbox table (idempotent)"),
+                                  ("list", cmd_outbox_list, "rows waiting, and rows set aside with the reason")):
+        command = commands.add_parser(name, help=help_text, description=help_text)
+        command.add_argument("-c", "--config", default=argparse.SUPPRESS,
+                             help="YAML config (default: $WQD_CONFIG, else /etc/wqd/wqd.yaml)")
+        command.set_defaults(func=func)
+        if name == "init":
+            command.add_argument("--sql", action="store_true",
+                                 help="print the SQL instead (for a migration tool); connects to nothing")
+        else:
+            command.add_argument("--json", action="store_true", help="print JSON")
+
+
+def cmd_outbox_init(args) -> int:
+    config = _load_config(args)
+    outbox = outbox_commands.outbox_of(config)
+    if args.sql:
+        print(outbox_schema.create_sql(outbox.table), end="")
+        return EXIT_OK
+    table = outbox_commands.init(config)
+    print(f"outbox table {table} is ready (schema version {outbox_schema.VERSION})")
+    return EXIT_OK
+
+
+def cmd_outbox_list(args) -> int:
+    found = outbox_commands.listing(_load_config(args))
+    print(json.dumps(found, indent=2) if args.json else outbox_commands.format_listing(found))
+    return EXIT_OK
 
 
 def _add_dead_commands(dead) -> None:

@@ -29,7 +29,7 @@ DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672/%2F"
 BROKER_PASSWORD_VARIABLE = "WQD_BROKER_PASSWORD"
 # The environment variables that hold a broker password. The commands exec
 # handlers run never see them (exec_handler.inherited_environment).
-SECRET_VARIABLES = ("WQD_BROKER_URL", BROKER_PASSWORD_VARIABLE)
+SECRET_VARIABLES = ("WQD_BROKER_URL", BROKER_PASSWORD_VARIABLE, "WQD_OUTBOX_DSN")
 
 # Limits on the file, so that loading it (at check, start and reload) takes
 # bounded time and memory whatever it holds: its size, the size of the
@@ -322,6 +322,24 @@ def listen_address(value: Any) -> Optional[str]:
     return value
 
 
+def postgres_dsn(value: Any) -> str:
+    """A libpq connection string or postgres:// URL (from $WQD_OUTBOX_DSN: a one-item list)."""
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("expected a PostgreSQL connection string (postgresql://... or key=value ...)")
+    if "://" in value and not re.match(r"postgres(ql)?://", value, re.IGNORECASE):
+        raise ValueError("expected a postgresql:// URL or a key=value connection string")
+    return value
+
+
+def outbox_table(value: Any) -> str:
+    """A plain SQL name, or schema.name: it is written into SQL statements, so nothing that needs quoting."""
+    if not isinstance(value, str) or not re.fullmatch(r"([a-z_][a-z0-9_]{0,62}\.)?[a-z_][a-z0-9_]{0,50}", value):
+        raise ValueError("expected a lower-case SQL name (letters, digits, _), optionally schema.name")
+    return value
+
+
 # -- declaring a key --
 
 
@@ -561,6 +579,20 @@ class PoolConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class OutboxConfig:
+    dsn: Optional[str] = key(optional(postgres_dsn), None, env="WQD_OUTBOX_DSN", shown="$WQD_OUTBOX_DSN",
+                             doc="the PostgreSQL database of the outbox table (a postgresql:// URL or a key=value "
+                                 "string); its password is never printed")
+    table: str = key(outbox_table, "wqd_outbox", doc="the outbox table, optionally schema.table")
+    batch: int = key(at_most(10_000, positive_int), 500, doc="rows the relay takes and publishes per transaction")
+
+    def conflicts(self) -> list:
+        if not self.dsn:
+            return [("dsn", "is missing: set outbox.dsn or $WQD_OUTBOX_DSN")]
+        return []
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     path: str  # the file it was loaded from; not a key
     broker: BrokerConfig = key(Section(BrokerConfig), doc="the RabbitMQ broker (or cluster nodes)")
@@ -572,6 +604,8 @@ class Config:
                        doc="the worker pools, each consuming one queue")
     deduplication: DeduplicationConfig = key(Section(DeduplicationConfig), DeduplicationConfig(),
                                              doc="the ledger of finished messages (pools[].deduplicate)")
+    outbox: Optional[OutboxConfig] = key(Section(OutboxConfig, nullable=True), None,
+                                         doc="a PostgreSQL transactional outbox the master relays (see The outbox)")
 
 
 _INVALID = object()  # a value that failed its check; the error is already recorded

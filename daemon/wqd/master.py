@@ -19,6 +19,7 @@ from wqd import autoscaling, children, errors, logs, lost_attempts, reloading, r
 from wqd.deduplication import FinishedLedger, FinishedRing
 from wqd.http_endpoint import HTTPEndpoint
 from wqd.metrics import Metrics
+from wqd.outbox.supervisor import OutboxRelay
 from wqd.queue_monitor import QueueMonitor
 from wqd.quiet import QuietSwitch
 from wqd.stalls import StallWatch, kill_after
@@ -85,6 +86,8 @@ class Master:
         # Queue depth, polled by a child process: the master never waits on the broker.
         self.queue_monitor = QueueMonitor(config.broker, config.pools)
         self.metrics.registry.register(self.queue_monitor)
+        self.outbox_relay = OutboxRelay(config.outbox, config.broker)  # a child too; idle without an outbox section
+        self.metrics.registry.register(self.outbox_relay)
         self.http = None
         self.reload = None  # the reload in progress (reloading.Reload), if any
         self.reload_again = False  # a SIGHUP came during it: one more reload follows it
@@ -123,6 +126,7 @@ class Master:
         if self.reload:
             self.reload.close()
         self.queue_monitor.close()
+        self.outbox_relay.close()
         if self.http:
             self.http.close()
         if self.config_error:
@@ -169,6 +173,8 @@ class Master:
                     selector.register(fd, events, callback)
             if self.queue_monitor.fileno() is not None:
                 selector.register(self.queue_monitor.fileno(), selectors.EVENT_READ, self.queue_monitor.read)
+            if self.outbox_relay.fileno() is not None:
+                selector.register(self.outbox_relay.fileno(), selectors.EVENT_READ, self.outbox_relay.read)
             if self.reload and self.reload.fileno() is not None:
                 selector.register(self.reload.fileno(), selectors.EVENT_READ, self.reload.read)
             for key, _ in selector.select(timeout):
@@ -198,6 +204,7 @@ class Master:
         self._autoscale(now)
         self._keep_worker_count(now)
         self.queue_monitor.tick(now, self._close_master_fds)
+        self.outbox_relay.tick(now, self._close_master_fds)
         if self.pools and all(pool.failed for pool in self.pools):
             log.error("Every pool has a configuration error; stopping.")
             # Each error names its pool: together, one paragraph for cli.py to show.
@@ -248,6 +255,7 @@ class Master:
             self.notifier.notify("STOPPING=1", "STATUS=Stopping: workers finish their current task")
             self.stopping = True
             self.queue_monitor.stop()
+            self.outbox_relay.stop()
             if self.reload:
                 self.reload.cancel()
             for proc in self.workers.values():
@@ -257,6 +265,7 @@ class Master:
             self.notifier.notify("STOPPING=1", "STATUS=Stopping fast")
             self.stopping = self.fast_stop = True
             self.queue_monitor.stop()
+            self.outbox_relay.stop()
             if self.reload:
                 self.reload.cancel()
             for proc in self.workers.values():
@@ -335,6 +344,7 @@ class Master:
         self.pools = pools
         self.config = new_config
         self.queue_monitor.configure(new_config.broker, new_config.pools)
+        self.outbox_relay.configure(new_config.outbox, new_config.broker)
         self.stalls.kill_after = kill_after(new_config.broker.heartbeat)
         self.was_ready = False  # READY=1 again once every pool consumes
         log.info("Reloaded %s; pools: %s.", self.config.path,
@@ -445,6 +455,7 @@ class Master:
         if self.http:
             self.http.close()
         self.queue_monitor.close_in_child()
+        self.outbox_relay.close_in_child()
         if self.reload:
             self.reload.close_in_child()
         for proc in self.workers.values():
@@ -500,7 +511,7 @@ class Master:
                 self._worker_exited(proc, status, final)
             elif self.reload and pid == self.reload.pid:
                 self._reload_ended(status)
-            else:
+            elif not self.outbox_relay.reaped(pid, status):
                 self.queue_monitor.reaped(pid, status)
 
     def _worker_exited(self, proc: WorkerProcess, status: int, final) -> None:
@@ -611,7 +622,8 @@ class Master:
             pools.append(counts)
         return {"pid": self.pid, "ready": self.is_ready(), "quiet": self.quiet.on, "stopping": self.stopping,
                 "pools": pools,
-                "broker": self.queue_monitor.broker}  # {server, url} the queue monitor is connected to, or None
+                "broker": self.queue_monitor.broker,  # {server, url} the queue monitor is connected to, or None
+                "outbox": self.outbox_relay.status()}  # None without an outbox section
 
     def _notify(self) -> None:
         ready = self._workers_up()

@@ -39,6 +39,10 @@
 #                 aio-pika, with issue 26's targets as PASS/FAIL lines; about
 #                 a minute; PEERS=1 as above; BENCH_ARGS: its options, e.g.
 #                 BENCH_ARGS='--messages 1000 --rounds 3')
+#   make bench-outbox  the outbox relay (bench/outbox.py): rows/s relayed
+#                 against publish_many's, and commit-to-handler-start latency
+#                 at 500 commits/s, with issue 27's targets as PASS/FAIL lines
+#                 (about a minute; BENCH_ARGS: e.g. '--rows 5000 --rounds 1')
 #   make clean
 #
 # Variables: PY (python used to create the venv), VENV, XDIST (pytest processes), PYTEST_ARGS
@@ -64,7 +68,7 @@ OTHER_RABBITMQ_SUITE := $(if $(filter 13.%,$(shell cat /etc/debian_version 2>/de
 # Pinned: a new ruff release can add checks and fail CI with no change of ours.
 RUFF_VERSION := 0.6.9
 
-.PHONY: all venv rabbitmq postgresql promtool deploy-tools docs test test-unit test-producers test-rabbitmq4 test-rabbitmq43 test-deploy test-partitions demo lint soak bench bench-publishing clean
+.PHONY: all venv rabbitmq postgresql promtool deploy-tools docs test test-unit test-producers test-rabbitmq4 test-rabbitmq43 test-deploy test-partitions demo lint soak bench bench-publishing bench-outbox clean
 
 all: test
 
@@ -183,6 +187,9 @@ bench: venv rabbitmq $(if $(PEERS),$(PEERS_STAMP))
 
 bench-publishing: venv rabbitmq $(if $(PEERS),$(PEERS_STAMP))
 	$(VENV_PY) -m bench.publishing $(if $(PEERS),--peers) $(BENCH_ARGS)
+
+bench-outbox: venv rabbitmq postgresql
+	$(VENV_PY) -m bench.outbox $(BENCH_ARGS)
 
 # Celery and Dramatiq for `make bench PEERS=1`, in a virtualenv of their own.
 $(PEERS_STAMP): bench/requirements-peers.txt

@@ -8,9 +8,9 @@ commit. A crash anywhere before that commit leaves every row waiting, so it
 is published again under the same id (with x-wqd-check-duplicate: a worker
 acks a copy of an id this host finished without running it).
 
-It wakes on the table's NOTIFY (sent at commit by the table's trigger) and
-polls every POLL_INTERVAL seconds anyway (a notification is lost while the
-database restarts). A database or broker that cannot be reached is tried
+It wakes on the table's NOTIFY (sent at commit by the table's trigger), and
+every STATS_INTERVAL anyway, when it counts the waiting rows for the master
+(a notification is lost while the database restarts). A database or broker that cannot be reached is tried
 again with a growing delay and reported to the master (relay_up 0), never a
 crash loop. It reports to the master over a pipe, as the queue monitor does.
 """
@@ -36,8 +36,7 @@ from wqd.publishing.sizes import max_message_size
 
 log = logging.getLogger("wqd.outbox")
 
-POLL_INTERVAL = 2.0  # seconds between looks at the table when no NOTIFY came
-STATS_INTERVAL = 1.0  # seconds between counts of the waiting rows (the master's gauges)
+STATS_INTERVAL = 1.0  # seconds between counts of the waiting rows (the master's gauges), and between rounds at least
 PUBLISH_TIMEOUT = 30.0
 RECONNECT_INITIAL = 0.5
 RECONNECT_MAX = 30.0
@@ -95,7 +94,6 @@ class Relay:
         self.stopping = False
         self.db = self.publisher = None
         self.relayed_since_connect = False
-        self._notified = False
         self._pause = 0.0
 
     def stop(self) -> None:
@@ -118,7 +116,6 @@ class Relay:
         self.relayed_since_connect = False
         try:
             self.db = psycopg.connect(self.outbox.dsn, autocommit=True, connect_timeout=database.CONNECT_TIMEOUT)
-            self.db.add_notify_handler(self._on_notify)
             comment, exists = self.db.execute(schema.version_sql(), (self.table, self.table)).fetchone()
             problem = schema.version_problem(self.table, comment, exists)
             if problem:
@@ -138,7 +135,6 @@ class Relay:
         last_stats = 0.0
         while not self.stopping:
             try:
-                self._notified = False
                 taken = self._round()
                 if time.monotonic() - last_stats >= STATS_INTERVAL:
                     self._report_stats()
@@ -146,17 +142,15 @@ class Relay:
                 if self._pause:
                     time.sleep(self._pause)
                     self._pause = 0.0
-                elif taken < self.outbox.batch and not self._notified:
-                    wait = min(POLL_INTERVAL, max(0.05, STATS_INTERVAL - (time.monotonic() - last_stats)))
+                elif taken < self.outbox.batch:
+                    # A NOTIFY that came during the round is kept, and ends this wait at once.
+                    wait = max(0.05, STATS_INTERVAL - (time.monotonic() - last_stats))
                     for _ in self.db.notifies(timeout=wait, stop_after=1):
                         pass
             except psycopg.Error as exc:
                 raise Unavailable(f"the outbox database: {database.describe(exc)}") from None
             except (pika.exceptions.AMQPError, OSError) as exc:
                 raise Unavailable(f"the broker: {exc!r}") from None
-
-    def _on_notify(self, _notification) -> None:
-        self._notified = True
 
     def _send(self, event: str, **fields) -> None:
         if not self.reporter.send(event, **fields):

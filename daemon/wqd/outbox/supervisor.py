@@ -146,23 +146,24 @@ class OutboxRelay:
         return []
 
     def collect(self):
-        if self._outbox is None:
-            return
-        stats = self.fresh_stats()
+        """Every family, always (so the names are there to alert on); samples only with an outbox section."""
         pending = GaugeMetricFamily("wqd_outbox_pending", "Outbox rows waiting to be published (absent when unknown).")
         oldest = GaugeMetricFamily("wqd_outbox_oldest_age_seconds",
                                    "Age of the oldest waiting outbox row, 0 when none waits (absent when unknown).")
+        relayed = CounterMetricFamily("wqd_outbox_relayed", "Outbox rows published, confirmed and deleted.")
+        refused = CounterMetricFamily("wqd_outbox_refused", "Outbox rows the broker refused for good, set aside "
+                                                            "(wqd outbox list).")
+        up = GaugeMetricFamily("wqd_outbox_relay_up", "1 while the outbox relay is connected to its database "
+                                                      "and the broker.")
+        stats = self.fresh_stats()
         if stats is not None:
             pending.add_metric([], stats["pending"])
             oldest.add_metric([], stats["oldest_age"] or 0.0)
-        yield pending
-        yield oldest
-        yield CounterMetricFamily("wqd_outbox_relayed", "Outbox rows published, confirmed and deleted.",
-                                  value=self.relayed)
-        yield CounterMetricFamily("wqd_outbox_refused", "Outbox rows the broker refused for good, set aside "
-                                                        "(wqd outbox list).", value=self.refused)
-        yield GaugeMetricFamily("wqd_outbox_relay_up", "1 while the outbox relay is connected to its database "
-                                                       "and the broker.", value=1 if self.up else 0)
+        if self._outbox is not None:
+            relayed.add_metric([], self.relayed)
+            refused.add_metric([], self.refused)
+            up.add_metric([], 1 if self.up else 0)
+        yield from (pending, oldest, relayed, refused, up)
 
     # -- helpers
 

@@ -14,8 +14,8 @@ import pytest
 
 from tests.support.daemon import http_get, pool, run_cli, task_body, wait_gone
 from tests.support.waiting import wait_for
-from wqd.http_endpoint import CLIENT_TIMEOUT, MAX_CLIENTS
-from wqd.reloading import MAX_ERROR_CHARS, RELOAD_TIMEOUT
+from wqd.master.http_endpoint import CLIENT_TIMEOUT, MAX_CLIENTS
+from wqd.master.reloading import MAX_ERROR_CHARS, RELOAD_TIMEOUT
 
 RELOADING = re.compile(r"Reloading \S+: loading it in a child process \(pid (\d+)\)")
 

@@ -10,8 +10,10 @@ import signal
 
 import pytest
 
-from wqd import children, config, master
-from wqd.code_version import CodeVersion
+from wqd import config
+from wqd.master import arbiter as master
+from wqd.master import children
+from wqd.master.code_version import CodeVersion
 
 CONFIG = """\
 metrics: {listen: null}

@@ -7,9 +7,9 @@ import os
 import sys
 
 from tests.support.waiting import wait_for
-from wqd import code_version
 from wqd import config as config_module
-from wqd.reloading import MAX_ERROR_CHARS, RELOAD_MEMORY_BYTES, Reload, bounded
+from wqd.master import code_version
+from wqd.master.reloading import MAX_ERROR_CHARS, RELOAD_MEMORY_BYTES, Reload, bounded
 
 CONFIG = """\
 pools:

@@ -15,14 +15,17 @@ import time
 
 from setproctitle import setproctitle
 
-from wqd import autoscaling, children, errors, logs, lost_attempts, reloading, reporting, worker
-from wqd.deduplication import FinishedLedger, FinishedRing
-from wqd.http_endpoint import HTTPEndpoint
-from wqd.metrics import Metrics
-from wqd.queue_monitor import QueueMonitor
-from wqd.quiet import QuietSwitch
-from wqd.stalls import StallWatch, kill_after
-from wqd.supervision import (
+from wqd import errors, logs
+from wqd.ipc import reporting
+from wqd.ipc.quiet import QuietSwitch
+from wqd.ipc.task_stats import Outcome
+from wqd.ipc.worker_record import SETTLE_TIMEOUT, WorkerRecord
+from wqd.master import autoscaling, children, reloading
+from wqd.master.http_endpoint import HTTPEndpoint
+from wqd.master.metrics import Metrics
+from wqd.master.queue_monitor import QueueMonitor
+from wqd.master.stalls import StallWatch, kill_after
+from wqd.master.supervision import (
     EARLY_DEATH_SECONDS,
     RECYCLED,
     Connection,
@@ -33,9 +36,10 @@ from wqd.supervision import (
     explain_exit,
     may_be_out_of_memory,
 )
-from wqd.systemd import Notifier
-from wqd.task_stats import Outcome
-from wqd.worker_record import SETTLE_TIMEOUT, WorkerRecord
+from wqd.master.systemd import Notifier
+from wqd.redelivery import lost_attempts
+from wqd.redelivery.deduplication import FinishedLedger, FinishedRing
+from wqd.worker import main as worker
 
 log = logging.getLogger("wqd.master")
 

@@ -21,13 +21,14 @@ from typing import Callable, Optional
 
 from setproctitle import setproctitle
 
-from wqd import logs, reporting
+from wqd import logs
 from wqd.config import BrokerConfig, PoolConfig
-from wqd.consumer import Consumer
-from wqd.deduplication import FinishedRing
 from wqd.errors import ConfigError
-from wqd.quiet import QuietSwitch
-from wqd.worker_record import WorkerRecord
+from wqd.ipc import reporting
+from wqd.ipc.quiet import QuietSwitch
+from wqd.ipc.worker_record import WorkerRecord
+from wqd.redelivery.deduplication import FinishedRing
+from wqd.worker.consumer import Consumer
 
 log = logging.getLogger("wqd.worker")
 

@@ -14,8 +14,8 @@ import os
 import signal
 from typing import Optional
 
-from wqd.autoscaling import Activity
 from wqd.backoff import exponential
+from wqd.master.autoscaling import Activity
 
 # A worker that dies sooner than this after its start died "early"; a slot that
 # keeps dying early is restarted with a growing delay instead of at once.

@@ -21,9 +21,11 @@ import time
 
 from setproctitle import setproctitle
 
-from wqd import children, code_version, errors, logs, reporting
 from wqd import config as config_module
-from wqd import handlers as handlers_module
+from wqd import errors, logs
+from wqd.handlers import loading as handlers_module
+from wqd.ipc import reporting
+from wqd.master import children, code_version
 
 log = logging.getLogger("wqd.master")
 

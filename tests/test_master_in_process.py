@@ -11,9 +11,9 @@ import signal
 import pytest
 
 from wqd import config
+from wqd.handlers.code_version import CodeVersion
 from wqd.master import arbiter as master
 from wqd.master import children
-from wqd.master.code_version import CodeVersion
 
 CONFIG = """\
 metrics: {listen: null}

@@ -17,8 +17,8 @@ from wqd.broker import amqp, dead_letters, queues
 from wqd.broker.dead_letters import printable, quoted
 from wqd.cli.publish import declare_config, publish_lines, utf8_body
 from wqd.cli.status import format_status, gather_status
+from wqd.handlers import code_version
 from wqd.handlers import loading as handlers_module
-from wqd.master import code_version
 from wqd.publishing.delays import MAX_DELAY
 
 EXIT_OK = 0

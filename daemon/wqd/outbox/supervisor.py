@@ -13,9 +13,10 @@ import time
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from wqd import children, reporting
+from wqd.ipc import reporting
+from wqd.master import children
+from wqd.master.supervision import RespawnBackoff, describe_status
 from wqd.outbox import relay
-from wqd.supervision import RespawnBackoff, describe_status
 
 log = logging.getLogger("wqd.outbox")
 

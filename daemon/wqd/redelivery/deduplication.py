@@ -47,8 +47,8 @@ import logging
 import mmap
 import struct
 
-from wqd import ledger_file
-from wqd.lost_attempts import ATTEMPT_HEADER, header_number
+from wqd.redelivery import ledger_file
+from wqd.redelivery.lost_attempts import ATTEMPT_HEADER, header_number
 
 log = logging.getLogger("wqd.master")
 
@@ -86,6 +86,18 @@ def lineage(headers) -> int:
     attempt = min(header_number(headers, ATTEMPT_HEADER) or 1, _MAX_LINEAGE_PART)
     replays = min(header_number(headers, REPLAYS_HEADER) or 0, _MAX_LINEAGE_PART)
     return replays << 32 | attempt
+
+
+# A first delivery carrying this header (any value) is looked up like a
+# redelivery: the outbox relay publishes a row again, under the same id,
+# when it died between the broker's confirm and the row's delete.
+CHECK_HEADER = "x-wqd-check-duplicate"
+
+
+def asks_check(properties) -> bool:
+    """Whether a first delivery asks to be checked against the ledger (CHECK_HEADER)."""
+    headers = properties.headers
+    return isinstance(headers, dict) and CHECK_HEADER in headers
 
 
 def message_id_of(properties):

@@ -8,7 +8,6 @@ import json
 import psycopg
 import pytest
 
-import wqd as wqd_module
 from tests.support.daemon import pool, run_cli
 from tests.support.outbox import enqueue_rows, kill_relay, relay_pids, rows_left, with_outbox
 from tests.support.waiting import wait_for
@@ -136,17 +135,3 @@ def test_outbox_commands_name_what_is_wrong(outbox_dsn, tmp_path):
     none = run_cli("outbox", "init", "-c", str(config))
     assert none.returncode == 78 and "no outbox section" in none.stderr
 
-
-def test_a_copy_asking_for_the_duplicate_check_of_a_finished_id_does_not_run(make_wqd, queue_name, broker):
-    """What the relay counts on when it publishes a row again (x-wqd-check-duplicate)."""
-    wqd = make_wqd([pool(queue_name, workers=1)]).start()
-    with wqd_module.Publisher(broker.url) as publisher:
-        publisher.publish(queue_name, {"id": 1}, message_id="row-1", headers={"x-wqd-check-duplicate": 1})
-        wait_for(lambda: wqd.ended_ids() == [1], 30, message=lambda: wqd.logs())
-        wait_for(lambda: wqd.metric("wqd_tasks_total", pool="default", outcome="succeeded") == 1, 30)
-        publisher.publish(queue_name, {"id": 1}, message_id="row-1", headers={"x-wqd-check-duplicate": 1})
-        publisher.publish(queue_name, {"id": 2}, message_id="row-2", headers={"x-wqd-check-duplicate": 1})
-    wait_for(lambda: wqd.ended_ids() == [1, 2], 30, message=lambda: wqd.logs())
-    wait_for(lambda: wqd.metric("wqd_tasks_total", pool="default", outcome="duplicate") == 1, 30,
-             message=lambda: wqd.logs())
-    assert wqd.ended_ids() == [1, 2]

@@ -34,7 +34,7 @@ from wqd.publishing.errors import PublishError, QueueNotFound
 from wqd.publishing.outcomes import ACK, RETURNED
 from wqd.publishing.publisher import Publisher
 from wqd.publishing.sizes import max_message_size
-from wqd.redelivery import deduplication
+from wqd.redelivery import accounting
 
 log = logging.getLogger("wqd.outbox")
 
@@ -45,7 +45,7 @@ RECONNECT_MAX = 30.0
 NACKED_PAUSE = 0.5  # before taking rows again after the broker nacked some (a quorum queue electing a leader)
 # Asks the worker to look the message id up in its master's finished ledger,
 # as it does for a redelivery: a row published again after a crash runs once.
-CHECK_DUPLICATE_HEADER = deduplication.CHECK_HEADER
+CHECK_DUPLICATE_HEADER = accounting.CHECK_DUPLICATE_HEADER
 _SIZE_REFUSAL = re.compile(r"larger than (?:the )?(?:configured )?max(?:imum)? size (\d+)", re.IGNORECASE)
 
 # Events the child sends the master.

@@ -88,18 +88,6 @@ def lineage(headers) -> int:
     return replays << 32 | attempt
 
 
-# A first delivery carrying this header (any value) is looked up like a
-# redelivery: the outbox relay publishes a row again, under the same id,
-# when it died between the broker's confirm and the row's delete.
-CHECK_HEADER = "x-wqd-check-duplicate"
-
-
-def asks_check(properties) -> bool:
-    """Whether a first delivery asks to be checked against the ledger (CHECK_HEADER)."""
-    headers = properties.headers
-    return isinstance(headers, dict) and CHECK_HEADER in headers
-
-
 def message_id_of(properties):
     """The message_id that names it for deduplication, or None."""
     message_id = properties.message_id

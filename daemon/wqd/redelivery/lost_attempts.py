@@ -236,8 +236,6 @@ class WorkerCounts:
         finished = False
         if not redelivered:
             lost = 0  # a lineage's first delivery: nothing of it died yet
-            if probe is not None:  # one that asks anyway (deduplication.CHECK_HEADER)
-                finished = self._ask(key, probe)[1]
         elif delivery_count:
             # The broker counts deliveries that were not settled; the master
             # counts parkings too (refused_copies.py), which RabbitMQ 4.3 no

@@ -256,8 +256,7 @@ class Consumer:
         """The Task for a delivery; None when it is not to run (returned, or lost too often)."""
         key = message_key(properties, body)
         max_attempts = self.pool.max_retries + 1
-        checked = method.redelivered or deduplication.asks_check(properties)
-        probe = self.deduplication.probe(properties) if checked and self.deduplication else None
+        probe = self.deduplication.probe(properties) if method.redelivered and self.deduplication else None
         attempt, lost, finished = self.lost_counts.attempt(properties.headers, key, method.redelivered, max_attempts,
                                                            delivery_count=self.pool.queue_type == "quorum",
                                                            probe=probe)

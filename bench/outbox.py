@@ -7,6 +7,8 @@ instance (tests/support), through `wqd run` with an outbox section.
                 confirmed, deleted). Baseline of the same run: the same
                 messages sent by wqd.Publisher.publish_many in batches of
                 outbox.batch (what the relay does, without the database).
+                The pool is quiet (SIGTSTP) meanwhile, so its workers do not
+                take the CPU from either; it drains between rounds.
     latency     RATE transactions a second of one row each for SECONDS; for
                 each, the time from its COMMIT returning to its handler
                 starting (CLOCK_MONOTONIC, system-wide): p50, p99, max.
@@ -19,6 +21,7 @@ depend on them: a loaded machine is not a regression).
 
 import argparse
 import os
+import signal
 import statistics
 import tempfile
 import time
@@ -118,15 +121,18 @@ def main() -> None:
             try:
                 relay, direct = [], []
                 for number in range(1, args.rounds + 1):
+                    daemon.signal(signal.SIGTSTP)
+                    wait_for(lambda: daemon.status()["quiet"], 30)
                     relay.append(relay_throughput(database.dsn, args.rows))
                     direct.append(publish_many_throughput(node.url, args.rows))
+                    daemon.signal(signal.SIGCONT)
+                    wait_for(lambda: _read_starts(record, {}) >= 2 * number * args.rows, 300,
+                             message="the queue did not drain")
                     print(f"round {number}: relay {relay[-1]:8.0f} rows/s   publish_many {direct[-1]:8.0f} msgs/s"
                           f"   ({relay[-1] / direct[-1]:.2f}x)", flush=True)
                 rate = statistics.median(relay)
                 ratio = statistics.median(r / d for r, d in zip(relay, direct))
                 print(f"relay throughput, median of {args.rounds}: {rate:.0f} rows/s, {ratio:.2f}x publish_many's")
-                wait_for(lambda: _read_starts(record, {}) >= 2 * args.rounds * args.rows, 300,
-                         message="the queue did not drain")
                 record.write_text("")
                 latencies = commit_to_start(database.dsn, record, args.rate, args.seconds)
             finally:

@@ -11,6 +11,7 @@ import pytest
 from tests.support.daemon import pool, run_cli
 from tests.support.outbox import enqueue_rows, kill_relay, relay_pids, rows_left, with_outbox
 from tests.support.waiting import wait_for
+from wqd import config
 from wqd.outbox import enqueue, enqueue_many
 
 
@@ -35,6 +36,8 @@ def test_committed_rows_run_once_and_rolled_back_rows_never(make_wqd, queue_name
     shown = run_cli("status", "-c", str(wqd.config_path), env=wqd.env)
     assert "outbox wqd_outbox: relay up, 0 waiting" in shown.stdout, shown.stdout + shown.stderr
     assert sorted(wqd.ended_ids()) == list(range(23))  # nothing rolled back ran
+    assert relay_pids(wqd)
+    assert wqd.stop() == 0 and not relay_pids(wqd), "the relay outlived its master's stop"
 
 
 def test_a_relay_sigkilled_mid_run_is_restarted_and_loses_nothing(make_wqd, queue_name, outbox_dsn):
@@ -135,3 +138,24 @@ def test_outbox_commands_name_what_is_wrong(outbox_dsn, tmp_path):
     none = run_cli("outbox", "init", "-c", str(config))
     assert none.returncode == 78 and "no outbox section" in none.stderr
 
+
+
+POOLS = "pools: [{name: p, queue: q, handler: 'm:f'}]\n"
+
+
+def test_the_outbox_section_is_checked(monkeypatch):
+    monkeypatch.delenv("WQD_OUTBOX_DSN", raising=False)
+    assert config.parse(POOLS, "wqd.yaml").outbox is None
+    loaded = config.parse("outbox: {dsn: 'postgresql://app:pw@db/shop'}\n" + POOLS, "wqd.yaml").outbox
+    assert (loaded.table, loaded.batch) == ("wqd_outbox", 500)
+    with pytest.raises(config.ConfigError) as raised:
+        config.parse("outbox: {table: 'orders; DROP TABLE x', batch: 0}\n" + POOLS, "wqd.yaml")
+    text = str(raised.value)
+    assert "outbox.table: expected a lower-case SQL name" in text and "outbox.batch:" in text
+    with pytest.raises(config.ConfigError, match="outbox.dsn: is missing: set outbox.dsn or"):
+        config.parse("outbox: {}\n" + POOLS, "wqd.yaml")
+    with pytest.raises(config.ConfigError) as raised:
+        config.parse("outbox: {dsn: 'mysql://app:s3cret@db/shop'}\n" + POOLS, "wqd.yaml")
+    assert "expected a postgresql:// URL" in str(raised.value) and "s3cret" not in str(raised.value)
+    monkeypatch.setenv("WQD_OUTBOX_DSN", "postgresql://app:from-env@db/shop")
+    assert config.parse("outbox: {}\n" + POOLS, "wqd.yaml").outbox.dsn == "postgresql://app:from-env@db/shop"

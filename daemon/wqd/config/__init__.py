@@ -588,8 +588,14 @@ class OutboxConfig:
     batch: int = key(at_most(10_000, positive_int), 500, doc="rows the relay takes and publishes per transaction")
 
     def conflicts(self) -> list:
+        """A DSN from the file or the environment, and psycopg to use it (imported only then)."""
         if not self.dsn:
             return [("dsn", "is missing: set outbox.dsn or $WQD_OUTBOX_DSN")]
+        try:
+            import psycopg  # noqa: F401
+        except ImportError as exc:
+            return [("dsn", f"is set, but psycopg 3 is not installed ({exc}): install wqd with its outbox extra, "
+                            f"pip install 'wqd[outbox]'")]
         return []
 
 

@@ -165,7 +165,8 @@ class Relay:
             f"count(*) FILTER (WHERE refused_at IS NOT NULL) FROM {self.table}").fetchone()
         self._send(STATS, pending=pending, oldest_age=None if oldest is None else float(oldest), set_aside=set_aside)
         with self.publisher._lock:  # pika answers the broker's heartbeats only while it is called
-            self.publisher._connection.process_data_events(0)
+            if self.publisher._connection is not None:
+                self.publisher._connection.process_data_events(0)
 
     # -- one round: a transaction
 

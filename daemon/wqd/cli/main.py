@@ -186,7 +186,7 @@ def cmd_check(args) -> int:
     brokers = ", ".join(config_module.redact_url(url) for url in config.broker.urls)
     tracing = ""
     if config.tracing.enabled:
-        from wqd.tracing import destination  # imported only when tracing is enabled
+        from wqd.config.otel import destination
         tracing = f"; spans to {destination()}"
     print(f"{config.path}: OK; broker {brokers}; pools: {pools}{tracing}")
     return _check_broker(config) if args.broker else EXIT_OK

@@ -1,11 +1,11 @@
-"""`wqd outbox init` and `wqd outbox list`: what they do and show (cli.py prints it)."""
+"""`wqd outbox init` and `wqd outbox list`: what they do and find (cli/outbox.py prints it)."""
 
 from wqd import errors
 from wqd.outbox import database, schema
 
 # `wqd outbox list` shows at most this many rows of each kind (the counts are whole).
 SHOWN_ROWS = 50
-_PREVIEW = 60
+PREVIEW_BYTES = 60
 
 
 def outbox_of(config):
@@ -48,9 +48,9 @@ def listing(config) -> dict:
             columns = ("id, message_id, queue, octet_length(body), substring(body FROM 1 FOR %s), "
                        "extract(epoch FROM clock_timestamp() - created_at), refused_reason")
             waiting = connection.execute(f"SELECT {columns} FROM {table} WHERE refused_at IS NULL ORDER BY id "
-                                         f"LIMIT %s", (_PREVIEW, SHOWN_ROWS)).fetchall()
+                                         f"LIMIT %s", (PREVIEW_BYTES, SHOWN_ROWS)).fetchall()
             set_aside = connection.execute(f"SELECT {columns} FROM {table} WHERE refused_at IS NOT NULL "
-                                           f"ORDER BY id LIMIT %s", (_PREVIEW, SHOWN_ROWS)).fetchall()
+                                           f"ORDER BY id LIMIT %s", (PREVIEW_BYTES, SHOWN_ROWS)).fetchall()
         except psycopg.Error as exc:
             raise errors.WqdError(f"cannot read the outbox table {table}: {database.describe(exc)}") from None
     return {"table": table, "waiting_count": counts[0], "set_aside_count": counts[1],
@@ -63,20 +63,3 @@ def _row(row) -> dict:
             "body": bytes(preview).decode("utf-8", "replace"), "age_seconds": round(float(age), 3),
             "refused_reason": reason}
 
-
-def format_listing(found: dict) -> str:
-    lines = [f"outbox table {found['table']}: {found['waiting_count']} waiting, "
-             f"{found['set_aside_count']} set aside (refused by the broker; not retried)"]
-    for title, rows, count in (("WAITING", found["waiting"], found["waiting_count"]),
-                               ("SET ASIDE", found["set_aside"], found["set_aside_count"])):
-        if not rows:
-            continue
-        lines += ["", f"{title}  (oldest first{', first ' + str(len(rows)) if count > len(rows) else ''})"]
-        for row in rows:
-            text = " ".join(row["body"].split())
-            line = f"  {row['id']:>8}  {row['message_id']}  {row['queue']}  {row['bytes']} bytes  " \
-                   f"{row['age_seconds']:.1f}s old  {text[:_PREVIEW]!r}"
-            lines.append(line)
-            if row["refused_reason"]:
-                lines.append(f"            why: {row['refused_reason']}")
-    return "\n".join(lines)

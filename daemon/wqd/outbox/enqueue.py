@@ -12,7 +12,7 @@ not be published is refused here, before it is in the table.
 import json
 from typing import Iterable, Optional
 
-from wqd.config import outbox_table
+from wqd.config.outbox import outbox_table
 from wqd.publishing import delays, messages
 from wqd.publishing.sizes import HARD_MAX_MESSAGE_SIZE
 

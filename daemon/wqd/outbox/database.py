@@ -6,6 +6,11 @@ from wqd import errors
 from wqd.config import redact_url
 
 CONNECT_TIMEOUT = 10  # seconds (libpq's connect_timeout)
+# The relay's connection notices a database host that stopped answering (a
+# partition, a frozen server) within about half a minute, rather than waiting
+# in a query for ever: TCP keepalives, and a limit on unacknowledged data.
+DEAD_PEER_SETTINGS = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
+                      "tcp_user_timeout": 30_000}
 
 
 def psycopg():

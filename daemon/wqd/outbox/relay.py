@@ -117,7 +117,8 @@ class Relay:
         psycopg = database.psycopg()
         self.relayed_since_connect = False
         try:
-            self.db = psycopg.connect(self.outbox.dsn, autocommit=True, connect_timeout=database.CONNECT_TIMEOUT)
+            self.db = psycopg.connect(self.outbox.dsn, autocommit=True, connect_timeout=database.CONNECT_TIMEOUT,
+                                      **database.DEAD_PEER_SETTINGS)
             comment, exists = self.db.execute(schema.version_sql(), (self.table, self.table)).fetchone()
             problem = schema.version_problem(self.table, comment, exists)
             if problem:

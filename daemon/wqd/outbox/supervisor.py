@@ -57,6 +57,7 @@ class OutboxRelay:
         for event, fields in events:
             if event == relay.UP:
                 self._connected, self.problem = fields, None
+                self._stats, self._stats_at = None, time.monotonic()  # its first count comes after its first round
             elif event == relay.DOWN:
                 self._connected, self.problem = None, fields.get("reason")
             elif event == relay.RELAYED:
@@ -127,7 +128,9 @@ class OutboxRelay:
 
     @property
     def up(self) -> bool:
-        return self.pid is not None and self._connected is not None
+        """Connected, and counting the rows every second (a relay stuck in a query is not up)."""
+        return (self.pid is not None and self._connected is not None
+                and time.monotonic() - self._stats_at <= STALE_AFTER)
 
     def fresh_stats(self):
         if self._stats_at is None or time.monotonic() - self._stats_at > STALE_AFTER:
@@ -139,7 +142,11 @@ class OutboxRelay:
         if self._outbox is None:
             return None
         stats = self.fresh_stats() or {}
-        return {"table": self._outbox.table, "relay_up": self.up, "problem": None if self.up else self.problem,
+        problem = None if self.up else self.problem
+        if not self.up and self._connected is not None:
+            problem = (f"the relay has not counted the outbox rows for {STALE_AFTER:.0f} s: the database or the "
+                       f"broker does not answer?")
+        return {"table": self._outbox.table, "relay_up": self.up, "problem": problem,
                 "pending": stats.get("pending"), "oldest_age_seconds": stats.get("oldest_age"),
                 "set_aside": stats.get("set_aside"), "relayed": self.relayed, "refused": self.refused}
 

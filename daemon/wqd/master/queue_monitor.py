@@ -205,16 +205,9 @@ class QueueMonitor:
     # -- helpers --
 
     def _spawn(self, close_inherited) -> None:
-        read_fd, write_fd = os.pipe()
-
-        def child_main() -> int:
-            os.close(read_fd)
-            close_inherited()
-            return _run(self._broker, self._targets, write_fd, self.interval)
-
-        pid = children.fork(child_main, "Queue monitor")
-        os.close(write_fd)
-        os.set_blocking(read_fd, False)
+        pid, read_fd, _ = children.fork_with_pipes(
+            lambda report_fd, _: _run(self._broker, self._targets, report_fd, self.interval),
+            "Queue monitor", close_inherited)
         self.pid = pid
         self._reader = reporting.EventReader(read_fd)
         self._started_at = time.monotonic()

@@ -21,14 +21,14 @@ import pika.exceptions
 from prometheus_client.core import GaugeMetricFamily
 from setproctitle import setproctitle
 
-from wqd import logs
+from wqd import exits, logs
 from wqd.backoff import exponential
 from wqd.broker import amqp
 from wqd.broker.amqp import RECOVERABLE
 from wqd.config import redact_url
 from wqd.ipc import reporting
 from wqd.master import children
-from wqd.master.supervision import RespawnBackoff, describe_status
+from wqd.master.supervision import RespawnBackoff
 
 log = logging.getLogger("wqd.queue_monitor")
 
@@ -132,7 +132,7 @@ class QueueMonitor:
             return
         now = time.monotonic()
         delay = self._respawn.exited(now - self._started_at, now)
-        log.warning("Queue monitor (pid %d) %s; restarting it in %.0f s.", pid, describe_status(status), delay)
+        log.warning("Queue monitor (pid %d) %s; restarting it in %.0f s.", pid, exits.describe(status), delay)
 
     def messages_ready(self, pool: str):
         """The last fresh count of messages ready in ``pool``'s queue; None when unknown."""

@@ -22,7 +22,7 @@ import time
 from setproctitle import setproctitle
 
 from wqd import config as config_module
-from wqd import errors, logs
+from wqd import errors, exits, logs
 from wqd.errors import bounded
 from wqd.handlers import code_version
 from wqd.handlers import loading as handlers_module
@@ -110,7 +110,7 @@ class Reload:
         try:
             loaded, error = pickle.loads(bytes(self._data))
         except Exception:  # nothing, or a truncated result: the child died before it was done
-            return None, f"the process loading {self.path} {_died(status)} before it was done"
+            return None, f"the process loading {self.path} {exits.describe(status)} before it was done"
         return loaded, error
 
     def close_in_child(self) -> None:
@@ -128,11 +128,6 @@ class Reload:
         except ChildProcessError:
             pass
 
-
-def _died(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        return f"was killed by {signal.Signals(os.WTERMSIG(status)).name}"
-    return f"exited with code {os.WEXITSTATUS(status)}"
 
 
 def _load_and_send(path: str, write_fd: int, preloaded: tuple) -> int:

@@ -16,6 +16,7 @@ import signal
 import time
 from typing import Optional
 
+from wqd import exits
 from wqd.backoff import exponential
 from wqd.master.autoscaling import Activity
 
@@ -33,6 +34,7 @@ KILLED = "killed"          # ended from outside wqd: SIGKILL (an operator, the O
 TIME_LIMIT = "time_limit"  # the master SIGKILLed it: its task ran longer than time_limit
 STALLED = "stalled"        # the master SIGKILLed it: it had stopped running (stalls.py)
 RECYCLED = "recycled"      # exited 0 after max_tasks_per_child or max_memory_per_child
+RESTART_REASONS = (CRASHED, KILLED, TIME_LIMIT, STALLED, RECYCLED)  # wqd_worker_restarts_total{reason}
 
 
 class State(enum.Enum):
@@ -125,7 +127,7 @@ def classify_exit(status: int, state: State, busy: bool) -> Optional[str]:
 
 
 def explain_exit(status: int, state: State, busy: bool) -> str:
-    """What the log line adds to describe_status() and the reason, to say what
+    """What the log line adds to exits.describe() and the reason, to say what
     the exit code alone does not; "" when there is nothing to add."""
     reason = classify_exit(status, state, busy)
     if reason is None:
@@ -147,11 +149,6 @@ def may_be_out_of_memory(status: int, state: State, busy: bool) -> bool:
 def _killed_by(status: int, signum: int) -> bool:
     return os.WIFSIGNALED(status) and os.WTERMSIG(status) == signum
 
-
-def describe_status(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        return f"was killed by {signal.Signals(os.WTERMSIG(status)).name}"
-    return f"exited with code {os.WEXITSTATUS(status)}"
 
 
 class Pool:
@@ -295,7 +292,7 @@ def worker_exited(proc: "WorkerProcess", status: int, busy: bool) -> Optional[st
     """Log a reaped worker's end and book it with its slot's respawn backoff;
     return its restart reason (None: no restart, e.g. a retired worker).
     ``busy``: it died during a task."""
-    pool, now, how = proc.pool, time.monotonic(), describe_status(status)
+    pool, now, how = proc.pool, time.monotonic(), exits.describe(status)
     if os.WIFEXITED(status) and os.WEXITSTATUS(status) == os.EX_CONFIG and pool.failed:
         log.error("Worker %s %s with a configuration error; pool %r is not restarted until a "
                   "reload fixes it.", proc.name, how, pool.config.name)

@@ -95,3 +95,21 @@ def test_the_checks_see_an_upward_import():
     assert "wqd.config.schema" in imports(known["wqd.config.docs"], known) or \
         "wqd.config" in imports(known["wqd.config.docs"], known)
     assert "wqd.master.arbiter" in imports(known["wqd.cli.main"], known)
+
+
+def _picture(text: str) -> str:
+    start = text.index("    wqd run: the master")
+    return text[start:text.index("\n\n\n", start) if "\n\n\n" in text[start:] else len(text)].split("```")[0].rstrip()
+
+
+def test_the_process_picture_is_the_same_in_the_package_and_the_design_page_and_names_real_files():
+    import re
+
+    import wqd
+    design = (PACKAGE.parents[1] / "docs" / "design.md").read_text()
+    in_package, in_docs = _picture(wqd.__doc__), _picture(design)
+    assert in_package == in_docs, "docs/design.md's picture differs from the wqd package docstring's"
+    named = set(re.findall(r"\b[a-z_]+/(?:[a-z_]+\.py)?(?=[ ,)])|\b[a-z_]+\.py\b", in_package))
+    missing = sorted(name for name in named if not (PACKAGE / name).exists())
+    assert not missing, f"the picture names files that are not in daemon/wqd: {missing}"
+    assert {"master/arbiter.py", "worker/consumer.py", "ipc/reporting.py"} <= named

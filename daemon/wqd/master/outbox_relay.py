@@ -13,9 +13,10 @@ import time
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from wqd import exits
 from wqd.ipc import reporting
 from wqd.master import children
-from wqd.master.supervision import RespawnBackoff, describe_status
+from wqd.master.supervision import RespawnBackoff
 from wqd.outbox import relay
 
 log = logging.getLogger("wqd.outbox")
@@ -82,8 +83,8 @@ class OutboxRelay:
             return True
         now = time.monotonic()
         delay = self._respawn.exited(now - self._started_at, now)
-        self.problem = f"the relay {describe_status(status)}"
-        log.warning("Outbox relay (pid %d) %s; restarting it in %.0f s.", pid, describe_status(status), delay)
+        self.problem = f"the relay {exits.describe(status)}"
+        log.warning("Outbox relay (pid %d) %s; restarting it in %.0f s.", pid, exits.describe(status), delay)
         return True
 
     def configure(self, outbox, broker) -> None:
@@ -176,17 +177,9 @@ class OutboxRelay:
     # -- helpers
 
     def _spawn(self, close_inherited) -> None:
-        read_fd, write_fd = os.pipe()
         outbox, broker = self._outbox, self._broker
-
-        def child_main() -> int:
-            os.close(read_fd)
-            close_inherited()
-            return relay.run(outbox, broker, write_fd)
-
-        self.pid = children.fork(child_main, "Outbox relay")
-        os.close(write_fd)
-        os.set_blocking(read_fd, False)
+        self.pid, read_fd, _ = children.fork_with_pipes(lambda report_fd, _: relay.run(outbox, broker, report_fd),
+                                                        "Outbox relay", close_inherited)
         self._reader = reporting.EventReader(read_fd)
         self._started_at = time.monotonic()
         log.debug("Outbox relay started (pid %d).", self.pid)

@@ -98,7 +98,7 @@ def send_count(fd: int, key: str, count: int, finished=None) -> None:
         pass
 
 
-class MasterLedger:
+class MasterCounts:
     """The master's side: message key -> attempts lost with their worker, and
     the workers' queries waiting for an answer. An LRU: counting a message makes
     it the newest; past ``cap`` messages the oldest is forgotten.

@@ -34,6 +34,7 @@ from wqd.publishing.publisher import (
     broker_config,
     seconds,
 )
+from wqd.publishing.republishing import Unconfirmed
 from wqd.publishing.sizes import max_message_size_of
 
 # The failures of a connection or channel (aiormq raises ConnectionError and OSError as they are).
@@ -69,6 +70,7 @@ class AsyncPublisher:
         self._url_index = 0
         self._checked = set()
         self._delays_declared = False
+        self._unconfirmed = Unconfirmed()  # ids to publish again with the check-duplicate header
         self._closed = False
         self._pid = os.getpid()
         self._connection = self._channel = None
@@ -154,7 +156,7 @@ class AsyncPublisher:
             except BROKER_ERRORS:  # the nacked stay nacked: the error says so
                 await self._disconnect()
                 break
-        return conclude(messages, spans, outcomes, queue, reason, lost)
+        return conclude(messages, spans, outcomes, queue, reason, lost, self._unconfirmed)
 
     async def _publish_one(self, channel, message, deadline: float, timeout: float):
         """(outcome, why not confirmed) of one message."""
@@ -183,6 +185,7 @@ class AsyncPublisher:
         if message.delay:
             message.exchange, bits = delays.route(message.delay)
             properties.headers = {**(properties.headers or {}), **bits}
+        self._unconfirmed.mark(message)
         span, properties.headers = tracing.start(queue, message.message_id, properties.headers,
                                                  self._tracer_provider)
         return span

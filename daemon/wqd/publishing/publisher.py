@@ -19,6 +19,7 @@ from wqd.publishing.confirms import ChannelLost, ConfirmChannel, Timeout, is_bro
 from wqd.publishing.errors import BrokerUnreachable, PublishError, QueueNotFound
 from wqd.publishing.messages import outgoing, outgoing_batch
 from wqd.publishing.outcomes import NACK, conclude
+from wqd.publishing.republishing import Unconfirmed
 from wqd.publishing.sizes import max_message_size
 
 DEFAULT_TIMEOUT = 30.0  # seconds a publish may take, connecting included
@@ -85,6 +86,7 @@ class Publisher:
         self._url_index = 0
         self._checked = set()  # queues known to exist (checked passively once each)
         self._delays_declared = False
+        self._unconfirmed = Unconfirmed()  # ids to publish again with the check-duplicate header
         self._reset()
         _live.add(self)
 
@@ -150,7 +152,7 @@ class Publisher:
                                      f"broker takes ({limit_name}); nothing was sent")
             spans = [self._prepare(queue, message) for message in messages]
             outcomes, reason, lost = self._send_until_taken(queue, messages, delayed, deadline, timeout)
-        return conclude(messages, spans, outcomes, queue, reason, lost)
+            return conclude(messages, spans, outcomes, queue, reason, lost, self._unconfirmed)
 
     def _send_until_taken(self, queue: str, messages: list, delayed: bool, deadline: float, timeout: float):
         """Send, and send again on a new channel what the broker nacked (a
@@ -216,6 +218,7 @@ class Publisher:
         if message.delay:
             message.exchange, bits = delays.route(message.delay)
             properties.headers = {**(properties.headers or {}), **bits}
+        self._unconfirmed.mark(message)
         span, properties.headers = tracing.start(queue, message.message_id, properties.headers,
                                                  self._tracer_provider)
         return span

@@ -145,7 +145,7 @@ class Publisher:
                 raise PublishError("this Publisher is closed; nothing was sent")
             delayed = any(message.delay for message in messages)
             self._ready(queue, delayed, deadline)
-            limit, limit_name = max_message_size(self._connection)
+            limit, limit_name = self._limit
             for message in messages:
                 if len(message.body) > limit:
                     raise ValueError(f"message {message.message_id} is {len(message.body)} bytes, larger than the "
@@ -297,8 +297,10 @@ class Publisher:
                 continue
             self._url_index = index
             self._connection = connection
-            connection.add_on_connection_blocked_callback(self._on_blocked)
-            connection.add_on_connection_unblocked_callback(self._on_unblocked)
+            # On pika's asynchronous connection: called from within ConfirmChannel.wait's I/O loop.
+            connection._impl.add_on_connection_blocked_callback(self._on_blocked)
+            connection._impl.add_on_connection_unblocked_callback(self._on_unblocked)
+            self._limit = max_message_size(connection)
             return
         raise amqp.BrokerUnavailable(failures)
 

@@ -167,9 +167,11 @@ class Publisher:
             sent, reason, lost = self._send_once([messages[index] for index in todo], deadline, timeout)
             outcomes.update(zip(todo, sent))
             todo = [index for index, outcome in zip(todo, sent) if outcome == NACK]
+            if not todo or lost:
+                return outcomes, reason, lost
             nacks += 1
             pause = backoff.exponential(nacks, NACK_RETRY_INITIAL, NACK_RETRY_MAX)
-            if not todo or lost or time.monotonic() + pause >= deadline:
+            if time.monotonic() + pause >= deadline:
                 return outcomes, reason, lost
             time.sleep(pause)
             try:

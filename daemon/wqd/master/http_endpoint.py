@@ -19,6 +19,8 @@ import selectors
 import socket
 import time
 
+from wqd.config.checks import parse_listen
+
 log = logging.getLogger("wqd.master")
 
 # A client whose request has not arrived, and been answered, after this long
@@ -31,10 +33,6 @@ HEAD_LIMIT = 128 * 1024
 MAX_CLIENTS = 64
 LISTEN_BACKLOG = 64
 
-
-def parse_listen(listen: str):
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 class HTTPEndpoint:

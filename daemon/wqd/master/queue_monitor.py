@@ -18,13 +18,13 @@ import signal
 import time
 
 import pika.exceptions
-from pika.adapters.utils.connection_workflow import AMQPConnectorException
 from prometheus_client.core import GaugeMetricFamily
 from setproctitle import setproctitle
 
 from wqd import logs
 from wqd.backoff import exponential
 from wqd.broker import amqp
+from wqd.broker.amqp import RECOVERABLE
 from wqd.config import redact_url
 from wqd.ipc import reporting
 from wqd.master import children
@@ -51,7 +51,6 @@ BROKER = "broker"            # server ("RabbitMQ 4.0.5"), url (password masked):
 
 # pika raises its connection workflow's errors (a broker that accepts TCP and
 # never answers) outside AMQPError.
-RECOVERABLE = (pika.exceptions.AMQPError, OSError, AMQPConnectorException)
 
 
 def _targets(pools) -> tuple:
@@ -206,16 +205,9 @@ class QueueMonitor:
     # -- helpers --
 
     def _spawn(self, close_inherited) -> None:
-        read_fd, write_fd = os.pipe()
-
-        def child_main() -> int:
-            os.close(read_fd)
-            close_inherited()
-            return _run(self._broker, self._targets, write_fd, self.interval)
-
-        pid = children.fork(child_main, "Queue monitor")
-        os.close(write_fd)
-        os.set_blocking(read_fd, False)
+        pid, read_fd, _ = children.fork_with_pipes(
+            lambda report_fd, _: _run(self._broker, self._targets, report_fd, self.interval),
+            "Queue monitor", close_inherited)
         self.pid = pid
         self._reader = reporting.EventReader(read_fd)
         self._started_at = time.monotonic()

@@ -314,3 +314,33 @@ def worker_exited(proc: "WorkerProcess", status: int, busy: bool) -> Optional[st
             log.warning("Worker %s died %d times in a row within %.0f s of starting; next start in %.0f s.",
                         proc.name, pool.respawn.early_deaths(proc.slot), EARLY_DEATH_SECONDS, delay)
     return reason
+
+
+def slots_to_fill(pool: "Pool", workers, now: float):
+    """(slots to start a worker in now, workers whose slot the pool no longer
+    has). A rolling pool starts its next slot only once the new worker of
+    the last one consumes; a slot's backoff may hold its start."""
+    active = {proc.slot: proc for proc in workers if proc.pool is pool and not proc.retiring}
+    starting = sum(proc.seen_connection is not Connection.CONSUMING for proc in active.values())
+    to_start = []
+    for slot in sorted(pool.slots):
+        if pool.replacing is not None and starting:
+            break  # rolling: the next slot once this one's new worker consumes
+        if slot not in active and pool.respawn.may_start(now, slot):
+            to_start.append(slot)
+            starting += 1
+    return to_start, [proc for slot, proc in active.items() if slot not in pool.slots]
+
+
+def rolled_over(proc: "WorkerProcess", workers: list) -> list:
+    """A new worker of a rolling pool consumes: the old worker of its slot is
+    to retire (finishing its task on the old code); after the last slot, so
+    are the old pool's workers of slots the new one no longer has."""
+    pool = proc.pool
+    rolled = {p.slot for p in workers if p.pool is pool and p.seen_connection is Connection.CONSUMING}
+    done = pool.slots <= rolled
+    old = [p for p in workers if p.pool is pool.replacing and not p.retiring and (p.slot == proc.slot or done)]
+    if done:
+        log.info("Pool %r runs the new code on every worker.", pool.config.name)
+        pool.replacing = None
+    return old

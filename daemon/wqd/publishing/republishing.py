@@ -13,7 +13,8 @@ carry no header and cost the master nothing.
 
 import collections
 
-CHECK_DUPLICATE_HEADER = "x-wqd-check-duplicate"  # any value: its presence asks
+from wqd.redelivery.headers import CHECK_DUPLICATE_HEADER
+
 REMEMBERED = 10_000  # ids kept per publisher (the oldest forgotten first): about 1 MiB
 
 

@@ -2,10 +2,10 @@
 
 pika's BlockingChannel.confirm_delivery() makes every basic_publish wait for
 its own confirm: one round trip per message. Here a BlockingConnection still
-does the connecting, heartbeats and blocked/unblocked handling, but confirm
-mode, returns and confirms are taken from the channel's underlying pika
-Channel (``BlockingChannel._impl``, pika's asynchronous API), so a batch is
-sent at once and its confirms awaited together (pipelined). The alternative,
+does the connecting and heartbeats, but confirm mode, returns and confirms
+are taken from the channel's underlying pika Channel (``BlockingChannel._impl``,
+pika's asynchronous API), so a batch is sent at once and its confirms
+awaited together (pipelined), in the connection's own I/O loop (wait()). The alternative,
 a SelectConnection on an I/O thread, needs a thread per process, which
 neither survives a fork nor suits a library imported before one.
 """

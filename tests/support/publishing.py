@@ -106,6 +106,19 @@ def assert_each_id_ran_once(wqd, publishing: RepublishingThreads, queue_stats) -
     runs = collections.Counter(entry["id"] for entry in wqd.records("start"))
     duplicates = wqd.metric("wqd_tasks_total", pool="default", outcome="duplicate")
     print(f"{publishing.describe()}; {duplicates:g} copies acked as duplicates without running")
-    assert {i: n for i, n in runs.items() if n != 1} == {}, \
-        f"ids run more than once (published again after a send: {sorted(publishing.sent_unconfirmed)})"
+    twice = {i for i, n in runs.items() if n != 1}
+    assert not twice, (f"ids run more than once (published again after a send: "
+                       f"{sorted(publishing.sent_unconfirmed)}): {_runs_of(wqd, twice)}; the logs on them: "
+                       f"{_log_lines_of(wqd, twice)}")
     assert set(runs) == confirmed
+
+
+def _runs_of(wqd, ids: set) -> list:
+    """Each start and end of ``ids``: when, where, whether redelivered."""
+    return [(entry["event"], entry["id"], round(entry["t"], 3), entry["worker"], entry["redelivered"])
+            for entry in wqd.records() if entry["id"] in ids]
+
+
+def _log_lines_of(wqd, ids: set) -> list:
+    text = wqd.stderr_path.read_text() if wqd.stderr_path.exists() else ""
+    return [line for line in text.splitlines() if any(i in line for i in ids)]

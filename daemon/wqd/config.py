@@ -414,6 +414,22 @@ class MetricsConfig:
                                 doc="host:port of /metrics, /healthz, /readyz and /status; null disables them")
 
 
+def console_token_file(value: Any) -> str:
+    """A readable token file that holds at least one token (console/tokens.py)."""
+    from wqd.console import tokens  # imports nothing of the runtime
+    value = readable_file(value)
+    tokens.load(value)
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class ConsoleConfig:
+    enabled: bool = key(boolean, True, doc="serve the operator's console at / of metrics.listen")
+    token_file: Optional[str] = key(optional(console_token_file), None,
+                                    doc="file of name:token lines (or one token) that allows the console's actions "
+                                        "(replay, purge, quiet, worker counts); null: the console is read-only")
+
+
 @dataclasses.dataclass(frozen=True)
 class LoggingConfig:
     level: str = key(one_of("debug", "info", "warning", "error"), "info", doc="the least severe level logged")
@@ -572,6 +588,8 @@ class Config:
                        doc="the worker pools, each consuming one queue")
     deduplication: DeduplicationConfig = key(Section(DeduplicationConfig), DeduplicationConfig(),
                                              doc="the ledger of finished messages (pools[].deduplicate)")
+    console: ConsoleConfig = key(Section(ConsoleConfig), ConsoleConfig(),
+                                 doc="the operator's console in a browser (see The console)")
 
 
 _INVALID = object()  # a value that failed its check; the error is already recorded

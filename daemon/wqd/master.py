@@ -16,6 +16,7 @@ import time
 from setproctitle import setproctitle
 
 from wqd import autoscaling, children, errors, logs, lost_attempts, reloading, reporting, worker
+from wqd.console.app import Console
 from wqd.deduplication import FinishedLedger, FinishedRing
 from wqd.http_endpoint import HTTPEndpoint
 from wqd.metrics import Metrics
@@ -86,6 +87,7 @@ class Master:
         self.queue_monitor = QueueMonitor(config.broker, config.pools)
         self.metrics.registry.register(self.queue_monitor)
         self.http = None
+        self.console = None  # the operator's console at / of metrics.listen (console/app.py)
         self.reload = None  # the reload in progress (reloading.Reload), if any
         self.reload_again = False  # a SIGHUP came during it: one more reload follows it
         self.pid = os.getpid()
@@ -101,13 +103,15 @@ class Master:
         signal.set_wakeup_fd(self._wakeup_w)
         for name in HANDLED_SIGNALS:
             signal.signal(getattr(signal, "SIG" + name), self._record_signal)
+        if self.config.metrics.listen and self.config.console.enabled:
+            self.console = Console(self, self._set_quiet)
         if self.config.metrics.listen:
             self.http = HTTPEndpoint(self.config.metrics.listen, {
                 "/metrics": lambda: (200, "text/plain; version=0.0.4; charset=utf-8", self.metrics.exposition()),
                 "/healthz": lambda: (200, "text/plain", b"ok\n"),
                 "/readyz": self._readyz,
                 "/status": lambda: (200, "application/json", json.dumps(self.status()).encode()),
-            })
+            }, app=self.console.handle if self.console else None)
             log.info("Serving metrics on http://%s/metrics.", self.http.address)
         log.info("wqd master started (pid %d) with %s; pools: %s.", self.pid, self.config.path,
                  ", ".join(f"{p.config.name}={p.desired}" for p in self.pools))
@@ -123,6 +127,8 @@ class Master:
         if self.reload:
             self.reload.close()
         self.queue_monitor.close()
+        if self.console:
+            self.console.close()
         if self.http:
             self.http.close()
         if self.config_error:
@@ -171,6 +177,8 @@ class Master:
                 selector.register(self.queue_monitor.fileno(), selectors.EVENT_READ, self.queue_monitor.read)
             if self.reload and self.reload.fileno() is not None:
                 selector.register(self.reload.fileno(), selectors.EVENT_READ, self.reload.read)
+            for fd, callback in self.console.watched() if self.console else ():
+                selector.register(fd, selectors.EVENT_READ, callback)
             for key, _ in selector.select(timeout):
                 key.data()
 
@@ -186,6 +194,8 @@ class Master:
             self.reload.check_deadline(now)
         if self.http:
             self.http.drop_late_clients(now)
+        if self.console:
+            self.console.tick(now, self._close_master_fds)
         for proc in list(self.workers.values()):
             if proc.must_be_killed(now):
                 log.warning("Worker %s (pid %d) did not stop in time; killing it.", proc.name, proc.pid)
@@ -335,6 +345,8 @@ class Master:
         self.pools = pools
         self.config = new_config
         self.queue_monitor.configure(new_config.broker, new_config.pools)
+        if self.console:
+            self.console.configure(new_config)
         self.stalls.kill_after = kill_after(new_config.broker.heartbeat)
         self.was_ready = False  # READY=1 again once every pool consumes
         log.info("Reloaded %s; pools: %s.", self.config.path,
@@ -445,6 +457,8 @@ class Master:
         if self.http:
             self.http.close()
         self.queue_monitor.close_in_child()
+        if self.console:
+            self.console.close_in_child()
         if self.reload:
             self.reload.close_in_child()
         for proc in self.workers.values():
@@ -500,7 +514,7 @@ class Master:
                 self._worker_exited(proc, status, final)
             elif self.reload and pid == self.reload.pid:
                 self._reload_ended(status)
-            else:
+            elif not (self.console and self.console.reaped(pid, status)):
                 self.queue_monitor.reaped(pid, status)
 
     def _worker_exited(self, proc: WorkerProcess, status: int, final) -> None:

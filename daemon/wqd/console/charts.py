@@ -16,6 +16,8 @@ def sparkline(values: list, title: str, css_class: str) -> str:
         return (f'<svg class="chart {css_class}" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" '
                 f'aria-label="{label}: no data yet"><title>{label}: no data yet</title>'
                 f'<line x1="0" y1="{HEIGHT - 1}" x2="{WIDTH}" y2="{HEIGHT - 1}" class="axis"/></svg>')
+    if len(values) == 1:
+        values = values * 2  # one interval so far: a level line
     peak = max(values) or 1.0
     step = WIDTH / max(1, len(values) - 1)
     points = " ".join(f"{index * step:.1f},{HEIGHT - 2 - (value / peak) * (HEIGHT - 6):.1f}"

@@ -171,7 +171,7 @@ $(DOCS_STAMP): docs/requirements.txt
 	touch $@
 
 docs: $(DOCS_STAMP) venv
-	$(VENV_PY) -m wqd.config_docs --check
+	$(VENV_PY) -m wqd.config.docs --check
 	NO_MKDOCS_2_WARNING=1 $(DOCS_VENV)/bin/mkdocs build --strict
 
 lint: venv

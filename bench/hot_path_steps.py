@@ -18,9 +18,9 @@ import argparse
 from pika.spec import Basic, BasicProperties
 
 from tests.support.stand_in import consumer
-from wqd import lost_attempts
-from wqd.task_stats import Outcome
-from wqd.worker_record import WorkerRecord
+from wqd.ipc.task_stats import Outcome
+from wqd.ipc.worker_record import WorkerRecord
+from wqd.redelivery import lost_attempts
 
 STEPS = ("none", "handle", "handle-id", "key", "started", "finished")
 

@@ -2,7 +2,7 @@
 
 import pika.exceptions
 
-from wqd.amqp import describe_error
+from wqd.broker.amqp import describe_error
 
 URL = "amqp://wqd:s3cret@broker:5672/%2F"
 
@@ -24,7 +24,7 @@ def test_a_consumer_cancelled_by_the_broker():
 
 
 def test_a_peer_that_is_not_a_broker_is_named_as_such():
-    from wqd.amqp import ClosedDuringHandshake, HandshakeTimeout
+    from wqd.broker.amqp import ClosedDuringHandshake, HandshakeTimeout
 
     assert describe_error(HandshakeTimeout("10"), URL) == (
         "the broker at amqp://wqd:***@broker:5672/%2F accepted the TCP connection but did not complete the "

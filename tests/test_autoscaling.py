@@ -4,8 +4,8 @@ behaviour against a broker is in test_quiet_autoscale.py)."""
 import pytest
 
 from wqd import config
-from wqd.autoscaling import Activity, idle_to_retire, should_grow
-from wqd.supervision import Pool
+from wqd.master.autoscaling import Activity, idle_to_retire, should_grow
+from wqd.master.supervision import Pool
 
 AUTOSCALED = config.WorkerBounds(min=1, max=4, idle_timeout=30)
 

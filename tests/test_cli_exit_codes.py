@@ -6,7 +6,9 @@ import os
 import pika.exceptions
 import pytest
 
-from wqd import amqp, cli, config, errors
+from wqd import config, errors
+from wqd.broker import amqp
+from wqd.cli import main as cli
 
 
 class Surprise(Exception):

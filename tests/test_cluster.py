@@ -23,7 +23,7 @@ from tests.support.broker import MISSING_RABBITMQ_MESSAGE, rabbitmq_available
 from tests.support.cluster import Cluster
 from tests.support.daemon import Wqd, pool, run_cli, task_body
 from tests.support.waiting import wait_for
-from wqd import queues
+from wqd.broker import queues
 from wqd.config import PoolConfig
 
 pytestmark = [pytest.mark.cluster, pytest.mark.soak]

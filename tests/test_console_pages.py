@@ -5,12 +5,13 @@ import base64
 
 import pytest
 
-from wqd import config, errors, master
-from wqd.code_version import CodeVersion
+from wqd import config, errors
 from wqd.console import auth, charts, dead_pages, history, page, tokens
 from wqd.console.app import Console
 from wqd.console.dead_work import DeadWork
-from wqd.http_endpoint import Request
+from wqd.handlers.code_version import CodeVersion
+from wqd.master import arbiter as master
+from wqd.master.http_endpoint import Request
 
 TOKEN = "a-token-of-enough-length"
 HOSTILE = '<script>window.__pwned=1</script><img src=x onerror="window.__pwned=2">'

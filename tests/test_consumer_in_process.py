@@ -8,7 +8,7 @@ from pika.spec import Basic, BasicProperties
 
 import wqd
 from tests.support.stand_in import consumer
-from wqd.task_stats import Outcome
+from wqd.ipc.task_stats import Outcome
 
 
 def deliver(handling, tag=1, message_id="m-1", body=b"job", redelivered=False, headers=None):

@@ -17,7 +17,8 @@ import pytest
 from tests.support.daemon import WQD, pool, run_cli, wqd_env
 from tests.support.dead_letters import RawValue, publish_letters
 from tests.support.waiting import wait_for
-from wqd import dead_letters, errors
+from wqd import errors
+from wqd.broker import dead_letters
 
 KINDS = {"ValueError": ["v1", "v2", "v3"], "KeyError": ["k1", "k2"], "ZeroDivisionError": ["z1", "z2"]}
 

@@ -18,7 +18,7 @@ from tests.support.daemon import pool, run_cli, wait_gone, wqd_env
 from tests.support.queues import queue_counts, wait_queue
 from tests.support.waiting import wait_for
 from wqd import config as config_module
-from wqd import exec_handler
+from wqd.handlers import exec_handler
 from wqd.message import Message
 
 TESTS = Path(__file__).resolve().parent

@@ -11,8 +11,9 @@ import threading
 import pika
 import pytest
 
-from wqd import config, deduplication, ledger_file
-from wqd.deduplication import CompactLedger, FinishedLedger, FinishedRing, Recorder
+from wqd import config
+from wqd.redelivery import deduplication, ledger_file
+from wqd.redelivery.deduplication import CompactLedger, FinishedLedger, FinishedRing, Recorder
 
 
 def test_the_ledger_keeps_the_newest_entries_up_to_its_capacity():

@@ -26,8 +26,10 @@ from tests.support.daemon import pool, run_cli, wqd_env
 from tests.support.dead_letters import RawValue, publish_letters
 from tests.support.queues import queue_counts
 from tests.support.waiting import wait_for
-from wqd import header_decoding, lost_attempts, routing
-from wqd.lost_attempts import ATTEMPT_HEADER, DELIVERY_COUNT_HEADER, LOST_HEADER, WorkerCounts
+from wqd.broker import header_decoding
+from wqd.redelivery import lost_attempts
+from wqd.redelivery.lost_attempts import ATTEMPT_HEADER, DELIVERY_COUNT_HEADER, LOST_HEADER, WorkerCounts
+from wqd.worker import routing
 
 HEADER_NAMES = st.sampled_from([ATTEMPT_HEADER, LOST_HEADER, DELIVERY_COUNT_HEADER, "x-other"])
 SCALARS = st.one_of(

@@ -18,7 +18,7 @@ import yaml
 from tests.support.broker import BrokerNode
 from tests.support.daemon import WQD, pool, run_cli, url_option, wqd_env
 from tests.support.waiting import wait_for
-from wqd import amqp
+from wqd.broker import amqp
 
 EX_DATAERR, EX_UNAVAILABLE, EX_CONFIG = 65, 69, 78
 # Passwords holding every character that ends a URL's user info early; each

@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 
-from wqd.http_endpoint import HEAD_LIMIT, HTTPEndpoint
+from wqd.master.http_endpoint import HEAD_LIMIT, HTTPEndpoint
 
 
 def serve_until(endpoint: HTTPEndpoint, done: threading.Event, seconds: float = 10) -> None:

@@ -6,8 +6,8 @@ import os
 import pika
 import pytest
 
-from wqd import lost_attempts
-from wqd.lost_attempts import ATTEMPT_HEADER, LOST_HEADER, QUERY, MasterLedger, WorkerCounts
+from wqd.redelivery import lost_attempts
+from wqd.redelivery.lost_attempts import ATTEMPT_HEADER, LOST_HEADER, QUERY, MasterLedger, WorkerCounts
 
 
 class FakeWorker:

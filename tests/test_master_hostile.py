@@ -14,8 +14,9 @@ import pytest
 
 from tests.support.daemon import http_get, pool, run_cli, task_body, wait_gone
 from tests.support.waiting import wait_for
-from wqd.http_endpoint import CLIENT_TIMEOUT, MAX_CLIENTS
-from wqd.reloading import MAX_ERROR_CHARS, RELOAD_TIMEOUT
+from wqd.errors import MAX_ERROR_CHARS
+from wqd.master.http_endpoint import CLIENT_TIMEOUT, MAX_CLIENTS
+from wqd.master.reloading import RELOAD_TIMEOUT
 
 RELOADING = re.compile(r"Reloading \S+: loading it in a child process \(pid (\d+)\)")
 

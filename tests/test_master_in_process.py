@@ -10,8 +10,10 @@ import signal
 
 import pytest
 
-from wqd import children, config, master
-from wqd.code_version import CodeVersion
+from wqd import config
+from wqd.handlers.code_version import CodeVersion
+from wqd.master import arbiter as master
+from wqd.master import children
 
 CONFIG = """\
 metrics: {listen: null}

@@ -468,7 +468,7 @@ def _monitor_pids(master: int) -> list:
 def test_the_queue_monitor_never_blocks_the_master_even_on_a_frozen_broker(broker, queue_name, tmp_path):
     """QueueMonitor driven the way the master's loop drives it, in this process."""
     from wqd import config as config_module
-    from wqd.queue_monitor import QueueMonitor
+    from wqd.master.queue_monitor import QueueMonitor
 
     config = config_module.parse(yaml.safe_dump({
         "broker": {"url": broker.url}, "pools": [pool(queue_name)]}), str(tmp_path / "wqd.yaml"))

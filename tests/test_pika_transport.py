@@ -8,7 +8,7 @@ import pika
 import pika.exceptions
 import pytest
 
-from wqd import pika_transport
+from wqd.broker import pika_transport
 
 
 @pytest.fixture(autouse=True)

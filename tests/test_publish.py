@@ -8,8 +8,8 @@ import pytest
 from tests.support.daemon import pool, run_cli, url_option, wqd_env
 from tests.support.waiting import wait_for
 from wqd import errors
+from wqd.cli.publish import publish_lines
 from wqd.config import BrokerConfig
-from wqd.publisher import publish_lines
 
 TUTORIAL = ["First message.", "Second message..", "Third message...", "Fourth message....", "Fifth message....."]
 

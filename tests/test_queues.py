@@ -4,7 +4,8 @@ max_retries bound: pure logic, and `wqd check`'s answer."""
 import pytest
 
 from tests.support.daemon import run_cli
-from wqd import config, queues
+from wqd import config
+from wqd.broker import queues
 
 QUORUM = """\
 pools:

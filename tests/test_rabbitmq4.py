@@ -10,7 +10,8 @@ import re
 from tests.support.broker import BrokerNode
 from tests.support.daemon import pool, run_cli, task_body
 from tests.support.waiting import wait_for
-from wqd import amqp, config, queues
+from wqd import config
+from wqd.broker import amqp, queues
 
 SLOW_RETRY = {"initial": 120, "max": 120, "factor": 1}
 

@@ -14,7 +14,7 @@ import pytest
 from tests.support.daemon import pool, task_body
 from tests.support.queues import queue_counts, wait_queue
 from tests.support.waiting import wait_for
-from wqd import refused_copies
+from wqd.worker import refused_copies
 
 FAST_RETRY = {"initial": 0.2, "max": 0.2}  # delay queue <queue>.delay.200; a parked message is held 1 s
 FRAME_MAX = 131072  # what pika and the broker negotiate by default

@@ -7,9 +7,10 @@ import os
 import sys
 
 from tests.support.waiting import wait_for
-from wqd import code_version
 from wqd import config as config_module
-from wqd.reloading import MAX_ERROR_CHARS, RELOAD_MEMORY_BYTES, Reload, bounded
+from wqd.errors import MAX_ERROR_CHARS, bounded
+from wqd.handlers import code_version
+from wqd.master.reloading import RELOAD_MEMORY_BYTES, Reload
 
 CONFIG = """\
 pools:

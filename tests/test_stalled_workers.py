@@ -15,7 +15,7 @@ import pytest
 from tests.support import procfs
 from tests.support.daemon import pool, run_cli
 from tests.support.waiting import wait_for
-from wqd.stalls import UNRESPONSIVE_AFTER, kill_after
+from wqd.master.stalls import UNRESPONSIVE_AFTER, kill_after
 
 HEARTBEAT = 5  # the broker drops a stopped worker's connection after about 5 s
 KILL_AFTER = kill_after(HEARTBEAT)  # 20 s: the floor

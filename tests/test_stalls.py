@@ -7,9 +7,9 @@ from types import SimpleNamespace
 import pytest
 
 from wqd.config import WorkerBounds
-from wqd.stalls import KILL_FLOOR, KILL_WITHOUT_HEARTBEAT, MAX_STEP, UNRESPONSIVE_AFTER, StallWatch, kill_after
-from wqd.supervision import Connection, Pool, State, WorkerProcess
-from wqd.worker_record import WorkerRecord
+from wqd.ipc.worker_record import WorkerRecord
+from wqd.master.stalls import KILL_FLOOR, KILL_WITHOUT_HEARTBEAT, MAX_STEP, UNRESPONSIVE_AFTER, StallWatch, kill_after
+from wqd.master.supervision import Connection, Pool, State, WorkerProcess
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """`wqd status`'s broker line names each URL once."""
 
-from wqd.status import format_status
+from wqd.cli.status import format_status
 
 ONE = "amqp://guest:***@rabbit1:5672/%2F"
 TWO = "amqp://guest:***@rabbit2:5672/%2F"

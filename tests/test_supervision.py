@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 
 from wqd.config import WorkerBounds
-from wqd.queue_monitor import STABLE_SECONDS
-from wqd.supervision import (
+from wqd.master.queue_monitor import STABLE_SECONDS
+from wqd.master.supervision import (
     CRASHED,
     EARLY_DEATH_SECONDS,
     KILLED,

@@ -21,7 +21,7 @@ import pytest
 from tests.support.broker import MISSING_RABBITMQ_MESSAGE, BrokerNode, free_port, port_open, rabbitmq_available
 from tests.support.daemon import Wqd, pool, run_cli, task_body, url_option, wqd_env
 from tests.support.waiting import wait_for
-from wqd import amqp
+from wqd.broker import amqp
 from wqd.config import BrokerConfig, TLSConfig
 
 EXIT_UNAVAILABLE = 69

@@ -22,11 +22,12 @@ from tests.support.otlp import OtlpReceiver
 from tests.support.queues import wait_queue
 from tests.support.waiting import wait_for
 from wqd import config as config_module
-from wqd import exec_handler, tracing
+from wqd import tracing
+from wqd.handlers import exec_handler
+from wqd.ipc.task_stats import Outcome
 from wqd.message import Message
 from wqd.publishing import tracing as publishing_tracing
-from wqd.routing import Task
-from wqd.task_stats import Outcome
+from wqd.worker.routing import Task
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
 PARENT = "b7ad6b7169203331"

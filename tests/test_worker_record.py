@@ -4,8 +4,8 @@ import os
 import signal
 import time
 
-from wqd.task_stats import DURATION_BUCKETS, Outcome
-from wqd.worker_record import KEY_BYTES, WorkerRecord
+from wqd.ipc.task_stats import DURATION_BUCKETS, Outcome
+from wqd.ipc.worker_record import KEY_BYTES, WorkerRecord
 
 
 def _in_child(work) -> int:

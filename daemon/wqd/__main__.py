@@ -1,3 +1,3 @@
-from wqd.cli import main
+from wqd.cli.main import main
 
 main()

@@ -19,3 +19,14 @@ class BrokerUnavailable(WqdError):
 class InputError(WqdError):
     """Input a command was given cannot be used as it is: a line that is not
     UTF-8, a message larger than the broker takes (os.EX_DATAERR)."""
+
+
+# An error longer than this is cut, saying so: one log line, not megabytes.
+MAX_ERROR_CHARS = 4096
+
+
+def bounded(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """``text``, cut to about ``limit`` characters with a note saying how long it was."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]} ... (cut: the error was {len(text)} characters long)"

@@ -29,7 +29,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
 import wqd
-from wqd.task_stats import Outcome
+from wqd.ipc.task_stats import Outcome
 
 log = logging.getLogger("wqd.tracing")
 

@@ -28,7 +28,7 @@ from tests.partitions.nodes import NamespacedWqd
 from tests.partitions.proxy import DelayProxy
 from tests.support.daemon import pool, task_body
 from tests.support.waiting import wait_for
-from wqd import queues
+from wqd.broker import queues
 from wqd.config import PoolConfig
 
 HEARTBEAT = 3            # seconds, wqd's (the broker agrees to the client's)

@@ -5,12 +5,13 @@ bench/hot_path_steps.py, which counts the instructions of the real hot path."""
 
 import os
 
-from wqd import config, reporting
-from wqd.consumer import Consumer
-from wqd.deduplication import FinishedRing
-from wqd.quiet import QuietSwitch
-from wqd.worker import WorkerContext
-from wqd.worker_record import WorkerRecord
+from wqd import config
+from wqd.ipc import reporting
+from wqd.ipc.quiet import QuietSwitch
+from wqd.ipc.worker_record import WorkerRecord
+from wqd.redelivery.deduplication import FinishedRing
+from wqd.worker.consumer import Consumer
+from wqd.worker.main import WorkerContext
 
 # The frame size pika negotiates with RabbitMQ by default (a copy's headers must fit one).
 FRAME_MAX = 131072

@@ -13,10 +13,10 @@ import logging
 from prometheus_client import Counter
 
 from wqd import errors
+from wqd.broker.dead_letters import printable
 from wqd.console import dead_pages, history, page, view
 from wqd.console.auth import COOKIE, Auth, Refused
 from wqd.console.dead_work import DeadWork
-from wqd.dead_letters import printable
 
 log = logging.getLogger("wqd.console")
 

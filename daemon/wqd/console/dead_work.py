@@ -21,8 +21,9 @@ import time
 
 from setproctitle import setproctitle
 
-from wqd import children, errors, logs
-from wqd.dead_letters import DeadLetterQueues, pools_with_dead_letters, printable, text
+from wqd import errors, logs
+from wqd.broker.dead_letters import DeadLetterQueues, pools_with_dead_letters, printable, text
+from wqd.master import children
 
 log = logging.getLogger("wqd.console")
 

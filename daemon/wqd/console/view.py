@@ -5,10 +5,11 @@ restarts, its queues' depth and consumers, and the broker."""
 import time
 
 import wqd
+from wqd.master import views
 
 
 def overview(master) -> dict:
-    status = master.status()
+    status = views.status(master)
     task_ids = {proc.pid: proc.record.read().message_key for proc in master.workers.values()}
     restarts = _restarts(master.metrics)
     queues = {}

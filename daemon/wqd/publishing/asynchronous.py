@@ -19,8 +19,9 @@ import aio_pika
 import aio_pika.exceptions
 import aiormq.exceptions
 
-from wqd import amqp, backoff
+from wqd import backoff
 from wqd import config as config_module
+from wqd.broker import amqp
 from wqd.publishing import delays, tracing
 from wqd.publishing.errors import BrokerUnreachable, PublishError, QueueNotFound
 from wqd.publishing.messages import outgoing, outgoing_batch

@@ -15,7 +15,7 @@ import time
 
 import pika.exceptions
 
-from wqd import amqp
+from wqd.broker import amqp
 from wqd.publishing.outcomes import ACK, NACK, RETURNED
 
 

@@ -12,8 +12,9 @@ from typing import Iterable, Optional
 import pika
 import pika.exceptions
 
-from wqd import amqp, backoff
+from wqd import backoff
 from wqd import config as config_module
+from wqd.broker import amqp
 from wqd.publishing import delays, tracing
 from wqd.publishing.confirms import ChannelLost, ConfirmChannel, Timeout, is_broker_error
 from wqd.publishing.errors import BrokerUnreachable, PublishError, QueueNotFound

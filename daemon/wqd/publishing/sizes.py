@@ -1,6 +1,6 @@
 """The largest message the broker at the other end of a connection takes."""
 
-from wqd import amqp
+from wqd.broker import amqp
 
 MiB = 1024 * 1024
 # RabbitMQ's default max_message_size: 128 MiB up to 3.x, 16 MiB from 4.0;

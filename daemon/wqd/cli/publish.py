@@ -6,7 +6,8 @@ import re
 import pika
 import pika.exceptions
 
-from wqd import amqp, errors, queues
+from wqd import errors
+from wqd.broker import amqp, queues
 from wqd.publishing import BrokerUnreachable, Publisher, PublishError
 from wqd.publishing.sizes import max_message_size
 

@@ -6,16 +6,20 @@ time_limit, retire) and its ``Connection`` (what it last reported about the
 broker). ``wqd status`` shows both, e.g. "busy, stopping". When a worker
 exits, ``classify_exit`` names the restart from its wait status and its state,
 and ``RespawnBackoff`` delays the slot's next start if it keeps dying early.
-Nothing here makes a system call: the master does the forking and killing.
+Nothing here forks or kills: the master does.
 """
 
 import enum
+import logging
 import os
 import signal
+import time
 from typing import Optional
 
-from wqd.autoscaling import Activity
 from wqd.backoff import exponential
+from wqd.master.autoscaling import Activity
+
+log = logging.getLogger("wqd.master")
 
 # A worker that dies sooner than this after its start died "early"; a slot that
 # keeps dying early is restarted with a growing delay instead of at once.
@@ -285,3 +289,28 @@ class WorkerProcess:
             return False  # TIMED_OUT or STALLED: killed already; RETIRING: killed at kill_at
         self.state = State.STALLED  # RUNNING/RECYCLING -> STALLED
         return True
+
+
+def worker_exited(proc: "WorkerProcess", status: int, busy: bool) -> Optional[str]:
+    """Log a reaped worker's end and book it with its slot's respawn backoff;
+    return its restart reason (None: no restart, e.g. a retired worker).
+    ``busy``: it died during a task."""
+    pool, now, how = proc.pool, time.monotonic(), describe_status(status)
+    if os.WIFEXITED(status) and os.WEXITSTATUS(status) == os.EX_CONFIG and pool.failed:
+        log.error("Worker %s %s with a configuration error; pool %r is not restarted until a "
+                  "reload fixes it.", proc.name, how, pool.config.name)
+        return None
+    reason, why = classify_exit(status, proc.state, busy), explain_exit(status, proc.state, busy)
+    if reason is None:
+        log.info("Worker %s (pid %d) %s%s.", proc.name, proc.pid, how, why)
+    elif reason == RECYCLED:
+        log.info("Worker %s (pid %d) %s (%s); replacing it.", proc.name, proc.pid, how, reason)
+        pool.respawn.reset(proc.slot)  # a planned exit, however early, is no crash loop
+    else:
+        hint = " Perhaps out of memory?" if may_be_out_of_memory(status, proc.state, busy) else ""
+        log.warning("Worker %s (pid %d) %s (%s)%s; replacing it.%s", proc.name, proc.pid, how, reason, why, hint)
+        delay = pool.respawn.exited(now - proc.started_at, now, proc.slot)
+        if delay:
+            log.warning("Worker %s died %d times in a row within %.0f s of starting; next start in %.0f s.",
+                        proc.name, pool.respawn.early_deaths(proc.slot), EARLY_DEATH_SECONDS, delay)
+    return reason

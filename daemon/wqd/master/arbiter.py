@@ -5,6 +5,7 @@ fd; the loop acts: signals, worker reports, reaping, time limits, autoscaling,
 the worker count, notifications. The master holds no broker connection.
 """
 
+import enum
 import errno
 import json
 import logging
@@ -15,28 +16,27 @@ import time
 
 from setproctitle import setproctitle
 
-from wqd import autoscaling, children, errors, logs, lost_attempts, reloading, reporting, worker
+from wqd import errors, logs
 from wqd.console.app import Console
-from wqd.deduplication import FinishedLedger, FinishedRing
-from wqd.http_endpoint import HTTPEndpoint
-from wqd.metrics import Metrics
-from wqd.queue_monitor import QueueMonitor
-from wqd.quiet import QuietSwitch
-from wqd.stalls import StallWatch, kill_after
-from wqd.supervision import (
-    EARLY_DEATH_SECONDS,
-    RECYCLED,
+from wqd.ipc import reporting
+from wqd.ipc.quiet import QuietSwitch
+from wqd.ipc.task_stats import Outcome
+from wqd.ipc.worker_record import WorkerRecord
+from wqd.master import autoscaling, children, reloading, views
+from wqd.master.http_endpoint import HTTPEndpoint
+from wqd.master.metrics import Metrics
+from wqd.master.queue_monitor import QueueMonitor
+from wqd.master.stalls import StallWatch, kill_after, over_time_limit
+from wqd.master.supervision import (
     Connection,
     Pool,
     WorkerProcess,
-    classify_exit,
-    describe_status,
-    explain_exit,
-    may_be_out_of_memory,
+    worker_exited,
 )
-from wqd.systemd import Notifier
-from wqd.task_stats import Outcome
-from wqd.worker_record import SETTLE_TIMEOUT, WorkerRecord
+from wqd.master.systemd import Notifier
+from wqd.redelivery import lost_attempts
+from wqd.redelivery.deduplication import FinishedLedger, FinishedRing
+from wqd.worker import main as worker
 
 log = logging.getLogger("wqd.master")
 
@@ -44,12 +44,18 @@ log = logging.getLogger("wqd.master")
 LOOP_TIMEOUT = 1.0
 # After a fast stop, workers get this long to exit on SIGQUIT before SIGKILL.
 FAST_STOP_TIMEOUT = 2.0
-# While workers drain during a stop, the loop keeps asking systemd for this much
-# more time (EXTEND_TIMEOUT_USEC), so a graceful_timeout longer than the unit's
-# TimeoutStopSec is honoured, and a master that hangs is still killed.
-STOP_EXTEND_SECONDS = 10.0
-
 HANDLED_SIGNALS = ("HUP", "INT", "QUIT", "TERM", "TTIN", "TTOU", "TSTP", "CONT", "CHLD")
+
+
+class State(enum.Enum):
+    """Where the master is in its life. STARTING until every pool consumes
+    (then READY=1 to systemd), and again after a reload until the new pools
+    do; a stop is graceful (workers finish their task) or fast (SIGQUIT)."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    STOPPING = "stopping"
+    STOPPING_FAST = "stopping fast"
 
 
 class Master:
@@ -69,17 +75,12 @@ class Master:
         self.lost_attempts = lost_attempts.MasterLedger(finished=self.finished.finished)
         self.state_file = config.deduplication.state_file  # where the ledger is kept; a reload does not move it
         self.signals = []
-        self.stopping = False
-        self.fast_stop = False
+        self.state = State.STARTING
         self.quiet = QuietSwitch()  # TSTP turns it on, CONT off; every worker reads it
         self.stalls = StallWatch(config.broker.heartbeat)  # workers that stopped running
         self.autoscaled_at = 0.0  # monotonic time of the autoscaler's last look
         self.config_error = None  # why every pool failed: run() raises it once stopped
-        self.was_ready = False
         self.notifier = Notifier()
-        self.last_watchdog = 0.0
-        self.last_stop_extend = 0.0
-        self.last_status_line = ""
         self.metrics = Metrics(self._snapshot, self._live_records)
         for pool in self.pools:
             self.metrics.add_pool(pool.config.name)
@@ -91,6 +92,10 @@ class Master:
         self.reload = None  # the reload in progress (reloading.Reload), if any
         self.reload_again = False  # a SIGHUP came during it: one more reload follows it
         self.pid = os.getpid()
+
+    @property
+    def stopping(self) -> bool:
+        return self.state in (State.STOPPING, State.STOPPING_FAST)
 
     # -- start and main loop --
 
@@ -109,8 +114,8 @@ class Master:
             self.http = HTTPEndpoint(self.config.metrics.listen, {
                 "/metrics": lambda: (200, "text/plain; version=0.0.4; charset=utf-8", self.metrics.exposition()),
                 "/healthz": lambda: (200, "text/plain", b"ok\n"),
-                "/readyz": self._readyz,
-                "/status": lambda: (200, "application/json", json.dumps(self.status()).encode()),
+                "/readyz": lambda: views.readyz(self.is_ready(), self.quiet.on, self.stopping),
+                "/status": lambda: (200, "application/json", json.dumps(views.status(self)).encode()),
             }, app=self.console.handle if self.console else None)
             log.info("Serving metrics on http://%s/metrics.", self.http.address)
         log.info("wqd master started (pid %d) with %s; pools: %s.", self.pid, self.config.path,
@@ -156,7 +161,7 @@ class Master:
         if self.reload:  # wake to kill the loading child at its deadline
             timeout = max(0.0, min(timeout, self.reload.deadline - now))
         if self.notifier.watchdog_interval:  # wake for the ping: a late one can cost a SIGABRT
-            next_ping = self.last_watchdog + self.notifier.watchdog_interval
+            next_ping = self.notifier.last_watchdog + self.notifier.watchdog_interval
             timeout = max(0.0, min(timeout, next_ping - time.monotonic()))
         if any(pool.config.workers.autoscaled for pool in self.pools):
             timeout = max(0.0, min(timeout, self.autoscaled_at + autoscaling.STEP_INTERVAL - now))
@@ -202,7 +207,8 @@ class Master:
                 self._kill(proc, signal.SIGKILL)
         if self.stopping:
             return
-        self._enforce_time_limits(now)
+        for proc in over_time_limit(self.workers.values(), now):
+            self._kill(proc, signal.SIGKILL)
         for proc in self.stalls.look(now, self.workers.values()):
             self._kill(proc, signal.SIGKILL)
         self._autoscale(now)
@@ -256,16 +262,16 @@ class Master:
             timeout = self.config.shutdown.graceful_timeout
             log.info("Graceful stop: workers finish their current task (up to %.0f s).", timeout)
             self.notifier.notify("STOPPING=1", "STATUS=Stopping: workers finish their current task")
-            self.stopping = True
+            self.state = State.STOPPING
             self.queue_monitor.stop()
             if self.reload:
                 self.reload.cancel()
             for proc in self.workers.values():
                 self._retire(proc, timeout)
-        elif not self.fast_stop:
+        elif self.state is not State.STOPPING_FAST:
             log.info("Fast stop: workers exit now; their unacked messages return to the queue.")
             self.notifier.notify("STOPPING=1", "STATUS=Stopping fast")
-            self.stopping = self.fast_stop = True
+            self.state = State.STOPPING_FAST
             self.queue_monitor.stop()
             if self.reload:
                 self.reload.cancel()
@@ -319,28 +325,10 @@ class Master:
             log.info("The handler code changed; replacing every worker gracefully (in-flight tasks finish on "
                      "the old code, new workers run the new).")
             self.code_fingerprint = code.fingerprint
-        current = {pool.config.name: pool for pool in self.pools}
-        pools = []
-        for pool_config in new_config.pools:
-            old = current.pop(pool_config.name, None)
-            if old and not (broker_changed or code_changed) and old.config.same_settings(pool_config) \
-                    and not old.failed:
-                old.reconfigure(pool_config)
-                pools.append(old)
-                continue
-            new_pool = Pool(pool_config, handler=None)
-            if old and code_changed and not broker_changed and not old.failed:
-                log.info("Pool %r: rolling its workers onto the new code, one slot at a time.", pool_config.name)
-                new_pool.replacing = old.replacing or old  # a deploy during a deploy rolls from the first
-            elif old:
-                log.info("Pool %r changed; replacing its workers gracefully.", pool_config.name)
-                self._retire_pool(old)
-            else:
-                log.info("Pool %r added.", pool_config.name)
-            pools.append(new_pool)
-            self.metrics.add_pool(pool_config.name)
-        for old in current.values():
-            log.info("Pool %r removed; stopping its workers gracefully.", old.config.name)
+        pools, retired = reloading.switch_pools(self.pools, new_config, broker_changed, code_changed)
+        for pool in pools:
+            self.metrics.add_pool(pool.config.name)
+        for old in retired:
             self._retire_pool(old)
         self.pools = pools
         self.config = new_config
@@ -348,7 +336,7 @@ class Master:
         if self.console:
             self.console.configure(new_config)
         self.stalls.kill_after = kill_after(new_config.broker.heartbeat)
-        self.was_ready = False  # READY=1 again once every pool consumes
+        self.state = State.STARTING  # READY=1 again once every pool consumes
         log.info("Reloaded %s; pools: %s.", self.config.path,
                  ", ".join(f"{p.config.name}={p.desired}" for p in self.pools))
 
@@ -392,29 +380,11 @@ class Master:
                     self._retire(proc, self.config.shutdown.graceful_timeout)
 
     def _autoscale(self, now: float) -> None:
-        """Once per autoscaling.STEP_INTERVAL: grow an autoscaled pool by one
-        worker, or retire its workers idle for idle_timeout (autoscaling.py)."""
-        if now - self.autoscaled_at < autoscaling.STEP_INTERVAL:
-            return
-        self.autoscaled_at = now
-        for pool in self.pools:
-            bounds = pool.config.workers
-            if not bounds.autoscaled or pool.failed:
-                continue
-            running = [proc for proc in self.workers.values() if proc.pool is pool and not proc.retiring]
-            for proc in running:
-                record = proc.record.read()
-                proc.activity.look(record.busy_since is not None, sum(record.outcomes.values()), now)
-            ready = self.queue_monitor.messages_ready(pool.config.name)
-            if not self.quiet.on and autoscaling.should_grow(bounds, pool.desired, running, ready):
-                pool.scale_to(pool.desired + 1)
-                log.info("Pool %r: %d messages ready and every worker busy; one worker more (%d, max %d).",
-                         pool.config.name, ready, pool.desired, bounds.max)
-                continue
-            for proc in autoscaling.idle_to_retire(bounds, pool.desired, running, now):
-                pool.slots.discard(proc.slot)
-                log.info("Pool %r: worker %s idle for %.0f s; retiring it (%d left, min %d).",
-                         pool.config.name, proc.name, proc.activity.idle_for(now), pool.desired, bounds.min)
+        """Once per autoscaling.STEP_INTERVAL (autoscaling.py)."""
+        if now - self.autoscaled_at >= autoscaling.STEP_INTERVAL:
+            self.autoscaled_at = now
+            ready = self.queue_monitor.messages_ready
+            for proc in autoscaling.step(self.pools, self.workers.values(), ready, self.quiet.on, now):
                 self._retire(proc, self.config.shutdown.graceful_timeout)
 
     def _spawn(self, pool: Pool, slot: int) -> None:
@@ -427,16 +397,12 @@ class Master:
             os.close(read_fd)
             os.close(command_write)
             self._close_master_fds()
-            # A pool from a reload: the master imported no handler for it; the worker does.
-            if pool.handler is None and not reloading.import_handler_after_fork(
-                    pool, self.config.path, slot, write_fd, self.preloaded):
-                return os.EX_CONFIG
             return worker.run(worker.WorkerContext(
                 pool=pool.config, broker=self.config.broker, handler=pool.handler, slot=slot, quiet=self.quiet,
                 report_fd=write_fd, command_fd=command_read, record=record,
                 lost_attempts=self.lost_attempts.counts(), master_pid=self.pid,
                 graceful_timeout=self.config.shutdown.graceful_timeout, tracing=self.config.tracing.enabled,
-                finished_ring=ring))
+                finished_ring=ring, config_path=self.config.path, preloaded=self.preloaded))
 
         pid = children.fork(child_main, f"Worker {pool.config.name}[{slot}]")
         if ring is not None:
@@ -479,21 +445,6 @@ class Master:
         except ProcessLookupError:
             pass  # already dead; the reaper will see it
 
-    def _enforce_time_limits(self, now: float) -> None:
-        for proc in self.workers.values():
-            limit = proc.pool.config.time_limit
-            task = limit and proc.record.read()
-            if not (task and task.past_time_limit(limit, now) and proc.over_time_limit()):
-                continue
-            if task.settling_since is None:
-                log.warning("Worker %s (pid %d) exceeded time_limit=%ss on task %s; killing it.",
-                            proc.name, proc.pid, limit, task.message_key)
-            else:
-                log.warning("Worker %s (pid %d) did not settle task %s within %.0f s of its handler's end "
-                            "(time_limit=%ss); killing it.", proc.name, proc.pid, task.message_key,
-                            SETTLE_TIMEOUT, limit)
-            self._kill(proc, signal.SIGKILL)
-
     def _reap(self) -> None:
         while True:
             try:
@@ -519,31 +470,12 @@ class Master:
 
     def _worker_exited(self, proc: WorkerProcess, status: int, final) -> None:
         """``final``: the last snapshot of the worker's record."""
-        pool, now = proc.pool, time.monotonic()
-        how = describe_status(status)
         if final.busy_since is not None:
-            self.metrics.record_task(pool.config.name, Outcome.FAILED)
+            self.metrics.record_task(proc.pool.config.name, Outcome.FAILED)
             self._count_lost_attempt(final.message_key)
-        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == os.EX_CONFIG and pool.failed:
-            log.error("Worker %s %s with a configuration error; pool %r is not restarted until a "
-                      "reload fixes it.", proc.name, how, pool.config.name)
-            return
-        busy = final.busy_since is not None
-        reason, why = classify_exit(status, proc.state, busy), explain_exit(status, proc.state, busy)
-        if reason is None:
-            log.info("Worker %s (pid %d) %s%s.", proc.name, proc.pid, how, why)
-            return
-        self.metrics.restarts.labels(pool.config.name, reason).inc()
-        if reason == RECYCLED:
-            log.info("Worker %s (pid %d) %s (%s); replacing it.", proc.name, proc.pid, how, reason)
-            pool.respawn.reset(proc.slot)  # a planned exit, however early, is no crash loop
-            return
-        hint = " Perhaps out of memory?" if may_be_out_of_memory(status, proc.state, busy) else ""
-        log.warning("Worker %s (pid %d) %s (%s)%s; replacing it.%s", proc.name, proc.pid, how, reason, why, hint)
-        delay = pool.respawn.exited(now - proc.started_at, now, proc.slot)
-        if delay:
-            log.warning("Worker %s died %d times in a row within %.0f s of starting; next start in %.0f s.",
-                        proc.name, pool.respawn.early_deaths(proc.slot), EARLY_DEATH_SECONDS, delay)
+        reason = worker_exited(proc, status, busy=final.busy_since is not None)
+        if reason is not None:
+            self.metrics.restarts.labels(proc.pool.config.name, reason).inc()
 
     def _count_lost_attempt(self, key: str) -> None:
         self.lost_attempts.count_lost(key, self.workers.values())
@@ -571,116 +503,38 @@ class Master:
             elif event == reporting.FATAL:
                 proc.pool.failed = fields["error"]
 
-    # -- state for metrics, status and systemd --
-
-    def _pool_counts(self, pool: Pool) -> dict:
-        procs = [p for p in self.workers.values() if p.pool is pool]
-        busy = sum(p.busy_since is not None for p in procs)
-        return {
-            "name": pool.config.name,
-            "queue": pool.config.queue,
-            "desired": pool.desired,
-            "min": pool.config.workers.min,
-            "max": pool.config.workers.max,
-            "workers": len(procs),
-            "consuming": sum(p.seen_connection is Connection.CONSUMING for p in procs),
-            "busy": busy,
-            "saturation": busy / len(procs) if procs else 0.0,
-            "connected": sum(p.seen_connection in (Connection.CONNECTED, Connection.CONSUMING) for p in procs),
-            "failed": pool.failed,
-        }
+    # -- state for metrics, status and systemd (views.py) --
 
     def is_ready(self) -> bool:
         """Ready for work (/readyz, wqd_ready): every pool consumes, and wqd is neither quiet nor stopping."""
         return self._workers_up() and not self.quiet.on
 
     def _workers_up(self) -> bool:
-        """Every pool has a worker consuming, or connected while quiet: READY=1 for systemd."""
-        up = (Connection.CONNECTED, Connection.CONSUMING) if self.quiet.on else (Connection.CONSUMING,)
-        return all(any(p.pool in (pool, pool.replacing) and p.seen_connection in up for p in self.workers.values())
-                   for pool in self.pools) and not self.stopping
+        """READY=1 for systemd: every pool has a worker consuming (connected, while quiet)."""
+        return not self.stopping and views.workers_up(self.pools, self.workers.values(), self.quiet.on)
 
     def _live_records(self):
         for proc in self.workers.values():
             yield proc.pool.config.name, proc.record
 
     def _snapshot(self):
-        return [self._pool_counts(pool) for pool in self.pools], self.is_ready(), self.quiet.on
+        workers = self.workers.values()
+        return [views.pool_counts(pool, workers) for pool in self.pools], self.is_ready(), self.quiet.on
 
-    def _readyz(self):
-        if self.is_ready():
-            return 200, "text/plain", b"ready\n"
-        if self.quiet.on and not self.stopping:
-            return 503, "text/plain", b"not ready: quiet (SIGTSTP); workers consume nothing until SIGCONT\n"
-        return 503, "text/plain", b"not ready: a pool has no consuming worker\n"
-
-    def status(self) -> dict:
-        now, totals = time.monotonic(), self.metrics.task_totals()
-        pools = []
-        for pool in self.pools:
-            counts = self._pool_counts(pool)
-            counts["tasks"] = totals[pool.config.name].outcomes
-            counts["worker_processes"] = [_worker_status(proc, now, self.quiet.on) for proc in
-                                          sorted(self.workers.values(), key=lambda p: p.slot) if proc.pool is pool]
-            pools.append(counts)
-        return {"pid": self.pid, "ready": self.is_ready(), "quiet": self.quiet.on, "stopping": self.stopping,
-                "pools": pools,
-                "broker": self.queue_monitor.broker}  # {server, url} the queue monitor is connected to, or None
+    def _status_line(self) -> str:
+        return views.status_line(self.pools, self.workers.values(), self.metrics.task_totals(), self.quiet.on)
 
     def _notify(self) -> None:
-        ready = self._workers_up()
-        if ready and not self.was_ready:
-            self.was_ready = True
+        """Tell systemd (systemd.py): READY=1 once every pool consumes, STATUS, stop progress, the watchdog."""
+        if self.state is State.STARTING and self._workers_up():
+            self.state = State.RUNNING
             log.info("Ready: every pool has a consuming worker.")
             self.notifier.notify("READY=1", "STATUS=" + self._status_line())
         elif self.stopping and self.workers:
-            self._extend_stop_timeout()
-        elif self.notifier.address and not self.stopping:
-            line = self._status_line()
-            if line != self.last_status_line:
-                self.last_status_line = line
-                self.notifier.notify("STATUS=" + line)
-        interval = self.notifier.watchdog_interval
-        if interval and time.monotonic() - self.last_watchdog >= interval:
-            self.last_watchdog = time.monotonic()
-            self.notifier.notify("WATCHDOG=1")
-
-    def _extend_stop_timeout(self) -> None:
-        """About once a second while workers finish their tasks. The master
-        bounds the stop itself (graceful_timeout, then SIGKILL), so systemd's
-        TimeoutStopSec need not, and must not cut a long task short."""
-        now = time.monotonic()
-        if now - self.last_stop_extend < LOOP_TIMEOUT:
-            return
-        self.last_stop_extend = now
-        busy = sum(proc.busy_since is not None for proc in self.workers.values())
-        self.notifier.extend_timeout(STOP_EXTEND_SECONDS, f"Stopping: {len(self.workers)} workers left, "
-                                                          f"{busy} finishing a task")
-
-    def _status_line(self) -> str:
-        parts, totals = [], self.metrics.task_totals()
-        for pool in self.pools:
-            counts = self._pool_counts(pool)
-            done = totals[pool.config.name].outcomes["succeeded"]
-            bounds = pool.config.workers
-            scaling = f" ({bounds})" if bounds.autoscaled else ""
-            parts.append(f"{counts['name']}: {counts['workers']}/{counts['desired']}{scaling} workers, "
-                         f"{counts['connected']} connected, {done} done")
-        quiet = "Quiet (SIGCONT resumes): " if self.quiet.on else ""
-        return quiet + "; ".join(parts)
-
-
-def _worker_status(proc: WorkerProcess, now: float, quiet: bool) -> dict:
-    busy_since = proc.busy_since
-    if proc.stalled:  # not run for a while (stalls.py), whatever it last reported
-        state = "stalled"
-    elif quiet and proc.connection is Connection.CONNECTED:  # consuming nothing while quiet, not about to
-        state = "quiet"
-    else:
-        state = proc.connection.value
-    return {"pid": proc.pid, "name": proc.name, "state": state, "busy": busy_since is not None,
-            "task_age": round(now - busy_since, 3) if busy_since else None,
-            "stopping": proc.retiring}
+            self.notifier.stopping(views.stop_line(self.workers.values()))
+        elif not self.stopping:
+            self.notifier.status(self._status_line)
+        self.notifier.watchdog()
 
 
 def _drain(fd: int) -> None:

@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
-from wqd.task_stats import DURATION_BUCKETS, Outcome
+from wqd.ipc.task_stats import DURATION_BUCKETS, Outcome
 
 RESTART_REASONS = ("crashed", "killed", "time_limit", "stalled", "recycled")
 # The *_created series double every counter and no dashboard of ours reads them.

@@ -21,13 +21,16 @@ from typing import Callable, Optional
 
 from setproctitle import setproctitle
 
-from wqd import logs, reporting
+from wqd import logs
 from wqd.config import BrokerConfig, PoolConfig
-from wqd.consumer import Consumer
-from wqd.deduplication import FinishedRing
-from wqd.errors import ConfigError
-from wqd.quiet import QuietSwitch
-from wqd.worker_record import WorkerRecord
+from wqd.errors import ConfigError, bounded
+from wqd.handlers import code_version
+from wqd.handlers import loading as handlers
+from wqd.ipc import reporting
+from wqd.ipc.quiet import QuietSwitch
+from wqd.ipc.worker_record import WorkerRecord
+from wqd.redelivery.deduplication import FinishedRing
+from wqd.worker.consumer import Consumer
 
 log = logging.getLogger("wqd.worker")
 
@@ -45,7 +48,7 @@ class WorkerContext:
 
     pool: PoolConfig
     broker: BrokerConfig
-    handler: Callable
+    handler: Optional[Callable]  # None: a pool from a reload, whose handler this worker imports
     slot: int  # 1..workers within the pool; a replacement takes its predecessor's slot
     quiet: QuietSwitch  # the master's: on, the worker finishes its task and stops consuming
     report_fd: int  # worker -> master: events (reporting.py)
@@ -56,6 +59,8 @@ class WorkerContext:
     graceful_timeout: float = 30.0  # shutdown.graceful_timeout: an orphan's deadline to finish its task
     tracing: bool = False  # tracing.enabled: a span per task (tracing.py)
     finished_ring: Optional[FinishedRing] = None  # shared memory: messages finished; None: no deduplication
+    config_path: str = ""  # named in an import error
+    preloaded: tuple = ()  # the master's handler modules: forgotten before importing from disk
 
     @property
     def name(self) -> str:
@@ -74,6 +79,11 @@ def run(context: WorkerContext) -> int:
     signal.pthread_sigmask(signal.SIG_BLOCK, WAITED_SIGNALS)
 
     reporter = reporting.Reporter(context.report_fd)
+    if context.handler is None:
+        handler = _import_handler(context, reporter)
+        if handler is None:
+            return os.EX_CONFIG
+        context = dataclasses.replace(context, handler=handler)
     consumer = Consumer(context, reporter)
     exit_code = []
     main_thread = threading.main_thread().ident
@@ -114,6 +124,22 @@ def run(context: WorkerContext) -> int:
             return 1
     consumer_thread.join()
     return exit_code[0] if exit_code else 1
+
+
+def _import_handler(context: WorkerContext, reporter):
+    """The handler of a pool the master holds none for (a pool from a reload),
+    imported from disk after forgetting the master's copies of the handler
+    modules. On failure the master is told the pool has a configuration error
+    and None is returned (the worker exits EX_CONFIG)."""
+    try:
+        code_version.forget(context.preloaded)
+        return handlers.load(context.pool)
+    except BaseException as exc:  # any import-time failure of user code (sys.exit too) is a configuration error
+        error = bounded(f"{context.config_path}: pool {context.pool.name!r}: cannot import handler "
+                        f"{context.pool.handler!r}: {type(exc).__name__}: {exc}")
+    log.error("%s", error)
+    reporter.send(reporting.FATAL, error=error)
+    return None
 
 
 def _orphan_must_exit(context: WorkerContext, orphaned_at: float) -> bool:

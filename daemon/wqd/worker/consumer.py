@@ -17,15 +17,18 @@ import os
 import threading
 from time import perf_counter
 
-from wqd import amqp, backoff, deduplication, header_decoding, lost_attempts, pika_transport, queues, reporting
+from wqd import backoff
+from wqd.broker import amqp, header_decoding, pika_transport, queues
 from wqd.config import redact_url
-from wqd.connection_keeper import ConnectionKeeper
-from wqd.lost_attempts import message_key
+from wqd.ipc import reporting
+from wqd.ipc.task_stats import Outcome
+from wqd.ipc.worker_record import SETTLE_TIMEOUT
 from wqd.message import Message
-from wqd.refused_copies import MAX_PARKED
-from wqd.routing import RECOVERABLE, Router, Task
-from wqd.task_stats import Outcome
-from wqd.worker_record import SETTLE_TIMEOUT
+from wqd.redelivery import deduplication, lost_attempts
+from wqd.redelivery.lost_attempts import message_key
+from wqd.worker.connection_keeper import ConnectionKeeper
+from wqd.worker.refused_copies import MAX_PARKED
+from wqd.worker.routing import RECOVERABLE, Router, Task
 
 log = logging.getLogger("wqd.worker")
 

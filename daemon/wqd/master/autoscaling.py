@@ -16,6 +16,10 @@ chosen; one that takes a task between the look and its SIGTERM finishes it
 before it exits, as at any graceful stop.
 """
 
+import logging
+
+log = logging.getLogger("wqd.master")
+
 STEP_INTERVAL = 1.0
 
 
@@ -56,3 +60,30 @@ def idle_to_retire(bounds, desired: int, workers: list, now: float) -> list:
     idle = [proc for proc in workers if proc.activity.idle_for(now) >= bounds.idle_timeout]
     idle.sort(key=lambda proc: proc.slot, reverse=True)
     return idle[:max(0, desired - bounds.min)]
+
+
+def step(pools, workers, messages_ready, quiet: bool, now: float) -> list:
+    """One look at every autoscaled pool: grow one by a worker, or shrink it
+    (its idle workers leave its slots). ``messages_ready(pool_name)``: the
+    queue monitor's count. Returns the workers to retire."""
+    retire = []
+    for pool in pools:
+        bounds = pool.config.workers
+        if not bounds.autoscaled or pool.failed:
+            continue
+        running = [proc for proc in workers if proc.pool is pool and not proc.retiring]
+        for proc in running:
+            record = proc.record.read()
+            proc.activity.look(record.busy_since is not None, sum(record.outcomes.values()), now)
+        ready = messages_ready(pool.config.name)
+        if not quiet and should_grow(bounds, pool.desired, running, ready):
+            pool.scale_to(pool.desired + 1)
+            log.info("Pool %r: %d messages ready and every worker busy; one worker more (%d, max %d).",
+                     pool.config.name, ready, pool.desired, bounds.max)
+            continue
+        for proc in idle_to_retire(bounds, pool.desired, running, now):
+            pool.slots.discard(proc.slot)
+            log.info("Pool %r: worker %s idle for %.0f s; retiring it (%d left, min %d).",
+                     pool.config.name, proc.name, proc.activity.idle_for(now), pool.desired, bounds.min)
+            retire.append(proc)
+    return retire

@@ -29,11 +29,14 @@ import pika.data
 import pika.exceptions
 from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
-from wqd import backoff, lost_attempts, queues, refused_copies
+from wqd import backoff
+from wqd.broker import queues
 from wqd.config import PoolConfig
+from wqd.ipc.task_stats import Outcome
 from wqd.message import Reject
-from wqd.refused_copies import RetryImpossible, Uncopyable
-from wqd.task_stats import Outcome
+from wqd.redelivery import lost_attempts
+from wqd.worker import refused_copies
+from wqd.worker.refused_copies import RetryImpossible, Uncopyable
 
 log = logging.getLogger("wqd.worker")
 

@@ -29,6 +29,8 @@ starts to run wqd's code (a pool added by a reload imports its handler before).
 
 import logging
 
+from wqd.ipc.worker_record import SETTLE_TIMEOUT
+
 log = logging.getLogger("wqd.master")
 
 # Silent this long (a stamp is due every second), a worker is shown stalled and not ready.
@@ -86,3 +88,21 @@ class StallWatch:
         elif proc.stalled and not stalled:
             log.info("Worker %s (pid %d) runs again.", proc.name, proc.pid)
         proc.stalled = stalled
+
+
+def over_time_limit(workers, now: float):
+    """The workers to SIGKILL for their pool's time_limit: the task ran past
+    it, or its settling did (the handler returned, the ack hangs)."""
+    for proc in workers:
+        limit = proc.pool.config.time_limit
+        task = limit and proc.record.read()
+        if not (task and task.past_time_limit(limit, now) and proc.over_time_limit()):
+            continue
+        if task.settling_since is None:
+            log.warning("Worker %s (pid %d) exceeded time_limit=%ss on task %s; killing it.",
+                        proc.name, proc.pid, limit, task.message_key)
+        else:
+            log.warning("Worker %s (pid %d) did not settle task %s within %.0f s of its handler's end "
+                        "(time_limit=%ss); killing it.", proc.name, proc.pid, task.message_key,
+                        SETTLE_TIMEOUT, limit)
+        yield proc

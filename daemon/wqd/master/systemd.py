@@ -14,6 +14,11 @@ import socket
 import time
 
 ENVIRONMENT = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+# While workers drain during a stop, the master keeps asking systemd for this
+# much more time (EXTEND_TIMEOUT_USEC), at most once a second, so a
+# graceful_timeout longer than the unit's TimeoutStopSec is honoured, and a
+# master that hangs is still killed.
+STOP_EXTEND_SECONDS = 10.0
 
 
 class Notifier:
@@ -30,6 +35,9 @@ class Notifier:
         if _positive_int(watchdog_usec) and (not watchdog_pid or watchdog_pid == str(os.getpid())):
             self.watchdog_interval = int(watchdog_usec) / 1_000_000 / 2
         self._socket = None
+        self.last_watchdog = 0.0
+        self._last_status = ""
+        self._last_extend = 0.0
         if self.address:
             self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
 
@@ -46,12 +54,29 @@ class Notifier:
         253+) requires; READY=1 must follow once the reload is done."""
         self.notify("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
 
-    def extend_timeout(self, seconds: float, status: str) -> None:
-        """Keep systemd's start or stop timeout from firing for ``seconds`` more,
-        and say why. systemd applies it only once the unit's own timeout
-        (TimeoutStopSec=) has passed, and then only until ``seconds`` after the
-        last such message: repeat it while the work goes on, stop when it hangs."""
-        self.notify(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}", f"STATUS={status}")
+    def status(self, line) -> None:
+        """STATUS=, when it changed; ``line()`` makes it (only when systemd listens)."""
+        if self._socket is not None and (text := line()) != self._last_status:
+            self._last_status = text
+            self.notify("STATUS=" + text)
+
+    def stopping(self, status: str) -> None:
+        """While workers finish their tasks: keep systemd's stop timeout from
+        firing for STOP_EXTEND_SECONDS more, and say why. systemd applies it
+        only once the unit's own TimeoutStopSec= has passed, and only until
+        STOP_EXTEND_SECONDS after the last such message: the master bounds the
+        stop itself (graceful_timeout, then SIGKILL), and a hung master is
+        still killed."""
+        now = time.monotonic()
+        if now - self._last_extend >= 1.0:
+            self._last_extend = now
+            self.notify(f"EXTEND_TIMEOUT_USEC={int(STOP_EXTEND_SECONDS * 1_000_000)}", f"STATUS={status}")
+
+    def watchdog(self) -> None:
+        """WATCHDOG=1 when it is due."""
+        if self.watchdog_interval and time.monotonic() - self.last_watchdog >= self.watchdog_interval:
+            self.last_watchdog = time.monotonic()
+            self.notify("WATCHDOG=1")
 
     def close(self) -> None:
         """In a forked worker: let go of the master's socket."""

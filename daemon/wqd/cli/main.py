@@ -11,13 +11,15 @@ import sys
 import time
 
 import wqd
-from wqd import amqp, code_version, dead_letters, errors, logs, queues
 from wqd import config as config_module
-from wqd import handlers as handlers_module
-from wqd.dead_letters import printable, quoted
-from wqd.publisher import declare_config, publish_lines, utf8_body
+from wqd import errors, logs
+from wqd.broker import amqp, dead_letters, queues
+from wqd.broker.dead_letters import printable, quoted
+from wqd.cli.publish import declare_config, publish_lines, utf8_body
+from wqd.cli.status import format_status, gather_status
+from wqd.handlers import code_version
+from wqd.handlers import loading as handlers_module
 from wqd.publishing.delays import MAX_DELAY
-from wqd.status import format_status, gather_status
 
 EXIT_OK = 0
 # Any failure the table below does not name.
@@ -208,7 +210,7 @@ def _check_broker(config) -> int:
 
 
 def cmd_run(args) -> int:
-    from wqd.master import Master  # imported here: only `run` needs the process machinery
+    from wqd.master.arbiter import Master  # imported here: only `run` needs the process machinery
 
     config = _load_config(args)
     handlers, code = _import_handlers(config)

@@ -7,7 +7,7 @@ RELOAD_MEMORY_BYTES of memory more than the master's, and sends the validated
 Config back (pickled: it is our own child); the master keeps supervising
 meanwhile, and applies the result without importing anything. The workers of
 a new or changed pool import their handler after the fork
-(``import_handler_after_fork``); a failure there parks the pool, as any
+(worker/main.py); a failure there parks the pool, as any
 configuration error reported by a worker does.
 """
 
@@ -21,9 +21,13 @@ import time
 
 from setproctitle import setproctitle
 
-from wqd import children, code_version, errors, logs, reporting
 from wqd import config as config_module
-from wqd import handlers as handlers_module
+from wqd import errors, logs
+from wqd.errors import bounded
+from wqd.handlers import code_version
+from wqd.handlers import loading as handlers_module
+from wqd.master import children
+from wqd.master.supervision import Pool
 
 log = logging.getLogger("wqd.master")
 
@@ -33,17 +37,8 @@ RELOAD_TIMEOUT = 30.0
 # Memory the loading child may use beyond what it inherits from the master
 # (its data segment: heap and anonymous mappings, not the shared libraries).
 RELOAD_MEMORY_BYTES = 1024 * 1024 * 1024
-# An error longer than this is cut, saying so: one log line, not megabytes.
-MAX_ERROR_CHARS = 4096
 # The pickled result the master accepts from the child.
 MAX_RESULT_BYTES = 16 * 1024 * 1024
-
-
-def bounded(text: str, limit: int = MAX_ERROR_CHARS) -> str:
-    """``text``, cut to about ``limit`` characters with a note saying how long it was."""
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]} ... (cut: the error was {len(text)} characters long)"
 
 
 class Reload:
@@ -188,20 +183,32 @@ def _limit_memory(extra: int) -> None:
     resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
 
 
-def import_handler_after_fork(pool, config_path: str, slot: int, report_fd: int, preloaded: tuple) -> bool:
-    """In a new worker of a pool the master holds no handler for (a pool from a
-    reload): import it from disk (``preloaded``, the master's copies of the
-    handler modules, forgotten first) and set ``pool.handler``. On failure,
-    tell the master the pool has a configuration error and return False (the
-    worker exits EX_CONFIG)."""
-    logs.set_process_name(f"worker {pool.config.name}[{slot}]")  # what the module's import logs is the worker's
-    try:
-        code_version.forget(preloaded)
-        pool.handler = handlers_module.load(pool.config)
-        return True
-    except BaseException as exc:  # any import-time failure of user code (sys.exit too) is a configuration error
-        error = bounded(f"{config_path}: pool {pool.config.name!r}: cannot import handler "
-                        f"{pool.config.handler!r}: {type(exc).__name__}: {exc}")
-    logging.getLogger("wqd.worker").error("%s", error)
-    reporting.Reporter(report_fd).send(reporting.FATAL, error=error)
-    return False
+def switch_pools(pools: list, new_config, replace_all: bool, code_changed: bool):
+    """The pools of a reloaded configuration, from the running ones: a pool
+    whose settings are unchanged is kept (its workers too); a changed one is
+    new and its old one retired; with new handler code (``code_changed``) a
+    pool rolls onto it one worker slot at a time. ``replace_all`` (broker or
+    tracing changed) replaces every pool. Returns (pools, the old pools whose
+    workers retire now)."""
+    current = {pool.config.name: pool for pool in pools}
+    switched, retired = [], []
+    for pool_config in new_config.pools:
+        old = current.pop(pool_config.name, None)
+        if old and not (replace_all or code_changed) and old.config.same_settings(pool_config) and not old.failed:
+            old.reconfigure(pool_config)
+            switched.append(old)
+            continue
+        new_pool = Pool(pool_config, handler=None)
+        if old and code_changed and not replace_all and not old.failed:
+            log.info("Pool %r: rolling its workers onto the new code, one slot at a time.", pool_config.name)
+            new_pool.replacing = old.replacing or old  # a deploy during a deploy rolls from the first
+        elif old:
+            log.info("Pool %r changed; replacing its workers gracefully.", pool_config.name)
+            retired.append(old)
+        else:
+            log.info("Pool %r added.", pool_config.name)
+        switched.append(new_pool)
+    for old in current.values():
+        log.info("Pool %r removed; stopping its workers gracefully.", old.config.name)
+        retired.append(old)
+    return switched, retired

@@ -22,10 +22,13 @@ from pika.adapters.utils.connection_workflow import AMQPConnectorException
 from prometheus_client.core import GaugeMetricFamily
 from setproctitle import setproctitle
 
-from wqd import amqp, children, logs, reporting
+from wqd import logs
 from wqd.backoff import exponential
+from wqd.broker import amqp
 from wqd.config import redact_url
-from wqd.supervision import RespawnBackoff, describe_status
+from wqd.ipc import reporting
+from wqd.master import children
+from wqd.master.supervision import RespawnBackoff, describe_status
 
 log = logging.getLogger("wqd.queue_monitor")
 

@@ -19,9 +19,10 @@ from urllib.parse import quote, urlsplit
 import pika
 import yaml
 
-from wqd import ledger_file, queues
+from wqd.broker import queues
 from wqd.errors import ConfigError  # noqa: F401  (raised here; callers catch it from here too)
-from wqd.http_endpoint import parse_listen
+from wqd.master.http_endpoint import parse_listen
+from wqd.redelivery import ledger_file
 
 DEFAULT_CONFIG_PATH = "/etc/wqd/wqd.yaml"
 DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672/%2F"

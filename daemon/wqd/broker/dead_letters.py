@@ -30,8 +30,11 @@ from typing import Callable, Iterator, Optional, Tuple
 import pika
 import pika.exceptions
 
-from wqd import amqp, errors, header_decoding, lost_attempts, queues, routing
+from wqd import errors
+from wqd.broker import amqp, header_decoding, queues
 from wqd.config import Config, PoolConfig
+from wqd.redelivery import lost_attempts
+from wqd.worker import routing
 
 # Headers a replayed copy does not keep: its attempt count starts again, and
 # the failure they describe is the old one; CC and BCC would route it to other

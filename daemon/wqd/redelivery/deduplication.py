@@ -47,8 +47,8 @@ import logging
 import mmap
 import struct
 
-from wqd import ledger_file
-from wqd.lost_attempts import ATTEMPT_HEADER, header_number
+from wqd.redelivery import ledger_file
+from wqd.redelivery.lost_attempts import ATTEMPT_HEADER, header_number
 
 log = logging.getLogger("wqd.master")
 

@@ -26,7 +26,7 @@ import mmap
 import struct
 import time
 
-from wqd.task_stats import DURATION_BUCKETS, Outcome
+from wqd.ipc.task_stats import DURATION_BUCKETS, Outcome
 
 KEY_BYTES = 256  # an AMQP message_id is a shortstr: at most 255 bytes
 _GENERATION = struct.Struct("Q")  # native: one aligned 8-byte load or store

@@ -7,8 +7,8 @@ import pkgutil
 import traceback
 from typing import Callable, Optional
 
-from wqd import exec_handler
 from wqd.config import ConfigError, ExecHandler
+from wqd.handlers import exec_handler
 
 # Frames of the import machinery and of this module: an error's origin is the
 # user code that raised, so a frame in one of these is not shown.

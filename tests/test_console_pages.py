@@ -171,3 +171,12 @@ def test_ages_filter_the_list():
     assert dead_pages.parse_age("90") == 90 and dead_pages.parse_age("2h") == 7200 and dead_pages.parse_age("") is None
     with pytest.raises(ValueError):
         dead_pages.parse_age("-3m")
+
+
+def test_a_page_asked_for_again_within_a_second_is_not_rendered_again(console):
+    first = console.handle(make_request("GET", "/"))
+    assert console.handle(make_request("GET", "/")) is first  # many browsers: one rendering a second
+    assert console.handle(make_request("GET", "/?x=1")) is not first
+    console.handle(make_request("POST", "/actions/quiet", {"Authorization": f"Bearer {TOKEN}"}))
+    again = console.handle(make_request("GET", "/"))
+    assert again is not first and b"Resume" in again[2]  # an action shows at once

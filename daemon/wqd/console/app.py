@@ -7,8 +7,10 @@ cached. Actions are POSTs, allowed only as auth.py says, each logged as an
 audit line (who, what, result) and counted in wqd_console_actions_total.
 """
 
+import collections
 import importlib.resources
 import logging
+import time
 
 from prometheus_client import Counter
 
@@ -32,6 +34,12 @@ HTML = "text/html; charset=utf-8"
 DEAD_READING_MAX_AGE = 5.0  # a dead-letter page older than this asks for a new reading
 STATIC = {"/static/console.css": ("console.css", "text/css; charset=utf-8")}
 MAX_WORKERS = 1000
+ACTIONS = ("quiet", "resume", "scale", "replay", "purge")
+# A page asked for again within this long (same path, query and session) is
+# served as rendered: many browsers, or one reloading in a loop, cost the
+# master at most one rendering per page and second. Any action clears it.
+PAGE_CACHE_SECONDS = 1.0
+PAGE_CACHE_SIZE = 32
 
 
 def _static(name: str) -> bytes:
@@ -48,7 +56,11 @@ class Console:
         self.dead = DeadWork(master.config, self._dead_job_done)
         self.actions = Counter("wqd_console_actions", "Actions asked for in the console, by result (done, failed, "
                                "refused).", ["action", "result"], registry=master.metrics.registry)
+        for action in ACTIONS:  # every series from the start at zero, as the pools' are
+            for result in ("done", "failed", "refused"):
+                self.actions.labels(action, result)
         self._static = {path: (_static(name), kind) for path, (name, kind) in STATIC.items()}
+        self._pages = collections.OrderedDict()  # (path, query, session id) -> (monotonic time, answer)
 
     # -- the master's loop --
 
@@ -90,23 +102,38 @@ class Console:
             body, kind = self._static[request.path]
             return 200, kind, body, {**SECURITY_HEADERS, "Cache-Control": "max-age=300"}
         session = self.auth.session(request)
+        if request.path in ("/dead", "/dead/letter"):
+            self.dead.browse_soon(DEAD_READING_MAX_AGE)
+        key = (request.path, tuple(sorted((name, tuple(values)) for name, values in request.query.items())),
+               session.id if session else None)
+        now = time.monotonic()
+        cached = self._pages.get(key)
+        if cached is not None and now - cached[0] < PAGE_CACHE_SECONDS:
+            return cached[1]
+        answer = self._render(request, session)
+        self._pages[key] = (now, answer)
+        self._pages.move_to_end(key)
+        while len(self._pages) > PAGE_CACHE_SIZE:
+            self._pages.popitem(last=False)
+        return answer
+
+    def _render(self, request, session):
         csrf = session.csrf if session else ""
         if request.path == "/":
             return self._page("Pools", page.overview(view.overview(self.master), self.history, csrf), session,
                               refresh=page.REFRESH_SECONDS)
         if request.path == "/dead":
-            self.dead.browse_soon(DEAD_READING_MAX_AGE)
             busy = self.dead.letters is None or any(job.kind != "browse" for job in self.dead.jobs())
             return self._page("Dead letters", dead_pages.listing(self.dead, request.query, csrf), session,
                               refresh=2 if busy else None)
         if request.path == "/dead/letter":
-            self.dead.browse_soon(DEAD_READING_MAX_AGE)
             return self._page("Dead letter", dead_pages.letter_page(self.dead, request.query, csrf), session)
         if request.path == "/login":
             return self._page("Log in", _login_form(self.auth.enabled), session)
         return self._page("Not found", page.message("Not found", f"Nothing at {request.path}."), session, status=404)
 
     def _post(self, request):
+        self._pages.clear()
         if request.path == "/login":
             return self._log_in(request)
         if request.path == "/logout":
@@ -176,6 +203,7 @@ class Console:
         return None, "/dead"
 
     def _dead_job_done(self, job) -> None:
+        self._pages.clear()
         self._audit(job.who, job.kind, job.fields, "done" if job.ok else "failed", job.summary, raw=True)
 
     def _log_in(self, request):

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from wqd import config
+from wqd.config.urls import _percent_encode
 
 SECRET = "S3CR/et@pa,ss#w?rd:x"
 URL = f"amqp://guest:{SECRET}@127.0.0.1:5672/%2F"
@@ -71,7 +72,7 @@ def _parse_without_leaks(text: str) -> None:
         config.parse(text, "fuzz.yaml")
     except config.ConfigError as exc:
         message = str(exc)
-        assert SECRET not in message and config._percent_encode(SECRET) not in message, message
+        assert SECRET not in message and _percent_encode(SECRET) not in message, message
         assert "S3CR/et" not in message, message
 
 

@@ -6,7 +6,8 @@ import base64
 import pytest
 
 from wqd import config, errors
-from wqd.console import auth, charts, dead_pages, history, page, tokens
+from wqd.config import console_tokens as tokens
+from wqd.console import auth, charts, dead_pages, history, page
 from wqd.console.app import Console
 from wqd.console.dead_work import DeadWork
 from wqd.handlers.code_version import CodeVersion

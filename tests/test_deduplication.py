@@ -204,3 +204,24 @@ def test_a_quorum_queue_redelivery_is_deduplicated_too(broker, queue_name, make_
     assert ends(wqd) == {"g": 1}
     assert wqd.stop() == 0
 
+
+
+def test_a_copy_published_again_with_the_check_header_is_acked_without_running(broker, queue_name, make_wqd):
+    """A publisher that is not sure its first publish arrived (a PublishError,
+    the outbox relay after a crash) flags the second copy with
+    x-wqd-check-duplicate: it is acked as a duplicate when the first copy
+    finished here. Without the flag, a second message of the same id is a new
+    message and runs (no question costs a first delivery)."""
+    wqd = make_wqd([pool(queue_name, workers=1)])
+    wqd.start()
+    broker.publish(queue_name, task_body("first"), message_id="m-again")
+    wait_for(lambda: ends(wqd)["first"] == 1, 30, message=lambda: f"the first copy ran:\n{wqd.logs()}")
+    broker.publish(queue_name, task_body("flagged"), message_id="m-again", headers={"x-wqd-check-duplicate": 1})
+    wait_for(lambda: duplicates(wqd) == 1, 30, message=lambda: f"the flagged copy was a duplicate:\n{wqd.logs()}")
+    broker.publish(queue_name, task_body("unflagged"), message_id="m-again")
+    broker.publish(queue_name, task_body("new-id"), message_id="m-other", headers={"x-wqd-check-duplicate": 1})
+    wait_for(lambda: ends(wqd)["unflagged"] == 1 and ends(wqd)["new-id"] == 1, 30,
+             message=lambda: f"an unflagged copy and a flagged new id run:\n{wqd.logs()}")
+    assert runs(wqd)["flagged"] == 0 and duplicates(wqd) == 1
+    assert "acking its copy published again without running it" in wqd.logs()
+    assert wqd.stop() == 0

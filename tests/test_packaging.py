@@ -202,7 +202,7 @@ def test_sdist_builds_and_a_wheel_builds_from_it(tmp_path, installed):
     sdist = tmp_path / "dist" / f"wqd-{VERSION}.tar.gz"
     with tarfile.open(sdist) as tar:
         names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
-    assert {"setup.cfg", "pyproject.toml", "daemon/wqd/__init__.py", "daemon/wqd/cli.py"} <= names, names
+    assert {"setup.cfg", "pyproject.toml", "daemon/wqd/__init__.py", "daemon/wqd/cli/main.py"} <= names, names
     _run([str(installed / "pip"), "--disable-pip-version-check", "wheel", "--no-deps",
           "--wheel-dir", str(tmp_path / "from-sdist"), str(sdist)])
     assert (tmp_path / "from-sdist" / f"wqd-{VERSION}-py3-none-any.whl").exists()

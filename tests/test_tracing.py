@@ -303,7 +303,7 @@ def test_tracing_off_loads_no_opentelemetry_and_a_reload_turns_it_on(broker, que
                                 "--header", f"traceparent={TRACEPARENT}", "hello"],
                                env=wqd.env, capture_output=True, text=True, timeout=60)
     assert published.returncode == 0, published
-    assert "wqd.publisher" in published.stderr and "opentelemetry" not in published.stderr
+    assert "wqd.cli.publish" in published.stderr and "opentelemetry" not in published.stderr
     (entry,) = wait_for(lambda: _observed(wqd), 30, message="the task ran")
     # Nothing loaded OpenTelemetry in the worker, nor in the master it was forked from;
     # the publisher's context passes through untouched.

@@ -33,17 +33,12 @@ from typing import Optional
 
 import pika.exceptions
 
+from wqd.config.limits import DELIVERY_LIMIT_MARGIN, MAX_QUORUM_RETRIES  # noqa: F401 (queues.MAX_QUORUM_RETRIES)
+from wqd.config.schema import arguments_wqd_sets
 from wqd.errors import ConfigError
 
 log = logging.getLogger("wqd.queues")
 
-# Deliveries lost to connection failures (broker restarts, network) that a
-# message may suffer on top of the max_retries + 1 attempts wqd counts.
-DELIVERY_LIMIT_MARGIN = 10
-# The largest max_retries of a quorum pool. A message being redelivered keeps
-# the quorum queue's log from being truncated past it, so its delivery limit
-# must stay small; max_retries + 1 + DELIVERY_LIMIT_MARGIN is at most 111.
-MAX_QUORUM_RETRIES = 100
 
 # The broker's delivery-acknowledgement timeout when its configuration does
 # not set consumer_timeout (RabbitMQ 3.8.15 and later): 30 minutes.
@@ -91,17 +86,6 @@ def work_queue_arguments(pool, version: tuple = ()) -> Optional[dict]:
         arguments["x-consumer-timeout"] = int(timeout * 1000)
     return arguments or None
 
-
-def arguments_wqd_sets(pool) -> set:
-    """The work queue arguments wqd decides for ``pool``, on some broker version."""
-    own = {"x-queue-type"}
-    if pool.queue_type == "quorum":
-        own |= {"x-delivery-limit"}
-        if pool.dead_letter_queue:
-            own |= {"x-dead-letter-exchange", "x-dead-letter-routing-key", "x-dead-letter-strategy", "x-overflow"}
-    if pool.time_limit is not None:
-        own.add("x-consumer-timeout")
-    return own
 
 
 def passive_warning(pool) -> Optional[str]:

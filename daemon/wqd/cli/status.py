@@ -10,7 +10,7 @@ import pika.exceptions
 from wqd import errors
 from wqd.broker import amqp, queues
 from wqd.config import redact_url
-from wqd.master.http_endpoint import parse_listen
+from wqd.config.checks import parse_listen
 
 MASTER_TIMEOUT = 2.0
 # A master's /status is a few KiB per pool; more is not read.

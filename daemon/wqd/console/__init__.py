@@ -5,5 +5,5 @@ It is served from the master's loop like /metrics, so nothing in it may wait:
 pages are rendered from what the master holds (view.py, history.py), and the
 dead letters, which live on the broker, are read and acted on by a child
 process (dead_work.py) whose last answer the pages show. Actions are off
-unless console.token_file is set (tokens.py, sessions.py, actions.py).
+unless console.token_file is set (config/console_tokens.py, auth.py).
 """

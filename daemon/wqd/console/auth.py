@@ -15,7 +15,7 @@ import time
 from http.cookies import CookieError, SimpleCookie
 from typing import Optional
 
-from wqd.console import tokens as token_file
+from wqd.config import console_tokens as token_file
 
 COOKIE = "wqd_console"
 MAX_SESSIONS = 64

@@ -21,6 +21,8 @@ import socket
 import time
 import urllib.parse
 
+from wqd.config.checks import parse_listen
+
 log = logging.getLogger("wqd.master")
 
 # A client whose request has not arrived, and been answered, after this long
@@ -35,10 +37,6 @@ BODY_LIMIT = 64 * 1024
 MAX_CLIENTS = 64
 LISTEN_BACKLOG = 64
 
-
-def parse_listen(listen: str):
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 class Request:

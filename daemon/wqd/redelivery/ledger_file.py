@@ -21,11 +21,11 @@ writer, and a master waiting there before its loop starts would serve no
 import hashlib
 import logging
 import os
-import stat
 import struct
 import tempfile
 from typing import Optional
 
+from wqd.config.checks import special_file, special_kind
 from wqd.errors import ConfigError
 
 log = logging.getLogger("wqd.master")
@@ -46,24 +46,7 @@ class NotARegularFile(ConfigError):
     pass
 
 
-_SPECIAL_FILES = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
-                  (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
 
-
-def special_file(path: str) -> Optional[str]:
-    """What ``path`` names when it is there and not a regular file ("a FIFO
-    (named pipe)", ...), following symbolic links; None otherwise (a regular
-    file, nothing, or what cannot be looked at: reading it says why)."""
-    try:
-        return _kind(os.stat(path).st_mode)
-    except (OSError, ValueError):
-        return None
-
-
-def _kind(mode: int) -> Optional[str]:
-    if stat.S_ISREG(mode):
-        return None
-    return next((name for is_kind, name in _SPECIAL_FILES if is_kind(mode)), "a special file")
 
 
 def _open(path: str):
@@ -75,7 +58,7 @@ def _open(path: str):
         _refuse(path, special_file(path))  # a socket cannot be opened at all
         raise
     try:
-        _refuse(path, _kind(os.fstat(descriptor).st_mode))
+        _refuse(path, special_kind(os.fstat(descriptor).st_mode))
     except NotARegularFile:
         os.close(descriptor)
         raise

@@ -226,7 +226,8 @@ class WorkerCounts:
         to ``max_attempts + 1`` (past the last: lost with its worker once too
         often), the attempts of its lineage lost with a worker, and whether
         the master holds it as finished here (asked only with a ``probe``,
-        deduplication.Recorder.probe, on a redelivery).
+        deduplication.Recorder.probe: on a redelivery, or a first delivery
+        flagged as perhaps published before).
         ``delivery_count``: trust x-delivery-count (set by quorum queues)."""
         if not headers or not isinstance(headers, dict):
             if not redelivered:  # most deliveries: a first attempt, nothing lost, no header to parse
@@ -236,6 +237,8 @@ class WorkerCounts:
         finished = False
         if not redelivered:
             lost = 0  # a lineage's first delivery: nothing of it died yet
+            if probe is not None:  # flagged as perhaps published before (accounting.py)
+                finished = self._ask(key, probe)[1]
         elif delivery_count:
             # The broker counts deliveries that were not settled; the master
             # counts parkings too (refused_copies.py), which RabbitMQ 4.3 no

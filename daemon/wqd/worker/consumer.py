@@ -24,8 +24,8 @@ from wqd.ipc import reporting
 from wqd.ipc.task_stats import Outcome
 from wqd.ipc.worker_record import SETTLE_TIMEOUT
 from wqd.message import Message
-from wqd.redelivery import deduplication, lost_attempts
-from wqd.redelivery.lost_attempts import message_key
+from wqd.redelivery.accounting import Accounts
+from wqd.redelivery.lost_attempts import WorkerLost
 from wqd.worker.connection_keeper import ConnectionKeeper
 from wqd.worker.refused_copies import MAX_PARKED
 from wqd.worker.routing import RECOVERABLE, Router, Task
@@ -48,14 +48,10 @@ class Consumer:
         self.reporter = reporter
         self.record = context.record  # the worker's shared-memory record, read by the master
         self.keeper = ConnectionKeeper()
-        # While a redelivery waits for the master's count, the keeper serves the connection.
-        self.lost_counts = lost_attempts.WorkerCounts(context.command_fd, context.lost_attempts, reporter,
-                                                      while_waiting=self.keeper)
-        # Records each message finished here before its ack; None: deduplicate is off.
-        self.deduplication = (deduplication.Recorder(self.pool.queue, context.finished_ring, context.record)
-                              if context.finished_ring is not None else None)
-        self.router = Router(self.pool, settle_again=self._settle,
-                             finished=self.deduplication and self.deduplication.finished)
+        # "Been here before?": asked once per delivery; while it waits for the
+        # master, the keeper serves the connection.
+        self.accounts = Accounts(context, reporter, while_waiting=self.keeper)
+        self.router = Router(self.pool, self.accounts, self.record)
         self._stop_reason = None
         self._quiet = False  # the master's quiet switch, as last seen: no consumer, connection kept
         self._wake = threading.Event()
@@ -170,6 +166,10 @@ class Consumer:
                 self._failures = 0  # reset only once consuming works, as pika's examples do
                 log.info("Consuming from %r (prefetch %d).", self.pool.queue, self.pool.prefetch)
                 self.reporter.send(reporting.CONSUMING)
+            if self.router.parked_news and not self._deliveries:
+                self._parked()
+            if self._recycles and self.router.settled != self._tasks_done:
+                self._check_recycle()
             if self._deliveries:
                 self._handle(*self._deliveries.popleft())
             else:
@@ -254,43 +254,41 @@ class Consumer:
 
     def _task(self, method, properties, body):
         """The Task for a delivery; None when it is not to run (returned, or lost too often)."""
-        key = message_key(properties, body)
-        max_attempts = self.pool.max_retries + 1
-        probe = self.deduplication.probe(properties) if method.redelivered and self.deduplication else None
-        attempt, lost, finished = self.lost_counts.attempt(properties.headers, key, method.redelivered, max_attempts,
-                                                           delivery_count=self.pool.queue_type == "quorum",
-                                                           probe=probe)
-        message = Message(body, properties, method.redelivered, attempt,
+        seen = self.accounts.assess(method.redelivered, properties, body)
+        max_attempts = self.accounts.max_attempts
+        message = Message(body, properties, method.redelivered, seen.attempt,
                           self.pool.queue, self.pool.name, self.worker_name)
-        task = Task(method.delivery_tag, message, key, lost)
+        task = Task(method.delivery_tag, message, seen.key, seen.lost)
         if method.redelivered:
             self.record.redelivered()
-        if finished:  # its ack was lost (a broker crash, a worker killed just before it): not run again
-            log.info("Task %s already finished here; acking its redelivery without running it (duplicate).",
-                     message.message_id)
+        if seen.duplicate:  # its ack was lost, or it was published twice: not run again
+            log.info("Task %s already finished here; acking its %s without running it (duplicate).",
+                     message.message_id, "redelivery" if method.redelivered else "copy published again")
             self._channel.basic_ack(method.delivery_tag)
             self.record.task_finished(Outcome.DUPLICATE)
             return None
         if self._stop_reason is not None:
             self.router.return_unstarted(method.delivery_tag, properties, body)
             return None
-        if attempt > max_attempts:
+        if seen.attempt > max_attempts:
             # It was lost (or parked: its copies refused, said once) on every
             # attempt so far: give up without running it again, so a poison
             # message cannot take the pool down.
-            task.error = self.router.parking.refused(key)
+            task.error = self.router.parking.refused(seen.key)
             if task.error is None:
-                task.error = lost_attempts.WorkerLost(_lost_reason(self.pool.queue_type, lost))
-                log.warning("Task %s given up without running it again: %s.", message.message_id or key, task.error)
+                task.error = WorkerLost(_lost_reason(self.pool.queue_type, seen.lost))
+                log.warning("Task %s given up without running it again: %s.", message.message_id or seen.key,
+                            task.error)
             message.attempt = max_attempts  # the last attempt that ran
             self._settle(task)
             return None
         return task
 
     def _settle(self, task: Task):
-        """Ack, retry or dead-letter a finished task; return its outcome (None while held)."""
-        if task.error is None and self.deduplication:  # the handler returned: recorded before the ack
-            self.deduplication.finished(task.message.properties)
+        """Ack, retry or dead-letter a finished task (routing.py); return its
+        outcome (None while held: the router retries it and books it)."""
+        if task.error is None:  # the handler returned: recorded before anything can lose the ack
+            self.accounts.finishing(task.message.properties)
         if self._cancelled_by_broker:  # while the handler ran
             return self._leave_to_broker(task)
         try:
@@ -298,22 +296,12 @@ class Consumer:
                 error = self.keeper.take_error() or amqp.broker_closed(self._channel)
                 if error is not None:  # the connection failed, or the broker closed the channel
                     raise error
-            outcome = self.router.settle(task)
+            return self.router.settle(task)
         except RECOVERABLE:
             log.warning("Task %s finished after its connection was lost; not acking it: "
                         "the broker has requeued it.", task.message.message_id or task.delivery_tag)
             self.record.task_finished(Outcome.FAILED, task.duration)
             raise
-        if outcome is None:  # held until the republish is tried again
-            return None
-        if task.parked:  # rare: no copy could be made; it goes back to its queue
-            self._parked(task)
-        elif task.lost:  # rare: its lineage lost attempts, and ends here
-            self.reporter.send(lost_attempts.CLEAR, key=task.key)
-        self.record.task_finished(outcome, task.duration)
-        if self._recycles:
-            self._check_recycle()
-        return outcome
 
     def _leave_to_broker(self, task: Task):
         """A task whose consumer the broker cancelled while it ran: its delivery
@@ -326,19 +314,19 @@ class Consumer:
         outcome = Outcome.SUCCEEDED if task.error is None else Outcome.FAILED
         self.record.task_finished(outcome, task.duration)
         return outcome
-    def _parked(self, task: Task) -> None:
-        """The master counts the attempt (its lineage goes on), and the
-        consumer is cancelled: _serve consumes anew, and a new consumer has a
-        prefetch window of its own, as the parked delivery keeps its slot
-        until its hold ends and the next messages must not wait. Not while
-        deliveries wait here: giving them back would republish them."""
-        self.reporter.send(lost_attempts.RETURNED, key=task.key)
-        self.record.copy_refused()
-        if not self._deliveries and len(self.router.parking) <= MAX_PARKED:
+    def _parked(self) -> None:
+        """A task was parked (no copy of it could be made, refused_copies.py):
+        the consumer is cancelled; _serve consumes anew, and a new consumer
+        has a prefetch window of its own, as the parked delivery keeps its
+        slot until its hold ends and the next messages must not wait. Only
+        once no delivery waits here: giving them back would republish them."""
+        self.router.parked_news = False
+        if len(self.router.parking) <= MAX_PARKED:
             self._cancel_consumer()
 
     def _check_recycle(self) -> None:
-        self._tasks_done += 1
+        """After a task was settled (the router counts them)."""
+        self._tasks_done = self.router.settled
         limit = self.pool.max_tasks_per_child
         if limit and self._tasks_done >= limit:
             self._recycle(f"max_tasks_per_child={limit} reached")

@@ -74,15 +74,16 @@ class Task:
 class Router:
     """Settles tasks on one connection; opened again with every new connection."""
 
-    def __init__(self, pool: PoolConfig, settle_again, finished=None):
-        """``settle_again(task)``: the consumer's settling of a held task, called
-        from a connection timer when its republish is to be tried again.
-        ``finished(properties)``: records a failed attempt whose copy the
-        broker confirmed (or that was dropped), before the original's ack
-        (deduplication.py); None when the pool does not deduplicate."""
+    def __init__(self, pool: PoolConfig, accounts, record):
+        """``accounts``: the worker's redelivery accounting (accounting.py),
+        told of a failed attempt whose copy the broker confirmed (or that was
+        dropped) before the original's ack, and of every settled task;
+        ``record``: the worker's WorkerRecord, where each outcome is counted."""
         self.pool = pool
-        self._settle_again = settle_again
-        self._finished = finished
+        self._accounts = accounts
+        self._record = record
+        self.settled = 0  # tasks settled so far (the consumer's max_tasks_per_child)
+        self.parked_news = False  # a task was parked since the consumer last looked
         self._connection = None
         self._channel = None  # the consuming channel: acks and nacks go on it
         self._publish_channel = None
@@ -124,11 +125,23 @@ class Router:
         while it is held for another republish."""
         if task.error is None:
             self._channel.basic_ack(task.delivery_tag)
-            return _SUCCEEDED
+            return self._booked(task, _SUCCEEDED)
         if not task.route_failures and task.duration is not None:  # the handler ran and failed
             log.warning("Task %s failed on attempt %d: %s: %s", task.message.message_id or "(no id)",
                         task.message.attempt, type(task.error).__name__, task.error)
-        return self._route_failure(task)
+        return self._booked(task, self._route_failure(task))
+
+    def _booked(self, task: Task, outcome):
+        """A task's end, told to the accounting and counted in the record; None (held) is no end yet."""
+        if outcome is None:
+            return None
+        self._accounts.settled(task.key, task.lost, task.parked)
+        if task.parked:
+            self._record.copy_refused()
+            self.parked_news = True
+        self._record.task_finished(outcome, task.duration)
+        self.settled += 1
+        return outcome
 
     def _route_failure(self, task: Task):
         """Send a failed attempt to a delay queue or the dead-letter queue (publisher
@@ -158,8 +171,7 @@ class Router:
             return self._park(task, str(exc))
         except REFUSALS as exc:
             return self._refused(task, final, exc)
-        if self._finished:  # its redelivery must not make a second copy
-            self._finished(message.properties)
+        self._accounts.finishing(message.properties)  # its redelivery must not make a second copy
         self._channel.basic_ack(task.delivery_tag)
         return outcome
 
@@ -251,7 +263,7 @@ class Router:
         forgotten with its channel meanwhile."""
         if task in self.held:
             self.held.discard(task)
-            self._settle_again(task)
+            self._booked(task, self._route_failure(task))
 
     def _reopen_publish_channel(self) -> None:
         """A channel that a quorum queue nacked during a leader election may go

@@ -1,4 +1,4 @@
-"""The console's token file: who may act, by name.
+"""The console's token file (console.token_file): who may act, by name.
 
 One token alone on a line (the whole file), or ``name:token`` lines; blank
 lines and lines starting with # are skipped. A token is at least MIN_LENGTH

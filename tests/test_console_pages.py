@@ -181,3 +181,42 @@ def test_a_page_asked_for_again_within_a_second_is_not_rendered_again(console):
     console.handle(make_request("POST", "/actions/quiet", {"Authorization": f"Bearer {TOKEN}"}))
     again = console.handle(make_request("GET", "/"))
     assert again is not first and b"Resume" in again[2]  # an action shows at once
+
+
+def test_dead_letter_work_answers_from_its_child_when_the_broker_is_unreachable(tmp_path):
+    """A real child (forked as the master forks it) that cannot reach the
+    broker: its answer is the error, shown on the page; the master never waited."""
+    import os
+    import selectors
+
+    from tests.support.broker import free_port
+    from tests.support.waiting import wait_for
+
+    path = tmp_path / "wqd.yaml"
+    path.write_text(f"broker: {{url: 'amqp://guest:guest@127.0.0.1:{free_port()}/%2F'}}\n"
+                    "pools:\n- {name: a, queue: q, handler: 'x:y'}\n")
+    work = DeadWork(config.load(str(path)), lambda job: None)
+    work.browse_soon(0)
+    work.tick(0.0, lambda: None)
+    pid = work.running[1]
+    ended = []
+
+    def child_done():
+        if work.fileno() is not None:
+            with selectors.DefaultSelector() as selector:
+                selector.register(work.fileno(), selectors.EVENT_READ)
+                if selector.select(0.1):
+                    work.read()
+        found, status = os.waitpid(pid, os.WNOHANG)
+        if found:
+            ended.append(work.reaped(found, status))
+        return ended
+
+    try:
+        wait_for(child_done, 60, message="the dead-letter child's answer")
+    finally:
+        work.close()
+    assert ended == [True] and work.letters is None and work.running is None
+    assert "127.0.0.1" in work.read_error
+    html = dead_pages.listing(work, {}, "")
+    assert "Could not read them" in html

@@ -155,6 +155,8 @@ class Console:
             return self._page("Refused", page.message("Action refused", str(exc)), self.auth.session(request),
                               status=403)
         try:
+            if self.master.stopping:
+                raise errors.WqdError("wqd is stopping: it takes no more actions")
             done, back = handler(action, who, form)
         except errors.WqdError as exc:
             self._audit(who, action, form, "failed", str(exc))

@@ -35,7 +35,8 @@ def listing(work, query: dict, csrf: str) -> str:
         older = newer = None
     parts = ['<section><h1>Dead letters</h1>', _jobs(work)]
     if work.letters is None:
-        parts.append('<p class="muted">Reading the dead-letter queues…</p></section>')
+        parts.append(f'<p class="error">Could not read them: {e(work.read_error)}; trying again.</p></section>'
+                     if work.read_error else '<p class="muted">Reading the dead-letter queues…</p></section>')
         return "".join(parts)
     now = time.time()
     letters = [letter for letter in work.letters if (not pool or letter["pool"] == pool)

@@ -18,7 +18,7 @@ from tests.support.daemon import pool, run_cli, wait_gone, wqd_env
 from tests.support.queues import queue_counts, wait_queue
 from tests.support.waiting import wait_for
 from wqd import config as config_module
-from wqd.handlers import exec_handler
+from wqd.handlers import exec_handler, process
 from wqd.message import Message
 
 TESTS = Path(__file__).resolve().parent
@@ -98,7 +98,7 @@ def test_a_request_carries_text_as_text_and_other_bytes_as_base64():
 
 def test_output_is_split_into_lines_cut_and_counted(caplog):
     caplog.set_level(logging.INFO, logger="wqd.exec")
-    output = exec_handler.TaskOutput("m-1")
+    output = process.TaskOutput("m-1")
     output.feed("stdout", b"first li")
     output.feed("stdout", b"ne\nsecond\n" + b"x" * 5000)
     output.feed("stdout", b"yyy\nafter\n")
@@ -113,7 +113,7 @@ def test_output_is_split_into_lines_cut_and_counted(caplog):
     output.feed("stderr", b"unterminated")
     output.finish()
     logged = [record.getMessage() for record in caplog.records]
-    assert len(logged) == exec_handler.LINES_PER_TASK - 5 + 1
+    assert len(logged) == process.LINES_PER_TASK - 5 + 1
     assert logged[-1] == "Task m-1: 116 more output lines not logged (at most 100 per task)."
     assert output.tail() == "; stderr: late 6 | late 7 | late 8 | late 9 | unterminated"
 

@@ -26,10 +26,10 @@ from tests.support.daemon import pool, run_cli, wqd_env
 from tests.support.dead_letters import RawValue, publish_letters
 from tests.support.queues import queue_counts
 from tests.support.waiting import wait_for
-from wqd.broker import header_decoding
-from wqd.redelivery import lost_attempts
-from wqd.redelivery.lost_attempts import ATTEMPT_HEADER, DELIVERY_COUNT_HEADER, LOST_HEADER, WorkerCounts
-from wqd.worker import routing
+from wqd.broker import copies, header_decoding
+from wqd.redelivery import headers, lost_attempts
+from wqd.redelivery.headers import ATTEMPT_HEADER, DELIVERY_COUNT_HEADER, LOST_HEADER
+from wqd.redelivery.lost_attempts import WorkerCounts
 
 HEADER_NAMES = st.sampled_from([ATTEMPT_HEADER, LOST_HEADER, DELIVERY_COUNT_HEADER, "x-other"])
 SCALARS = st.one_of(
@@ -85,7 +85,7 @@ def test_the_attempt_of_any_headers_is_within_bounds(headers, redelivered, quoru
 @FUZZ
 @given(value=VALUES)
 def test_header_number_takes_only_plain_non_negative_integers(value):
-    number = lost_attempts.header_number({"h": value}, "h")
+    number = headers.header_number({"h": value}, "h")
     if value is None or isinstance(value, (bool, float, dict, list, decimal.Decimal, datetime.datetime)):
         assert number is None
     else:
@@ -122,7 +122,7 @@ def test_any_raw_header_table_decodes_and_encodes_again(raw):
     table = struct.pack(">I", len(items)) + items
     headers, offset = pika.data.decode_table(table, 0)
     assert offset == len(table)
-    properties = routing.encodable(routing.copy_properties(pika.BasicProperties(headers=headers)))
+    properties = copies.encodable(copies.copy_properties(pika.BasicProperties(headers=headers)))
     properties.encode()
 
 

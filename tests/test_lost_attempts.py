@@ -7,7 +7,8 @@ import pika
 import pytest
 
 from wqd.redelivery import lost_attempts
-from wqd.redelivery.lost_attempts import ATTEMPT_HEADER, LOST_HEADER, QUERY, MasterLedger, WorkerCounts
+from wqd.redelivery.headers import ATTEMPT_HEADER, LOST_HEADER, retry_headers
+from wqd.redelivery.lost_attempts import QUERY, MasterLedger, WorkerCounts
 
 
 class FakeWorker:
@@ -228,9 +229,9 @@ def test_the_ledger_clears_a_settled_lineage_and_tells_every_worker(workers):
 
 def test_a_retried_copy_records_its_next_attempt_and_leaves_its_lineage_counts():
     headers = {"tenant": "acme", ATTEMPT_HEADER: 2, LOST_HEADER: 1, "x-delivery-count": 4}
-    assert lost_attempts.retry_headers(headers, 2) == {"tenant": "acme", ATTEMPT_HEADER: 3}
+    assert retry_headers(headers, 2) == {"tenant": "acme", ATTEMPT_HEADER: 3}
     assert headers["x-delivery-count"] == 4, "the original headers are left alone"
-    assert lost_attempts.retry_headers(None, 1) == {ATTEMPT_HEADER: 2}
+    assert retry_headers(None, 1) == {ATTEMPT_HEADER: 2}
 
 
 def test_the_wire_format_and_the_key_of_a_message_without_id():

@@ -190,7 +190,7 @@ def test_tracing_without_the_otel_extra_is_a_configuration_error(tmp_path, insta
                              timeout=60, cwd=tmp_path)
     assert checked.returncode == 78, checked
     assert checked.stderr == (f"wqd: configuration error:\n{config}:2: tracing.enabled: is true, but OpenTelemetry "
-                              f"is not installed (No module named 'opentelemetry'): install wqd with its otel extra, "
+                              f"is not installed (no module opentelemetry.sdk.trace): install wqd with its otel extra, "
                               f"pip install 'wqd[otel]', or set tracing.enabled: false\n")
 
 

@@ -23,6 +23,7 @@ from tests.support.queues import wait_queue
 from tests.support.waiting import wait_for
 from wqd import config as config_module
 from wqd import tracing
+from wqd.config import otel
 from wqd.handlers import exec_handler
 from wqd.ipc.task_stats import Outcome
 from wqd.message import Message
@@ -192,7 +193,7 @@ def test_shutdown_gives_up_on_an_exporter_that_hangs():
 def test_the_environment_is_checked(monkeypatch, variables, problem):
     for name, value in variables.items():
         monkeypatch.setenv(name, value)
-    found = tracing.environment_problem()
+    found = otel.environment_problem()
     assert found == problem if problem is None else problem in found
 
 

@@ -29,6 +29,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
 import wqd
+from wqd.config.otel import exporter_names
 from wqd.ipc.task_stats import Outcome
 
 log = logging.getLogger("wqd.tracing")
@@ -36,48 +37,10 @@ log = logging.getLogger("wqd.tracing")
 # How long a stopping worker (or `wqd publish`) waits for its last spans to be exported.
 SHUTDOWN_TIMEOUT = 5.0
 DEFAULT_SERVICE_NAME = "wqd"
-EXPORTERS = ("otlp", "console", "none")
-OTLP_PROTOCOL = "http/protobuf"  # the exporter the wqd[otel] extra installs
 # Every span's attributes follow OpenTelemetry's messaging semantic
 # conventions. Their destination is the queue: wqd publishes to it through the
 # default exchange, so the exchange the conventions name is always empty.
 SYSTEM = {"messaging.system": "rabbitmq"}
-
-
-def environment_problem() -> Optional[str]:
-    """What is wrong with the OTEL_* variables wqd reads itself, or None (what `wqd check` reports)."""
-    unknown = [name for name in _exporter_names() if name not in EXPORTERS]
-    if unknown:
-        return (f"$OTEL_TRACES_EXPORTER names {unknown[0]!r}; wqd knows {', '.join(EXPORTERS)} "
-                f"(a comma-separated list)")
-    protocol = _otlp_protocol()
-    if "otlp" in _exporter_names() and protocol != OTLP_PROTOCOL:
-        return (f"the OTLP protocol is {protocol!r} ($OTEL_EXPORTER_OTLP_TRACES_PROTOCOL or "
-                f"$OTEL_EXPORTER_OTLP_PROTOCOL); wqd exports over {OTLP_PROTOCOL} only")
-    return None
-
-
-def destination() -> str:
-    """Where spans go, in words (what `wqd check` says)."""
-    found = []
-    for name in dict.fromkeys(_exporter_names()):
-        if name == "otlp":
-            endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or (
-                os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4318").rstrip("/") + "/v1/traces")
-            found.append(f"OTLP/HTTP to {endpoint}")
-        elif name == "console":
-            found.append("stdout (console)")
-    return " and ".join(found) or "nowhere (OTEL_TRACES_EXPORTER=none)"
-
-
-def _exporter_names() -> list:
-    names = os.environ.get("OTEL_TRACES_EXPORTER", "otlp")
-    return [name.strip().lower() for name in names.split(",") if name.strip()] or ["otlp"]
-
-
-def _otlp_protocol() -> str:
-    return (os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-            or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or OTLP_PROTOCOL).strip().lower()
 
 
 def tracer_provider(exporters=None, attributes=None) -> TracerProvider:
@@ -96,7 +59,7 @@ def tracer_provider(exporters=None, attributes=None) -> TracerProvider:
 
 def _exporters() -> list:
     found = []
-    for name in dict.fromkeys(_exporter_names()):
+    for name in dict.fromkeys(exporter_names()):
         if name == "otlp":
             # Imported here: a console-only setup does not load requests and protobuf.
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter

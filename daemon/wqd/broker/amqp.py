@@ -12,6 +12,11 @@ from pika.adapters.utils import connection_workflow
 from wqd import errors
 from wqd.config import BrokerConfig, TLSConfig, redact_url
 
+# Errors after which a fresh connection is the cure. pika raises the
+# connection workflow's errors (a broker that accepts TCP and never answers:
+# AMQPConnectorStackTimeout) outside its AMQPError hierarchy.
+RECOVERABLE = (pika.exceptions.AMQPError, OSError, connection_workflow.AMQPConnectorException)
+
 # Seconds to wait for TCP connect and the AMQP handshake before giving up.
 CONNECT_TIMEOUT = 10
 # A publish blocked by a broker memory or disk alarm fails after this long.

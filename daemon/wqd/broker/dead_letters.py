@@ -32,19 +32,19 @@ import pika.exceptions
 
 from wqd import errors
 from wqd.broker import amqp, header_decoding, queues
+from wqd.broker.copies import encodable, not_copied
 from wqd.config import Config, PoolConfig
-from wqd.redelivery import lost_attempts
-from wqd.worker import routing
+from wqd.redelivery.headers import (
+    ATTEMPTS_HEADER,
+    ERROR_HEADER,
+    EXCEPTION_HEADER,
+    FAILED_AT_HEADER,
+    REPLAYED_AT_HEADER,
+    REPLAYS_HEADER,
+    WQD_PREFIX,
+    header_number,
+)
 
-# Headers a replayed copy does not keep: its attempt count starts again, and
-# the failure they describe is the old one; CC and BCC would route it to other
-# queues as well.
-_RESET_PREFIXES = ("x-wqd-",)
-_NOT_COPIED = ("CC", "BCC", "x-death", "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason",
-               "x-last-death-exchange", "x-last-death-queue", "x-last-death-reason",
-               lost_attempts.DELIVERY_COUNT_HEADER)
-REPLAYS_HEADER = "x-wqd-replays"
-REPLAYED_AT_HEADER = "x-wqd-replayed-at"
 _SHORT_KEY = len("sha1:") + 12  # a message without an id is named by its body's hash, this long
 _MAX_DEPTH = 32  # tables and arrays shown nested at most this deep
 _CANDIDATES_SHOWN = 10  # the ids an ambiguous prefix starts that an error lists
@@ -84,25 +84,25 @@ class DeadLetter:
     def exception(self) -> str:
         """The handler's exception type; for a message the broker dead-lettered
         (e.g. a quorum queue's delivery limit), its reason."""
-        if self.header("x-wqd-exception"):
-            return self.header("x-wqd-exception")
+        if self.header(EXCEPTION_HEADER):
+            return self.header(EXCEPTION_HEADER)
         death = self._first_death()
         return f"(broker: {text(death.get('reason'))})" if death.get("reason") else "(unknown)"
 
     @property
     def error(self) -> str:
-        return self.header("x-wqd-error") or ""
+        return self.header(ERROR_HEADER) or ""
 
     @property
     def attempts(self) -> Optional[int]:
-        attempts = lost_attempts.header_number(self.headers, "x-wqd-attempts")
-        return attempts if attempts is not None else lost_attempts.header_number(self._first_death(), "count")
+        attempts = header_number(self.headers, ATTEMPTS_HEADER)
+        return attempts if attempts is not None else header_number(self._first_death(), "count")
 
     @property
     def failed_at(self) -> Optional[float]:
         """When it was given up on (epoch seconds): wqd's header, the broker's
         dead-lettering time, else the time it was published; None if unknown."""
-        stamp = self.header("x-wqd-failed-at")
+        stamp = self.header(FAILED_AT_HEADER)
         if stamp:
             try:
                 return datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(
@@ -141,7 +141,7 @@ class DeadLetter:
         message_id = self.properties.message_id
         return {"pool": self.pool, "dead_letter_queue": self.queue, "id": self.id,
                 "message_id": None if message_id is None else text(message_id), "age_seconds": _round(self.age(now)),
-                "failed_at": self.header("x-wqd-failed-at"), "attempts": self.attempts,
+                "failed_at": self.header(FAILED_AT_HEADER), "attempts": self.attempts,
                 "exception": self.exception, "error": self.error, "body_bytes": len(self.body),
                 "replays": self.replays}
 
@@ -149,7 +149,7 @@ class DeadLetter:
     def replays(self) -> int:
         """How often it was replayed before: 0 when the header is missing or not
         a whole number >= 0 (any publisher may set it)."""
-        return lost_attempts.header_number(self.headers, REPLAYS_HEADER) or 0
+        return header_number(self.headers, REPLAYS_HEADER) or 0
 
     def _first_death(self) -> dict:
         deaths = self.headers.get("x-death")
@@ -356,7 +356,7 @@ def replay_properties(letter: DeadLetter, now: float) -> pika.BasicProperties:
     headers = {name: value for name, value in letter.headers.items() if not _reset(text(name))}
     headers[REPLAYS_HEADER] = min(letter.replays + 1, REPLAYS_MAX)
     headers[REPLAYED_AT_HEADER] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
-    return routing.encodable(pika.BasicProperties(
+    return encodable(pika.BasicProperties(
         content_type=properties.content_type, content_encoding=properties.content_encoding,
         headers=headers, delivery_mode=pika.DeliveryMode.Persistent.value, priority=properties.priority,
         correlation_id=properties.correlation_id, reply_to=properties.reply_to,
@@ -365,4 +365,6 @@ def replay_properties(letter: DeadLetter, now: float) -> pika.BasicProperties:
 
 
 def _reset(name: str) -> bool:
-    return name.startswith(_RESET_PREFIXES) or name in _NOT_COPIED
+    """A replayed copy keeps no x-wqd-* header (its attempt count starts again,
+    and the failure they describe is the old one), nor any a copy drops."""
+    return name.startswith(WQD_PREFIX) or not_copied(name)

@@ -5,7 +5,7 @@ DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672/%2F"
 # `wqd publish --url`'s password: a command line is readable by every local user.
 BROKER_PASSWORD_VARIABLE = "WQD_BROKER_PASSWORD"
 # The environment variables that hold a broker password. The commands exec
-# handlers run never see them (exec_handler.inherited_environment).
+# handlers run never see them (handlers/process.py: inherited_environment).
 SECRET_VARIABLES = ("WQD_BROKER_URL", BROKER_PASSWORD_VARIABLE)
 
 # Limits on the file, so that loading it (at check, start and reload) takes

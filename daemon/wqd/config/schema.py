@@ -4,6 +4,7 @@ section, with its type, default, check and one line of doc (see ``key``)."""
 import dataclasses
 from typing import Any, Callable, Optional, Union
 
+from wqd.config import otel
 from wqd.config.checks import (
     ExecHandler,
     amqp_short,
@@ -157,12 +158,11 @@ class TracingConfig:
         """Tracing on needs OpenTelemetry installed (imported only then) and OTEL_* values wqd can use."""
         if not self.enabled:
             return []
-        try:
-            from wqd import tracing
-        except ImportError as exc:
-            return [("enabled", f"is true, but OpenTelemetry is not installed ({exc}): install wqd with its "
-                                f"otel extra, pip install 'wqd[otel]', or set tracing.enabled: false")]
-        problem = tracing.environment_problem()
+        missing = otel.missing_module()
+        if missing:
+            return [("enabled", f"is true, but OpenTelemetry is not installed (no module {missing}): install wqd "
+                                f"with its otel extra, pip install 'wqd[otel]', or set tracing.enabled: false")]
+        problem = otel.environment_problem()
         return [("enabled", f"is true, but {problem}")] if problem else []
 
 

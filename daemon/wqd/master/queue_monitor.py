@@ -18,13 +18,13 @@ import signal
 import time
 
 import pika.exceptions
-from pika.adapters.utils.connection_workflow import AMQPConnectorException
 from prometheus_client.core import GaugeMetricFamily
 from setproctitle import setproctitle
 
 from wqd import logs
 from wqd.backoff import exponential
 from wqd.broker import amqp
+from wqd.broker.amqp import RECOVERABLE
 from wqd.config import redact_url
 from wqd.ipc import reporting
 from wqd.master import children
@@ -51,7 +51,6 @@ BROKER = "broker"            # server ("RabbitMQ 4.0.5"), url (password masked):
 
 # pika raises its connection workflow's errors (a broker that accepts TCP and
 # never answers) outside AMQPError.
-RECOVERABLE = (pika.exceptions.AMQPError, OSError, AMQPConnectorException)
 
 
 def _targets(pools) -> tuple:

@@ -17,11 +17,8 @@ first delivery costs no question.
 import dataclasses
 
 from wqd.redelivery import deduplication, lost_attempts
+from wqd.redelivery.headers import CHECK_DUPLICATE_HEADER
 from wqd.redelivery.lost_attempts import message_key
-
-# Set by a publisher on a message that may have been published before under
-# the same message_id: its delivery asks the master whether it finished here.
-CHECK_DUPLICATE_HEADER = "x-wqd-check-duplicate"
 
 
 @dataclasses.dataclass

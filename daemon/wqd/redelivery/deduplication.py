@@ -48,11 +48,10 @@ import mmap
 import struct
 
 from wqd.redelivery import ledger_file
-from wqd.redelivery.lost_attempts import ATTEMPT_HEADER, header_number
+from wqd.redelivery.headers import ATTEMPT_HEADER, REPLAYS_HEADER, header_number
 
 log = logging.getLogger("wqd.master")
 
-REPLAYS_HEADER = "x-wqd-replays"  # set by `wqd dead replay` (dead_letters.py): a new lineage
 DEFAULT_CAPACITY = 1_000_000
 DIGEST_BYTES = 16
 # The ring a worker writes its finished messages to. The master drains it at

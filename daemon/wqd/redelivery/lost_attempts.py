@@ -35,18 +35,13 @@ import json
 import os
 import threading
 
-ATTEMPT_HEADER = "x-wqd-attempt"  # set on retried copies: the attempt they will be
-LOST_HEADER = "x-wqd-lost"  # written by earlier versions; dropped from copies
-DELIVERY_COUNT_HEADER = "x-delivery-count"  # quorum queues: deliveries before this one
-# Headers that describe one lineage in the broker: a copy (retry, dead letter) drops them.
-LINEAGE_HEADERS = (ATTEMPT_HEADER, LOST_HEADER, DELIVERY_COUNT_HEADER)
+from wqd.redelivery.headers import ATTEMPT_HEADER, DELIVERY_COUNT_HEADER, header_number
+
 QUERY = "lost?"  # a worker's report, with ``key``: how many attempts of it died with a worker?
 CLEAR = "settled"  # a worker's report, with ``key``: a lineage that lost attempts ended
 # A worker's report, with ``key``: an attempt ended with its message parked
 # (no copy of it could be published, refused_copies.py): counted as lost.
 RETURNED = "returned"
-# Longest numeric header string read (a count of ten digits is far past any limit).
-NUMBER_DIGITS = 10
 # Messages whose lost attempts the master remembers (the oldest are forgotten).
 LEDGER_CAP = 10_000
 # How long the master may hold an answer while another worker still shows the
@@ -75,30 +70,7 @@ def message_key(properties, body: bytes) -> str:
     return "body:%016x" % (hash(body) & 0xFFFF_FFFF_FFFF_FFFF)
 
 
-def header_number(headers: dict, name: str):
-    """The non-negative integer in header ``name``, or None when it is absent or
-    anything else: a header is untrusted input. Digit strings count (a header
-    set on a command line is a string); bool, float, nested values do not."""
-    value = headers.get(name)
-    if isinstance(value, int) and not isinstance(value, bool):  # pika decodes 64-bit ones as its int subclass
-        return value if value >= 0 else None
-    if isinstance(value, (str, bytes)) and 0 < len(value) <= NUMBER_DIGITS and value.isascii() and value.isdigit():
-        return int(value)
-    return None
 
-
-def retry_headers(headers: dict, attempt: int) -> dict:
-    """The headers of the copy retried after failed attempt ``attempt``."""
-    updated = without_lineage(headers)
-    updated[ATTEMPT_HEADER] = attempt + 1
-    return updated
-
-
-def without_lineage(headers) -> dict:
-    """A copy of ``headers`` without the counts of the lineage it leaves."""
-    if not isinstance(headers, dict):
-        return {}
-    return {name: value for name, value in headers.items() if name not in LINEAGE_HEADERS}
 
 
 def encode_count(key: str, count: int) -> bytes:

@@ -19,6 +19,7 @@ from time import perf_counter
 
 from wqd import backoff
 from wqd.broker import amqp, header_decoding, pika_transport, queues
+from wqd.broker.amqp import RECOVERABLE
 from wqd.config import redact_url
 from wqd.ipc import reporting
 from wqd.ipc.task_stats import Outcome
@@ -28,7 +29,7 @@ from wqd.redelivery.accounting import Accounts
 from wqd.redelivery.lost_attempts import WorkerLost
 from wqd.worker.connection_keeper import ConnectionKeeper
 from wqd.worker.refused_copies import MAX_PARKED
-from wqd.worker.routing import RECOVERABLE, Router, Task
+from wqd.worker.routing import Router, Task
 
 log = logging.getLogger("wqd.worker")
 

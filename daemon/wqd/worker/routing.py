@@ -16,7 +16,6 @@ instead of retried, or the original parked and returned to its queue. The
 original is never acked without its copy.
 """
 
-import copy
 import functools
 import logging
 import random
@@ -27,14 +26,15 @@ import traceback
 import pika
 import pika.data
 import pika.exceptions
-from pika.adapters.utils.connection_workflow import AMQPConnectorException
 
 from wqd import backoff
 from wqd.broker import queues
+from wqd.broker.amqp import RECOVERABLE
+from wqd.broker.copies import copy_properties, encodable, republished_properties
 from wqd.config import PoolConfig
 from wqd.ipc.task_stats import Outcome
 from wqd.message import Reject
-from wqd.redelivery import lost_attempts
+from wqd.redelivery import headers, lost_attempts
 from wqd.worker import refused_copies
 from wqd.worker.refused_copies import RetryImpossible, Uncopyable
 
@@ -44,10 +44,6 @@ JITTER = 0.1  # a retry waits between 90% and 100% of its computed delay
 ROUTE_ATTEMPTS = 6
 ROUTE_RETRY_INITIAL = 0.5
 ROUTE_RETRY_MAX = 8.0
-# Errors after which a fresh connection is the cure. pika raises the
-# connection workflow's errors (a broker that accepts TCP and never answers:
-# AMQPConnectorStackTimeout) outside its AMQPError hierarchy.
-RECOVERABLE = (pika.exceptions.AMQPError, OSError, AMQPConnectorException)
 # How the broker refuses a copy: a nack, a return (no such queue), a closed channel.
 REFUSALS = (pika.exceptions.UnroutableError, pika.exceptions.NackError, pika.exceptions.ChannelClosedByBroker)
 # Looked up once, as every successful task returns it: reading an enum member
@@ -191,7 +187,7 @@ class Router:
         delay = retry_delay(self.pool, message.attempt)
         queue, arguments, delay_ms = delay_queue(self.pool, delay)
         properties = copy_properties(message.properties)
-        properties.headers = lost_attempts.retry_headers(properties.headers, message.attempt)
+        properties.headers = headers.retry_headers(properties.headers, message.attempt)
         properties.expiration = jittered_expiration(delay_ms)
         properties = encodable(properties)
         refused_copies.check_retry_fits(properties, self._frame_max)
@@ -306,70 +302,29 @@ def jittered_expiration(delay_ms: int) -> str:
     return str(int(delay_ms * (1 - JITTER * random.random())))
 
 
-def copy_properties(properties):
-    """The properties of a retried or dead-lettered copy: persistent, and
-    without ``expiration`` (a dead letter must stay; a retry gets its own)."""
-    copied = republished_properties(properties)
-    copied.delivery_mode = pika.DeliveryMode.Persistent.value
-    copied.expiration = None
-    return copied
 
 
-def republished_properties(properties):
-    """A copy of a delivery's properties (the handler's message keeps its own)
-    that wqd may publish: without ``user_id`` (the broker refuses it unless it
-    is wqd's own user, closing the channel), the CC/BCC headers (they would
-    route the copy to other queues as well) and the headers the broker owns
-    (x-delivery-count, x-death, x-first-death-*, x-last-death-*: they describe
-    the original's path; RabbitMQ 3.x would build on a copied x-death, and a
-    stale x-delivery-count would count the copy's attempts wrong)."""
-    copied = copy.copy(properties)
-    copied.user_id = None
-    if isinstance(copied.headers, dict) and any(_not_copied(name) for name in copied.headers):
-        copied.headers = {name: value for name, value in copied.headers.items() if not _not_copied(name)}
-    return copied
 
 
-def _not_copied(name) -> bool:
-    return name in ("CC", "BCC", "x-delivery-count", "x-death") or (
-        isinstance(name, str) and name.startswith(("x-first-death-", "x-last-death-")))
 
 
-def encodable(properties):
-    """``properties``, or, when a header value cannot be encoded again (one pika
-    decoded from another client's type), a copy without those values."""
-    try:
-        properties.encode()
-        return properties
-    except Exception:  # whatever pika's encoder raises: struct.error, TypeError, its own
-        pass
-    copied = copy.copy(properties)
-    copied.headers = {}
-    for name, value in (properties.headers or {}).items():
-        try:
-            pika.data.encode_value([], value)
-        except Exception:
-            log.warning("Dropping header %r from the copy of a message: it cannot be encoded again.", name)
-            continue
-        copied.headers[name] = value
-    return copied
 
 
-def dead_letter_headers(headers: dict, pool: PoolConfig, attempts: int, exc: BaseException, reason=None) -> dict:
+def dead_letter_headers(original: dict, pool: PoolConfig, attempts: int, exc: BaseException, reason=None) -> dict:
     """The original headers plus why the message was given up on (``reason``:
     why before its last attempt); without the counts of its last lineage, so a
     copy shovelled back starts over."""
-    updated = lost_attempts.without_lineage(headers)
+    updated = headers.without_lineage(original)
     updated.update({
-        "x-wqd-exception": type(exc).__name__,
-        "x-wqd-error": str(exc)[:1000],
-        "x-wqd-traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-4000:],
-        "x-wqd-attempts": attempts,
-        "x-wqd-pool": pool.name,
-        "x-wqd-queue": pool.queue,
-        "x-wqd-host": socket.gethostname(),
-        "x-wqd-failed-at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        headers.EXCEPTION_HEADER: type(exc).__name__,
+        headers.ERROR_HEADER: str(exc)[:1000],
+        headers.TRACEBACK_HEADER: "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-4000:],
+        headers.ATTEMPTS_HEADER: attempts,
+        headers.POOL_HEADER: pool.name,
+        headers.QUEUE_HEADER: pool.queue,
+        headers.HOST_HEADER: socket.gethostname(),
+        headers.FAILED_AT_HEADER: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     })
     if reason is not None:
-        updated["x-wqd-reason"] = reason[:1000]
+        updated[headers.REASON_HEADER] = reason[:1000]
     return updated

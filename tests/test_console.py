@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 
 import pika
+import pytest
 
 from tests.support.daemon import pool
 from tests.support.waiting import wait_for
@@ -36,6 +37,19 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
+@pytest.fixture
+def flaky_queue(broker, queue_name):
+    """The second pool's queue; it and its dead-letter queue are deleted after
+    the test (asked for before make_wqd, so after its daemon is killed)."""
+    name = f"{queue_name}.flaky"
+    yield name
+    for queue in (name, f"{name}.dead"):
+        try:
+            broker.delete_queue(queue)
+        except Exception:
+            pass  # the broker may be gone: the session ends
+
+
 def console_wqd(make_wqd, tmp_path, queue_name, token: bool = True):
     pools = [pool(queue_name, name="held", handler="console_handlers:held", workers=1),
              pool(f"{queue_name}.flaky", name="flaky", handler="console_handlers:fails_until_replayed", workers=1,
@@ -55,7 +69,7 @@ def publish(broker, queue: str, body: bytes, message_id: str) -> None:
                                                                                  delivery_mode=2))
 
 
-def test_console_shows_pools_acts_with_the_token_and_replays(make_wqd, broker, queue_name, tmp_path):
+def test_console_shows_pools_acts_with_the_token_and_replays(flaky_queue, make_wqd, broker, queue_name, tmp_path):
     wqd = console_wqd(make_wqd, tmp_path, queue_name).start()
     release = tmp_path / "release"
     try:
@@ -95,11 +109,23 @@ def test_console_shows_pools_acts_with_the_token_and_replays(make_wqd, broker, q
         wait_for(lambda: any(r["id"] == "flaky-7" for r in wqd.records("end")), 60, message="flaky-7 run")
         wait_for(lambda: "Replayed 1 message." in request(wqd.port, "/dead")[2], 60, message="the replay's count")
         assert wqd.metric("wqd_console_actions_total", action="replay", result="done") == 1
+
+        # What `wqd dead` refuses or reports, so does the console: an id not found, a purge unconfirmed.
+        publish(broker, f"{queue_name}.flaky", b"job 8", "flaky-8")
+        wait_for(lambda: "flaky-8" in request(wqd.port, "/dead")[2], 60, message="flaky-8 on /dead")
+        assert request(wqd.port, "/actions/replay", "pool=flaky&id=nope", token=TOKEN)[0] == 303
+        wait_for(lambda: "replayed 0 messages; not found in" in request(wqd.port, "/dead")[2], 60,
+                 message="the replay of an unknown id")
+        assert wqd.metric("wqd_console_actions_total", action="replay", result="failed") == 1
+        assert request(wqd.port, "/actions/purge", "pool=flaky", token=TOKEN)[0] == 400
+        assert request(wqd.port, "/actions/purge", "pool=flaky&yes=1", token=TOKEN)[0] == 303
+        wait_for(lambda: "Deleted 1 dead message." in request(wqd.port, "/dead")[2], 60, message="the purge's count")
+        assert broker.queue_stats(f"{queue_name}.flaky.dead")["messages_ready"] == 0
     finally:
         release.touch()
 
 
-def test_healthz_answers_while_the_page_is_fetched(make_wqd, broker, queue_name, tmp_path):
+def test_healthz_answers_while_the_page_is_fetched(flaky_queue, make_wqd, broker, queue_name, tmp_path):
     wqd = console_wqd(make_wqd, tmp_path, queue_name, token=False).start()
     stop, fetched = threading.Event(), []
 

@@ -10,7 +10,7 @@ import pytest
 
 from tests.support.dead_letters import publish_letters
 from tests.support.waiting import wait_for
-from tests.test_console import TOKEN, console_wqd, publish
+from tests.test_console import TOKEN, console_wqd, flaky_queue, publish  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.browser
 
@@ -32,6 +32,7 @@ def browser():
         launched.close()
 
 
+@pytest.mark.usefixtures("flaky_queue")  # first: its queues are deleted after the daemon is killed
 def test_the_console_in_a_browser(make_wqd, broker, queue_name, tmp_path, browser):
     wqd = console_wqd(make_wqd, tmp_path, queue_name).start()
     release = tmp_path / "release"

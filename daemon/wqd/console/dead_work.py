@@ -22,7 +22,7 @@ import time
 from setproctitle import setproctitle
 
 from wqd import errors, logs
-from wqd.broker.dead_letters import DeadLetterQueues, pools_with_dead_letters, printable, text
+from wqd.broker.dead_letters import DeadLetterQueues, pools_with_dead_letters, printable, quoted, text
 from wqd.master import children
 
 log = logging.getLogger("wqd.console")
@@ -242,14 +242,16 @@ def _replay(queues, pools, fields: dict) -> dict:
                 lines.append(printable(f"Not replayed {letter.id} ({letter.exception}): {refusal.reason}; it is "
                                        f"still in {pool.dead_letter_queue}"))
     missing = [wanted for wanted in ids if wanted not in named]
-    summary = f"Replayed {_messages(replayed)}."
     if refused:
-        return {"error": f"replayed {replayed} of {replayed + refused} messages; {refused} refused by the broker "
-                         f"(see the lines) and still in the dead-letter queue", "lines": lines}
+        were, are = ("was", "is") if refused == 1 else ("were", "are")
+        return {"error": f"replayed {replayed} of {replayed + refused} messages; {refused} {were} refused by the "
+                         f"broker (see the lines) and {are} still in "
+                         f"{', '.join(p.dead_letter_queue for p in pools)}", "lines": lines}
     if missing:
-        return {"error": f"replayed {_messages(replayed)}; not found: {', '.join(map(printable, missing))}",
+        return {"error": f"replayed {_messages(replayed)}; not found in "
+                         f"{', '.join(p.dead_letter_queue for p in pools)}: {', '.join(map(quoted, missing))}",
                 "lines": lines}
-    return {"summary": summary, "lines": lines, "count": replayed}
+    return {"summary": f"Replayed {_messages(replayed)}.", "lines": lines, "count": replayed}
 
 
 def _purge(queues, pools, fields: dict) -> dict:

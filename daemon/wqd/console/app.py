@@ -51,7 +51,10 @@ class Console:
         """``set_quiet(bool)``: the master's TSTP/CONT switch."""
         self.master = master
         self._set_quiet = set_quiet
-        self.auth = Auth(master.config.console.token_file)
+        try:
+            self.auth = Auth(master.config.console.token_file)
+        except (OSError, ValueError) as exc:  # changed since the configuration was checked
+            raise errors.ConfigError(f"console.token_file {master.config.console.token_file}: {exc}") from None
         self.history = history.RateHistory()
         self.dead = DeadWork(master.config, self._dead_job_done)
         self.actions = Counter("wqd_console_actions", "Actions asked for in the console, by result (done, failed, "

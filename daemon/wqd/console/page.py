@@ -8,6 +8,7 @@ pages hold no script and no inline style, so the Content-Security-Policy
 """
 
 import html
+from urllib.parse import quote
 
 from wqd.console import charts, history
 
@@ -58,8 +59,12 @@ def _pool(pool: dict, rates: dict, csrf: str) -> str:
     queue = pool["queue_counts"]
     depth = (f'{queue["messages"]} ready · {queue["consumers"]} consumers' if queue else "depth unknown")
     dead = pool["dead_letter_counts"]
-    dead_text = (f'<a href="/dead?pool={e(name)}">{dead["messages"]} dead letters</a>' if dead
-                 else "no dead-letter queue" if not pool["dead_letter_queue"] else "dead letters: unknown")
+    if dead:
+        dead_text = f'<a href="/dead?pool={e(quote(name, safe=""))}">{dead["messages"]} dead letters</a>'
+    elif not pool["dead_letter_queue"]:
+        dead_text = "no dead-letter queue"
+    else:  # polled with the work queue, so not there: declared at the first dead letter
+        dead_text = "no dead letters yet" if queue else "dead letters: unknown"
     scaling = (f'autoscaling {pool["min"]}–{pool["max"]}' if pool["autoscaled"] else "fixed size")
     failed = f'<p class="error">{e(pool["failed"])}</p>' if pool["failed"] else ""
     workers = "".join(_worker(worker) for worker in pool["worker_processes"]) or \

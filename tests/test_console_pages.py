@@ -95,7 +95,7 @@ def test_read_only_without_a_token_file(tmp_path):
 
 
 def test_every_answer_has_a_strict_policy_and_actions_are_refused_without_a_token(console):
-    for target in ("/", "/dead", "/dead/letter?pool=a&id=x", "/login", "/nothing"):
+    for target in ("/", "/dead", "/dead/letter?pool=a&id=x", "/login", "/workers?pool=a", "/nothing"):
         status, content_type, body, headers = console.handle(make_request("GET", target))
         assert content_type.startswith("text/html") and status in (200, 404)
         policy = headers["Content-Security-Policy"]
@@ -108,6 +108,7 @@ def test_every_answer_has_a_strict_policy_and_actions_are_refused_without_a_toke
     assert status == 303 and console.master.quiet.on
     status, _, _, _ = console.handle(make_request("GET", "/static/console.css"))
     assert status == 200
+    assert b'name="workers" min="1" max="1000" value="1"' in console.handle(make_request("GET", "/workers?pool=a"))[2]
 
 
 def test_login_sets_an_http_only_strict_cookie(console):

@@ -16,6 +16,7 @@ from prometheus_client import Counter
 
 from wqd import errors
 from wqd.broker.dead_letters import printable
+from wqd.config.limits import MAX_WORKERS
 from wqd.console import dead_pages, history, page, view
 from wqd.console.auth import COOKIE, Auth, Refused
 from wqd.console.dead_work import DeadWork
@@ -33,7 +34,6 @@ SECURITY_HEADERS = {
 HTML = "text/html; charset=utf-8"
 DEAD_READING_MAX_AGE = 5.0  # a dead-letter page older than this asks for a new reading
 STATIC = {"/static/console.css": ("console.css", "text/css; charset=utf-8")}
-MAX_WORKERS = 1000
 ACTIONS = ("quiet", "resume", "scale", "replay", "purge")
 # A page asked for again within this long (same path, query and session) is
 # served as rendered: many browsers, or one reloading in a loop, cost the
@@ -133,6 +133,10 @@ class Console:
             return self._page("Dead letter", dead_pages.letter_page(self.dead, request.query, csrf), session)
         if request.path == "/login":
             return self._page("Log in", _login_form(self.auth.enabled), session)
+        if request.path == "/workers":
+            name = (request.query.get("pool") or [""])[0]
+            pool = next((p for p in self.master.pools if p.config.name == name), None)
+            return self._page("Workers", page.worker_count_form(pool, csrf), session)
         return self._page("Not found", page.message("Not found", f"Nothing at {request.path}."), session, status=404)
 
     def _post(self, request):

@@ -10,6 +10,7 @@ pages hold no script and no inline style, so the Content-Security-Policy
 import html
 from urllib.parse import quote
 
+from wqd.config.limits import MAX_WORKERS
 from wqd.console import charts, history
 
 e = html.escape
@@ -82,10 +83,21 @@ def _pool(pool: dict, rates: dict, csrf: str) -> str:
             f'<div class="charts">{chart_cells}</div>'
             f'<div class="scroll"><table class="workers"><thead><tr><th>worker</th><th>pid</th><th>state</th>'
             f'<th>task</th><th>age</th></tr></thead><tbody>{workers}</tbody></table></div>'
+            f'<p><a href="/workers?pool={e(quote(name, safe=""))}">Change the worker count</a></p></section>')
+
+
+def worker_count_form(pool, csrf: str) -> str:
+    """The form that sets a pool's worker count (on a page that does not reload itself)."""
+    if pool is None:
+        return message("No such pool", "There is no such pool (a reload removed it?).")
+    bounds = pool.config.workers
+    low, high = (bounds.min, bounds.max) if bounds.autoscaled else (1, MAX_WORKERS)
+    return (f'<section><h1>Workers of {e(pool.config.name)}</h1><p>Now {pool.desired}; from {low} to {high}. '
+            f'Kept until the next reload, which sets the configured count again.</p>'
             f'<form method="post" action="/actions/scale" class="inline">{csrf_field(csrf)}'
-            f'<input type="hidden" name="pool" value="{e(name)}"><label>workers '
-            f'<input type="number" name="workers" min="1" max="1000" value="{pool["desired"]}"></label> '
-            f'<button type="submit">Set</button></form></section>')
+            f'<input type="hidden" name="pool" value="{e(pool.config.name)}"><label>workers '
+            f'<input type="number" name="workers" min="{low}" max="{high}" value="{pool.desired}"></label> '
+            f'<button type="submit">Set</button></form><p><a href="/">Back</a></p></section>')
 
 
 def _worker(worker: dict) -> str:

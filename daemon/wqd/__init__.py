@@ -2,25 +2,31 @@
 
 The processes and what runs between them (docs/design.md says why)::
 
-    wqd run: the master (master.py), one loop, never waits on the broker
-     |   signals -> wakeup fd; reaps children; /metrics /healthz /readyz /status (http_endpoint.py)
+    wqd run: the master (master/arbiter.py), one loop, never waits on the broker
+     |   signals -> wakeup fd; reaps children; /metrics /healthz /readyz /status (master/http_endpoint.py)
+     |   the operator's console at / (console/app.py): pages from the master's memory, actions by token
      |
-     |-- fork --> worker pool[slot], one per slot (worker.py, consumer.py, routing.py)
-     |              report pipe    worker -> master   connected, consuming, lost attempts  (reporting.py)
-     |              command pipe   master -> worker   answers about lost attempts          (lost_attempts.py)
-     |              shared memory  worker -> master   running task, totals, alive stamp    (worker_record.py)
-     |              shared memory  worker -> master   messages finished, before each ack   (deduplication.py)
-     |              quiet switch   master -> worker   stop consuming / consume again        (quiet.py)
-     |              AMQP           worker <-> broker  one connection, prefetch, acks, copies
+     |-- fork --> worker pool[slot], one per slot (worker/main.py, worker/consumer.py, worker/routing.py)
+     |              report pipe    worker -> master   connected, consuming, questions     (ipc/reporting.py)
+     |              command pipe   master -> worker   lost attempts and answers           (redelivery/lost_attempts.py)
+     |              shared memory  worker -> master   running task, totals, alive stamp   (ipc/worker_record.py)
+     |              shared memory  worker -> master   messages finished, before each ack  (redelivery/deduplication.py)
+     |              quiet switch   master -> worker   stop consuming / consume again       (ipc/quiet.py)
+     |              AMQP           worker <-> broker  one connection, prefetch, acks, copies (broker/)
      |                |
-     |                `-- fork --> exec command (exec_handler.py): stdin/stdout, one per task or per worker
+     |                `-- spawn --> exec command (handlers/exec_handler.py): stdin/stdout, per task or per worker
      |
-     |-- fork --> queue monitor (queue_monitor.py): AMQP -> queue depths -> report pipe -> master
+     |-- fork --> queue monitor (master/queue_monitor.py): AMQP -> queue depths -> report pipe -> master
      |
-     `-- fork --> reload (reloading.py), on SIGHUP: YAML + handler code from disk -> pickle pipe -> master
+     |-- fork --> console job (console/dead_work.py), one at a time: read, replay or purge dead letters -> pipe
+     |
+     `-- fork --> reload (master/reloading.py), on SIGHUP: YAML + handler code from disk -> pickle pipe -> master
 
-    wqd publish / status / dead / check --broker / declare (cli.py): one process, its own AMQP connection
+    wqd publish / status / dead / check --broker / declare (cli/): one process, its own AMQP connection
     wqd.Publisher, wqd.AsyncPublisher (publishing/): in the application's processes
+
+    imports go one way:  cli/ -> master/ -> worker/ -> publishing/, tracing.py -> broker/, handlers/
+                         -> ipc/, redelivery/ -> config/ -> errors.py, exits.py, logs.py, message.py
 """
 
 from wqd.message import Message, Reject

@@ -29,6 +29,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
 import wqd
+from wqd.broker.header_decoding import header_text
 from wqd.config.otel import exporter_names
 from wqd.ipc.task_stats import Outcome
 
@@ -85,10 +86,8 @@ class _HeaderGetter(Getter):
     """Reads trace context from AMQP headers, whose text values pika may hand over as bytes."""
 
     def get(self, carrier, key):
-        value = carrier.get(key)
-        if isinstance(value, (bytes, bytearray)):
-            value = bytes(value).decode("utf-8", "replace")
-        return [value] if isinstance(value, str) else None
+        value = header_text(carrier.get(key))
+        return None if value is None else [value]
 
     def keys(self, carrier):
         return [key for key in carrier if isinstance(key, str)]

@@ -10,6 +10,7 @@ import pika.exceptions
 from pika.adapters.utils import connection_workflow
 
 from wqd import errors
+from wqd.broker.header_decoding import header_text
 from wqd.config import BrokerConfig, TLSConfig, redact_url
 
 # Errors after which a fresh connection is the cure. pika raises the
@@ -130,8 +131,7 @@ def server_version(connection: pika.BlockingConnection):
 def announced_version(properties):
     """server_version() from the server properties of connection.start (any client's)."""
     properties = properties or {}
-    product, version = (value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value or "")
-                        for value in (properties.get("product"), properties.get("version")))
+    product, version = (header_text(value) or "" for value in (properties.get("product"), properties.get("version")))
     numbers = re.match(r"(\d+)(?:\.(\d+))?(?:\.(\d+))?", version)
     return product, tuple(int(part) for part in numbers.groups() if part is not None) if numbers else ()
 

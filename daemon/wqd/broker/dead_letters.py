@@ -33,6 +33,7 @@ import pika.exceptions
 from wqd import errors
 from wqd.broker import amqp, header_decoding, queues
 from wqd.broker.copies import encodable, not_copied
+from wqd.broker.header_decoding import header_text
 from wqd.config import Config, PoolConfig
 from wqd.redelivery.headers import (
     ATTEMPTS_HEADER,
@@ -166,10 +167,9 @@ class Refusal:
 def text(value) -> str:
     """Any value pika decoded, as text: bytes that are not UTF-8 with \\xNN
     escapes, tables and arrays as JSON (see jsonable()), None as null."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "backslashreplace")
+    as_text = header_text(value, "backslashreplace")
+    if as_text is not None:
+        return as_text
     shown = jsonable(value)
     return shown if isinstance(shown, str) else json.dumps(shown)
 

@@ -10,6 +10,9 @@ pika's decoder so that such a value decodes to something pika can encode
 again (for a retried or dead-lettered copy): None, the bytes of the value
 skipped (each such type has a fixed size or a length prefix). Values that
 decode fine are untouched.
+
+A header meant as text may arrive as a str or, from another client, as
+bytes: ``header_text`` reads either.
 """
 
 import struct
@@ -19,6 +22,16 @@ import pika.data
 _FIXED_SIZE = {b"T": 8, b"d": 8, b"f": 4}  # bytes after the type octet
 _LENGTH_PREFIXED = (b"A", b"F")  # arrays and tables: a 4-byte length, then their bytes
 _UNDECODABLE = (OverflowError, ValueError, OSError, RecursionError)
+
+
+def header_text(value, errors: str = "replace"):
+    """A header value meant as text: a str as it is, bytes decoded as UTF-8
+    (undecodable bytes per ``errors``), anything else None."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", errors)
+    return None
 
 
 def install() -> None:

@@ -10,6 +10,7 @@ audit line (who, what, result) and counted in wqd_console_actions_total.
 import collections
 import importlib.resources
 import logging
+import os
 import time
 
 from prometheus_client import Counter
@@ -46,11 +47,22 @@ def _static(name: str) -> bytes:
     return importlib.resources.files("wqd.console").joinpath("static", name).read_bytes()
 
 
+def start(master, set_quiet, close_inherited):
+    """The console for the master's HTTP endpoint, or None when console.enabled is false."""
+    return Console(master, set_quiet, close_inherited) if master.config.console.enabled else None
+
+
 class Console:
-    def __init__(self, master, set_quiet):
-        """``set_quiet(bool)``: the master's TSTP/CONT switch."""
+    """Served by the master's HTTP endpoint, which passes on the loop's turns (tick, watched, close)."""
+
+    def __init__(self, master, set_quiet, close_inherited):
+        """``set_quiet(bool)``: the master's TSTP/CONT switch; ``close_inherited()``:
+        what a child of the master runs first, to close the master's descriptors."""
         self.master = master
         self._set_quiet = set_quiet
+        self._close_inherited = close_inherited
+        self._config = master.config  # a reload's new one is taken at the next tick
+        self._pid = os.getpid()
         try:
             self.auth = Auth(master.config.console.token_file)
         except (OSError, ValueError) as exc:  # changed since the configuration was checked
@@ -67,33 +79,33 @@ class Console:
 
     # -- the master's loop --
 
-    def tick(self, now: float, close_inherited) -> None:
+    def tick(self, now: float) -> None:
+        if self.master.config is not self._config:
+            self._reloaded(self.master.config)
         if self.history.due(now):
             self.history.sample(now, {pool: totals.outcomes for pool, totals in self.master.metrics.task_totals().items()})
         if not self.master.stopping:
-            self.dead.tick(now, close_inherited)
+            self.dead.tick(now, self._close_inherited)
 
     def watched(self):
         """(fd, callback) to wait on for reading."""
         if self.dead.fileno() is not None:
             yield self.dead.fileno(), self.dead.read
 
-    def reaped(self, pid: int, status: int) -> bool:
-        return self.dead.reaped(pid, status)
+    def close(self) -> None:
+        """In the master at its exit (the dead-letter child is killed), and in every child it forks."""
+        if os.getpid() == self._pid:
+            self.dead.close()
+        else:
+            self.dead.close_in_child()
 
-    def configure(self, config) -> None:
+    def _reloaded(self, config) -> None:
         """A reload: its token file and pools take effect now."""
-        self.dead.config = config
+        self._config = self.dead.config = config
         try:
             self.auth.reload(config.console.token_file)
         except (OSError, ValueError) as exc:
             log.error("Console: keeping the previous tokens; cannot read %s: %s", config.console.token_file, exc)
-
-    def close_in_child(self) -> None:
-        self.dead.close_in_child()
-
-    def close(self) -> None:
-        self.dead.close()
 
     # -- requests --
 

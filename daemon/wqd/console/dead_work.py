@@ -88,14 +88,18 @@ class DeadWork:
         if self.running is None and self.pending:
             self._spawn(self.pending.popleft(), close_inherited)
         elif self.running is not None and now > self.running[3]:
-            log.warning("Console: the dead-letter %s job did not end within %.0f s; killing it.",
-                        self.running[0].kind, JOB_TIMEOUT)
-            _kill(self.running[1], signal.SIGKILL)
+            self.read()  # it may have just answered
+            if self.running is not None:
+                log.warning("Console: the dead-letter %s job did not end within %.0f s; killing it.",
+                            self.running[0].kind, JOB_TIMEOUT)
+                _kill(self.running[1], signal.SIGKILL)  # its answer ends (cut) when the pipe closes
 
     def fileno(self):
         return self.running[2] if self.running and self.running[2] is not None else None
 
     def read(self) -> None:
+        """The pipe is readable: take what the child wrote; at its end (the
+        child exited: the master's loop reaps it), the job is done."""
         fd = self.fileno()
         if fd is None:
             return
@@ -112,33 +116,25 @@ class DeadWork:
         except BlockingIOError:
             return
         self._close_pipe()
-
-    def reaped(self, pid: int, status: int) -> bool:
-        """True when ``pid`` was this work's child (its answer is then taken)."""
-        if self.running is None or pid != self.running[1]:
-            return False
-        self.read()
-        self._close_pipe()
-        job = self.running[0]
-        self.running = None
+        job, self.running = self.running[0], None
         try:
             answer = json.loads(bytes(self._answer))
         except ValueError:
-            answer = {"error": f"the child ended ({status}) without an answer"}
+            answer = {"error": "the child ended without an answer (killed, or it failed: see the log)"}
         self._answer = bytearray()
         self._finish(job, answer)
-        return True
 
     def close_in_child(self) -> None:
         self._close_pipe()
 
     def close(self) -> None:
+        """The master exits: the child must not outlive it."""
         if self.running is not None:
             _kill(self.running[1], signal.SIGKILL)
             try:
                 os.waitpid(self.running[1], 0)
             except ChildProcessError:
-                pass
+                pass  # the master's loop reaped it already
             self._close_pipe()
             self.running = None
 

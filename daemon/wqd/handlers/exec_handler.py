@@ -28,11 +28,12 @@ import secrets
 import time
 from typing import Callable, Optional
 
+from wqd import exits
+from wqd.broker.header_decoding import header_text
 from wqd.config import ExecHandler, PoolConfig
 from wqd.handlers.process import (
     Command,
     TaskOutput,
-    died,
     inherited_environment,
     locate,
 )
@@ -103,10 +104,8 @@ def trace_context(headers: dict) -> dict:
     """{TRACEPARENT, TRACESTATE} from a message's W3C trace context headers, where they are text."""
     found = {}
     for name in ("traceparent", "tracestate"):
-        value = headers.get(name)
-        if isinstance(value, bytes):
-            value = value.decode("utf-8", "replace")
-        if isinstance(value, str) and value and "\0" not in value:
+        value = header_text(headers.get(name))
+        if value and "\0" not in value:
             found[name.upper()] = value
     return found
 
@@ -181,7 +180,7 @@ class OneShot:
             return
         if code == EX_DATAERR:
             raise Reject(f"the command exited with code 65 (EX_DATAERR){output.tail()}")
-        raise CommandFailed(f"the command {died(code)}{output.tail()}")
+        raise CommandFailed(f"the command {exits.describe_code(code)}{output.tail()}")
 
 
 class Persistent:
@@ -227,7 +226,7 @@ class Persistent:
             raise ProtocolViolation(f"the persistent command broke the protocol: {reply.violation}; it was killed, "
                                     f"and a new one starts for the next task{output.tail()}")
         if reply.answer is None:
-            raise CommandFailed(f"the persistent command {died(code)} before it answered{output.tail()}")
+            raise CommandFailed(f"the persistent command {exits.describe_code(code)} before it answered{output.tail()}")
         _settle(reply.answer)
 
     def _running(self, message: Message, on_output) -> Command:
@@ -243,7 +242,7 @@ class Persistent:
                             "starting it again.", self.program, self._reply.violation)
             else:
                 log.warning("The persistent command %s %s between tasks; starting it again.",
-                            self.program, died(code))
+                            self.program, exits.describe_code(code))
         env = {**inherited_environment(), "WQD_QUEUE": message.queue, "WQD_POOL": message.pool,
                "WQD_WORKER": message.worker}
         try:

@@ -304,12 +304,3 @@ class Command:
             if fd is not None:
                 os.close(fd)
         return code
-
-
-def died(code: int) -> str:
-    if code < 0:
-        try:
-            return f"was killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"was killed by signal {-code}"
-    return f"exited with code {code}"

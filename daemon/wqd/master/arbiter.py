@@ -6,8 +6,6 @@ the worker count, notifications. The master holds no broker connection.
 """
 
 import enum
-import errno
-import json
 import logging
 import os
 import selectors
@@ -17,7 +15,7 @@ import time
 from setproctitle import setproctitle
 
 from wqd import errors, logs
-from wqd.console.app import Console
+from wqd.console import app as console
 from wqd.ipc import reporting
 from wqd.ipc.quiet import QuietSwitch
 from wqd.ipc.task_stats import Outcome
@@ -28,14 +26,16 @@ from wqd.master.metrics import Metrics
 from wqd.master.queue_monitor import QueueMonitor
 from wqd.master.stalls import StallWatch, kill_after, over_time_limit
 from wqd.master.supervision import (
-    Connection,
     Pool,
     WorkerProcess,
+    rolled_over,
+    slots_to_fill,
     worker_exited,
 )
 from wqd.master.systemd import Notifier
-from wqd.redelivery import lost_attempts
-from wqd.redelivery.deduplication import FinishedLedger, FinishedRing
+from wqd.redelivery.deduplication import FinishedRing
+from wqd.redelivery.ledgers import REPORTS as REDELIVERY_REPORTS
+from wqd.redelivery.ledgers import Ledgers
 from wqd.worker import main as worker
 
 log = logging.getLogger("wqd.master")
@@ -59,6 +59,10 @@ class State(enum.Enum):
 
 
 class Master:
+    """The arbiter: its loop and the workers' lifecycle (spawn, retire, kill,
+    reap, respawn), stops and reloads. What it shows is views.py's; what a
+    worker's exit means, supervision.py's; redelivery's ledgers, Ledgers'."""
+
     def __init__(self, config, handlers, code):
         """``code``: the code_version.CodeVersion the handlers were imported from."""
         self.config = config
@@ -68,12 +72,7 @@ class Master:
         self.preloaded = code.modules
         self.code_fingerprint = code.fingerprint
         self.workers = {}  # pid -> WorkerProcess
-        # Attempts that ended with their worker, per message (classic queues
-        # have no delivery counter), and the workers' queries about them.
-        # Messages finished here, fed by the workers, for duplicate suppression.
-        self.finished = FinishedLedger(config.deduplication.capacity)
-        self.lost_attempts = lost_attempts.MasterLedger(finished=self.finished.finished)
-        self.state_file = config.deduplication.state_file  # where the ledger is kept; a reload does not move it
+        self.ledgers = Ledgers(config.deduplication)  # messages finished here, attempts lost with workers
         self.signals = []
         self.state = State.STARTING
         self.quiet = QuietSwitch()  # TSTP turns it on, CONT off; every worker reads it
@@ -81,14 +80,13 @@ class Master:
         self.autoscaled_at = 0.0  # monotonic time of the autoscaler's last look
         self.config_error = None  # why every pool failed: run() raises it once stopped
         self.notifier = Notifier()
-        self.metrics = Metrics(self._snapshot, self._live_records)
+        self.metrics = Metrics(lambda: views.snapshot(self), lambda: views.live_records(self))
         for pool in self.pools:
             self.metrics.add_pool(pool.config.name)
         # Queue depth, polled by a child process: the master never waits on the broker.
         self.queue_monitor = QueueMonitor(config.broker, config.pools)
         self.metrics.registry.register(self.queue_monitor)
         self.http = None
-        self.console = None  # the operator's console at / of metrics.listen (console/app.py)
         self.reload = None  # the reload in progress (reloading.Reload), if any
         self.reload_again = False  # a SIGHUP came during it: one more reload follows it
         self.pid = os.getpid()
@@ -102,21 +100,16 @@ class Master:
     def run(self) -> None:
         """Run until stopped; raises errors.ConfigError when every pool had a
         configuration error, or the state file is not a regular file."""
-        self._load_finished()  # first: a state file that is not a regular file stops the start here
+        # First: a state file that is not a regular file stops the start here.
+        self.ledgers.load(any(pool.config.deduplicate for pool in self.pools))
         setproctitle(f"wqd: master -c {self.config.path}")
         self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self._wakeup_w)
         for name in HANDLED_SIGNALS:
             signal.signal(getattr(signal, "SIG" + name), self._record_signal)
-        if self.config.metrics.listen and self.config.console.enabled:
-            self.console = Console(self, self._set_quiet)
         if self.config.metrics.listen:
-            self.http = HTTPEndpoint(self.config.metrics.listen, {
-                "/metrics": lambda: (200, "text/plain; version=0.0.4; charset=utf-8", self.metrics.exposition()),
-                "/healthz": lambda: (200, "text/plain", b"ok\n"),
-                "/readyz": lambda: views.readyz(self.is_ready(), self.quiet.on, self.stopping),
-                "/status": lambda: (200, "application/json", json.dumps(views.status(self)).encode()),
-            }, app=self.console.handle if self.console else None)
+            self.http = HTTPEndpoint(self.config.metrics.listen, views.routes(self),
+                                     console.start(self, self._set_quiet, self._close_master_fds))
             log.info("Serving metrics on http://%s/metrics.", self.http.address)
         log.info("wqd master started (pid %d) with %s; pools: %s.", self.pid, self.config.path,
                  ", ".join(f"{p.config.name}={p.desired}" for p in self.pools))
@@ -127,25 +120,14 @@ class Master:
             self._notify()
             self._wait()
         log.info("All workers are gone; master exits.")
-        if self.state_file:
-            self.finished.store(self.state_file)
+        self.ledgers.store()
         if self.reload:
             self.reload.close()
         self.queue_monitor.close()
-        if self.console:
-            self.console.close()
         if self.http:
             self.http.close()
         if self.config_error:
             raise errors.ConfigError(self.config_error)
-
-    def _load_finished(self) -> None:
-        """The ledger of finished messages as the last stop left it."""
-        if self.state_file:
-            self.finished.load(self.state_file)
-        elif any(pool.config.deduplicate for pool in self.pools):
-            log.info("Duplicate suppression: no deduplication.state_file (and no $STATE_DIRECTORY), so the "
-                     "ledger of finished messages is not kept across restarts.")
 
     def _record_signal(self, signum, frame) -> None:
         """NO logging, no work: just queue the signal; the loop acts on it."""
@@ -154,25 +136,19 @@ class Master:
     def _wait(self) -> None:
         """Sleep until a signal, a worker report, an HTTP client or the next deadline."""
         now = time.monotonic()
-        timeout = LOOP_TIMEOUT
-        starts = [when for when in (pool.respawn.next_start(now) for pool in self.pools) if when is not None]
-        if starts:
-            timeout = max(0.0, min(timeout, min(starts) - now))
+        deadlines = [pool.respawn.next_start(now) for pool in self.pools]  # None: no start waits
         if self.reload:  # wake to kill the loading child at its deadline
-            timeout = max(0.0, min(timeout, self.reload.deadline - now))
+            deadlines.append(self.reload.deadline)
         if self.notifier.watchdog_interval:  # wake for the ping: a late one can cost a SIGABRT
-            next_ping = self.notifier.last_watchdog + self.notifier.watchdog_interval
-            timeout = max(0.0, min(timeout, next_ping - time.monotonic()))
+            deadlines.append(self.notifier.last_watchdog + self.notifier.watchdog_interval)
         if any(pool.config.workers.autoscaled for pool in self.pools):
-            timeout = max(0.0, min(timeout, self.autoscaled_at + autoscaling.STEP_INTERVAL - now))
-        if self.lost_attempts.queries_waiting:  # held answers: look again soon
-            timeout = min(timeout, lost_attempts.QUERY_RECHECK)
-        if self.signals:
-            timeout = 0
+            deadlines.append(self.autoscaled_at + autoscaling.STEP_INTERVAL)
+        soonest = min((when for when in deadlines if when is not None), default=now + LOOP_TIMEOUT)
+        timeout = 0 if self.signals else self.ledgers.next_look(max(0.0, min(LOOP_TIMEOUT, soonest - now)))
         # A selector made for this wait (epoll on Linux): no FD_SETSIZE ceiling
         # on the number of workers, and nothing to keep in step as pipes come and go.
         with selectors.DefaultSelector() as selector:
-            selector.register(self._wakeup_r, selectors.EVENT_READ, lambda: _drain(self._wakeup_r))
+            selector.register(self._wakeup_r, selectors.EVENT_READ, lambda: children.drain(self._wakeup_r))
             for proc in self.workers.values():
                 selector.register(proc.reader.fd, selectors.EVENT_READ, lambda proc=proc: self._read_reports(proc))
             if self.http:
@@ -182,8 +158,6 @@ class Master:
                 selector.register(self.queue_monitor.fileno(), selectors.EVENT_READ, self.queue_monitor.read)
             if self.reload and self.reload.fileno() is not None:
                 selector.register(self.reload.fileno(), selectors.EVENT_READ, self.reload.read)
-            for fd, callback in self.console.watched() if self.console else ():
-                selector.register(fd, selectors.EVENT_READ, callback)
             for key, _ in selector.select(timeout):
                 key.data()
 
@@ -192,15 +166,12 @@ class Master:
         while self.signals:
             self._handle_signal(self.signals.pop(0))
         self._reap()
-        self.finished.collect()
-        self._answer_lost_queries()
+        self.ledgers.collect(self.workers.values())
         now = time.monotonic()
         if self.reload:
             self.reload.check_deadline(now)
         if self.http:
-            self.http.drop_late_clients(now)
-        if self.console:
-            self.console.tick(now, self._close_master_fds)
+            self.http.tick(now)
         for proc in list(self.workers.values()):
             if proc.must_be_killed(now):
                 log.warning("Worker %s (pid %d) did not stop in time; killing it.", proc.name, proc.pid)
@@ -258,23 +229,23 @@ class Master:
             self._kill(proc, signal.SIGTSTP if quiet else signal.SIGCONT)  # wakes it to read the switch
 
     def _begin_stop(self, graceful: bool) -> None:
+        """Graceful: workers finish their task (SIGTERM); fast: they exit now (SIGQUIT)."""
+        if self.state is State.STOPPING_FAST or (graceful and self.stopping):
+            return
+        self.queue_monitor.stop()
+        if self.reload:
+            self.reload.cancel()
         if graceful:
             timeout = self.config.shutdown.graceful_timeout
             log.info("Graceful stop: workers finish their current task (up to %.0f s).", timeout)
             self.notifier.notify("STOPPING=1", "STATUS=Stopping: workers finish their current task")
             self.state = State.STOPPING
-            self.queue_monitor.stop()
-            if self.reload:
-                self.reload.cancel()
             for proc in self.workers.values():
                 self._retire(proc, timeout)
-        elif self.state is not State.STOPPING_FAST:
+        else:
             log.info("Fast stop: workers exit now; their unacked messages return to the queue.")
             self.notifier.notify("STOPPING=1", "STATUS=Stopping fast")
             self.state = State.STOPPING_FAST
-            self.queue_monitor.stop()
-            if self.reload:
-                self.reload.cancel()
             for proc in self.workers.values():
                 proc.retire(time.monotonic() + FAST_STOP_TIMEOUT)
                 self._kill(proc, signal.SIGQUIT)
@@ -301,7 +272,7 @@ class Master:
             return
         loaded, error = reload.ended(status)
         if error is not None:
-            log.error("Reload failed; keeping the running configuration. %s", reloading.bounded(error))
+            log.error("Reload failed; keeping the running configuration. %s", errors.bounded(error))
             self.notifier.notify("READY=1", "STATUS=Reload failed; running the previous configuration")
         else:
             self._apply(*loaded)
@@ -314,18 +285,9 @@ class Master:
         and to the handler code it imported. The master imports no handler
         here: the workers of new or changed pools do (all of them, when the code changed)."""
         logs.setup(new_config.logging.level, new_config.logging.format)
-        if new_config.metrics != self.config.metrics:
-            log.warning("metrics.listen changed; it takes effect at the next restart.")
-        if new_config.deduplication != self.config.deduplication:
-            log.warning("The deduplication section changed; it takes effect at the next restart.")
-        # A worker takes the broker and tracing settings at its start: a change of either replaces every worker.
-        broker_changed = new_config.broker != self.config.broker or new_config.tracing != self.config.tracing
-        code_changed = code.fingerprint != self.code_fingerprint
-        if code_changed:
-            log.info("The handler code changed; replacing every worker gracefully (in-flight tasks finish on "
-                     "the old code, new workers run the new).")
-            self.code_fingerprint = code.fingerprint
-        pools, retired = reloading.switch_pools(self.pools, new_config, broker_changed, code_changed)
+        replace_all, code_changed = reloading.what_changed(self.config, new_config, self.code_fingerprint, code)
+        self.code_fingerprint = code.fingerprint
+        pools, retired = reloading.switch_pools(self.pools, new_config, replace_all, code_changed)
         for pool in pools:
             self.metrics.add_pool(pool.config.name)
         for old in retired:
@@ -333,8 +295,6 @@ class Master:
         self.pools = pools
         self.config = new_config
         self.queue_monitor.configure(new_config.broker, new_config.pools)
-        if self.console:
-            self.console.configure(new_config)
         self.stalls.kill_after = kill_after(new_config.broker.heartbeat)
         self.state = State.STARTING  # READY=1 again once every pool consumes
         log.info("Reloaded %s; pools: %s.", self.config.path,
@@ -344,16 +304,8 @@ class Master:
         """A new worker of a rolling pool consumes: the old worker of its slot
         retires (finishing its task on the old code); after the last slot, so
         do the old pool's workers of slots the new one no longer has."""
-        pool = proc.pool
-        rolled = {p.slot for p in self.workers.values()
-                  if p.pool is pool and p.seen_connection is Connection.CONSUMING}
-        done = pool.slots <= rolled
-        for old in list(self.workers.values()):
-            if old.pool is pool.replacing and not old.retiring and (old.slot == proc.slot or done):
-                self._retire(old, self.config.shutdown.graceful_timeout)
-        if done:
-            log.info("Pool %r runs the new code on every worker.", pool.config.name)
-            pool.replacing = None
+        for old in rolled_over(proc, list(self.workers.values())):
+            self._retire(old, self.config.shutdown.graceful_timeout)
 
     def _retire_pool(self, pool: Pool) -> None:
         for proc in self.workers.values():
@@ -363,20 +315,13 @@ class Master:
     # -- workers --
 
     def _keep_worker_count(self, now: float) -> None:
+        """Fill the pools' empty slots (as their backoff allows), retire the workers of slots gone."""
         for pool in self.pools:
-            if pool.failed:
-                continue
-            active = {proc.slot: proc for proc in self.workers.values()
-                      if proc.pool is pool and not proc.retiring}
-            starting = sum(proc.seen_connection is not Connection.CONSUMING for proc in active.values())
-            for slot in sorted(pool.slots):
-                if pool.replacing is not None and starting:
-                    break  # rolling: the next slot once this one's new worker consumes
-                if slot not in active and pool.respawn.may_start(now, slot):
+            if not pool.failed:
+                to_start, to_retire = slots_to_fill(pool, self.workers.values(), now)
+                for slot in to_start:
                     self._spawn(pool, slot)
-                    starting += 1
-            for slot, proc in active.items():
-                if slot not in pool.slots:
+                for proc in to_retire:
                     self._retire(proc, self.config.shutdown.graceful_timeout)
 
     def _autoscale(self, now: float) -> None:
@@ -388,30 +333,21 @@ class Master:
                 self._retire(proc, self.config.shutdown.graceful_timeout)
 
     def _spawn(self, pool: Pool, slot: int) -> None:
-        read_fd, write_fd = os.pipe()
-        command_read, command_write = os.pipe()
         record = WorkerRecord()
         ring = FinishedRing() if pool.config.deduplicate else None
 
-        def child_main() -> int:
-            os.close(read_fd)
-            os.close(command_write)
-            self._close_master_fds()
+        def child_main(report_fd: int, command_fd: int) -> int:
             return worker.run(worker.WorkerContext(
                 pool=pool.config, broker=self.config.broker, handler=pool.handler, slot=slot, quiet=self.quiet,
-                report_fd=write_fd, command_fd=command_read, record=record,
-                lost_attempts=self.lost_attempts.counts(), master_pid=self.pid,
+                report_fd=report_fd, command_fd=command_fd, record=record,
+                lost_attempts=self.ledgers.counts(), master_pid=self.pid,
                 graceful_timeout=self.config.shutdown.graceful_timeout, tracing=self.config.tracing.enabled,
                 finished_ring=ring, config_path=self.config.path, preloaded=self.preloaded))
 
-        pid = children.fork(child_main, f"Worker {pool.config.name}[{slot}]")
-        if ring is not None:
-            self.finished.watch(pid, ring, pool.config.queue)
-        os.close(write_fd)
-        os.close(command_read)
-        os.set_blocking(read_fd, False)
-        os.set_blocking(command_write, False)
-        proc = WorkerProcess(pool, slot, pid, reporting.EventReader(read_fd), command_write, record, time.monotonic())
+        pid, read_fd, command_fd = children.fork_with_pipes(child_main, f"Worker {pool.config.name}[{slot}]",
+                                                            self._close_master_fds, command_pipe=True)
+        self.ledgers.spawned(pid, ring, pool.config.queue)
+        proc = WorkerProcess(pool, slot, pid, reporting.EventReader(read_fd), command_fd, record, time.monotonic())
         self.workers[pid] = proc
         log.info("Worker %s spawned (pid %d).", proc.name, pid)
 
@@ -423,15 +359,13 @@ class Master:
         if self.http:
             self.http.close()
         self.queue_monitor.close_in_child()
-        if self.console:
-            self.console.close_in_child()
         if self.reload:
             self.reload.close_in_child()
         for proc in self.workers.values():
             os.close(proc.reader.fd)
             os.close(proc.command_fd)
             proc.record.close()
-        self.finished.close_in_child()
+        self.ledgers.close_in_child()
 
     def _retire(self, proc: WorkerProcess, timeout: float) -> None:
         """Ask a worker to finish its task and exit; it is not replaced."""
@@ -460,28 +394,21 @@ class Master:
                 os.close(proc.command_fd)
                 final = proc.record.read()
                 proc.record.close()
-                self.finished.worker_gone(pid, final)
+                self.ledgers.worker_gone(pid, final, self.workers.values())
                 self.metrics.worker_gone(proc.pool.config.name, final)
                 self._worker_exited(proc, status, final)
             elif self.reload and pid == self.reload.pid:
                 self._reload_ended(status)
-            elif not (self.console and self.console.reaped(pid, status)):
+            else:
                 self.queue_monitor.reaped(pid, status)
 
     def _worker_exited(self, proc: WorkerProcess, status: int, final) -> None:
         """``final``: the last snapshot of the worker's record."""
         if final.busy_since is not None:
             self.metrics.record_task(proc.pool.config.name, Outcome.FAILED)
-            self._count_lost_attempt(final.message_key)
         reason = worker_exited(proc, status, busy=final.busy_since is not None)
         if reason is not None:
             self.metrics.restarts.labels(proc.pool.config.name, reason).inc()
-
-    def _count_lost_attempt(self, key: str) -> None:
-        self.lost_attempts.count_lost(key, self.workers.values())
-
-    def _answer_lost_queries(self) -> None:
-        self.lost_attempts.answer_queries(self.workers.values(), time.monotonic())
 
     # -- reports from workers --
 
@@ -492,12 +419,8 @@ class Master:
                 proc.reported(event)
                 if event == reporting.CONSUMING and proc.pool.replacing is not None:
                     self._rolled(proc)
-            elif event == lost_attempts.QUERY:
-                self.lost_attempts.query(proc, fields["key"], time.monotonic(), fields.get("finished"))
-            elif event == lost_attempts.RETURNED:
-                self._count_lost_attempt(fields["key"])
-            elif event == lost_attempts.CLEAR:
-                self.lost_attempts.clear(fields["key"], self.workers.values())
+            elif event in REDELIVERY_REPORTS:
+                self.ledgers.report(proc, event, fields, self.workers.values())
             elif event == reporting.RECYCLING:
                 proc.recycling()
             elif event == reporting.FATAL:
@@ -513,34 +436,14 @@ class Master:
         """READY=1 for systemd: every pool has a worker consuming (connected, while quiet)."""
         return not self.stopping and views.workers_up(self.pools, self.workers.values(), self.quiet.on)
 
-    def _live_records(self):
-        for proc in self.workers.values():
-            yield proc.pool.config.name, proc.record
-
-    def _snapshot(self):
-        workers = self.workers.values()
-        return [views.pool_counts(pool, workers) for pool in self.pools], self.is_ready(), self.quiet.on
-
-    def _status_line(self) -> str:
-        return views.status_line(self.pools, self.workers.values(), self.metrics.task_totals(), self.quiet.on)
-
     def _notify(self) -> None:
         """Tell systemd (systemd.py): READY=1 once every pool consumes, STATUS, stop progress, the watchdog."""
         if self.state is State.STARTING and self._workers_up():
             self.state = State.RUNNING
             log.info("Ready: every pool has a consuming worker.")
-            self.notifier.notify("READY=1", "STATUS=" + self._status_line())
+            self.notifier.notify("READY=1", "STATUS=" + views.status_line(self))
         elif self.stopping and self.workers:
             self.notifier.stopping(views.stop_line(self.workers.values()))
         elif not self.stopping:
-            self.notifier.status(self._status_line)
+            self.notifier.status(lambda: views.status_line(self))
         self.notifier.watchdog()
-
-
-def _drain(fd: int) -> None:
-    try:
-        while os.read(fd, 4096):
-            pass
-    except OSError as exc:
-        if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
-            raise

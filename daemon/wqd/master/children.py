@@ -1,7 +1,9 @@
-"""Forking the master's children (workers, the queue monitor), and the setup
-every child does first: its own signal handling, and death with the master."""
+"""Forking the master's children (workers, the queue monitor, the reload's
+loading child), the pipes they talk to the master over, and the setup every
+child does first: its own signal handling, and death with the master."""
 
 import ctypes
+import errno
 import gc
 import logging
 import os
@@ -52,6 +54,42 @@ def fork(child_main, description: str) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
+
+
+def fork_with_pipes(child_main, description: str, close_inherited, command_pipe: bool = False):
+    """Fork a child that writes to the master over a pipe and, with
+    ``command_pipe``, reads from it over another. In the child,
+    ``close_inherited()`` lets go of the master's descriptors, then
+    ``child_main(report_fd, command_fd)`` runs (command_fd None without the
+    command pipe). Returns (pid, the report pipe's read end, the command
+    pipe's write end or None), both non-blocking: the master never waits on a child."""
+    report_read, report_write = os.pipe()
+    command_read, command_write = os.pipe() if command_pipe else (None, None)
+
+    def in_child() -> int:
+        os.close(report_read)
+        if command_pipe:
+            os.close(command_write)
+        close_inherited()
+        return child_main(report_write, command_read)
+
+    pid = fork(in_child, description)
+    os.close(report_write)
+    os.set_blocking(report_read, False)
+    if command_pipe:
+        os.close(command_read)
+        os.set_blocking(command_write, False)
+    return pid, report_read, command_write
+
+
+def drain(fd: int) -> None:
+    """Read a non-blocking pipe empty (the master's signal wakeup pipe)."""
+    try:
+        while os.read(fd, 4096):
+            pass
+    except OSError as exc:
+        if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
+            raise
 
 
 def _set_up_child(parent: int) -> bool:

@@ -57,9 +57,14 @@ class Request:
 class HTTPEndpoint:
     def __init__(self, listen: str, routes: dict, app=None):
         """``routes`` maps a path to a function returning (status, content_type,
-        body); ``app(Request)`` answers GET and POST on every other path with
-        (status, content_type, body, {header: value})."""
-        self._handler_class = type("Handler", (_Handler,), {"routes": routes, "app": staticmethod(app)})
+        body). ``app`` (the console) answers GET and POST on every other path:
+        ``app.handle(Request)`` returns (status, content_type, body, {header:
+        value}); the endpoint also passes on the loop's turns to it: the
+        pipes it waits on (``app.watched()``: (fd, callback) pairs), a tick
+        (``app.tick(now)``) and ``app.close()``."""
+        self._app = app
+        self._handler_class = type("Handler", (_Handler,), {"routes": routes,
+                                                            "app": staticmethod(app.handle) if app else None})
         host, port = parse_listen(listen)
         self._listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
         try:
@@ -78,6 +83,14 @@ class HTTPEndpoint:
         yield self._listener.fileno(), selectors.EVENT_READ, self._accept
         for client in self._clients.values():
             yield client.conn.fileno(), client.events, functools.partial(self._serve, client)
+        for fd, callback in self._app.watched() if self._app else ():
+            yield fd, selectors.EVENT_READ, callback
+
+    def tick(self, now: float) -> None:
+        """The loop's turn: drop late clients, and let the app do its own."""
+        self.drop_late_clients(now)
+        if self._app:
+            self._app.tick(now)
 
     def drop_late_clients(self, now: float) -> None:
         for client in [client for client in self._clients.values() if now > client.deadline]:
@@ -90,6 +103,8 @@ class HTTPEndpoint:
         for client in list(self._clients.values()):
             self._drop(client)
         self._listener.close()
+        if self._app:
+            self._app.close()
 
     def _accept(self) -> None:
         for _ in range(LISTEN_BACKLOG):  # what waits now; later arrivals wake the loop again

@@ -13,8 +13,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.utils import floatToGoString
 
 from wqd.ipc.task_stats import DURATION_BUCKETS, Outcome
+from wqd.master.supervision import RESTART_REASONS
 
-RESTART_REASONS = ("crashed", "killed", "time_limit", "stalled", "recycled")
 # The *_created series double every counter and no dashboard of ours reads them.
 prometheus_client.disable_created_metrics()
 

@@ -21,14 +21,14 @@ import pika.exceptions
 from prometheus_client.core import GaugeMetricFamily
 from setproctitle import setproctitle
 
-from wqd import logs
+from wqd import exits, logs
 from wqd.backoff import exponential
 from wqd.broker import amqp
 from wqd.broker.amqp import RECOVERABLE
 from wqd.config import redact_url
 from wqd.ipc import reporting
 from wqd.master import children
-from wqd.master.supervision import RespawnBackoff, describe_status
+from wqd.master.supervision import RespawnBackoff
 
 log = logging.getLogger("wqd.queue_monitor")
 
@@ -132,7 +132,7 @@ class QueueMonitor:
             return
         now = time.monotonic()
         delay = self._respawn.exited(now - self._started_at, now)
-        log.warning("Queue monitor (pid %d) %s; restarting it in %.0f s.", pid, describe_status(status), delay)
+        log.warning("Queue monitor (pid %d) %s; restarting it in %.0f s.", pid, exits.describe(status), delay)
 
     def messages_ready(self, pool: str):
         """The last fresh count of messages ready in ``pool``'s queue; None when unknown."""
@@ -209,16 +209,9 @@ class QueueMonitor:
     # -- helpers --
 
     def _spawn(self, close_inherited) -> None:
-        read_fd, write_fd = os.pipe()
-
-        def child_main() -> int:
-            os.close(read_fd)
-            close_inherited()
-            return _run(self._broker, self._targets, write_fd, self.interval)
-
-        pid = children.fork(child_main, "Queue monitor")
-        os.close(write_fd)
-        os.set_blocking(read_fd, False)
+        pid, read_fd, _ = children.fork_with_pipes(
+            lambda report_fd, _: _run(self._broker, self._targets, report_fd, self.interval),
+            "Queue monitor", close_inherited)
         self.pid = pid
         self._reader = reporting.EventReader(read_fd)
         self._started_at = time.monotonic()

@@ -22,7 +22,7 @@ import time
 from setproctitle import setproctitle
 
 from wqd import config as config_module
-from wqd import errors, logs
+from wqd import errors, exits, logs
 from wqd.errors import bounded
 from wqd.handlers import code_version
 from wqd.handlers import loading as handlers_module
@@ -49,16 +49,9 @@ class Reload:
         from the master; ``preloaded``: the handler modules the master
         imported, forgotten in the child so that it checks the code on disk."""
         self.path = path
-        read_fd, write_fd = os.pipe()
-
-        def child_main() -> int:
-            os.close(read_fd)
-            close_inherited()
-            return _load_and_send(path, write_fd, preloaded)
-
-        self.pid = children.fork(child_main, "The reload's loading process")
-        os.close(write_fd)
-        os.set_blocking(read_fd, False)
+        self.pid, read_fd, _ = children.fork_with_pipes(
+            lambda report_fd, _: _load_and_send(path, report_fd, preloaded),
+            "The reload's loading process", close_inherited)
         self._fd = read_fd
         self._data = bytearray()
         self._too_big = False
@@ -117,7 +110,7 @@ class Reload:
         try:
             loaded, error = pickle.loads(bytes(self._data))
         except Exception:  # nothing, or a truncated result: the child died before it was done
-            return None, f"the process loading {self.path} {_died(status)} before it was done"
+            return None, f"the process loading {self.path} {exits.describe(status)} before it was done"
         return loaded, error
 
     def close_in_child(self) -> None:
@@ -135,11 +128,6 @@ class Reload:
         except ChildProcessError:
             pass
 
-
-def _died(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        return f"was killed by {signal.Signals(os.WTERMSIG(status)).name}"
-    return f"exited with code {os.WEXITSTATUS(status)}"
 
 
 def _load_and_send(path: str, write_fd: int, preloaded: tuple) -> int:
@@ -212,3 +200,19 @@ def switch_pools(pools: list, new_config, replace_all: bool, code_changed: bool)
         log.info("Pool %r removed; stopping its workers gracefully.", old.config.name)
         retired.append(old)
     return switched, retired
+
+
+def what_changed(old, new, running_fingerprint: str, code) -> tuple:
+    """(replace every pool, the handler code changed) for a reload from
+    config ``old`` to ``new`` with ``code`` (code_version.CodeVersion) loaded;
+    logs what takes effect only at a restart."""
+    if new.metrics != old.metrics:
+        log.warning("metrics.listen changed; it takes effect at the next restart.")
+    if new.deduplication != old.deduplication:
+        log.warning("The deduplication section changed; it takes effect at the next restart.")
+    code_changed = code.fingerprint != running_fingerprint
+    if code_changed:
+        log.info("The handler code changed; replacing every worker gracefully (in-flight tasks finish on "
+                 "the old code, new workers run the new).")
+    # A worker takes the broker and tracing settings at its start: a change of either replaces every worker.
+    return new.broker != old.broker or new.tracing != old.tracing, code_changed

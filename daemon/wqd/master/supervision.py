@@ -16,6 +16,7 @@ import signal
 import time
 from typing import Optional
 
+from wqd import exits
 from wqd.backoff import exponential
 from wqd.master.autoscaling import Activity
 
@@ -33,6 +34,7 @@ KILLED = "killed"          # ended from outside wqd: SIGKILL (an operator, the O
 TIME_LIMIT = "time_limit"  # the master SIGKILLed it: its task ran longer than time_limit
 STALLED = "stalled"        # the master SIGKILLed it: it had stopped running (stalls.py)
 RECYCLED = "recycled"      # exited 0 after max_tasks_per_child or max_memory_per_child
+RESTART_REASONS = (CRASHED, KILLED, TIME_LIMIT, STALLED, RECYCLED)  # wqd_worker_restarts_total{reason}
 
 
 class State(enum.Enum):
@@ -125,7 +127,7 @@ def classify_exit(status: int, state: State, busy: bool) -> Optional[str]:
 
 
 def explain_exit(status: int, state: State, busy: bool) -> str:
-    """What the log line adds to describe_status() and the reason, to say what
+    """What the log line adds to exits.describe() and the reason, to say what
     the exit code alone does not; "" when there is nothing to add."""
     reason = classify_exit(status, state, busy)
     if reason is None:
@@ -147,11 +149,6 @@ def may_be_out_of_memory(status: int, state: State, busy: bool) -> bool:
 def _killed_by(status: int, signum: int) -> bool:
     return os.WIFSIGNALED(status) and os.WTERMSIG(status) == signum
 
-
-def describe_status(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        return f"was killed by {signal.Signals(os.WTERMSIG(status)).name}"
-    return f"exited with code {os.WEXITSTATUS(status)}"
 
 
 class Pool:
@@ -295,7 +292,7 @@ def worker_exited(proc: "WorkerProcess", status: int, busy: bool) -> Optional[st
     """Log a reaped worker's end and book it with its slot's respawn backoff;
     return its restart reason (None: no restart, e.g. a retired worker).
     ``busy``: it died during a task."""
-    pool, now, how = proc.pool, time.monotonic(), describe_status(status)
+    pool, now, how = proc.pool, time.monotonic(), exits.describe(status)
     if os.WIFEXITED(status) and os.WEXITSTATUS(status) == os.EX_CONFIG and pool.failed:
         log.error("Worker %s %s with a configuration error; pool %r is not restarted until a "
                   "reload fixes it.", proc.name, how, pool.config.name)
@@ -314,3 +311,33 @@ def worker_exited(proc: "WorkerProcess", status: int, busy: bool) -> Optional[st
             log.warning("Worker %s died %d times in a row within %.0f s of starting; next start in %.0f s.",
                         proc.name, pool.respawn.early_deaths(proc.slot), EARLY_DEATH_SECONDS, delay)
     return reason
+
+
+def slots_to_fill(pool: "Pool", workers, now: float):
+    """(slots to start a worker in now, workers whose slot the pool no longer
+    has). A rolling pool starts its next slot only once the new worker of
+    the last one consumes; a slot's backoff may hold its start."""
+    active = {proc.slot: proc for proc in workers if proc.pool is pool and not proc.retiring}
+    starting = sum(proc.seen_connection is not Connection.CONSUMING for proc in active.values())
+    to_start = []
+    for slot in sorted(pool.slots):
+        if pool.replacing is not None and starting:
+            break  # rolling: the next slot once this one's new worker consumes
+        if slot not in active and pool.respawn.may_start(now, slot):
+            to_start.append(slot)
+            starting += 1
+    return to_start, [proc for slot, proc in active.items() if slot not in pool.slots]
+
+
+def rolled_over(proc: "WorkerProcess", workers: list) -> list:
+    """A new worker of a rolling pool consumes: the old worker of its slot is
+    to retire (finishing its task on the old code); after the last slot, so
+    are the old pool's workers of slots the new one no longer has."""
+    pool = proc.pool
+    rolled = {p.slot for p in workers if p.pool is pool and p.seen_connection is Connection.CONSUMING}
+    done = pool.slots <= rolled
+    old = [p for p in workers if p.pool is pool.replacing and not p.retiring and (p.slot == proc.slot or done)]
+    if done:
+        log.info("Pool %r runs the new code on every worker.", pool.config.name)
+        pool.replacing = None
+    return old

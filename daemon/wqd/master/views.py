@@ -1,9 +1,20 @@
 """What the master shows of itself, read from its state and never changing
 it: readiness (/readyz, READY=1), /status, the systemd STATUS line."""
 
+import json
 import time
 
 from wqd.master.supervision import Connection, Pool, WorkerProcess
+
+
+def routes(master) -> dict:
+    """The master's HTTP endpoint: each path and what answers it."""
+    return {
+        "/metrics": lambda: (200, "text/plain; version=0.0.4; charset=utf-8", master.metrics.exposition()),
+        "/healthz": lambda: (200, "text/plain", b"ok\n"),
+        "/readyz": lambda: readyz(master.is_ready(), master.quiet.on, master.stopping),
+        "/status": lambda: (200, "application/json", json.dumps(status(master)).encode()),
+    }
 
 
 def pool_counts(pool: Pool, workers) -> dict:
@@ -68,17 +79,28 @@ def worker_status(proc: WorkerProcess, now: float, quiet: bool) -> dict:
             "stopping": proc.retiring}
 
 
-def status_line(pools, workers, totals, quiet: bool) -> str:
+def status_line(master) -> str:
     """systemd's STATUS: per pool, workers, connected, done."""
-    parts = []
-    for pool in pools:
+    parts, totals, workers = [], master.metrics.task_totals(), master.workers.values()
+    for pool in master.pools:
         counts = pool_counts(pool, workers)
         done = totals[pool.config.name].outcomes["succeeded"]
         bounds = pool.config.workers
         scaling = f" ({bounds})" if bounds.autoscaled else ""
         parts.append(f"{counts['name']}: {counts['workers']}/{counts['desired']}{scaling} workers, "
                      f"{counts['connected']} connected, {done} done")
-    return ("Quiet (SIGCONT resumes): " if quiet else "") + "; ".join(parts)
+    return ("Quiet (SIGCONT resumes): " if master.quiet.on else "") + "; ".join(parts)
+
+
+def snapshot(master):
+    """For the metrics: each pool's counts, ready, quiet."""
+    workers = master.workers.values()
+    return [pool_counts(pool, workers) for pool in master.pools], master.is_ready(), master.quiet.on
+
+
+def live_records(master):
+    """For the metrics: (pool name, shared record) of each live worker."""
+    return [(proc.pool.config.name, proc.record) for proc in master.workers.values()]
 
 
 def stop_line(workers) -> str:

@@ -4,6 +4,7 @@ The processes and what runs between them (docs/design.md says why)::
 
     wqd run: the master (master/arbiter.py), one loop, never waits on the broker
      |   signals -> wakeup fd; reaps children; /metrics /healthz /readyz /status (master/http_endpoint.py)
+     |   the operator's console at / (console/app.py): pages from the master's memory, actions by token
      |
      |-- fork --> worker pool[slot], one per slot (worker/main.py, worker/consumer.py, worker/routing.py)
      |              report pipe    worker -> master   connected, consuming, questions     (ipc/reporting.py)
@@ -16,6 +17,8 @@ The processes and what runs between them (docs/design.md says why)::
      |                `-- spawn --> exec command (handlers/exec_handler.py): stdin/stdout, per task or per worker
      |
      |-- fork --> queue monitor (master/queue_monitor.py): AMQP -> queue depths -> report pipe -> master
+     |
+     |-- fork --> console job (console/dead_work.py), one at a time: read, replay or purge dead letters -> pipe
      |
      `-- fork --> reload (master/reloading.py), on SIGHUP: YAML + handler code from disk -> pickle pipe -> master
 

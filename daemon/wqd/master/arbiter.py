@@ -15,6 +15,7 @@ import time
 from setproctitle import setproctitle
 
 from wqd import errors, logs
+from wqd.console import app as console
 from wqd.ipc import reporting
 from wqd.ipc.quiet import QuietSwitch
 from wqd.ipc.task_stats import Outcome
@@ -107,7 +108,8 @@ class Master:
         for name in HANDLED_SIGNALS:
             signal.signal(getattr(signal, "SIG" + name), self._record_signal)
         if self.config.metrics.listen:
-            self.http = HTTPEndpoint(self.config.metrics.listen, views.routes(self))
+            self.http = HTTPEndpoint(self.config.metrics.listen, views.routes(self),
+                                     console.start(self, self._set_quiet, self._close_master_fds))
             log.info("Serving metrics on http://%s/metrics.", self.http.address)
         log.info("wqd master started (pid %d) with %s; pools: %s.", self.pid, self.config.path,
                  ", ".join(f"{p.config.name}={p.desired}" for p in self.pools))
@@ -169,7 +171,7 @@ class Master:
         if self.reload:
             self.reload.check_deadline(now)
         if self.http:
-            self.http.drop_late_clients(now)
+            self.http.tick(now)
         for proc in list(self.workers.values()):
             if proc.must_be_killed(now):
                 log.warning("Worker %s (pid %d) did not stop in time; killing it.", proc.name, proc.pid)

@@ -17,6 +17,11 @@
 #                 .cache/rabbitmq-SUITE and reused (scripts/rabbitmq-rootfs.sh;
 #                 delete it to rebuild); WQD_TEST_RABBITMQ_METADATA=khepri runs
 #                 4.0 nodes on Khepri (4.3 has nothing else)
+#   make test-console  as root (it installs Debian's chromium if missing):
+#                 the console in a real browser (tests/test_console_browser.py:
+#                 headless Chromium driven by Playwright, pinned in the
+#                 browser-test extra; never `playwright install`); it writes
+#                 the screenshots in docs/images/console-*.png
 #   make demo     the tutorial's five messages through two wqd workers
 #   make docs     the documentation site (MkDocs, --strict) into .cache/site;
 #                 fails when the generated configuration reference is stale
@@ -68,7 +73,7 @@ OTHER_RABBITMQ_SUITE := $(if $(filter 13.%,$(shell cat /etc/debian_version 2>/de
 # Pinned: a new ruff release can add checks and fail CI with no change of ours.
 RUFF_VERSION := 0.6.9
 
-.PHONY: all venv rabbitmq postgresql promtool deploy-tools docs test test-unit test-producers test-rabbitmq4 test-rabbitmq43 test-deploy test-partitions demo lint soak bench bench-publishing bench-outbox clean
+.PHONY: all venv rabbitmq postgresql promtool deploy-tools docs test test-unit test-console test-producers test-rabbitmq4 test-rabbitmq43 test-deploy test-partitions demo lint soak bench bench-publishing bench-outbox clean
 
 all: test
 
@@ -107,7 +112,7 @@ deploy-tools:
 # wait on brokers, daemons and timers (two processes kept 2 cores half busy).
 XDIST ?= 3
 
-SUITE_PYTEST = $(VENV)/bin/pytest -q -rs -n $(XDIST) -m '(not soak or cluster) and not producers' tests $(PYTEST_ARGS)
+SUITE_PYTEST = $(VENV)/bin/pytest -q -rs -n $(XDIST) -m '(not soak or cluster) and not producers and not browser' tests $(PYTEST_ARGS)
 
 test: venv rabbitmq postgresql promtool deploy-tools
 	$(SUITE_PYTEST)
@@ -123,7 +128,15 @@ test-producers: venv rabbitmq
 # and take no seconds each (not marked slow); WQD_TEST_UNIT makes a node
 # started anyway an error.
 test-unit: venv
-	WQD_TEST_UNIT=1 $(VENV)/bin/pytest -q -n 2 -m 'not broker and not slow and not soak and not cluster and not producers' tests $(PYTEST_ARGS)
+	WQD_TEST_UNIT=1 $(VENV)/bin/pytest -q -n 2 -m 'not broker and not slow and not soak and not cluster and not producers and not browser' tests $(PYTEST_ARGS)
+
+# The console in Debian's Chromium (installed if missing, as root only),
+# driven by Playwright from the browser-test extra (its own driver, pointed at
+# /usr/bin/chromium: no browser download).
+test-console: venv rabbitmq
+	@bash scripts/ensure-debian-package.sh /usr/bin/chromium chromium
+	$(VENV_PY) -m pip install --disable-pip-version-check -q -e '.[test,otel,browser-test]'
+	$(VENV)/bin/pytest -q -rs -m browser tests/test_console_browser.py $(PYTEST_ARGS)
 
 # test-rabbitmq-SUITE: the suite against the RabbitMQ of Debian SUITE.
 test-rabbitmq-%: venv postgresql promtool deploy-tools

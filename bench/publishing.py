@@ -13,20 +13,26 @@ the machine's load falls on all of them alike:
 
 With --peers, Celery's apply_async and Dramatiq's send with publisher confirms
 too (bench/publishing_peers.py, in the virtualenv `make bench PEERS=1` builds).
+With --baseline DIR, the wqd package under DIR (another checkout's daemon/,
+e.g. of `git worktree add /tmp/before COMMIT`) runs publish, publish_many and
+async x100 too, each round in a child process that imports it: a change's
+before and after, side by side in the same rounds.
 The order is reversed every other round. Prints msgs/s (and, for one publish
 at a time, each message's latency: p50, p99) per round and as medians, the
 median of each round's ratio against that round's naive loop, and issue 26's
 targets checked on those ratios as PASS/FAIL lines (the exit status does not
 depend on them: a loaded machine is not a regression).
 
-    .venv/bin/python -m bench.publishing [--messages 5000] [--batch 500] [--rounds 3] [--peers]
+    .venv/bin/python -m bench.publishing [--messages 5000] [--batch 500] [--rounds 3] [--peers] [--baseline DIR]
 """
 
 import argparse
 import asyncio
+import json
 import os
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,7 +42,7 @@ import aio_pika
 import pika
 
 import wqd
-from bench.peers import BENCH_DIR, PEERS_VENV
+from bench.peers import BENCH_DIR, PEERS_VENV, REPO
 from tests.support.broker import BrokerNode
 
 QUEUE = "bench.publishing"
@@ -142,6 +148,26 @@ def peer(system: str):
     return run
 
 
+def baseline(source_root: str, system):
+    """A round of ``system`` (one of the functions above) run by the wqd
+    package under ``source_root``, in a child process (``--one``)."""
+    def run(url: str, count: int, batch: int) -> Run:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([source_root, str(REPO)])}
+        result = subprocess.run([sys.executable, "-m", "bench.publishing", "--one", system.__name__, url, str(count),
+                                 str(batch)], env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+        if result.returncode:
+            raise SystemExit(f"the baseline's {system.__name__} failed:\n{result.stderr}")
+        return Run(*json.loads(result.stdout))
+    return run
+
+
+def run_one(argv: list) -> None:
+    """``--one FUNCTION URL COUNT BATCH``: one round of FUNCTION, its Run as JSON (for baseline())."""
+    name, url, count, batch = argv
+    assert wqd.__file__.startswith(os.environ["PYTHONPATH"].split(os.pathsep)[0]), wqd.__file__
+    print(json.dumps(globals()[name](url, int(count), int(batch))))
+
+
 class Result(NamedTuple):
     rate: float  # msgs/s
     p50: Optional[float] = None  # ms
@@ -157,7 +183,7 @@ def result(count: int, run: Run) -> Result:
 
 def line(name: str, value: Result, note: str = "") -> str:
     latency = f"  p50 {value.p50:6.2f} ms  p99 {value.p99:6.2f} ms" if value.p50 is not None else f"{'':30}"
-    return f"{name:>20}: {value.rate:8.0f} msgs/s{latency}{note}".rstrip()
+    return f"{name:>24}: {value.rate:8.0f} msgs/s{latency}{note}".rstrip()
 
 
 def median(results: list) -> Result:
@@ -191,9 +217,18 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--peers", action="store_true", help="Celery and Dramatiq too")
+    parser.add_argument("--baseline", metavar="DIR", help="another wqd's source root (a checkout's daemon/) to measure too")
+    parser.add_argument("--one", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.one:
+        return run_one(args.one)
     systems = [(NAIVE, naive_pika), ("aio-pika", plain_aio_pika), ("publish", one_by_one),
                ("publish_many", batches), ("async x100", async_concurrent), ("async publish_many", async_batches)]
+    if args.baseline:
+        root = str(Path(args.baseline).resolve())
+        systems += [(f"{name} (baseline)", baseline(root, system))
+                    for name, system in (("publish", one_by_one), ("publish_many", batches),
+                                         ("async x100", async_concurrent))]
     if args.peers:
         systems += [("celery apply_async", peer("celery")), ("dramatiq send", peer("dramatiq"))]
     print(f"{args.messages} messages a run, publish_many batches of {args.batch}, {args.rounds} rounds; "
@@ -213,6 +248,8 @@ def main() -> None:
     for what, name, field, holds in TARGETS:
         ratio = statistics.median(ratios(results, name, field))
         shown = f"{ratio:.2f}x" if field == "rate" else f"{ratio:.2f}x the naive loop's ({ratio - 1:+.0%})"
+        if f"{name} (baseline)" in results:
+            shown += f" (the baseline: {statistics.median(ratios(results, f'{name} (baseline)', field)):.2f}x)"
         print(f"{'PASS' if holds(ratio) else 'FAIL'}: {what}: {shown}")
     print(f"load average after: {load_average()}")
 

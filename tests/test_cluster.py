@@ -4,7 +4,7 @@ The main test SIGKILLs the node that holds the work queue's leader mid-run,
 while tasks are still being published, and restarts it later: nothing may be
 lost, duplicates are counted and bounded, and every worker must be back at
 work within a stated bound. The second kills the node that holds a retry
-delay queue.
+delay queue; the last kills the leader's node under wqd.Publisher.
 
 Marked `cluster` and `soak`: runs in `make test` and in `make soak`.
 """
@@ -22,7 +22,9 @@ import pytest
 from tests.support.broker import MISSING_RABBITMQ_MESSAGE, rabbitmq_available
 from tests.support.cluster import Cluster
 from tests.support.daemon import Wqd, pool, run_cli, task_body
+from tests.support.publishing import RepublishingThreads, assert_each_id_ran_once
 from tests.support.waiting import wait_for
+from wqd import Publisher
 from wqd.broker import queues
 from wqd.config import PoolConfig
 
@@ -336,3 +338,27 @@ def test_queue_depth_gauges_come_back_while_the_first_node_is_down(cluster, clus
     wait_for(lambda: gauge in wqd.metrics(), 10, interval=0.5, message="queue depth gauge back")
     print(f"\nqueue monitor back {time.time() - killed_at:.1f} s after the first node was SIGKILLed")
     assert wqd.stop() == 0
+
+
+def test_publishing_through_the_leader_nodes_death_runs_each_id_once(cluster, cluster_wqd):
+    """wqd.Publisher with the cluster's URLs, connected to the leader's node
+    (the first URL), under 4 threads that publish an id again after a
+    PublishError: the leader's node is SIGKILLed, publishing goes on through
+    another node, and the pool runs every id once."""
+    queue = _new_quorum_queue(cluster)
+    leader = cluster.node_for_leader(queue)
+    assert leader is cluster.nodes[0]
+    wqd = cluster_wqd([pool(queue, workers=WORKERS, queue_type="quorum")]).start()
+    with Publisher(cluster.urls, timeout=10) as publisher:
+        publishing = RepublishingThreads(publisher, queue, count=4).start()
+        wait_for(lambda: len(publishing.confirmed) >= 200, 60, message=publishing.describe)
+        cluster.kill(leader)
+        publishing.mark()
+        new_leader = cluster.wait_new_leader(queue, leader, timeout=60)
+        wait_for(lambda: publishing.confirmed_since_mark() >= 20, 90,
+                 message=lambda: f"20 ids confirmed per thread after the kill: {publishing.describe()}")
+        publishing.stop()
+    assert_each_id_ran_once(wqd, publishing, lambda: new_leader.queue_stats(queue))
+    assert wqd.stop() == 0
+    new_leader.delete_queue(queue)
+    new_leader.delete_queue(queue + ".dead")

@@ -70,3 +70,43 @@ def test_requests_the_parser_refuses_get_its_error_and_the_loop_goes_on():
         assert exchange(server, b"GET /healthz HTTP/1.0\r\n\r\n").endswith(b"ok\n")
     finally:
         server.close()
+
+
+class App:
+    """What the console is to the endpoint: it answers the other paths, and has turns of its own."""
+
+    def __init__(self):
+        self.seen, self.ticks, self.closed = [], [], False
+
+    def handle(self, request):
+        self.seen.append((request.method, request.path, request.query, request.form(), request.headers.get("Origin")))
+        return 303, "text/plain", b"moved\n", {"Location": "/there"}
+
+    def watched(self):
+        return ()
+
+    def tick(self, now):
+        self.ticks.append(now)
+
+    def close(self):
+        self.closed = True
+
+
+def test_an_app_answers_posts_with_their_body_and_its_headers():
+    app = App()
+    server = HTTPEndpoint("127.0.0.1:0", {"/healthz": lambda: (200, "text/plain", b"ok\n")}, app=app)
+    try:
+        body = b"a=1&b=" + b"x" * 20000  # arrives in several pieces (exchange sends 7000 bytes at a time)
+        head = f"POST /act?n=2 HTTP/1.0\r\nOrigin: http://here\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        answer = exchange(server, head + body)
+        assert answer.startswith(b"HTTP/1.0 303 ") and b"\r\nLocation: /there\r\n" in answer
+        assert app.seen == [("POST", "/act", {"n": ["2"]}, {"a": ["1"], "b": ["x" * 20000]}, "http://here")]
+        assert exchange(server, b"POST /healthz HTTP/1.0\r\nContent-Length: 0\r\n\r\n").startswith(b"HTTP/1.0 405 ")
+        too_long = b"POST /act HTTP/1.0\r\nContent-Length: 999999\r\n\r\nabc"
+        assert exchange(server, too_long).startswith(b"HTTP/1.0 413 ")
+        assert exchange(server, b"GET /page HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.0 303 ")
+        server.tick(12.5)
+        assert app.ticks == [12.5]
+    finally:
+        server.close()
+    assert app.closed

@@ -8,7 +8,7 @@ import pytest
 
 from wqd.redelivery import lost_attempts
 from wqd.redelivery.headers import ATTEMPT_HEADER, LOST_HEADER, retry_headers
-from wqd.redelivery.lost_attempts import QUERY, MasterLedger, WorkerCounts
+from wqd.redelivery.lost_attempts import QUERY, MasterCounts, WorkerCounts
 
 
 class FakeWorker:
@@ -49,14 +49,14 @@ def workers():
 
 
 def test_the_ledger_forgets_the_oldest_message_past_its_cap():
-    ledger = MasterLedger(cap=3)
+    ledger = MasterCounts(cap=3)
     for key in ("a", "b", "c", "d"):
         ledger.count_lost(key, [])
     assert list(ledger.counts().items()) == [("b", 1), ("c", 1), ("d", 1)]
 
 
 def test_counting_a_message_again_makes_it_the_newest():
-    ledger = MasterLedger(cap=3)
+    ledger = MasterCounts(cap=3)
     for key in ("a", "b", "c", "a"):
         ledger.count_lost(key, [])
     assert list(ledger.counts()) == ["b", "c", "a"]
@@ -65,7 +65,7 @@ def test_counting_a_message_again_makes_it_the_newest():
 
 
 def test_the_default_cap_is_large_and_counts_are_a_copy():
-    ledger = MasterLedger()
+    ledger = MasterCounts()
     assert ledger.cap == lost_attempts.LEDGER_CAP == 10_000
     ledger.count_lost("a", [])
     ledger.counts()["a"] = 99
@@ -73,14 +73,14 @@ def test_the_default_cap_is_large_and_counts_are_a_copy():
 
 
 def test_every_worker_is_told_the_new_count(workers):
-    ledger, first, second = MasterLedger(), workers(), workers()
+    ledger, first, second = MasterCounts(), workers(), workers()
     ledger.count_lost("m-1", [first, second])
     ledger.count_lost("m-1", [first, second])
     assert first.received() == second.received() == [("m-1", 1), ("m-1", 2)]
 
 
 def test_a_query_is_answered_at_once_when_no_other_worker_runs_that_message(workers):
-    ledger, asking, other = MasterLedger(), workers(), workers("m-2")
+    ledger, asking, other = MasterCounts(), workers(), workers("m-2")
     ledger.count_lost("m-1", [])
     ledger.query(asking, "m-1", now=100.0)
     assert ledger.queries_waiting
@@ -91,7 +91,7 @@ def test_a_query_is_answered_at_once_when_no_other_worker_runs_that_message(work
 
 def test_a_query_is_held_while_another_worker_still_shows_that_message_busy(workers):
     """The broker redelivers a killed worker's message before the master reaps it."""
-    ledger, asking, dying = MasterLedger(), workers(), workers("m-1")
+    ledger, asking, dying = MasterCounts(), workers(), workers("m-1")
     ledger.query(asking, "m-1", now=100.0)
     ledger.answer_queries([asking, dying], now=100.0 + lost_attempts.QUERY_HOLD / 2)
     assert asking.received() == [] and ledger.queries_waiting
@@ -103,7 +103,7 @@ def test_a_query_is_held_while_another_worker_still_shows_that_message_busy(work
 
 
 def test_a_held_query_is_answered_with_what_is_known_once_the_hold_is_over(workers):
-    ledger, asking, stuck = MasterLedger(), workers(), workers("m-1")
+    ledger, asking, stuck = MasterCounts(), workers(), workers("m-1")
     ledger.query(asking, "m-1", now=100.0)
     ledger.answer_queries([asking, stuck], now=100.0 + lost_attempts.QUERY_HOLD + 0.01)
     assert asking.received() == [("m-1", 0, False)]
@@ -111,7 +111,7 @@ def test_a_held_query_is_answered_with_what_is_known_once_the_hold_is_over(worke
 
 
 def test_a_query_from_a_worker_that_died_meanwhile_is_dropped(workers):
-    ledger, gone, alive = MasterLedger(), workers(), workers()
+    ledger, gone, alive = MasterCounts(), workers(), workers()
     ledger.query(gone, "m-1", now=100.0)
     ledger.answer_queries([alive], now=100.0)
     assert gone.received() == [] and alive.received() == []
@@ -218,7 +218,7 @@ def test_a_quorum_redelivery_counts_the_masters_parkings_when_the_broker_did_not
 
 
 def test_the_ledger_clears_a_settled_lineage_and_tells_every_worker(workers):
-    ledger, first, second = MasterLedger(), workers(), workers()
+    ledger, first, second = MasterCounts(), workers(), workers()
     ledger.count_lost("m-1", [])
     ledger.clear("m-1", [first, second])
     assert ledger.counts() == {}

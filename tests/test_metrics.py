@@ -507,5 +507,7 @@ def test_the_queue_monitor_never_blocks_the_master_even_on_a_frozen_broker(broke
             broker.resume()
         child = monitor.pid
         monitor.close()
-    assert slowest[0] < 0.05, f"a monitor call blocked for {slowest[0]:.3f} s"
+    # Blocked on the frozen broker, a call would take seconds (its heartbeat);
+    # a fork on a loaded machine takes a tenth of one.
+    assert slowest[0] < 1.0, f"a monitor call blocked for {slowest[0]:.3f} s"
     assert child is not None and not Path(f"/proc/{child}").exists(), "the child is gone (and reaped)"

@@ -2,10 +2,8 @@
 publishing threads, a memory alarm, a delay across a restart; and end to end,
 a `wqd run` pool running what the publisher sent, each message once."""
 
-import collections
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -13,54 +11,30 @@ import pytest
 import yaml
 
 from tests.support.daemon import pool, run_cli, task_body, wqd_env
+from tests.support.publishing import RepublishingThreads, assert_each_id_ran_once
 from tests.support.waiting import wait_for
 from wqd import Publisher, PublishError
+from wqd.publishing.republishing import CHECK_DUPLICATE_HEADER
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "publishing"
 
 
-def test_a_broker_killed_and_restarted_under_eight_threads_loses_no_confirmed_message(broker, queue_name):
-    broker.declare_queue(queue_name)
-    confirmed, failed, unexpected = [], [], []
-    restarted, stop = threading.Event(), threading.Event()
-    after_restart = collections.Counter()
-
-    def run(number, publisher):
-        for i in range(10_000):  # bounded: stop comes long before
-            if stop.is_set():
-                return
-            message_id = f"{number}-{i}"
-            try:
-                confirmed.append(publisher.publish(queue_name, message_id, message_id=message_id))
-                if restarted.is_set():
-                    after_restart[number] += 1
-            except PublishError:
-                failed.append(message_id)
-            except Exception as exc:  # anything else fails the test below
-                unexpected.append(repr(exc))
-                return
-
+def test_a_broker_killed_under_eight_publishing_threads_then_each_id_runs_once(broker, queue_name, make_wqd):
+    """A caller that got PublishError publishes again with the same id (the
+    publisher marks that copy x-wqd-check-duplicate): a pool runs every id
+    once, whether its first copy reached the queue or not."""
+    wqd = make_wqd([pool(queue_name, workers=2)]).start()
     with Publisher(broker.url, timeout=5) as publisher:
-        threads = [threading.Thread(target=run, args=(n, publisher), daemon=True) for n in range(8)]
-        for thread in threads:
-            thread.start()
-        wait_for(lambda: len(confirmed) >= 200, 60, message=lambda: f"{len(confirmed)} confirmed, {unexpected}")
+        publishing = RepublishingThreads(publisher, queue_name).start()
+        wait_for(lambda: len(publishing.confirmed) >= 200, 60, message=publishing.describe)
         broker.kill()
         broker.start()
-        restarted.set()
-        wait_for(lambda: len(after_restart) == 8 and min(after_restart.values()) >= 5, 90,
-                 message=lambda: f"confirmed after the restart per thread: {after_restart}, {unexpected}")
-        stop.set()
-        for thread in threads:
-            thread.join(30)
-        assert not any(thread.is_alive() for thread in threads)
-    assert not unexpected
-    in_queue = collections.Counter(body.decode() for body in broker.get_all(queue_name))
-    assert not set(confirmed) - set(in_queue), "a confirmed message was lost"
-    assert all(count == 1 for count in in_queue.values()), "a message was stored twice"
-    assert set(in_queue) <= set(confirmed) | set(failed)
-    print(f"{len(confirmed)} confirmed, {len(failed)} PublishError "
-          f"({len(set(failed) & set(in_queue))} of them in the queue nevertheless)")
+        publishing.mark()
+        wait_for(lambda: publishing.confirmed_since_mark() >= 5, 90,
+                 message=lambda: f"5 ids confirmed after the restart per thread: {publishing.describe()}")
+        publishing.stop()
+    assert_each_id_ran_once(wqd, publishing, lambda: broker.queue_stats(queue_name))
+    assert wqd.stop() == 0
 
 
 def test_a_memory_alarm_ends_a_publish_at_its_timeout_saying_why(broker, queue_name):
@@ -80,6 +54,11 @@ def test_a_memory_alarm_ends_a_publish_at_its_timeout_saying_why(broker, queue_n
                 "timeout (3 s) ran out") in str(caught.value)
         assert caught.value.unconfirmed == ["m-blocked"]
         assert publisher.publish(queue_name, b"after", message_id="m-after") == "m-after"
+        publisher.publish(queue_name, b"blocked again", message_id="m-blocked")
+    # The blocked publish was read once the alarm cleared: its copy asks wqd to check for a duplicate.
+    assert [(body, CHECK_DUPLICATE_HEADER in (properties.headers or {}))
+            for body, properties in broker.get_all_messages(queue_name)] == [
+        (b"before", False), (b"blocked", False), (b"after", False), (b"blocked again", True)]
 
 
 def test_a_delay_survives_a_broker_restart(broker, queue_name):

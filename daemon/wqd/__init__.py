@@ -4,6 +4,7 @@ The processes and what runs between them (docs/design.md says why)::
 
     wqd run: the master (master/arbiter.py), one loop, never waits on the broker
      |   signals -> wakeup fd; reaps children; /metrics /healthz /readyz /status (master/http_endpoint.py)
+     |   the operator's console at / (console/app.py): pages from the master's memory, actions by token
      |
      |-- fork --> worker pool[slot], one per slot (worker/main.py, worker/consumer.py, worker/routing.py)
      |              report pipe    worker -> master   connected, consuming, questions     (ipc/reporting.py)
@@ -19,6 +20,8 @@ The processes and what runs between them (docs/design.md says why)::
      |
      |-- fork --> outbox relay (outbox/relay.py), with an outbox section: PostgreSQL rows -> AMQP -> delete
      |              report pipe    relay -> master    up/down, rows relayed and refused, rows waiting (master/outbox_relay.py)
+     |
+     |-- fork --> console job (console/dead_work.py), one at a time: read, replay or purge dead letters -> pipe
      |
      `-- fork --> reload (master/reloading.py), on SIGHUP: YAML + handler code from disk -> pickle pipe -> master
 

@@ -264,10 +264,12 @@ class DeadLetterQueues:
             # (pika reports a lost broker socket as its own error: a broken pipe is stdout's reader gone)
             raise errors.BrokerUnavailable(amqp.describe_error(exc, self._url)) from None
 
-    def browse(self, pool: PoolConfig) -> list:
-        """Every message of the pool's dead-letter queue, in order; the queue is
-        left as it was."""
+    def browse(self, pool: PoolConfig, limit: Optional[int] = None) -> list:
+        """Every message of the pool's dead-letter queue (the first ``limit``),
+        in order; the queue is left as it was."""
         count = self._message_count(pool.dead_letter_queue)
+        if limit is not None and count is not None:
+            count = min(count, limit)
         channel = self._connection.channel()
         try:
             return [letter for _, letter in self._get(channel, pool, count)]

@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 import pika
 
+from wqd.config import console_tokens
 from wqd.config.limits import DEFAULT_STATE_FILE_NAME, MAX_AMQP_SHORT, MAX_SECONDS
 from wqd.config.urls import _encode_userinfo, _split_userinfo, redact_url
 
@@ -109,6 +110,13 @@ def readable_file(value: Any) -> str:
     value = non_empty_str(value)
     if "\0" in value or not os.path.isfile(value) or not os.access(value, os.R_OK):
         raise ValueError("expected a readable file")
+    return value
+
+
+def console_token_file(value: Any) -> str:
+    """A readable token file that holds at least one token (console_tokens.py)."""
+    value = readable_file(value)
+    console_tokens.load(value)
     return value
 
 

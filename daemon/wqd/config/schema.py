@@ -11,6 +11,7 @@ from wqd.config.checks import (
     at_most,
     boolean,
     broker_urls,
+    console_token_file,
     declare_mode,
     default_state_file,
     factor_number,
@@ -127,6 +128,14 @@ class BrokerConfig:
 class MetricsConfig:
     listen: Optional[str] = key(listen_address, "127.0.0.1:9808",
                                 doc="host:port of /metrics, /healthz, /readyz and /status; null disables them")
+
+
+@dataclasses.dataclass(frozen=True)
+class ConsoleConfig:
+    enabled: bool = key(boolean, True, doc="serve the operator's console at / of metrics.listen")
+    token_file: Optional[str] = key(optional(console_token_file), None,
+                                    doc="file of name:token lines (or one token) that allows the console's actions "
+                                        "(replay, purge, quiet, worker counts); null: the console is read-only")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -304,6 +313,8 @@ class Config:
                                              doc="the ledger of finished messages (pools[].deduplicate)")
     outbox: Optional[OutboxConfig] = key(Section(OutboxConfig, nullable=True), None,
                                          doc="a PostgreSQL transactional outbox the master relays (see The outbox)")
+    console: ConsoleConfig = key(Section(ConsoleConfig), ConsoleConfig(),
+                                 doc="the operator's console in a browser (see The console)")
 
 def arguments_wqd_sets(pool) -> set:
     """The work queue arguments wqd decides for ``pool``, on some broker version."""

@@ -15,6 +15,7 @@ import time
 from setproctitle import setproctitle
 
 from wqd import errors, logs
+from wqd.console import app as console
 from wqd.ipc import reporting
 from wqd.ipc.quiet import QuietSwitch
 from wqd.ipc.task_stats import Outcome
@@ -33,8 +34,8 @@ from wqd.master.supervision import (
 )
 from wqd.master.systemd import Notifier
 from wqd.redelivery.deduplication import FinishedRing
-from wqd.redelivery.ledgers import REPORTS as REDELIVERY_REPORTS
-from wqd.redelivery.ledgers import Ledgers
+from wqd.redelivery.master_accounts import REPORTS as REDELIVERY_REPORTS
+from wqd.redelivery.master_accounts import MasterAccounts
 from wqd.worker import main as worker
 
 log = logging.getLogger("wqd.master")
@@ -60,7 +61,7 @@ class State(enum.Enum):
 class Master:
     """The arbiter: its loop and the workers' lifecycle (spawn, retire, kill,
     reap, respawn), stops and reloads. What it shows is views.py's; what a
-    worker's exit means, supervision.py's; redelivery's ledgers, Ledgers'."""
+    worker's exit means, supervision.py's; its side of redelivery accounting, master_accounts.py's."""
 
     def __init__(self, config, handlers, code):
         """``code``: the code_version.CodeVersion the handlers were imported from."""
@@ -71,7 +72,7 @@ class Master:
         self.preloaded = code.modules
         self.code_fingerprint = code.fingerprint
         self.workers = {}  # pid -> WorkerProcess
-        self.ledgers = Ledgers(config.deduplication)  # messages finished here, attempts lost with workers
+        self.accounts = MasterAccounts(config.deduplication)  # messages finished here, attempts lost with workers
         self.signals = []
         self.state = State.STARTING
         self.quiet = QuietSwitch()  # TSTP turns it on, CONT off; every worker reads it
@@ -100,14 +101,15 @@ class Master:
         """Run until stopped; raises errors.ConfigError when every pool had a
         configuration error, or the state file is not a regular file."""
         # First: a state file that is not a regular file stops the start here.
-        self.ledgers.load(any(pool.config.deduplicate for pool in self.pools))
+        self.accounts.load(any(pool.config.deduplicate for pool in self.pools))
         setproctitle(f"wqd: master -c {self.config.path}")
         self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self._wakeup_w)
         for name in HANDLED_SIGNALS:
             signal.signal(getattr(signal, "SIG" + name), self._record_signal)
         if self.config.metrics.listen:
-            self.http = HTTPEndpoint(self.config.metrics.listen, views.routes(self))
+            self.http = HTTPEndpoint(self.config.metrics.listen, views.routes(self),
+                                     console.start(self, self._set_quiet, self._close_master_fds))
             log.info("Serving metrics on http://%s/metrics.", self.http.address)
         log.info("wqd master started (pid %d) with %s; pools: %s.", self.pid, self.config.path,
                  ", ".join(f"{p.config.name}={p.desired}" for p in self.pools))
@@ -118,7 +120,7 @@ class Master:
             self._notify()
             self._wait()
         log.info("All workers are gone; master exits.")
-        self.ledgers.store()
+        self.accounts.store()
         if self.reload:
             self.reload.close()
         self.service_children.close()
@@ -142,7 +144,7 @@ class Master:
         if any(pool.config.workers.autoscaled for pool in self.pools):
             deadlines.append(self.autoscaled_at + autoscaling.STEP_INTERVAL)
         soonest = min((when for when in deadlines if when is not None), default=now + LOOP_TIMEOUT)
-        timeout = 0 if self.signals else self.ledgers.next_look(max(0.0, min(LOOP_TIMEOUT, soonest - now)))
+        timeout = 0 if self.signals else self.accounts.next_look(max(0.0, min(LOOP_TIMEOUT, soonest - now)))
         # A selector made for this wait (epoll on Linux): no FD_SETSIZE ceiling
         # on the number of workers, and nothing to keep in step as pipes come and go.
         with selectors.DefaultSelector() as selector:
@@ -163,12 +165,12 @@ class Master:
         while self.signals:
             self._handle_signal(self.signals.pop(0))
         self._reap()
-        self.ledgers.collect(self.workers.values())
+        self.accounts.collect(self.workers.values())
         now = time.monotonic()
         if self.reload:
             self.reload.check_deadline(now)
         if self.http:
-            self.http.drop_late_clients(now)
+            self.http.tick(now)
         for proc in list(self.workers.values()):
             if proc.must_be_killed(now):
                 log.warning("Worker %s (pid %d) did not stop in time; killing it.", proc.name, proc.pid)
@@ -337,13 +339,13 @@ class Master:
             return worker.run(worker.WorkerContext(
                 pool=pool.config, broker=self.config.broker, handler=pool.handler, slot=slot, quiet=self.quiet,
                 report_fd=report_fd, command_fd=command_fd, record=record,
-                lost_attempts=self.ledgers.counts(), master_pid=self.pid,
+                lost_attempts=self.accounts.counts(), master_pid=self.pid,
                 graceful_timeout=self.config.shutdown.graceful_timeout, tracing=self.config.tracing.enabled,
                 finished_ring=ring, config_path=self.config.path, preloaded=self.preloaded))
 
         pid, read_fd, command_fd = children.fork_with_pipes(child_main, f"Worker {pool.config.name}[{slot}]",
                                                             self._close_master_fds, command_pipe=True)
-        self.ledgers.spawned(pid, ring, pool.config.queue)
+        self.accounts.spawned(pid, ring, pool.config.queue)
         proc = WorkerProcess(pool, slot, pid, reporting.EventReader(read_fd), command_fd, record, time.monotonic())
         self.workers[pid] = proc
         log.info("Worker %s spawned (pid %d).", proc.name, pid)
@@ -362,7 +364,7 @@ class Master:
             os.close(proc.reader.fd)
             os.close(proc.command_fd)
             proc.record.close()
-        self.ledgers.close_in_child()
+        self.accounts.close_in_child()
 
     def _retire(self, proc: WorkerProcess, timeout: float) -> None:
         """Ask a worker to finish its task and exit; it is not replaced."""
@@ -391,7 +393,7 @@ class Master:
                 os.close(proc.command_fd)
                 final = proc.record.read()
                 proc.record.close()
-                self.ledgers.worker_gone(pid, final, self.workers.values())
+                self.accounts.worker_gone(pid, final, self.workers.values())
                 self.metrics.worker_gone(proc.pool.config.name, final)
                 self._worker_exited(proc, status, final)
             elif self.reload and pid == self.reload.pid:
@@ -417,7 +419,7 @@ class Master:
                 if event == reporting.CONSUMING and proc.pool.replacing is not None:
                     self._rolled(proc)
             elif event in REDELIVERY_REPORTS:
-                self.ledgers.report(proc, event, fields, self.workers.values())
+                self.accounts.report(proc, event, fields, self.workers.values())
             elif event == reporting.RECYCLING:
                 proc.recycling()
             elif event == reporting.FATAL:

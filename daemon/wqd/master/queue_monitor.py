@@ -136,10 +136,14 @@ class QueueMonitor:
 
     def messages_ready(self, pool: str):
         """The last fresh count of messages ready in ``pool``'s queue; None when unknown."""
+        return next((messages for name, _, kind, messages, _ in self.fresh_counts()
+                     if name == pool and kind == "queue"), None)
+
+    def fresh_counts(self) -> list:
+        """[pool, queue, kind, messages, consumers] of the last poll, if fresh; else []."""
         if self._polled_at is None or time.monotonic() - self._polled_at > self.stale_after:
-            return None
-        return next((messages for name, _, kind, messages, _ in self._counts if name == pool and kind == "queue"),
-                    None)
+            return []
+        return self._counts
 
     def configure(self, broker, pools) -> None:
         """After a reload: a new broker or other queues mean a new child."""

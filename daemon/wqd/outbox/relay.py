@@ -34,7 +34,7 @@ from wqd.publishing.errors import PublishError, QueueNotFound
 from wqd.publishing.outcomes import ACK, RETURNED
 from wqd.publishing.publisher import Publisher
 from wqd.publishing.sizes import max_message_size
-from wqd.redelivery import accounting
+from wqd.redelivery.headers import CHECK_DUPLICATE_HEADER
 
 log = logging.getLogger("wqd.outbox")
 
@@ -43,9 +43,6 @@ PUBLISH_TIMEOUT = 30.0
 RECONNECT_INITIAL = 0.5
 RECONNECT_MAX = 30.0
 NACKED_PAUSE = 0.5  # before taking rows again after the broker nacked some (a quorum queue electing a leader)
-# Asks the worker to look the message id up in its master's finished ledger,
-# as it does for a redelivery: a row published again after a crash runs once.
-CHECK_DUPLICATE_HEADER = accounting.CHECK_DUPLICATE_HEADER
 _SIZE_REFUSAL = re.compile(r"larger than (?:the )?(?:configured )?max(?:imum)? size (\d+)", re.IGNORECASE)
 
 # Events the child sends the master.
@@ -255,6 +252,8 @@ def _message(row, body: bytes):
     if headers is not None and not isinstance(headers, dict):
         raise TypeError(f"headers must be a JSON object, got {type(headers).__name__}")
     remaining = max(0, math.ceil(delay_seconds - float(age))) if delay_seconds else 0
+    # The header asks the worker to look the id up in its master's finished
+    # ledger, as for a redelivery: a row published again after a crash runs once.
     message = messages.outgoing(body, message_id, {**(headers or {}), CHECK_DUPLICATE_HEADER: 1}, remaining,
                                 content_type)
     message.routing_key = queue

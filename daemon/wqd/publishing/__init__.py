@@ -6,6 +6,7 @@
         messages.py   body encoding, message id, persistent properties
         delays.py     delayed messages through binary delay levels
         outcomes.py   what the broker answered per message; the call's result or error
+        republishing.py  the ids sent without a confirm: published again, they ask wqd to check for a duplicate
         tracing.py    a PRODUCER span per message, when OpenTelemetry is set up
         sizes.py      the largest message the broker takes
         errors.py     PublishError and its kinds

@@ -35,6 +35,7 @@ from wqd.publishing.publisher import (
     broker_config,
     seconds,
 )
+from wqd.publishing.republishing import Unconfirmed
 from wqd.publishing.sizes import max_message_size_of
 
 # The failures of a connection or channel (aiormq raises ConnectionError and OSError as they are).
@@ -70,9 +71,10 @@ class AsyncPublisher:
         self._url_index = 0
         self._checked = set()
         self._delays_declared = False
+        self._unconfirmed = Unconfirmed()  # ids to publish again with the check-duplicate header
         self._closed = False
         self._pid = os.getpid()
-        self._connection = self._channel = None
+        self._connection = self._channel = self._raw_channel = None
         self._lock = None  # an asyncio.Lock, made in the loop that uses it
 
     async def __aenter__(self) -> "AsyncPublisher":
@@ -109,10 +111,15 @@ class AsyncPublisher:
     def _guard(self) -> asyncio.Lock:
         """The lock that serialises connecting (and, after a fork, a fresh start)."""
         if self._pid != os.getpid():  # forked: the parent's connection is the parent's; never touched here
-            self._pid, self._connection, self._channel, self._lock = os.getpid(), None, None, None
+            self._pid, self._connection, self._channel, self._raw_channel, self._lock = os.getpid(), None, None, None, None
         if self._lock is None:
             self._lock = asyncio.Lock()
         return self._lock
+
+    def _is_ready(self, queue: str, delayed: bool) -> bool:
+        """Whether _ready() would do nothing: connected in this process, the queue checked, the channel open."""
+        return (self._pid == os.getpid() and queue in self._checked and (self._delays_declared or not delayed)
+                and _usable(self._connection) and self._raw_channel is not None and not self._raw_channel.is_closed)
 
     async def _send(self, queue: str, messages: list, timeout: Optional[float]) -> list:
         if not isinstance(queue, str) or not queue:
@@ -122,9 +129,10 @@ class AsyncPublisher:
         if self._closed:
             raise PublishError("this AsyncPublisher is closed; nothing was sent")
         delayed = any(message.delay for message in messages)
-        async with self._guard():
-            await self._ready(queue, delayed, deadline)
-            channel, limit = self._channel, self._limit
+        if not self._is_ready(queue, delayed):  # most calls: ready, without taking the lock
+            async with self._guard():
+                await self._ready(queue, delayed, deadline)
+        channel, limit = self._raw_channel, self._limit
         for message in messages:
             if len(message.body) > limit[0]:
                 raise ValueError(f"message {message.message_id} is {len(message.body)} bytes, larger than the "
@@ -132,7 +140,11 @@ class AsyncPublisher:
         spans = [self._prepare(queue, message) for message in messages]
         outcomes, todo, nacks, reason, lost = {}, list(range(len(messages))), 0, None, False
         while todo:
-            sent = await asyncio.gather(*(self._publish_one(channel, messages[index], deadline, timeout) for index in todo))
+            if len(todo) == 1:  # publish(): awaited here, not in a task of gather's
+                sent = [await self._publish_one(channel, messages[todo[0]], deadline, timeout)]
+            else:
+                sent = await asyncio.gather(*(self._publish_one(channel, messages[index], deadline, timeout)
+                                              for index in todo))
             outcomes.update((index, outcome) for index, (outcome, _) in zip(todo, sent))
             failures = [why for outcome, why in sent if outcome is None]
             if failures:
@@ -143,31 +155,38 @@ class AsyncPublisher:
                 else:  # no answer: another connection (another node) for the next call
                     await self._disconnect()
             todo = [index for index in todo if outcomes[index] == NACK]
+            if not todo or lost:
+                break
             nacks += 1
             pause = backoff.exponential(nacks, NACK_RETRY_INITIAL, NACK_RETRY_MAX)
-            if not todo or lost or time.monotonic() + pause >= deadline:
+            if time.monotonic() + pause >= deadline:
                 break
             await asyncio.sleep(pause)  # then on a new channel: the one a quorum queue nacked may go on nacking
             try:
                 async with self._guard():
                     await self._reopen_channel()
-                    channel = self._channel
+                    channel = self._raw_channel
             except BROKER_ERRORS:  # the nacked stay nacked: the error says so
                 await self._disconnect()
                 break
-        return conclude(messages, spans, outcomes, queue, reason, lost)
+        return conclude(messages, spans, outcomes, queue, reason, lost, self._unconfirmed)
 
     async def _publish_one(self, channel, message, deadline: float, timeout: float):
-        """(outcome, why not confirmed) of one message."""
-        amqp_message = aio_pika.Message(message.body, headers=message.properties.headers,
-                                        content_type=message.properties.content_type,
-                                        delivery_mode=message.properties.delivery_mode,
-                                        message_id=message.message_id)
+        """(outcome, why not confirmed) of one message, published on aiormq's
+        channel under aio-pika's (``channel``): what aio-pika's Exchange.publish
+        does, without an aio_pika.Message or an exchange object to build per
+        message; its timeout is aiormq's own, not a task of asyncio.wait_for."""
+        properties = message.properties
+        amqp_properties = aiormq.spec.Basic.Properties(headers=properties.headers,
+                                                       content_type=properties.content_type,
+                                                       delivery_mode=properties.delivery_mode,
+                                                       message_id=message.message_id)
         try:
-            exchange = channel.default_exchange if not message.exchange else await channel.get_exchange(
-                message.exchange, ensure=False)
-            await asyncio.wait_for(exchange.publish(amqp_message, message.routing_key, mandatory=True),
-                                   max(0.0, deadline - time.monotonic()))
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise asyncio.TimeoutError()
+            await channel.basic_publish(message.body, exchange=message.exchange, routing_key=message.routing_key,
+                                        properties=amqp_properties, mandatory=True, timeout=remaining)
             return ACK, None
         except aio_pika.exceptions.PublishError:  # basic.return: no queue took it
             return RETURNED, None
@@ -184,6 +203,7 @@ class AsyncPublisher:
         if message.delay:
             message.exchange, bits = delays.route(message.delay)
             properties.headers = {**(properties.headers or {}), **bits}
+        self._unconfirmed.mark(message)
         span, properties.headers = tracing.start(queue, message.message_id, properties.headers,
                                                  self._tracer_provider)
         return span
@@ -247,6 +267,7 @@ class AsyncPublisher:
         if self._channel is not None and not self._channel.is_closed:
             await self._channel.close()
         self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+        self._raw_channel = await self._channel.get_underlay_channel()  # aiormq's, which _publish_one uses
 
     async def _check_queue(self, queue: str) -> None:
         channel = await self._connection.channel(publisher_confirms=False)
@@ -281,7 +302,7 @@ class AsyncPublisher:
         self._delays_declared = True
 
     async def _disconnect(self) -> None:
-        connection, self._connection, self._channel = self._connection, None, None
+        connection, self._connection, self._channel, self._raw_channel = self._connection, None, None, None
         if connection is not None and not connection.is_closed:
             try:
                 await asyncio.wait_for(connection.close(), amqp.CONNECT_TIMEOUT)

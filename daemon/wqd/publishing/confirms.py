@@ -2,10 +2,10 @@
 
 pika's BlockingChannel.confirm_delivery() makes every basic_publish wait for
 its own confirm: one round trip per message. Here a BlockingConnection still
-does the connecting, heartbeats and blocked/unblocked handling, but confirm
-mode, returns and confirms are taken from the channel's underlying pika
-Channel (``BlockingChannel._impl``, pika's asynchronous API), so a batch is
-sent at once and its confirms awaited together (pipelined). The alternative,
+does the connecting and heartbeats, but confirm mode, returns and confirms
+are taken from the channel's underlying pika Channel (``BlockingChannel._impl``,
+pika's asynchronous API), so a batch is sent at once and its confirms
+awaited together (pipelined), in the connection's own I/O loop (wait()). The alternative,
 a SelectConnection on an I/O thread, needs a thread per process, which
 neither survives a fork nor suits a library imported before one.
 """
@@ -40,16 +40,9 @@ class ConfirmChannel:
         self._waiting = {}  # delivery tag -> message id, until its confirm
         self._outcomes = {}  # delivery tag -> ACK, NACK or RETURNED
         self._returned = set()  # message ids the broker returned (unroutable); their ack follows
-        self._done = None  # what the current wait waits for
         self._impl.add_on_return_callback(self._on_return)
-        self._impl.add_on_close_callback(lambda _channel, _reason: self._wake())
         selected = []
-
-        def on_select_ok(frame) -> None:
-            selected.append(frame)
-            self._wake()
-
-        self._impl.confirm_delivery(ack_nack_callback=self._on_confirm, callback=on_select_ok)
+        self._impl.confirm_delivery(ack_nack_callback=self._on_confirm, callback=selected.append)
         self.wait(lambda: bool(selected), deadline)
 
     @property
@@ -88,21 +81,30 @@ class ConfirmChannel:
 
     def wait(self, done, deadline: float) -> None:
         """Process I/O until ``done()``; raise Timeout at ``deadline``, ChannelLost
-        when the broker closed the channel, pika's errors when the connection was lost."""
-        self._done = done
-        try:
-            while not done():
-                if self._channel.is_closed:
-                    refusal = amqp.broker_closed(self._channel)
-                    if refusal is None:  # closed with its connection
-                        raise pika.exceptions.ChannelWrongStateError("the channel was closed with its connection")
-                    raise ChannelLost(refusal)
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise Timeout()
-                self._connection.process_data_events(time_limit=remaining)
-        finally:
-            self._done = None
+        when the broker closed the channel, pika's errors when the connection was lost.
+
+        The connection's own I/O loop runs until ``done()``, the channel's
+        close or a timer says so, as BlockingChannel.basic_publish waits for
+        its confirm: process_data_events would return early only for events of
+        the BlockingConnection's own, and waking it for a confirm costs a write
+        to its wake-up pipe and a second poll per publish."""
+        impl = self._impl
+        while not done():
+            if impl.is_closed:
+                refusal = amqp.broker_closed(self._channel)
+                if refusal is None:  # closed with its connection
+                    raise pika.exceptions.ChannelWrongStateError("the channel was closed with its connection")
+                raise ChannelLost(refusal)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise Timeout()
+            expired = []
+            timer = self._connection._impl._adapter_call_later(remaining, lambda: expired.append(True))
+            try:
+                self._connection._flush_output(done, lambda: impl.is_closed, lambda: bool(expired))
+            finally:
+                if not expired:
+                    self._connection._impl._adapter_remove_timeout(timer)
 
     def close(self) -> None:
         if self._channel.is_open:
@@ -127,20 +129,6 @@ class ConfirmChannel:
                 self._outcomes[tag] = RETURNED
             else:
                 self._outcomes[tag] = outcome
-        if self._done is not None and self._done():
-            self._wake()
-
-    def _wake(self) -> None:
-        """End the running process_data_events at once: it returns early only
-        for events of its own, and a threadsafe callback is one."""
-        try:
-            self._connection.add_callback_threadsafe(_nothing)
-        except (pika.exceptions.AMQPError, OSError, RuntimeError):
-            pass  # the connection is closing: process_data_events returns anyway
-
-
-def _nothing() -> None:
-    pass
 
 
 def is_broker_error(exc: BaseException) -> bool:

@@ -68,10 +68,11 @@ def outgoing(body, message_id: Optional[str], headers: Optional[dict], delay, co
     mode = pika.DeliveryMode.Persistent if persistent else pika.DeliveryMode.Transient
     properties = pika.BasicProperties(delivery_mode=mode.value, message_id=message_id,
                                       content_type=content_type, headers=dict(headers) if headers else None)
-    try:
-        properties.encode()
-    except Exception as exc:  # whatever pika's encoder raises for a header value it cannot send
-        raise ValueError(f"headers cannot be sent as AMQP field values: {exc!r}") from None
+    if headers:  # the other properties are checked above
+        try:
+            properties.encode()
+        except Exception as exc:  # whatever pika's encoder raises for a header value it cannot send
+            raise ValueError(f"headers cannot be sent as AMQP field values: {exc!r}") from None
     return Outgoing(message_id, data, properties, delay_seconds(delay))
 
 

@@ -4,6 +4,7 @@ from typing import Optional
 
 from wqd.publishing import tracing
 from wqd.publishing.errors import ConnectionLost, PublishError
+from wqd.publishing.republishing import Unconfirmed
 
 ACK, NACK, RETURNED = "ack", "nack", "returned"  # what the broker answered to one message
 
@@ -29,10 +30,12 @@ def _not_confirmed(error_class, failed: dict, messages: list, confirmed: list, q
                        [i for ids in failed.values() for i in ids], detail)
 
 
-def conclude(messages: list, spans: list, outcomes: dict, queue: str, reason: Optional[str], lost: bool) -> list:
-    """End each message's span; return the ids if the broker confirmed every
-    message, else raise PublishError (ConnectionLost when the connection
-    failed with messages unanswered). ``outcomes``: {index: outcome}."""
+def conclude(messages: list, spans: list, outcomes: dict, queue: str, reason: Optional[str], lost: bool,
+             unconfirmed: Unconfirmed) -> list:
+    """End each message's span and settle the ids in ``unconfirmed``; return
+    the ids if the broker confirmed every message, else raise PublishError
+    (ConnectionLost when the connection failed with messages unanswered).
+    ``outcomes``: {index: outcome}."""
     for index, span in enumerate(spans):
         outcome = outcomes.get(index)
         tracing.end(span, None if outcome == ACK else PublishError(describe(outcome, queue, reason)))
@@ -43,6 +46,7 @@ def conclude(messages: list, spans: list, outcomes: dict, queue: str, reason: Op
             confirmed.append(message.message_id)
         else:
             failed.setdefault(outcome, []).append(message.message_id)
+    unconfirmed.settle(confirmed, [i for ids in failed.values() for i in ids])
     if failed:
         error = ConnectionLost if lost and None in failed else PublishError
         raise _not_confirmed(error, failed, messages, confirmed, queue, reason)

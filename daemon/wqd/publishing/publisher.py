@@ -20,6 +20,7 @@ from wqd.publishing.confirms import ChannelLost, ConfirmChannel, Timeout, is_bro
 from wqd.publishing.errors import BrokerUnreachable, PublishError, QueueNotFound
 from wqd.publishing.messages import outgoing, outgoing_batch
 from wqd.publishing.outcomes import NACK, conclude
+from wqd.publishing.republishing import Unconfirmed
 from wqd.publishing.sizes import max_message_size
 
 DEFAULT_TIMEOUT = 30.0  # seconds a publish may take, connecting included
@@ -86,6 +87,7 @@ class Publisher:
         self._url_index = 0
         self._checked = set()  # queues known to exist (checked passively once each)
         self._delays_declared = False
+        self._unconfirmed = Unconfirmed()  # ids to publish again with the check-duplicate header
         self._reset()
         _live.add(self)
 
@@ -144,14 +146,14 @@ class Publisher:
                 raise PublishError("this Publisher is closed; nothing was sent")
             delayed = any(message.delay for message in messages)
             self._ready(queue, delayed, deadline)
-            limit, limit_name = max_message_size(self._connection)
+            limit, limit_name = self._limit
             for message in messages:
                 if len(message.body) > limit:
                     raise ValueError(f"message {message.message_id} is {len(message.body)} bytes, larger than the "
                                      f"broker takes ({limit_name}); nothing was sent")
             spans = [self._prepare(queue, message) for message in messages]
             outcomes, reason, lost = self._send_until_taken(queue, messages, delayed, deadline, timeout)
-        return conclude(messages, spans, outcomes, queue, reason, lost)
+            return conclude(messages, spans, outcomes, queue, reason, lost, self._unconfirmed)
 
     def _send_until_taken(self, queue: str, messages: list, delayed: bool, deadline: float, timeout: float):
         """Send, and send again on a new channel what the broker nacked (a
@@ -165,9 +167,11 @@ class Publisher:
             sent, reason, lost = self._send_once([messages[index] for index in todo], deadline, timeout)
             outcomes.update(zip(todo, sent))
             todo = [index for index, outcome in zip(todo, sent) if outcome == NACK]
+            if not todo or lost:
+                return outcomes, reason, lost
             nacks += 1
             pause = backoff.exponential(nacks, NACK_RETRY_INITIAL, NACK_RETRY_MAX)
-            if not todo or lost or time.monotonic() + pause >= deadline:
+            if time.monotonic() + pause >= deadline:
                 return outcomes, reason, lost
             time.sleep(pause)
             try:
@@ -217,6 +221,7 @@ class Publisher:
         if message.delay:
             message.exchange, bits = delays.route(message.delay)
             properties.headers = {**(properties.headers or {}), **bits}
+        self._unconfirmed.mark(message)
         span, properties.headers = tracing.start(queue, message.message_id, properties.headers,
                                                  self._tracer_provider)
         return span
@@ -295,8 +300,10 @@ class Publisher:
                 continue
             self._url_index = index
             self._connection = connection
-            connection.add_on_connection_blocked_callback(self._on_blocked)
-            connection.add_on_connection_unblocked_callback(self._on_unblocked)
+            # On pika's asynchronous connection: called from within ConfirmChannel.wait's I/O loop.
+            connection._impl.add_on_connection_blocked_callback(self._on_blocked)
+            connection._impl.add_on_connection_unblocked_callback(self._on_unblocked)
+            self._limit = max_message_size(connection)
             return
         raise amqp.BrokerUnavailable(failures)
 

@@ -29,7 +29,7 @@ class Assessment:
     duplicate: bool  # finished here already: ack it without running
 
 
-class Accounts:
+class WorkerAccounts:
     """A worker's side of redelivery accounting, for one pool."""
 
     def __init__(self, context, reporter, while_waiting):

@@ -45,10 +45,14 @@ RETURNED = "returned"
 # Messages whose lost attempts the master remembers (the oldest are forgotten).
 LEDGER_CAP = 10_000
 # How long the master may hold an answer while another worker still shows the
-# message busy (it is below the worker's own wait, QUERY_TIMEOUT).
-QUERY_HOLD = 0.5
+# message busy (it is below the worker's own wait, QUERY_TIMEOUT): two copies
+# of one message delivered at once (a publisher's republish after a
+# PublishError, the broker's redelivery of an attempt whose worker still
+# runs it) wait for the first run's end, so that the second is acked as a
+# duplicate when the first finishes within the hold. Only such a delivery waits.
+QUERY_HOLD = 5.0
 QUERY_RECHECK = 0.05  # how soon the master's loop looks again at held queries
-QUERY_TIMEOUT = 2.0  # how long a redelivery waits for the master's answer
+QUERY_TIMEOUT = 8.0  # how long a question waits for the master's answer
 
 
 class WorkerLost(Exception):
@@ -98,7 +102,7 @@ def send_count(fd: int, key: str, count: int, finished=None) -> None:
         pass
 
 
-class MasterLedger:
+class MasterCounts:
     """The master's side: message key -> attempts lost with their worker, and
     the workers' queries waiting for an answer. An LRU: counting a message makes
     it the newest; past ``cap`` messages the oldest is forgotten.

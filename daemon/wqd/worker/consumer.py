@@ -25,7 +25,7 @@ from wqd.ipc import reporting
 from wqd.ipc.task_stats import Outcome
 from wqd.ipc.worker_record import SETTLE_TIMEOUT
 from wqd.message import Message
-from wqd.redelivery.accounting import Accounts
+from wqd.redelivery.accounting import WorkerAccounts
 from wqd.redelivery.lost_attempts import WorkerLost
 from wqd.worker.connection_keeper import ConnectionKeeper
 from wqd.worker.refused_copies import MAX_PARKED
@@ -51,7 +51,7 @@ class Consumer:
         self.keeper = ConnectionKeeper()
         # "Been here before?": asked once per delivery; while it waits for the
         # master, the keeper serves the connection.
-        self.accounts = Accounts(context, reporter, while_waiting=self.keeper)
+        self.accounts = WorkerAccounts(context, reporter, while_waiting=self.keeper)
         self.router = Router(self.pool, self.accounts, self.record)
         self._stop_reason = None
         self._quiet = False  # the master's quiet switch, as last seen: no consumer, connection kept

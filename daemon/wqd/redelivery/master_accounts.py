@@ -1,4 +1,4 @@
-"""The master's side of redelivery accounting, kept whole: the ledger of
+"""The master's side of redelivery accounting (the worker's is accounting.py), kept whole: the ledger of
 messages finished here (deduplication.py, with its state file) and the counts
 of attempts lost with their worker (lost_attempts.py), and the workers'
 questions about both. The master's loop calls ``collect`` on every pass, and
@@ -16,12 +16,12 @@ log = logging.getLogger("wqd.master")
 REPORTS = (lost_attempts.QUERY, lost_attempts.RETURNED, lost_attempts.CLEAR)
 
 
-class Ledgers:
+class MasterAccounts:
     def __init__(self, deduplication):
         """``deduplication``: the config's section (capacity, state_file); a
         reload does not change either."""
         self.finished = FinishedLedger(deduplication.capacity)
-        self.lost = lost_attempts.MasterLedger(finished=self.finished.finished)
+        self.lost = lost_attempts.MasterCounts(finished=self.finished.finished)
         self.state_file = deduplication.state_file
 
     def load(self, deduplicating: bool) -> None:

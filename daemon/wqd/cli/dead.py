@@ -6,7 +6,7 @@ import json
 import time
 
 from wqd import errors
-from wqd.broker import dead_letters
+from wqd.broker import dead_letter_actions, dead_letters
 from wqd.broker.dead_letters import printable, quoted
 from wqd.cli.common import EXIT_OK, load_config, non_negative
 
@@ -87,51 +87,14 @@ def cmd_dead_replay(args) -> int:
         raise errors.WqdError("name the messages to replay: IDs, --exception NAME, or --all")
     config = load_config(args)
     pools = dead_letters.pools_with_dead_letters(config, args.pool)
-    named = set()  # the IDs given that name a letter read
-
-    def select(letter) -> bool:
-        named.update(wanted for wanted in args.ids if letter.named(wanted))
-        return letter.matches(args.ids, args.exception)
-
-    replayed, refused = 0, []
     with dead_letters.DeadLetterQueues(config) as queues:
-        for pool in pools:
-            limit = None if args.limit is None else args.limit - replayed
-            for letter, refusal in queues.replay(pool, select, limit):
-                if refusal is None:
-                    replayed += 1
-                    print(printable(f"Replayed {letter.id} ({letter.exception}) to {pool.queue}"), flush=True)
-                else:
-                    refused.append((letter.queue, refusal))
-                    print(printable(f"Not replayed {letter.id} ({letter.exception}): {refusal.reason}; it is "
-                                    f"still in {pool.dead_letter_queue}"), flush=True)
-    if refused:
-        raise _replay_incomplete(replayed, refused)
-    missing = [wanted for wanted in args.ids if wanted not in named]
-    if missing and (args.limit is None or replayed < args.limit):  # a limit reached leaves letters unread
-        raise errors.WqdError(f"replayed {_messages(replayed)}; not found in "
-                              f"{', '.join(p.dead_letter_queue for p in pools)}: "
-                              f"{', '.join(quoted(wanted) for wanted in missing)}")
-    print(f"Replayed {_messages(replayed)}.")
+        replayed = dead_letter_actions.replay(queues, pools, args.ids, args.exception, args.limit,
+                                              lambda line: print(line, flush=True))
+    error = replayed.error(pools, args.limit)
+    if error is not None:
+        raise error
+    print(f"Replayed {dead_letter_actions.messages(replayed.count)}.")
     return EXIT_OK
-
-
-def _messages(count: int) -> str:
-    return f"{count} message{'' if count == 1 else 's'}"
-
-
-def _replay_incomplete(replayed: int, refused: list) -> errors.WqdError:
-    """The error that ends a replay the broker did not take every copy of
-    (``refused``: (dead-letter queue, Refusal) pairs): exit 69 when it nacked
-    one (as `wqd publish`), else 1 (a copy no queue took, as a missing work queue)."""
-    nacked = sum(1 for _, refusal in refused if refusal.nacked)
-    kinds = ", ".join(f"{count} {kind}" for count, kind in ((nacked, "nacked"), (len(refused) - nacked, "returned"))
-                      if count)
-    queues = ", ".join(dict.fromkeys(queue for queue, _ in refused))
-    error = errors.BrokerUnavailable if nacked else errors.WqdError
-    were, are = ("was", "is") if len(refused) == 1 else ("were", "are")
-    return error(f"replayed {replayed} of {replayed + len(refused)} messages; {len(refused)} {were} refused by the "
-                 f"broker ({kinds}: see the lines above) and {are} still in {queues}")
 
 
 def cmd_dead_purge(args) -> int:
@@ -140,18 +103,8 @@ def cmd_dead_purge(args) -> int:
                               "(`wqd dead list` shows what would go)")
     config = load_config(args)
     pools = dead_letters.pools_with_dead_letters(config, args.pool)
-    now = time.time()
-
-    def old_enough(letter) -> bool:
-        if args.older_than is None:
-            return True
-        age = letter.age(now)
-        return age is not None and age > args.older_than
-
-    deleted = 0
     with dead_letters.DeadLetterQueues(config) as queues:
-        for pool in pools:
-            deleted += sum(1 for _ in queues.delete(pool, old_enough))
+        deleted = dead_letter_actions.purge(queues, pools, args.older_than)
     print(f"Deleted {deleted} dead message{'' if deleted == 1 else 's'}.")
     return EXIT_OK
 

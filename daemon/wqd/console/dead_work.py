@@ -22,7 +22,8 @@ import time
 from setproctitle import setproctitle
 
 from wqd import errors, logs
-from wqd.broker.dead_letters import DeadLetterQueues, pools_with_dead_letters, printable, quoted, text
+from wqd.broker import dead_letter_actions
+from wqd.broker.dead_letters import DeadLetterQueues, pools_with_dead_letters, text
 from wqd.master import children
 
 log = logging.getLogger("wqd.console")
@@ -153,23 +154,15 @@ class DeadWork:
         self.browse_soon(0)
 
     def _spawn(self, job: Job, close_inherited) -> None:
-        read_fd, write_fd = os.pipe()
-
-        def child_main() -> int:
-            os.close(read_fd)
-            close_inherited()
+        def child_main(answer_fd: int, _) -> int:
             setproctitle(f"wqd: console {job.kind}")
             logs.set_process_name(f"console {job.kind}")
-            answer = _do(self.config, job)
-            data = json.dumps(answer).encode()  # ASCII: \u escapes for the rest
-            view = memoryview(data)
+            view = memoryview(json.dumps(_do(self.config, job)).encode())  # ASCII: \u escapes for the rest
             while view:
-                view = view[os.write(write_fd, view):]
+                view = view[os.write(answer_fd, view):]
             return 0
 
-        pid = children.fork(child_main, f"Console {job.kind}")
-        os.close(write_fd)
-        os.set_blocking(read_fd, False)
+        pid, read_fd, _ = children.fork_with_pipes(child_main, f"Console {job.kind}", close_inherited)
         self.running = (job, pid, read_fd, time.monotonic() + JOB_TIMEOUT)
 
     def _close_pipe(self) -> None:
@@ -221,48 +214,17 @@ def _letter(letter, now: float) -> dict:
 
 def _replay(queues, pools, fields: dict) -> dict:
     """`wqd dead replay` IDs / --exception / --all, with its lines and counts."""
-    ids, exceptions = fields.get("ids") or [], fields.get("exceptions") or []
-    named, lines, replayed, refused = set(), [], 0, 0
-
-    def select(letter) -> bool:
-        named.update(wanted for wanted in ids if letter.named(wanted))
-        return letter.matches(ids, exceptions)
-
-    for pool in pools:
-        for letter, refusal in queues.replay(pool, select, None):
-            if refusal is None:
-                replayed += 1
-                lines.append(printable(f"Replayed {letter.id} ({letter.exception}) to {pool.queue}"))
-            else:
-                refused += 1
-                lines.append(printable(f"Not replayed {letter.id} ({letter.exception}): {refusal.reason}; it is "
-                                       f"still in {pool.dead_letter_queue}"))
-    missing = [wanted for wanted in ids if wanted not in named]
-    if refused:
-        were, are = ("was", "is") if refused == 1 else ("were", "are")
-        return {"error": f"replayed {replayed} of {replayed + refused} messages; {refused} {were} refused by the "
-                         f"broker (see the lines) and {are} still in "
-                         f"{', '.join(p.dead_letter_queue for p in pools)}", "lines": lines}
-    if missing:
-        return {"error": f"replayed {_messages(replayed)}; not found in "
-                         f"{', '.join(p.dead_letter_queue for p in pools)}: {', '.join(map(quoted, missing))}",
-                "lines": lines}
-    return {"summary": f"Replayed {_messages(replayed)}.", "lines": lines, "count": replayed}
+    lines = []
+    replayed = dead_letter_actions.replay(queues, pools, fields.get("ids") or [], fields.get("exceptions") or [],
+                                          None, lines.append)
+    error = replayed.error(pools)
+    if error is not None:
+        return {"error": str(error), "lines": lines}
+    return {"summary": f"Replayed {dead_letter_actions.messages(replayed.count)}.", "lines": lines,
+            "count": replayed.count}
 
 
 def _purge(queues, pools, fields: dict) -> dict:
     """`wqd dead purge --yes [--older-than S]`."""
-    older_than, now = fields.get("older_than"), time.time()
-
-    def old_enough(letter) -> bool:
-        if older_than is None:
-            return True
-        age = letter.age(now)
-        return age is not None and age > older_than
-
-    deleted = sum(1 for pool in pools for _ in queues.delete(pool, old_enough))
+    deleted = dead_letter_actions.purge(queues, pools, fields.get("older_than"))
     return {"summary": f"Deleted {deleted} dead message{'' if deleted == 1 else 's'}.", "count": deleted}
-
-
-def _messages(count: int) -> str:
-    return f"{count} message{'' if count == 1 else 's'}"

@@ -44,6 +44,10 @@
 #                 aio-pika, with issue 26's targets as PASS/FAIL lines; about
 #                 a minute; PEERS=1 as above; BENCH_ARGS: its options, e.g.
 #                 BENCH_ARGS='--messages 1000 --rounds 3')
+#   make bench-outbox  the outbox relay (bench/outbox.py): rows/s relayed
+#                 against publish_many's, and commit-to-handler-start latency
+#                 at 500 commits/s, with issue 27's targets as PASS/FAIL lines
+#                 (about a minute; BENCH_ARGS: e.g. '--rows 5000 --rounds 1')
 #   make clean
 #
 # Variables: PY (python used to create the venv), VENV, XDIST (pytest processes), PYTEST_ARGS
@@ -63,11 +67,13 @@ PEERS_STAMP := $(PEERS_VENV)/.installed
 RABBITMQ_SERVER := /usr/lib/rabbitmq/bin/rabbitmq-server
 PROMTOOL := /usr/bin/promtool
 # The Debian suite whose RabbitMQ differs from the host's (12.x -> trixie, 13.x -> bookworm).
+# Debian's PostgreSQL (the outbox tests start their own instances): 15 on Debian 12, 17 on 13.
+POSTGRESQL_VERSION := $(if $(filter 13.%,$(shell cat /etc/debian_version 2>/dev/null)),17,15)
 OTHER_RABBITMQ_SUITE := $(if $(filter 13.%,$(shell cat /etc/debian_version 2>/dev/null)),bookworm,trixie)
 # Pinned: a new ruff release can add checks and fail CI with no change of ours.
 RUFF_VERSION := 0.6.9
 
-.PHONY: all venv rabbitmq promtool deploy-tools docs test test-unit test-console test-producers test-rabbitmq4 test-rabbitmq43 test-deploy test-partitions demo lint soak bench bench-publishing clean
+.PHONY: all venv rabbitmq postgresql promtool deploy-tools docs test test-unit test-console test-producers test-rabbitmq4 test-rabbitmq43 test-deploy test-partitions demo lint soak bench bench-publishing bench-outbox clean
 
 all: test
 
@@ -87,6 +93,11 @@ $(VENV_STAMP): setup.cfg pyproject.toml
 rabbitmq:
 	@bash scripts/ensure-debian-package.sh $(RABBITMQ_SERVER) rabbitmq-server rabbitmq-server
 
+# Any installed version will do (tests/support/postgres.py takes the newest).
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+		bash scripts/ensure-debian-package.sh /usr/lib/postgresql/$(POSTGRESQL_VERSION)/bin/initdb postgresql postgresql
+
 promtool:
 	@bash scripts/ensure-debian-package.sh $(PROMTOOL) prometheus prometheus
 
@@ -103,7 +114,7 @@ XDIST ?= 3
 
 SUITE_PYTEST = $(VENV)/bin/pytest -q -rs -n $(XDIST) -m '(not soak or cluster) and not producers and not browser' tests $(PYTEST_ARGS)
 
-test: venv rabbitmq promtool deploy-tools
+test: venv rabbitmq postgresql promtool deploy-tools
 	$(SUITE_PYTEST)
 
 # Root only: the other-language producers of docs/publishing.md (Node's
@@ -128,7 +139,7 @@ test-console: venv rabbitmq
 	$(VENV)/bin/pytest -q -rs -m browser tests/test_console_browser.py $(PYTEST_ARGS)
 
 # test-rabbitmq-SUITE: the suite against the RabbitMQ of Debian SUITE.
-test-rabbitmq-%: venv promtool deploy-tools
+test-rabbitmq-%: venv postgresql promtool deploy-tools
 	bash scripts/rabbitmq-rootfs.sh $* .cache/rabbitmq-$* >/dev/null
 	WQD_TEST_RABBITMQ_ROOT=$(abspath .cache/rabbitmq-$*) $(SUITE_PYTEST)
 
@@ -156,7 +167,7 @@ test-partitions:
 	mkdir -p .run
 	$(VENV)/bin/pytest -q -rs --basetemp=.run/test-partitions tests/partitions $(PYTEST_ARGS)
 
-soak: venv rabbitmq promtool
+soak: venv rabbitmq postgresql promtool
 	$(VENV)/bin/pytest -q -rs -m soak tests $(PYTEST_ARGS)
 	@$(MAKE) --no-print-directory test-partitions
 
@@ -189,6 +200,9 @@ bench: venv rabbitmq $(if $(PEERS),$(PEERS_STAMP))
 
 bench-publishing: venv rabbitmq $(if $(PEERS),$(PEERS_STAMP))
 	$(VENV_PY) -m bench.publishing $(if $(PEERS),--peers) $(BENCH_ARGS)
+
+bench-outbox: venv rabbitmq postgresql
+	$(VENV_PY) -m bench.outbox $(BENCH_ARGS)
 
 # Celery and Dramatiq for `make bench PEERS=1`, in a virtualenv of their own.
 $(PEERS_STAMP): bench/requirements-peers.txt

@@ -29,3 +29,14 @@ def stamp(message) -> None:
     """The pickup-latency handler: the body is the publisher's monotonic time
     (bench/latency_record.py)."""
     record(message.body)
+
+
+def started(message) -> None:
+    """bench/outbox.py's handler: "MESSAGE_ID MONOTONIC" when the task started,
+    to $WQD_BENCH_LATENCY (the benchmark knows when each row's transaction committed)."""
+    line = f"{message.message_id} {time.monotonic():.6f}\n"
+    fd = os.open(os.environ["WQD_BENCH_LATENCY"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)

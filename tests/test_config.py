@@ -281,7 +281,7 @@ def test_the_number_keys_are_the_expected_ones():
     assert names == {"broker.heartbeat", "shutdown.graceful_timeout", "pools.0.workers", "pools.0.prefetch",
                      "pools.0.max_retries", "pools.0.retry_delay.initial", "pools.0.retry_delay.max",
                      "pools.0.retry_delay.factor", "pools.0.time_limit", "pools.0.max_tasks_per_child",
-                     "pools.0.max_memory_per_child", "deduplication.capacity"}
+                     "pools.0.max_memory_per_child", "deduplication.capacity", "outbox.batch"}
 
 
 # Counts that are only ever compared: any size is usable.

@@ -18,14 +18,18 @@ The processes and what runs between them (docs/design.md says why)::
      |
      |-- fork --> queue monitor (master/queue_monitor.py): AMQP -> queue depths -> report pipe -> master
      |
+     |-- fork --> outbox relay (outbox/relay.py), with an outbox section: PostgreSQL rows -> AMQP -> delete
+     |              report pipe    relay -> master    up/down, rows relayed and refused, rows waiting (master/outbox_relay.py)
+     |
      |-- fork --> console job (console/dead_work.py), one at a time: read, replay or purge dead letters -> pipe
      |
      `-- fork --> reload (master/reloading.py), on SIGHUP: YAML + handler code from disk -> pickle pipe -> master
 
     wqd publish / status / dead / check --broker / declare (cli/): one process, its own AMQP connection
     wqd.Publisher, wqd.AsyncPublisher (publishing/): in the application's processes
+    wqd.outbox.enqueue (outbox/): in the application's processes, inside its database transaction
 
-    imports go one way:  cli/ -> master/ -> worker/ -> publishing/, tracing.py -> broker/, handlers/
+    imports go one way:  cli/ -> master/ -> worker/ -> publishing/, outbox/, tracing.py -> broker/, handlers/
                          -> ipc/, redelivery/ -> config/ -> errors.py, exits.py, logs.py, message.py
 """
 

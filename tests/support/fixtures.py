@@ -12,16 +12,22 @@ import pytest
 
 from tests.support.broker import MISSING_RABBITMQ_MESSAGE, BrokerNode, rabbitmq_available
 from tests.support.daemon import Wqd, free_port
+from tests.support.postgres import MISSING_POSTGRESQL_MESSAGE, PostgresNode, postgresql_available
 
 # A test that asks for one of these needs a RabbitMQ node: marked ``broker``,
 # it is left out of `make test-unit` (-m "not broker").
 BROKER_FIXTURES = {"broker", "queue_name", "make_wqd", "tls_broker", "small_message_broker"}
+# A test that asks for one of these starts a PostgreSQL instance (a second or
+# two): marked ``slow``, it is left out of `make test-unit` too.
+POSTGRES_FIXTURES = {"postgres", "outbox_dsn"}
 
 
 def pytest_collection_modifyitems(items) -> None:
     for item in items:
         if BROKER_FIXTURES & set(item.fixturenames):
             item.add_marker(pytest.mark.broker)
+        if POSTGRES_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -36,6 +42,23 @@ def broker(tmp_path_factory) -> Iterator[BrokerNode]:
     node.start()
     yield node
     node.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresNode]:
+    """One throwaway PostgreSQL instance for the whole session (tests/support/postgres.py)."""
+    if not postgresql_available():
+        pytest.fail(MISSING_POSTGRESQL_MESSAGE, pytrace=False)
+    node = PostgresNode().start()
+    yield node
+    node.close()
+
+
+@pytest.fixture
+def outbox_dsn(postgres) -> str:
+    """The DSN of a new, empty database of its own for this test."""
+    postgres.ensure_running()
+    return postgres.create_database(f"wqdtest_{uuid.uuid4().hex[:12]}")
 
 
 @pytest.fixture

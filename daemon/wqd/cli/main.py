@@ -13,7 +13,7 @@ import wqd
 from wqd import config as config_module
 from wqd import errors, logs
 from wqd.broker import amqp, queues
-from wqd.cli import dead
+from wqd.cli import dead, outbox
 from wqd.cli.common import EXIT_OK, load_config
 from wqd.cli.publish import declare_config, publish_lines, utf8_body
 from wqd.cli.status import format_status, gather_status
@@ -109,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print JSON")
     dead.add_commands(add("dead", None, "inspect, replay or purge dead-lettered messages; works whether "
                                          "or not wqd runs"))
+    outbox.add_commands(add("outbox", None, "the PostgreSQL transactional outbox (the config's outbox section)"))
     return parser
 
 

@@ -63,6 +63,8 @@ def gather_status(config) -> dict:
                    "pid": master and master["pid"], "ready": bool(master and master["ready"]),
                    "problem": master_problem, "quiet": bool(master and master.get("quiet"))},
         "pools": pools,
+        # the master's outbox relay (None without an outbox section, or without a master to ask)
+        "outbox": (master or {}).get("outbox"),
     }
 
 
@@ -136,6 +138,8 @@ def format_status(status: dict) -> str:
             + "".join(f"{_show(tasks.get(outcome) if tasks else None):>{width}}"
                       for outcome, width in (("succeeded", 8), ("retried", 9), ("failed", 8)))
             + f"{_show(pool['dead_lettered_messages']):>6}")
+    if status.get("outbox"):
+        lines += ["", outbox_line(status["outbox"])]
     workers = [(pool["pool"], w) for pool in status["pools"] for w in pool["workers"]]
     if workers:
         lines += ["", f"{'WORKER':<20}{'PID':>8}  {'STATE':<14}{'TASK AGE':>9}"]
@@ -146,6 +150,17 @@ def format_status(status: dict) -> str:
             age = f"{w['task_age']:.1f}s" if w["task_age"] is not None else "-"
             lines.append(f"{w['name']:<20}{w['pid']:>8}  {state:<14}{age:>9}")
     return "\n".join(lines)
+
+
+def outbox_line(outbox: dict) -> str:
+    """One line on the master's outbox relay."""
+    state = "relay up" if outbox["relay_up"] else f"RELAY DOWN ({outbox['problem']})"
+    waiting = "? waiting" if outbox["pending"] is None else f"{outbox['pending']} waiting"
+    if outbox["oldest_age_seconds"] is not None:
+        waiting += f" (oldest {outbox['oldest_age_seconds']:.1f}s)"
+    aside = f", {outbox['set_aside']} set aside (wqd outbox list)" if outbox["set_aside"] else ""
+    return (f"outbox {outbox['table']}: {state}, {waiting}{aside}; relayed {outbox['relayed']}, "
+            f"refused {outbox['refused']} since the master started")
 
 
 def _show(value) -> str:

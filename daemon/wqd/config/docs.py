@@ -8,6 +8,7 @@ committed copy is not what this renders.
 """
 
 import dataclasses
+import re
 import sys
 import textwrap
 from pathlib import Path
@@ -89,8 +90,10 @@ def sample_file() -> str:
             lines.append(f"{name}:")
             lines += _section(check.cls, "  ", first="- ")
         elif isinstance(check, config.Section) and check.cls not in SHOWN_WHOLE:
-            lines.append(f"{name}:")
-            lines += _section(check.cls, "  ")
+            section = [f"{name}:"] + _section(check.cls, "  ")
+            if check.nullable and field.default is None:  # off unless the file has it: shown commented out
+                section = [re.sub(r"^(\s*)(?=[^\s#])", r"\1# ", line) for line in section]
+            lines += section
         else:
             lines.append(f"{name}: {_flow(_sample_value(field))}")
     return "\n".join(lines) + "\n"

@@ -6,7 +6,7 @@ DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672/%2F"
 BROKER_PASSWORD_VARIABLE = "WQD_BROKER_PASSWORD"
 # The environment variables that hold a broker password. The commands exec
 # handlers run never see them (handlers/process.py: inherited_environment).
-SECRET_VARIABLES = ("WQD_BROKER_URL", BROKER_PASSWORD_VARIABLE)
+SECRET_VARIABLES = ("WQD_BROKER_URL", BROKER_PASSWORD_VARIABLE, "WQD_OUTBOX_DSN")
 
 # Limits on the file, so that loading it (at check, start and reload) takes
 # bounded time and memory whatever it holds: its size, the size of the

@@ -36,6 +36,7 @@ from wqd.config.limits import (
     MAX_RETRY_DELAY,
     MAX_WORKERS,
 )
+from wqd.config.outbox import outbox_table, postgres_dsn, psycopg_problem
 
 # -- declaring a key --
 
@@ -283,6 +284,22 @@ class PoolConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class OutboxConfig:
+    dsn: Optional[str] = key(optional(postgres_dsn), None, env="WQD_OUTBOX_DSN", shown="$WQD_OUTBOX_DSN",
+                             doc="the PostgreSQL database of the outbox table (a postgresql:// URL or a key=value "
+                                 "string); its password is never printed")
+    table: str = key(outbox_table, "wqd_outbox", doc="the outbox table, optionally schema.table")
+    batch: int = key(at_most(10_000, positive_int), 500, doc="rows the relay takes and publishes per transaction")
+
+    def conflicts(self) -> list:
+        """A DSN from the file or the environment, and psycopg to use it."""
+        if not self.dsn:
+            return [("dsn", "is missing: set outbox.dsn or $WQD_OUTBOX_DSN")]
+        problem = psycopg_problem()
+        return [("dsn", f"is set, but {problem}")] if problem else []
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     path: str  # the file it was loaded from; not a key
     broker: BrokerConfig = key(Section(BrokerConfig), doc="the RabbitMQ broker (or cluster nodes)")
@@ -294,6 +311,8 @@ class Config:
                        doc="the worker pools, each consuming one queue")
     deduplication: DeduplicationConfig = key(Section(DeduplicationConfig), DeduplicationConfig(),
                                              doc="the ledger of finished messages (pools[].deduplicate)")
+    outbox: Optional[OutboxConfig] = key(Section(OutboxConfig, nullable=True), None,
+                                         doc="a PostgreSQL transactional outbox the master relays (see The outbox)")
     console: ConsoleConfig = key(Section(ConsoleConfig), ConsoleConfig(),
                                  doc="the operator's console in a browser (see The console)")
 

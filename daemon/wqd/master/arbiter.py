@@ -23,7 +23,7 @@ from wqd.ipc.worker_record import WorkerRecord
 from wqd.master import autoscaling, children, reloading, views
 from wqd.master.http_endpoint import HTTPEndpoint
 from wqd.master.metrics import Metrics
-from wqd.master.queue_monitor import QueueMonitor
+from wqd.master.service_children import ServiceChildren
 from wqd.master.stalls import StallWatch, kill_after, over_time_limit
 from wqd.master.supervision import (
     Pool,
@@ -84,8 +84,8 @@ class Master:
         for pool in self.pools:
             self.metrics.add_pool(pool.config.name)
         # Queue depth, polled by a child process: the master never waits on the broker.
-        self.queue_monitor = QueueMonitor(config.broker, config.pools)
-        self.metrics.registry.register(self.queue_monitor)
+        self.service_children = ServiceChildren(config, self.metrics.registry)  # the queue monitor, the outbox relay
+        self.queue_monitor, self.outbox_relay = self.service_children.queue_monitor, self.service_children.outbox_relay
         self.http = None
         self.reload = None  # the reload in progress (reloading.Reload), if any
         self.reload_again = False  # a SIGHUP came during it: one more reload follows it
@@ -123,7 +123,7 @@ class Master:
         self.accounts.store()
         if self.reload:
             self.reload.close()
-        self.queue_monitor.close()
+        self.service_children.close()
         if self.http:
             self.http.close()
         if self.config_error:
@@ -154,8 +154,7 @@ class Master:
             if self.http:
                 for fd, events, callback in self.http.watched():
                     selector.register(fd, events, callback)
-            if self.queue_monitor.fileno() is not None:
-                selector.register(self.queue_monitor.fileno(), selectors.EVENT_READ, self.queue_monitor.read)
+            self.service_children.watch(selector)
             if self.reload and self.reload.fileno() is not None:
                 selector.register(self.reload.fileno(), selectors.EVENT_READ, self.reload.read)
             for key, _ in selector.select(timeout):
@@ -184,7 +183,7 @@ class Master:
             self._kill(proc, signal.SIGKILL)
         self._autoscale(now)
         self._keep_worker_count(now)
-        self.queue_monitor.tick(now, self._close_master_fds)
+        self.service_children.tick(now, self._close_master_fds)
         if self.pools and all(pool.failed for pool in self.pools):
             log.error("Every pool has a configuration error; stopping.")
             # Each error names its pool: together, one paragraph for cli.py to show.
@@ -232,7 +231,7 @@ class Master:
         """Graceful: workers finish their task (SIGTERM); fast: they exit now (SIGQUIT)."""
         if self.state is State.STOPPING_FAST or (graceful and self.stopping):
             return
-        self.queue_monitor.stop()
+        self.service_children.stop()
         if self.reload:
             self.reload.cancel()
         if graceful:
@@ -294,7 +293,7 @@ class Master:
             self._retire_pool(old)
         self.pools = pools
         self.config = new_config
-        self.queue_monitor.configure(new_config.broker, new_config.pools)
+        self.service_children.configure(new_config)
         self.stalls.kill_after = kill_after(new_config.broker.heartbeat)
         self.state = State.STARTING  # READY=1 again once every pool consumes
         log.info("Reloaded %s; pools: %s.", self.config.path,
@@ -358,7 +357,7 @@ class Master:
         os.close(self._wakeup_w)
         if self.http:
             self.http.close()
-        self.queue_monitor.close_in_child()
+        self.service_children.close_in_child()
         if self.reload:
             self.reload.close_in_child()
         for proc in self.workers.values():
@@ -400,7 +399,7 @@ class Master:
             elif self.reload and pid == self.reload.pid:
                 self._reload_ended(status)
             else:
-                self.queue_monitor.reaped(pid, status)
+                self.service_children.reaped(pid, status)
 
     def _worker_exited(self, proc: WorkerProcess, status: int, final) -> None:
         """``final``: the last snapshot of the worker's record."""

@@ -63,7 +63,8 @@ def status(master) -> dict:
         pools.append(counts)
     return {"pid": master.pid, "ready": master.is_ready(), "quiet": quiet, "stopping": master.stopping,
             "pools": pools,
-            "broker": master.queue_monitor.broker}  # {server, url} the queue monitor is connected to, or None
+            "broker": master.queue_monitor.broker,  # {server, url} the queue monitor is connected to, or None
+            "outbox": master.outbox_relay.status()}  # None without an outbox section
 
 
 def worker_status(proc: WorkerProcess, now: float, quiet: bool) -> dict:

@@ -217,3 +217,16 @@ def test_dead_letter_work_answers_from_its_child_when_the_broker_is_unreachable(
     assert work.letters is None and "127.0.0.1" in work.read_error
     html = dead_pages.listing(work, {}, "")
     assert "Could not read them" in html
+
+
+def test_the_pools_page_shows_the_outbox_when_one_is_configured():
+    view = {"pid": 1, "ready": True, "quiet": False, "stopping": False, "version": "1", "broker": None, "pools": []}
+    assert "outbox" not in page.overview(view, history.RateHistory())
+    view["outbox"] = {"table": HOSTILE, "relay_up": False, "problem": HOSTILE, "pending": 12,
+                      "oldest_age_seconds": 185.0, "set_aside": 1, "relayed": 40, "refused": 2}
+    html = page.overview(view, history.RateHistory())
+    assert "relay down" in html and "12 rows waiting · oldest 3m05s · 1 set aside · 40 relayed · 2 refused" in html
+    assert "<script" not in html and html.count("&lt;script&gt;") == 2
+    view["outbox"].update(relay_up=True, problem=None, pending=None)
+    assert "relay up" in page.overview(view, history.RateHistory())
+    assert "unknown rows waiting" in page.overview(view, history.RateHistory())

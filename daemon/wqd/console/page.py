@@ -52,7 +52,23 @@ def overview(view: dict, rates: history.RateHistory, csrf: str = "") -> str:
              f'<button type="submit">{toggle[1]}</button></form></section>']
     for pool in view["pools"]:
         parts.append(_pool(pool, rates.rates(pool["name"]), csrf))
+    if view.get("outbox"):
+        parts.append(_outbox(view["outbox"]))
     return "".join(parts)
+
+
+def _outbox(outbox: dict) -> str:
+    """The outbox relay's card (docs/outbox.md): rows waiting, the oldest's age, totals, the relay's state."""
+    def count(value):
+        return "unknown" if value is None else str(value)
+
+    state = "up" if outbox["relay_up"] else "down"
+    problem = f'<p class="problem">{e(outbox["problem"])}</p>' if outbox.get("problem") else ""
+    return (f'<section class="pool"><h2>outbox <span class="state {"ready" if state == "up" else "not-ready"}">'
+            f'relay {state}</span></h2><p>table <code>{e(outbox["table"])}</code>: '
+            f'{count(outbox.get("pending"))} rows waiting · oldest {age(outbox.get("oldest_age_seconds"))} · '
+            f'{count(outbox.get("set_aside"))} set aside · {outbox["relayed"]} relayed · '
+            f'{outbox["refused"]} refused</p>{problem}</section>')
 
 
 def _pool(pool: dict, rates: dict, csrf: str) -> str:

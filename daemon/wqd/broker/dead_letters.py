@@ -193,6 +193,17 @@ def jsonable(value, depth: int = 0):
     return str(value)
 
 
+def age_text(seconds) -> str:
+    """A dead letter's age as `wqd dead` and the console show it: 12s, 3m05s, 2h10m, 1d04h; ? when unknown."""
+    if seconds is None:
+        return "?"
+    seconds = int(seconds)
+    for unit, size, sub_unit, sub_size in (("d", 86400, "h", 3600), ("h", 3600, "m", 60), ("m", 60, "s", 1)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}{(seconds % size) // sub_size:02d}{sub_unit}"
+    return f"{seconds}s"
+
+
 def quoted(value: str) -> str:
     """``value`` printable, between single quotes (repr() would double its escapes)."""
     return f"'{printable(value)}'"

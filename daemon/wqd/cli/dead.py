@@ -7,7 +7,7 @@ import time
 
 from wqd import errors
 from wqd.broker import dead_letter_actions, dead_letters
-from wqd.broker.dead_letters import printable, quoted
+from wqd.broker.dead_letters import age_text, printable, quoted
 from wqd.cli.common import EXIT_OK, load_config, non_negative
 
 
@@ -56,7 +56,7 @@ def cmd_dead_list(args) -> int:
         return EXIT_OK
     rows = [("POOL", "ID", "AGE", "ATTEMPTS", "BYTES", "EXCEPTION", "ERROR")]
     for letter in letters:
-        rows.append((letter.pool, letter.id, _age(letter.age(now)), str(letter.attempts or "?"), str(len(letter.body)),
+        rows.append((letter.pool, letter.id, age_text(letter.age(now)), str(letter.attempts or "?"), str(len(letter.body)),
                      printable(letter.exception), printable(_one_line(letter.error, 100))))
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
     for row in rows:
@@ -109,15 +109,6 @@ def cmd_dead_purge(args) -> int:
     return EXIT_OK
 
 
-def _age(seconds) -> str:
-    if seconds is None:
-        return "?"
-    seconds = int(seconds)
-    for unit, size, sub_unit, sub_size in (("d", 86400, "h", 3600), ("h", 3600, "m", 60), ("m", 60, "s", 1)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}{(seconds % size) // sub_size:02d}{sub_unit}"
-    return f"{seconds}s"
-
 
 def _one_line(text: str, limit: int) -> str:
     text = " ".join(text.split())
@@ -129,7 +120,7 @@ def _describe(letter, now: float, max_bytes: int) -> str:
     lines = [f"Message {letter.id} (pool {letter.pool}, dead-letter queue {letter.queue})",
              f"  exception: {letter.exception}: {letter.error}",
              f"  attempts: {letter.attempts if letter.attempts is not None else '?'}, "
-             f"age: {_age(letter.age(now))}", "Properties:"]
+             f"age: {age_text(letter.age(now))}", "Properties:"]
     properties = letter.properties
     for name in ("message_id", "correlation_id", "content_type", "content_encoding", "timestamp", "type",
                  "app_id", "priority", "delivery_mode", "expiration", "reply_to"):

@@ -10,7 +10,8 @@ import json
 import time
 from urllib.parse import quote
 
-from wqd.console.page import age, csrf_field, e
+from wqd.broker.dead_letters import age_text
+from wqd.console.page import csrf_field, e
 
 ERROR_SHOWN = 200  # characters of an error message in the list
 
@@ -42,7 +43,7 @@ def listing(work, query: dict, csrf: str) -> str:
     letters = [letter for letter in work.letters if (not pool or letter["pool"] == pool)
                and (not exception or letter["exception"] == exception)
                and _within(letter, now, older, newer)]
-    read = f'read {age(now - work.read_at)} ago' if work.read_at else ""
+    read = f'read {age_text(now - work.read_at)} ago' if work.read_at else ""
     error = f'<p class="error">Could not read them: {e(work.read_error)}</p>' if work.read_error else ""
     parts.append(f'<p>{len(letters)} of {len(work.letters)} shown · {read} · <a href="">refresh</a></p>{error}')
     parts.append(_filters(work.letters, pool, exception, _one(query, "older_than"), _one(query, "newer_than")))
@@ -83,7 +84,7 @@ def letter_page(work, query: dict, csrf: str) -> str:
                        for kind in ("text", "json", "hex"))
     return (f'<section><h1>Dead letter <span class="id">{e(found["id"])}</span></h1>'
             f'<p>pool {e(found["pool"])} · queue <code>{e(found["dead_letter_queue"])}</code> · age '
-            f'{age(_age(found, time.time()))} · attempts {e(str(found["attempts"] or "?"))} · replayed before '
+            f'{age_text(_age(found, time.time()))} · attempts {e(str(found["attempts"] or "?"))} · replayed before '
             f'{found["replays"]} times</p><p class="exception"><strong>{e(found["exception"])}</strong>: '
             f'{e(found["error"])}</p>'
             f'<form method="post" action="/actions/replay" class="inline">{csrf_field(csrf)}'
@@ -141,7 +142,7 @@ def _row(letter: dict, now: float) -> str:
     link = f'/dead/letter?pool={e(_quote(letter["pool"]))}&amp;id={e(_quote(letter["id"]))}'
     return (f'<tr><td><input type="checkbox" name="id" value="{e(letter["id"])}" aria-label="select"></td>'
             f'<td>{e(letter["pool"])}</td><td class="id"><a href="{link}">{e(letter["id"])}</a></td>'
-            f'<td>{age(_age(letter, now))}</td><td>{e(str(letter["attempts"] or "?"))}</td>'
+            f'<td>{age_text(_age(letter, now))}</td><td>{e(str(letter["attempts"] or "?"))}</td>'
             f'<td>{letter["body_bytes"]}</td><td>{e(letter["exception"])}</td><td>{e(error)}</td></tr>')
 
 

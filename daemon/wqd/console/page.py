@@ -10,6 +10,7 @@ pages hold no script and no inline style, so the Content-Security-Policy
 import html
 from urllib.parse import quote
 
+from wqd.broker.dead_letters import age_text
 from wqd.config.limits import MAX_WORKERS
 from wqd.console import charts, history
 
@@ -66,7 +67,7 @@ def _outbox(outbox: dict) -> str:
     problem = f'<p class="problem">{e(outbox["problem"])}</p>' if outbox.get("problem") else ""
     return (f'<section class="pool"><h2>outbox <span class="state {"ready" if state == "up" else "not-ready"}">'
             f'relay {state}</span></h2><p>table <code>{e(outbox["table"])}</code>: '
-            f'{count(outbox.get("pending"))} rows waiting · oldest {age(outbox.get("oldest_age_seconds"))} · '
+            f'{count(outbox.get("pending"))} rows waiting · oldest {age_text(outbox.get("oldest_age_seconds"))} · '
             f'{count(outbox.get("set_aside"))} set aside · {outbox["relayed"]} relayed · '
             f'{outbox["refused"]} refused</p>{problem}</section>')
 
@@ -128,14 +129,3 @@ def _worker(worker: dict) -> str:
 def message(title: str, text: str, back: str = "/") -> str:
     """A short page body: what happened, and a way back."""
     return f'<section><h1>{e(title)}</h1><p>{e(text)}</p><p><a href="{e(back)}">Back</a></p></section>'
-
-
-def age(seconds) -> str:
-    """12s, 3m05s, 2h10m, 1d04h (as `wqd dead list`)."""
-    if seconds is None:
-        return "?"
-    seconds = int(seconds)
-    for unit, size, sub_unit, sub_size in (("d", 86400, "h", 3600), ("h", 3600, "m", 60), ("m", 60, "s", 1)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}{(seconds % size) // sub_size:02d}{sub_unit}"
-    return f"{seconds}s"

@@ -22,7 +22,7 @@ import aiormq.exceptions
 from wqd import backoff
 from wqd import config as config_module
 from wqd.broker import amqp
-from wqd.publishing import delays, tracing
+from wqd.publishing import delays
 from wqd.publishing.errors import BrokerUnreachable, PublishError, QueueNotFound
 from wqd.publishing.messages import outgoing, outgoing_batch
 from wqd.publishing.outcomes import ACK, NACK, RETURNED, conclude
@@ -33,6 +33,7 @@ from wqd.publishing.publisher import (
     RECONNECT_INITIAL,
     RECONNECT_MAX,
     broker_config,
+    prepare,
     seconds,
 )
 from wqd.publishing.republishing import Unconfirmed
@@ -137,7 +138,7 @@ class AsyncPublisher:
             if len(message.body) > limit[0]:
                 raise ValueError(f"message {message.message_id} is {len(message.body)} bytes, larger than the "
                                  f"broker takes ({limit[1]}); nothing was sent")
-        spans = [self._prepare(queue, message) for message in messages]
+        spans = [prepare(queue, message, self._unconfirmed, self._tracer_provider) for message in messages]
         outcomes, todo, nacks, reason, lost = {}, list(range(len(messages))), 0, None, False
         while todo:
             if len(todo) == 1:  # publish(): awaited here, not in a task of gather's
@@ -196,17 +197,6 @@ class AsyncPublisher:
             return None, f"no confirm came within the timeout ({timeout:g} s)"
         except BROKER_ERRORS as exc:
             return None, f"the connection was lost: {_describe(exc, self._url)}"
-
-    def _prepare(self, queue: str, message):
-        message.routing_key = queue
-        properties = message.properties
-        if message.delay:
-            message.exchange, bits = delays.route(message.delay)
-            properties.headers = {**(properties.headers or {}), **bits}
-        self._unconfirmed.mark(message)
-        span, properties.headers = tracing.start(queue, message.message_id, properties.headers,
-                                                 self._tracer_provider)
-        return span
 
     # -- the connection
 

@@ -151,7 +151,7 @@ class Publisher:
                 if len(message.body) > limit:
                     raise ValueError(f"message {message.message_id} is {len(message.body)} bytes, larger than the "
                                      f"broker takes ({limit_name}); nothing was sent")
-            spans = [self._prepare(queue, message) for message in messages]
+            spans = [prepare(queue, message, self._unconfirmed, self._tracer_provider) for message in messages]
             outcomes, reason, lost = self._send_until_taken(queue, messages, delayed, deadline, timeout)
             return conclude(messages, spans, outcomes, queue, reason, lost, self._unconfirmed)
 
@@ -212,19 +212,6 @@ class Publisher:
         else:
             self._healthy, self._used_at = True, time.monotonic()
         return [outcomes.get(tag) for tag in tags], reason, lost
-
-    def _prepare(self, queue: str, message):
-        """Address the message (the default exchange, or the first delay level:
-        delays.py) and start its span; return the span."""
-        properties = message.properties
-        message.routing_key = queue
-        if message.delay:
-            message.exchange, bits = delays.route(message.delay)
-            properties.headers = {**(properties.headers or {}), **bits}
-        self._unconfirmed.mark(message)
-        span, properties.headers = tracing.start(queue, message.message_id, properties.headers,
-                                                 self._tracer_provider)
-        return span
 
     def _timeout_reason(self, timeout: float) -> str:
         if self._blocked_since is not None:
@@ -393,3 +380,18 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def prepare(queue: str, message, unconfirmed, tracer_provider):
+    """Address the message (the default exchange, or the first delay level:
+    delays.py), note it with the ids to flag when published again
+    (republishing.py) and start its span; return the span. Publisher's and
+    AsyncPublisher's."""
+    properties = message.properties
+    message.routing_key = queue
+    if message.delay:
+        message.exchange, bits = delays.route(message.delay)
+        properties.headers = {**(properties.headers or {}), **bits}
+    unconfirmed.mark(message)
+    span, properties.headers = tracing.start(queue, message.message_id, properties.headers, tracer_provider)
+    return span

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from wqd.config import WorkerBounds
-from wqd.master.queue_monitor import STABLE_SECONDS
+from wqd.master.service_child import STABLE_SECONDS
 from wqd.master.supervision import (
     CRASHED,
     EARLY_DEATH_SECONDS,

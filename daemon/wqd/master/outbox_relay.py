@@ -7,123 +7,66 @@ is started again after a growing delay (supervision.RespawnBackoff).
 """
 
 import logging
-import os
-import signal
 import time
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from wqd import exits
-from wqd.ipc import reporting
-from wqd.master import children
-from wqd.master.supervision import RespawnBackoff
+from wqd.master.service_child import ServiceChild
 from wqd.outbox import relay
 
 log = logging.getLogger("wqd.outbox")
 
-STABLE_SECONDS = 60.0
 # Counts older than this are not served: the relay is stuck or the database hangs.
 STALE_AFTER = 15.0
 
 
-class OutboxRelay:
+class OutboxRelay(ServiceChild):
     """Also a prometheus_client collector (the master registers it)."""
 
+    title = "Outbox relay"
+    logger = log
+    close_grace = 10.0  # it finishes its round: a batch published is deleted, not published again
+
     def __init__(self, outbox, broker):
+        super().__init__()
         self._outbox, self._broker = outbox, broker
-        self.pid = None
-        self._reader = None
-        self._started_at = 0.0
-        self._respawn = RespawnBackoff(STABLE_SECONDS)
-        self._stopped = self._replacing = False
         self.relayed = self.refused = 0  # totals since the master started
         self._connected = None  # {database, broker} while the relay is connected to both
         self.problem = "starting"
         self._stats, self._stats_at = None, None
 
-    # -- the master's loop
+    def wanted(self) -> bool:
+        return self._outbox is not None
 
-    def tick(self, now: float, close_inherited) -> None:
-        if self._outbox is not None and self.pid is None and not self._stopped and self._respawn.may_start(now):
-            self._spawn(close_inherited)
+    def child_main(self, report_fd: int) -> int:
+        return relay.run(self._outbox, self._broker, report_fd)
 
-    def fileno(self):
-        return self._reader.fd if self._reader else None
+    def on_report(self, event: str, fields: dict) -> None:
+        if event == relay.UP:
+            self._connected, self.problem = fields, None
+            self._stats, self._stats_at = None, time.monotonic()  # its first count comes after its first round
+        elif event == relay.DOWN:
+            self._connected, self.problem = None, fields.get("reason")
+        elif event == relay.RELAYED:
+            self.relayed += int(fields.get("relayed", 0))
+            self.refused += int(fields.get("refused", 0))
+        elif event == relay.STATS:
+            self._stats, self._stats_at = fields, time.monotonic()
 
-    def read(self) -> None:
-        """The pipe is readable: take the child's reports (never blocks)."""
-        if self._reader is None:
-            return
-        events, eof = self._reader.read()
-        for event, fields in events:
-            if event == relay.UP:
-                self._connected, self.problem = fields, None
-                self._stats, self._stats_at = None, time.monotonic()  # its first count comes after its first round
-            elif event == relay.DOWN:
-                self._connected, self.problem = None, fields.get("reason")
-            elif event == relay.RELAYED:
-                self.relayed += int(fields.get("relayed", 0))
-                self.refused += int(fields.get("refused", 0))
-            elif event == relay.STATS:
-                self._stats, self._stats_at = fields, time.monotonic()
-        if eof:
-            self._close_reader()
+    def forget(self) -> None:
+        self._connected = None
 
-    def reaped(self, pid: int, status: int) -> bool:
-        """The master reaped a child: True if it was the relay (started again later)."""
-        if pid != self.pid or pid is None:
-            return False
-        self.read()
-        self._close_reader()
-        self.pid, self._connected = None, None
-        if self._stopped:
-            return True
-        if self._replacing:
-            self._replacing = False
-            return True
-        now = time.monotonic()
-        delay = self._respawn.exited(now - self._started_at, now)
+    def died(self, status: int) -> None:
         self.problem = f"the relay {exits.describe(status)}"
-        log.warning("Outbox relay (pid %d) %s; restarting it in %.0f s.", pid, exits.describe(status), delay)
-        return True
 
     def configure(self, outbox, broker) -> None:
         """After a reload: another outbox or broker means another child."""
         if (outbox, broker) == (self._outbox, self._broker):
             return
         self._outbox, self._broker = outbox, broker
-        self._connected, self._stats, self.problem = None, None, "starting"
-        if self.pid is not None:
-            self._replacing = True
-            self._signal(signal.SIGTERM)
-        self._respawn.reset()
-
-    def stop(self) -> None:
-        self._stopped = True
-        self._signal(signal.SIGTERM)
-
-    def close(self) -> None:
-        """The master exits: the child must not outlive it (it finishes its round: SIGTERM, then waits)."""
-        self._stopped = True
-        if self.pid is not None:
-            self._signal(signal.SIGTERM)
-            deadline = time.monotonic() + 10
-            try:
-                while os.waitpid(self.pid, os.WNOHANG) == (0, 0):
-                    if time.monotonic() > deadline:
-                        self._signal(signal.SIGKILL)
-                        os.waitpid(self.pid, 0)
-                        break
-                    time.sleep(0.05)
-            except ChildProcessError:
-                pass
-            self.pid = None
-        self._close_reader()
-
-    def close_in_child(self) -> None:
-        if self._reader is not None:
-            os.close(self._reader.fd)
-            self._reader = None
+        self._stats, self.problem = None, "starting"
+        self.replace()
 
     # -- what it shows
 
@@ -173,25 +116,3 @@ class OutboxRelay:
             refused.add_metric([], self.refused)
             up.add_metric([], 1 if self.up else 0)
         yield from (pending, oldest, relayed, refused, up)
-
-    # -- helpers
-
-    def _spawn(self, close_inherited) -> None:
-        outbox, broker = self._outbox, self._broker
-        self.pid, read_fd, _ = children.fork_with_pipes(lambda report_fd, _: relay.run(outbox, broker, report_fd),
-                                                        "Outbox relay", close_inherited)
-        self._reader = reporting.EventReader(read_fd)
-        self._started_at = time.monotonic()
-        log.debug("Outbox relay started (pid %d).", self.pid)
-
-    def _signal(self, signum: int) -> None:
-        if self.pid is not None:
-            try:
-                os.kill(self.pid, signum)
-            except ProcessLookupError:
-                pass
-
-    def _close_reader(self) -> None:
-        if self._reader is not None:
-            os.close(self._reader.fd)
-            self._reader = None

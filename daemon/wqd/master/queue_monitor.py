@@ -14,21 +14,19 @@ hangs) are dropped, not shown as current: an absent series means "unknown".
 
 import logging
 import os
-import signal
 import time
 
 import pika.exceptions
 from prometheus_client.core import GaugeMetricFamily
 from setproctitle import setproctitle
 
-from wqd import exits, logs
+from wqd import logs
 from wqd.backoff import exponential
 from wqd.broker import amqp
 from wqd.broker.amqp import RECOVERABLE
 from wqd.config import redact_url
 from wqd.ipc import reporting
-from wqd.master import children
-from wqd.master.supervision import RespawnBackoff
+from wqd.master.service_child import ServiceChild
 
 log = logging.getLogger("wqd.queue_monitor")
 
@@ -40,9 +38,6 @@ STALE_AFTER = 3 * POLL_INTERVAL
 MONITOR_HEARTBEAT = 10
 RECONNECT_INITIAL = 1.0
 RECONNECT_MAX = 30.0
-# A monitor that exits sooner than this after its start is restarted after a
-# growing delay (1, 2, 4 ... s); one that ran this long is restarted at once.
-STABLE_SECONDS = 60.0
 
 # Events the child sends.
 POLLED = "polled"            # counts: [[pool, queue, kind, messages, consumers], ...]; kind = queue|dead_letter
@@ -63,76 +58,43 @@ def _targets(pools) -> tuple:
     return tuple(targets)
 
 
-class QueueMonitor:
+class QueueMonitor(ServiceChild):
     """Master side: starts the child, reads its reports, serves the gauges.
 
     Also a prometheus_client collector (register it with the master's registry).
     Every method returns at once; none touches the network.
     """
 
+    title = "Queue monitor"
+    logger = log
+
     def __init__(self, broker, pools, interval: float = POLL_INTERVAL, stale_after: float = STALE_AFTER):
+        super().__init__()
         self.interval = interval
         self.stale_after = stale_after
         self._broker = broker
         self._targets = _targets(pools)
-        self.pid = None
-        self._reader = None
-        self._started_at = 0.0
         self._counts = []
         # {server, url} of the broker the monitor is connected to (for /status), None while it is not.
         self.broker = None
         self._polled_at = None  # monotonic time of the last complete poll
-        self._respawn = RespawnBackoff(STABLE_SECONDS)
-        self._replacing = False  # asked to exit for a reload: not a failure
-        self._stopped = False
 
-    # -- the master's loop --
+    def child_main(self, report_fd: int) -> int:
+        return _run(self._broker, self._targets, report_fd, self.interval)
 
-    def tick(self, now: float, close_inherited) -> None:
-        """Start the child when there is none. ``close_inherited()`` runs in the
-        new child to close what it inherited from the master."""
-        if self.pid is None and not self._stopped and self._respawn.may_start(now):
-            self._spawn(close_inherited)
-
-    def fileno(self):
-        """The pipe to select() on for reading, or None."""
-        return self._reader.fd if self._reader else None
-
-    def read(self) -> None:
-        """The pipe is readable: take the child's reports (never blocks)."""
-        if self._reader is None:
-            return
-        events, eof = self._reader.read()
-        for event, fields in events:
-            if self._replacing:
-                continue  # counts of the queues before the reload
-            if event == POLLED:
-                self._counts = fields["counts"]
-                self._polled_at = time.monotonic()
-            elif event == BROKER:
-                self.broker = {"server": fields["server"], "url": fields["url"]}
-            elif event == UNAVAILABLE:
-                self._counts, self._polled_at, self.broker = [], None, None
-        if eof:
-            self._close_reader()
-
-    def reaped(self, pid: int, status: int) -> None:
-        """The master reaped a child that is not a worker: if it was the
-        monitor, start another one soon (at once after a reload)."""
-        if pid != self.pid:
-            return
-        self.read()
-        self._close_reader()
-        self.pid = None
-        self._counts, self._polled_at, self.broker = [], None, None
-        if self._stopped:
-            return
+    def on_report(self, event: str, fields: dict) -> None:
         if self._replacing:
-            self._replacing = False
-            return
-        now = time.monotonic()
-        delay = self._respawn.exited(now - self._started_at, now)
-        log.warning("Queue monitor (pid %d) %s; restarting it in %.0f s.", pid, exits.describe(status), delay)
+            return  # counts of the queues before the reload
+        if event == POLLED:
+            self._counts = fields["counts"]
+            self._polled_at = time.monotonic()
+        elif event == BROKER:
+            self.broker = {"server": fields["server"], "url": fields["url"]}
+        elif event == UNAVAILABLE:
+            self.forget()
+
+    def forget(self) -> None:
+        self._counts, self._polled_at, self.broker = [], None, None
 
     def messages_ready(self, pool: str):
         """The last fresh count of messages ready in ``pool``'s queue; None when unknown."""
@@ -151,34 +113,7 @@ class QueueMonitor:
         if broker == self._broker and targets == self._targets:
             return
         self._broker, self._targets = broker, targets
-        self._counts, self._polled_at, self.broker = [], None, None
-        if self.pid is not None:
-            self._replacing = True  # reaped as usual, then started again at once
-            self._signal(signal.SIGTERM)
-        self._respawn.reset()
-
-    def stop(self) -> None:
-        """The master stops: end the child, do not start another."""
-        self._stopped = True
-        self._signal(signal.SIGTERM)
-
-    def close(self) -> None:
-        """The master exits: the child must not outlive it."""
-        self._stopped = True
-        if self.pid is not None:
-            self._signal(signal.SIGKILL)
-            try:
-                os.waitpid(self.pid, 0)
-            except ChildProcessError:
-                pass
-            self.pid = None
-        self._close_reader()
-
-    def close_in_child(self) -> None:
-        """In any process the master forks: let go of the monitor's pipe."""
-        if self._reader is not None:
-            os.close(self._reader.fd)
-            self._reader = None
+        self.replace()
 
     # -- the collector --
 
@@ -195,42 +130,15 @@ class QueueMonitor:
         dead = GaugeMetricFamily("wqd_dead_letter_messages",
                                  "Messages in the pool's dead-letter queue (absent when unknown).",
                                  labels=["pool", "queue"])
-        if self._polled_at is not None and time.monotonic() - self._polled_at <= self.stale_after:
-            for pool, queue, kind, messages, consumer_count in self._counts:
-                if kind == "queue":
-                    ready.add_metric([pool, queue], messages)
-                    consumers.add_metric([pool, queue], consumer_count)
-                else:
-                    dead.add_metric([pool, queue], messages)
+        for pool, queue, kind, messages, consumer_count in self.fresh_counts():
+            if kind == "queue":
+                ready.add_metric([pool, queue], messages)
+                consumers.add_metric([pool, queue], consumer_count)
+            else:
+                dead.add_metric([pool, queue], messages)
         yield ready
         yield consumers
         yield dead
-
-    # -- helpers --
-
-    def _spawn(self, close_inherited) -> None:
-        pid, read_fd, _ = children.fork_with_pipes(
-            lambda report_fd, _: _run(self._broker, self._targets, report_fd, self.interval),
-            "Queue monitor", close_inherited)
-        self.pid = pid
-        self._reader = reporting.EventReader(read_fd)
-        self._started_at = time.monotonic()
-        log.debug("Queue monitor started (pid %d).", pid)
-
-    def _signal(self, signum: int) -> None:
-        if self.pid is not None:
-            try:
-                os.kill(self.pid, signum)
-            except ProcessLookupError:
-                pass  # already dead; the master reaps it
-
-    def _close_reader(self) -> None:
-        if self._reader is not None:
-            os.close(self._reader.fd)
-            self._reader = None
-
-
-# -- the child process --
 
 
 def _run(broker, targets, report_fd: int, interval: float) -> int:

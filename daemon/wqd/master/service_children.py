@@ -1,7 +1,7 @@
 """The master's children that are not workers: the queue monitor and the
-outbox relay. Each is a process of its own with a report pipe, started,
-read, reaped, reconfigured and stopped alike (never waiting on the network:
-queue_monitor.py, outbox_relay.py), so the arbiter's loop does each duty
+outbox relay. Each is a ServiceChild (service_child.py): a process of its
+own with a report pipe, started, read, reaped, reconfigured and stopped
+alike, never waiting on the network, so the arbiter's loop does each duty
 once for both, here."""
 
 import selectors
@@ -31,8 +31,7 @@ class ServiceChildren:
 
     def reaped(self, pid: int, status: int) -> None:
         """The master reaped a child that is neither a worker nor the reload child."""
-        if not self.outbox_relay.reaped(pid, status):
-            self.queue_monitor.reaped(pid, status)
+        any(child.reaped(pid, status) for child in self._all)
 
     def configure(self, config) -> None:
         """After a reload."""

@@ -66,7 +66,7 @@ def test_a_delay_survives_a_broker_restart(broker, queue_name):
     with Publisher(broker.url, timeout=20) as publisher:
         began = time.monotonic()
         publisher.publish(queue_name, b"delayed", delay=12)
-    broker.restart()
+    broker.restart(graceful=True)  # a SIGKILL just after the declare can lose the queue's record itself
     # Polled from the restart on: the first sight of it is (within a poll) its arrival.
     wait_for(lambda: broker.get_all(queue_name) == [b"delayed"], 60, interval=0.2, message="the delayed message")
     assert time.monotonic() - began >= 12, "it arrived before its delay"

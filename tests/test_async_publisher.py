@@ -36,6 +36,40 @@ def test_publish_and_publish_many_return_confirmed_ids(broker, queue_name):
     assert {k: v for k, v in got[0][1].headers.items() if k not in ("traceparent", "tracestate")} == {"tenant": "a"}
 
 
+def test_the_publishes_of_one_loop_turn_go_out_in_one_write_each_with_its_own_outcome(broker, queue_name):
+    """200 concurrent publishes and one to a queue deleted meanwhile: one
+    frame on the connection's write queue; 200 confirmed ids, one error."""
+    gone = f"{queue_name}-gone"
+    broker.declare_queue(queue_name)
+    broker.declare_queue(gone)
+
+    async def main():
+        async with wqd.AsyncPublisher(broker.url, timeout=20) as publisher:
+            await publisher.publish(gone, b"checked")  # the passive checks are behind us
+            await publisher.publish(queue_name, b"checked")
+            broker.delete_queue(gone)
+            write_queue = publisher._batches.channel.write_queue
+            queued, put = [], write_queue.put
+
+            async def counting_put(frame):
+                queued.append(frame)
+                await put(frame)
+
+            write_queue.put = counting_put
+            results = await asyncio.gather(*(publisher.publish(queue_name, f"m{n}") for n in range(200)),
+                                           publisher.publish(gone, b"lost", message_id="lost-1"),
+                                           return_exceptions=True)
+            return results, len(queued)
+
+    results, writes = run(main())
+    assert writes == 1
+    ids, error = results[:200], results[200]
+    assert isinstance(error, PublishError) and error.unconfirmed == ["lost-1"] and "no queue took it" in str(error)
+    got = broker.get_all_messages(queue_name)
+    assert [body for body, _ in got] == [b"checked"] + [f"m{n}".encode() for n in range(200)]
+    assert [p.message_id for _, p in got[1:]] == ids
+
+
 def test_a_missing_queue_and_an_unroutable_message_are_errors(broker, queue_name):
     async def main():
         async with wqd.AsyncPublisher(broker.url, timeout=20) as publisher:

@@ -3,8 +3,10 @@ routing, the missing-queue message, publish_many, threads and forks."""
 
 import json
 import os
+import random
 import threading
 import time
+import uuid
 
 import pytest
 
@@ -12,6 +14,7 @@ import wqd
 from tests.support.waiting import wait_for
 from wqd import Publisher, PublishError
 from wqd.publishing import BrokerUnreachable, QueueNotFound
+from wqd.publishing.messages import new_message_id
 
 
 @pytest.fixture
@@ -150,6 +153,28 @@ def test_a_forked_child_publishes_on_a_connection_of_its_own(broker, work_queue,
     publisher.publish(work_queue, b"parent after")  # the parent's connection was not disturbed
     assert publisher._connection._impl._transport._sock.getsockname() == parent_socket
     assert sorted(broker.get_all(work_queue)) == [b"child", b"parent after", b"parent before"]
+
+
+def test_message_ids_are_uuid4s_no_fork_or_random_seed_repeats():
+    ids = [new_message_id() for _ in range(10_000)]
+    assert len(set(ids)) == len(ids)
+    assert all(uuid.UUID(i).hex == i and uuid.UUID(i).version == 4 for i in ids)
+    random.seed(7)
+    first = new_message_id()
+    random.seed(7)  # an application seeding the random module
+    assert new_message_id() != first
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child's next id: reseeded, not the parent's next one
+        try:
+            os.write(write, new_message_id().encode())
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    assert uuid.UUID(child).version == 4 and child != new_message_id()
 
 
 def test_wqd_exports_the_publisher_and_imports_it_on_first_use():

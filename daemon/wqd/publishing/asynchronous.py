@@ -3,8 +3,9 @@
 aio-pika (the wqd[asyncio] extra) because it is the maintained asyncio
 client for RabbitMQ (on aiormq, a pure-Python AMQP 0-9-1 implementation):
 its channels wait for publisher confirms without holding up other
-publishes, so the messages of publish_many are sent at once and confirmed
-together by gathering their publishes. Connecting, the passive queue check,
+publishes. The messages of publish_many, and of every publish made in the
+same turn of the loop, are sent together and confirmed together
+(confirm_batches.py). Connecting, the passive queue check,
 the delay levels and the errors are the same as Publisher's; its connection
 belongs to one event loop, and a forked child connects anew.
 """
@@ -23,6 +24,7 @@ from wqd import backoff
 from wqd import config as config_module
 from wqd.broker import amqp
 from wqd.publishing import delays
+from wqd.publishing.confirm_batches import ConfirmBatches
 from wqd.publishing.errors import BrokerUnreachable, PublishError, QueueNotFound
 from wqd.publishing.messages import outgoing, outgoing_batch
 from wqd.publishing.outcomes import ACK, NACK, RETURNED, conclude
@@ -75,7 +77,7 @@ class AsyncPublisher:
         self._unconfirmed = Unconfirmed()  # ids to publish again with the check-duplicate header
         self._closed = False
         self._pid = os.getpid()
-        self._connection = self._channel = self._raw_channel = None
+        self._connection = self._channel = self._batches = None
         self._lock = None  # an asyncio.Lock, made in the loop that uses it
 
     async def __aenter__(self) -> "AsyncPublisher":
@@ -112,7 +114,7 @@ class AsyncPublisher:
     def _guard(self) -> asyncio.Lock:
         """The lock that serialises connecting (and, after a fork, a fresh start)."""
         if self._pid != os.getpid():  # forked: the parent's connection is the parent's; never touched here
-            self._pid, self._connection, self._channel, self._raw_channel, self._lock = os.getpid(), None, None, None, None
+            self._pid, self._connection, self._channel, self._batches, self._lock = os.getpid(), None, None, None, None
         if self._lock is None:
             self._lock = asyncio.Lock()
         return self._lock
@@ -120,7 +122,7 @@ class AsyncPublisher:
     def _is_ready(self, queue: str, delayed: bool) -> bool:
         """Whether _ready() would do nothing: connected in this process, the queue checked, the channel open."""
         return (self._pid == os.getpid() and queue in self._checked and (self._delays_declared or not delayed)
-                and _usable(self._connection) and self._raw_channel is not None and not self._raw_channel.is_closed)
+                and _usable(self._connection) and self._batches is not None and not self._batches.channel.is_closed)
 
     async def _send(self, queue: str, messages: list, timeout: Optional[float]) -> list:
         if not isinstance(queue, str) or not queue:
@@ -133,7 +135,7 @@ class AsyncPublisher:
         if not self._is_ready(queue, delayed):  # most calls: ready, without taking the lock
             async with self._guard():
                 await self._ready(queue, delayed, deadline)
-        channel, limit = self._raw_channel, self._limit
+        batches, limit = self._batches, self._limit
         for message in messages:
             if len(message.body) > limit[0]:
                 raise ValueError(f"message {message.message_id} is {len(message.body)} bytes, larger than the "
@@ -141,11 +143,7 @@ class AsyncPublisher:
         spans = [prepare(queue, message, self._unconfirmed, self._tracer_provider) for message in messages]
         outcomes, todo, nacks, reason, lost = {}, list(range(len(messages))), 0, None, False
         while todo:
-            if len(todo) == 1:  # publish(): awaited here, not in a task of gather's
-                sent = [await self._publish_one(channel, messages[todo[0]], deadline, timeout)]
-            else:
-                sent = await asyncio.gather(*(self._publish_one(channel, messages[index], deadline, timeout)
-                                              for index in todo))
+            sent = await self._publish_all(batches, [messages[index] for index in todo], deadline, timeout)
             outcomes.update((index, outcome) for index, (outcome, _) in zip(todo, sent))
             failures = [why for outcome, why in sent if outcome is None]
             if failures:
@@ -166,37 +164,34 @@ class AsyncPublisher:
             try:
                 async with self._guard():
                     await self._reopen_channel()
-                    channel = self._raw_channel
+                    batches = self._batches
             except BROKER_ERRORS:  # the nacked stay nacked: the error says so
                 await self._disconnect()
                 break
         return conclude(messages, spans, outcomes, queue, reason, lost, self._unconfirmed)
 
-    async def _publish_one(self, channel, message, deadline: float, timeout: float):
-        """(outcome, why not confirmed) of one message, published on aiormq's
-        channel under aio-pika's (``channel``): what aio-pika's Exchange.publish
-        does, without an aio_pika.Message or an exchange object to build per
-        message; its timeout is aiormq's own, not a task of asyncio.wait_for."""
-        properties = message.properties
-        amqp_properties = aiormq.spec.Basic.Properties(headers=properties.headers,
-                                                       content_type=properties.content_type,
-                                                       delivery_mode=properties.delivery_mode,
-                                                       message_id=message.message_id)
-        try:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise asyncio.TimeoutError()
-            await channel.basic_publish(message.body, exchange=message.exchange, routing_key=message.routing_key,
-                                        properties=amqp_properties, mandatory=True, timeout=remaining)
-            return ACK, None
-        except aio_pika.exceptions.PublishError:  # basic.return: no queue took it
-            return RETURNED, None
-        except aiormq.exceptions.DeliveryError:
-            return NACK, None
-        except asyncio.TimeoutError:
+    async def _publish_all(self, batches: ConfirmBatches, messages: list, deadline: float, timeout: float) -> list:
+        """(outcome, why not confirmed) of each message: sent with whatever
+        else is published in this turn of the loop, awaited until ``deadline``."""
+        confirmations = batches.send(messages)
+        await asyncio.wait(confirmations, timeout=max(0.0, deadline - time.monotonic()))
+        return [self._outcome(confirmation, timeout) for confirmation in confirmations]
+
+    def _outcome(self, confirmation, timeout: float):
+        """(outcome, why not confirmed) of one message's confirmation future."""
+        if not confirmation.done():
+            confirmation.cancel()  # a late confirm is ignored
             return None, f"no confirm came within the timeout ({timeout:g} s)"
-        except BROKER_ERRORS as exc:
-            return None, f"the connection was lost: {_describe(exc, self._url)}"
+        if confirmation.cancelled():
+            return None, "the connection was lost"
+        error = confirmation.exception()
+        if error is None:
+            return ACK, None
+        if isinstance(error, aiormq.exceptions.PublishError):  # basic.return: no queue took it
+            return RETURNED, None
+        if isinstance(error, aiormq.exceptions.DeliveryError):
+            return NACK, None
+        return None, f"the connection was lost: {_describe(error, self._url)}"
 
     # -- the connection
 
@@ -257,7 +252,7 @@ class AsyncPublisher:
         if self._channel is not None and not self._channel.is_closed:
             await self._channel.close()
         self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
-        self._raw_channel = await self._channel.get_underlay_channel()  # aiormq's, which _publish_one uses
+        self._batches = ConfirmBatches(await self._channel.get_underlay_channel())  # on aiormq's channel
 
     async def _check_queue(self, queue: str) -> None:
         channel = await self._connection.channel(publisher_confirms=False)
@@ -292,7 +287,7 @@ class AsyncPublisher:
         self._delays_declared = True
 
     async def _disconnect(self) -> None:
-        connection, self._connection, self._channel, self._raw_channel = self._connection, None, None, None
+        connection, self._connection, self._channel, self._batches = self._connection, None, None, None
         if connection is not None and not connection.is_closed:
             try:
                 await asyncio.wait_for(connection.close(), amqp.CONNECT_TIMEOUT)

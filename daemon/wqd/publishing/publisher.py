@@ -14,7 +14,7 @@ import pika.exceptions
 
 from wqd import backoff
 from wqd import config as config_module
-from wqd.broker import amqp
+from wqd.broker import amqp, pika_transport
 from wqd.publishing import delays, tracing
 from wqd.publishing.confirms import ChannelLost, ConfirmChannel, Timeout, is_broker_error
 from wqd.publishing.errors import BrokerUnreachable, PublishError, QueueNotFound
@@ -287,6 +287,7 @@ class Publisher:
                 continue
             self._url_index = index
             self._connection = connection
+            pika_transport.install(connection)  # a publish leaves in one send, its confirm is one recv
             # On pika's asynchronous connection: called from within ConfirmChannel.wait's I/O loop.
             connection._impl.add_on_connection_blocked_callback(self._on_blocked)
             connection._impl.add_on_connection_unblocked_callback(self._on_unblocked)

@@ -41,7 +41,6 @@ class Consumer:
     def __init__(self, context, reporter: reporting.Reporter):
         """``context``: the worker's WorkerContext (worker.py)."""
         header_decoding.install()  # a header pika cannot decode must not cost the connection
-        pika_transport.install()  # an ack leaves in basic_ack itself; a delivery costs one recv
         self.pool = context.pool
         self.broker = context.broker
         self.handler = context.handler
@@ -126,6 +125,7 @@ class Consumer:
     def _open(self) -> None:
         self.keeper.connection = amqp.connect(
             self.broker, self.broker.urls[self._url_index], name=f"wqd worker {self.worker_name} pid {os.getpid()}")
+        pika_transport.install(self._connection)  # an ack leaves in basic_ack itself; a delivery costs one recv
         self._broker_version = amqp.server_version(self._connection)[1]
         notes = "; ".join(amqp.server_notes(self._broker_version))
         log.info("Connected to %s at %s%s.", amqp.describe_server(self._connection),

@@ -182,6 +182,7 @@ def test_the_image_install_steps_give_a_working_wqd(wheels, installed):
     assert location.startswith(str(installed.parent)), location
 
 
+@pytest.mark.slow  # builds and installs the package
 def test_tracing_without_the_otel_extra_is_a_configuration_error(tmp_path, installed):
     """The image installs wqd without its otel extra: no OpenTelemetry at all."""
     config = tmp_path / "wqd.yaml"

@@ -342,8 +342,11 @@ class BrokerNode:
             RABBITMQ_CONFIG_FILE=str(self.conf_file),
             RABBITMQ_ADVANCED_CONFIG_FILE=str(self.base_dir / "advanced.config"),
             RABBITMQ_CONF_ENV_FILE=str(self.base_dir / "rabbitmq-env.conf"),
-            # the distribution port listens on 0.0.0.0 unless told otherwise
-            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}",
+            # the distribution port listens on 0.0.0.0 unless told otherwise; the
+            # schedulers sleep rather than spin when idle (+sbwt none, RabbitMQ's
+            # advice for shared hosts): the suite's nodes share 2 cores with it
+            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS=("-kernel inet_dist_use_interface {127,0,0,1} "
+                                                 "+sbwt none +sbwtdcpu none +sbwtdio none"),
         )
         return env
 

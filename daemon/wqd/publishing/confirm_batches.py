@@ -50,6 +50,8 @@ class ConfirmBatches:
         try:
             async with channel.lock:  # delivery tags count publishes in the order the broker gets them
                 for message, confirmation in batch:
+                    if confirmation.done():  # its caller gave up while this waited (a blocked connection): not sent
+                        continue
                     channel.delivery_tag += 1
                     tags.append(channel.delivery_tag)
                     channel.confirmations[channel.delivery_tag] = confirmation
@@ -57,7 +59,8 @@ class ConfirmBatches:
                     confirmation.add_done_callback(functools.partial(_forget_id, channel, message.message_id,
                                                                      channel.delivery_tag))
                     frames += _frames(channel, message)
-                await channel.write_queue.put(ChannelFrame.marshall(channel_number=channel.number, frames=frames))
+                if frames:
+                    await channel.write_queue.put(ChannelFrame.marshall(channel_number=channel.number, frames=frames))
         except BaseException as exc:  # never queued: the broker does not count them
             channel.delivery_tag -= len(tags)
             for tag in tags:

@@ -280,7 +280,11 @@ def test_retries_survive_the_death_of_the_node_that_holds_their_delay_queue(clus
     delay_queue = f"{queue}.delay.{int(RETRY_DELAY * 1000)}"
     holder = wait_for(lambda: cluster.node_for_queue(delay_queue), 10, message=f"{delay_queue} declared")
 
-    # Six retries wait in the delay queue; its node dies; three more tasks fail.
+    # Six retries wait in the delay queue (each copy confirmed and its
+    # original acked: a settle cut short by the kill would give the original
+    # back at once, a redelivery, not a retry); its node dies; three more tasks fail.
+    wait_for(lambda: wqd.metric("wqd_tasks_total", pool="default", outcome="retried") >= 6, 30,
+             message="six first attempts settled as retries")
     cluster.kill(holder)
     survivor = cluster.running_nodes()[0]
     for body in failing[6:]:

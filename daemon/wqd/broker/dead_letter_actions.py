@@ -75,3 +75,8 @@ def purge(queues, pools, older_than: Optional[float]) -> int:
 
 def messages(count: int) -> str:
     return f"{count} message{'' if count == 1 else 's'}"
+
+
+def purged(count: int) -> str:
+    """What a purge of ``count`` letters says."""
+    return f"Deleted {count} dead message{'' if count == 1 else 's'}."

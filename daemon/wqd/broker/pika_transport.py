@@ -1,5 +1,6 @@
 """A pika connection made to send a message in one system call where it took
-five, and to read a frame with one recv where it took two.
+six (a publish: three sends, two epoll_ctl, an epoll_wait), and to read a
+frame with one recv where it took two.
 
 pika, as shipped, writes a message's frames (method, header, body) one by
 one into a buffer and sends them only when its I/O loop next reports the

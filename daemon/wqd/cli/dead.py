@@ -105,7 +105,7 @@ def cmd_dead_purge(args) -> int:
     pools = dead_letters.pools_with_dead_letters(config, args.pool)
     with dead_letters.DeadLetterQueues(config) as queues:
         deleted = dead_letter_actions.purge(queues, pools, args.older_than)
-    print(f"Deleted {deleted} dead message{'' if deleted == 1 else 's'}.")
+    print(dead_letter_actions.purged(deleted))
     return EXIT_OK
 
 

@@ -227,4 +227,4 @@ def _replay(queues, pools, fields: dict) -> dict:
 def _purge(queues, pools, fields: dict) -> dict:
     """`wqd dead purge --yes [--older-than S]`."""
     deleted = dead_letter_actions.purge(queues, pools, fields.get("older_than"))
-    return {"summary": f"Deleted {deleted} dead message{'' if deleted == 1 else 's'}.", "count": deleted}
+    return {"summary": dead_letter_actions.purged(deleted), "count": deleted}

@@ -17,8 +17,8 @@ SHORTSTR = 255
 # Message ids are random (version 4) UUIDs, drawn from a generator of
 # their own, seeded from os.urandom at import and again in a forked child
 # (so two processes never share a sequence): uuid.uuid4() costs a getrandom
-# system call per message, a fifth of a publish's. An application's
-# random.seed() does not touch it.
+# system call per message, where the rest of a publish makes three. An
+# application's random.seed() does not touch it.
 _ids = random.Random()
 os.register_at_fork(after_in_child=_ids.seed)
 _UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))  # the version and variant bits

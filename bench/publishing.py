@@ -234,7 +234,7 @@ def main() -> None:
     print(f"{args.messages} messages a run, publish_many batches of {args.batch}, {args.rounds} rounds; "
           f"load average (1, 5, 15 min) before: {load_average()}", flush=True)
     results = {name: [] for name, _ in systems}
-    with BrokerNode(Path(tempfile.mkdtemp(prefix="wqd-bench-publishing-"))) as node:
+    with tempfile.TemporaryDirectory(prefix="wqd-bench-publishing-") as base, BrokerNode(Path(base)) as node:
         node.declare_queue(QUEUE)
         for number in range(1, args.rounds + 1):
             print(f"round {number}:", flush=True)
